@@ -1,0 +1,56 @@
+# Two commands on a fresh machine (Python 3.11, Java 17, Maven):
+#   make demo   set everything up, then run the main job and print what it did
+#   make test   set everything up, then run the whole test suite
+# Each step is skipped when already done, so a second run downloads nothing.
+
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+BIN := $(VENV)/bin
+export FINK_HOME ?= $(CURDIR)/.fink
+export FINK_JVM_CACHE ?= $(HOME)/.cache/fink/jvm
+PYTEST_ARGS ?=
+
+.PHONY: help venv jvm services test demo stop status lint lock clean
+
+help:
+	@echo "make demo | make test | make services | make stop | make status | make lint | make lock"
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: setup.cfg pyproject.toml constraints.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q -c constraints.txt --upgrade pip setuptools wheel
+	$(BIN)/pip install -q -c constraints.txt -e '.[notebooks,test]'
+	@touch $@
+
+jvm: venv
+	$(BIN)/fink jvm fetch
+
+services: jvm
+	@$(BIN)/fink init > /dev/null
+	$(BIN)/fink services start
+
+status: venv
+	$(BIN)/fink services status
+
+test: services
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+demo: services
+	$(BIN)/fink demo
+
+stop: venv
+	-$(BIN)/fink stop all
+	$(BIN)/fink services stop
+
+lint: venv
+	$(BIN)/ruff check fink tests
+
+# Re-pin the Python stack from the current virtualenv.
+lock: venv
+	{ echo "# Exact versions of the Python stack (regenerate: make lock). Installed with pip install -c constraints.txt."; \
+	  $(BIN)/pip freeze --all --exclude-editable | grep -v '^fink'; } > constraints.txt
+
+clean: stop
+	rm -rf $(FINK_HOME)

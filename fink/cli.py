@@ -1,0 +1,176 @@
+"""The ``fink`` command."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from fink import jvm, runner, services
+from fink.config import ServicesConfig, fink_home
+from fink.errors import FinkError
+from fink.log import logger
+
+USAGE = """\
+Handle the alert stream received by Apache Spark (Kafka in, Kafka and HBase out)
+
+ Usage:
+    fink init                                      create $FINK_HOME and its services.yaml
+    fink services start|stop|status [NAME...]      local Kafka, HBase and Thrift [--json]
+    fink start <service> [-c <conf>] [--simulator] run notebooks/<service>.ipynb headless
+    fink stop <service|all>                        stop a service cleanly (forced after a timeout)
+    fink show                                      list running services
+    fink jvm fetch|versions                        resolve / list the pinned JVM artifacts
+    fink demo                                      the smoke pipeline on the local stack
+
+ Services (notebooks/): {services}
+ Configuration: conf/local.yaml (default), conf/ci.yaml, conf/cluster.yaml
+ Home: {home}
+
+ To get help for a command:
+    fink <command> -h
+"""
+
+
+def _usage() -> str:
+    names = sorted(p.stem for p in runner.notebooks_dir().glob("*.ipynb"))
+    return USAGE.format(services=", ".join(names) or "(none)", home=fink_home())
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fink", usage=argparse.SUPPRESS, add_help=False)
+    sub = p.add_subparsers(dest="command")
+    sub.add_parser("init", help="create $FINK_HOME and a default services.yaml")
+    s = sub.add_parser("services", help="local Kafka / HBase / Thrift")
+    s.add_argument("action", choices=["start", "stop", "status"])
+    s.add_argument("names", nargs="*", help=f"services among {', '.join(services.SERVICES)} (default: all)")
+    s.add_argument("--json", action="store_true", help="status as JSON")
+    st = sub.add_parser("start", help="run a service notebook headless in the background")
+    st.add_argument("service")
+    st.add_argument("-c", "--conf", help="papermill parameters file (conf/*.yaml)")
+    st.add_argument("--simulator", action="store_true", help="read the simulator's stream")
+    sp = sub.add_parser("stop", help="stop a service notebook")
+    sp.add_argument("service", help="a service name, or 'all'")
+    sp.add_argument("--timeout", type=float, default=60.0, help="seconds before forcing (default 60)")
+    sub.add_parser("show", help="list running services")
+    j = sub.add_parser("jvm", help="JVM artifacts")
+    j.add_argument("action", choices=["fetch", "versions"])
+    d = sub.add_parser("demo", help="run the smoke pipeline and print what it did")
+    d.add_argument("-c", "--conf", default=None, help="parameters file (default conf/local.yaml)")
+    return p
+
+
+def _init() -> int:
+    home = fink_home()
+    for sub in ("data", "logs", "runs", "run", "services"):
+        (home / sub).mkdir(parents=True, exist_ok=True)
+    conf = home / "services.yaml"
+    if not conf.exists():
+        lines = ["# Local services of `fink services` (loopback only). Edit ports if taken."]
+        lines += [f"{k}: {json.dumps(v)}" for k, v in ServicesConfig().to_dict().items()]
+        conf.write_text("\n".join(lines) + "\n")
+    ServicesConfig.load(home)  # validate an existing one
+    secrets = home / "secrets"
+    secrets.mkdir(mode=0o700, exist_ok=True)
+    print(f"FINK_HOME: {home}\nservices configuration: {conf}\nsecrets (mode 0600 files): {secrets}")
+    return 0
+
+
+def _services(args: argparse.Namespace) -> int:
+    if args.action == "status":
+        rows = services.status(args.names)
+        if args.json:
+            print(json.dumps([r.to_dict() for r in rows], indent=1))
+        else:
+            for r in rows:
+                ports = ",".join(str(p) for p in r.ports.values())
+                print(f"{r.name:8s} {r.state:8s} pid={r.pid or '-':<8} ports={ports:18s} log={r.log}")
+        return 0 if all(r.state == "running" for r in rows) else 3
+    action = services.start if args.action == "start" else services.stop
+    for line in action(args.names):
+        print(line)
+    return 0
+
+
+def _show() -> int:
+    runs = runner.running()
+    if not runs:
+        print("no service running")
+    for r in runs:
+        print(f"{r.service:14s} pid={r.pid:<8d} started={r.started_at} run={r.run_dir}")
+    print("\n fink start <service> [-c conf/local.yaml]  |  fink stop <service|all>  |  fink show")
+    return 0
+
+
+def _demo(conf: str | None) -> int:
+    import papermill
+
+    root = Path(__file__).resolve().parents[1]
+    conf_path = Path(conf) if conf else root / "conf" / "local.yaml"
+    notebook = runner.notebooks_dir() / "smoke.ipynb"
+    params = runner.resolve_parameters(notebook, str(conf_path), simulator=False)
+    params.pop("stop_file", None)
+    out_dir = fink_home() / "runs" / "demo"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    out_nb = out_dir / "smoke.ipynb"
+    print(f"running {notebook} with {conf_path} (executed notebook: {out_nb})")
+    papermill.execute_notebook(str(notebook), str(out_nb), parameters=params, progress_bar=True,
+                               cwd=str(notebook.parent))
+    from fink.config import FinkConfig
+
+    data = FinkConfig.from_yaml(conf_path).data_path / "smoke"
+    summary = json.loads((data / "summary.json").read_text())
+    print("\nWhat the smoke pipeline did:")
+    for key, value in summary.items():
+        print(f"  {key:36s} {value}")
+    print(f"  {'figure':36s} {data / 'magnitudes.png'}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``fink`` console script."""
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return 0
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "init":
+            return _init()
+        if args.command == "services":
+            return _services(args)
+        if args.command == "start":
+            run = runner.start(args.service, args.conf, args.simulator)
+            print(f"{run.service}: started (pid {run.pid}); executed notebook and log in {run.run_dir}")
+            return 0
+        if args.command == "stop":
+            print(runner.stop(args.service, args.timeout))
+            return 0
+        if args.command == "show":
+            return _show()
+        if args.command == "jvm":
+            if args.action == "fetch":
+                done = jvm.fetch()
+                print(f"resolved: {', '.join(done)}" if done else f"JVM artifacts up to date in {jvm.cache_dir()}")
+            else:
+                for name, version in sorted(jvm.versions().items()):
+                    print(f"{name} {version}")
+            return 0
+        if args.command == "demo":
+            return _demo(args.conf)
+    except FinkError as exc:
+        print(f"fink: error: {exc}", file=sys.stderr)
+        return 1
+    print(_usage())
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,246 @@
+"""Typed, validated configuration.
+
+There is one override layer: the papermill parameter files under ``conf/`` (for the
+notebooks) and ``$FINK_HOME/services.yaml`` (for the local services). Both are read
+into frozen dataclasses whose ``from_mapping`` rejects unknown keys by name, since
+papermill itself only warns about a parameter the notebook does not declare.
+
+Secrets are never configuration: :func:`secret` reads them from the environment or
+from a file only its owner can read.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import stat
+import typing
+from pathlib import Path
+from typing import Any, Mapping, TypeVar
+
+import yaml
+
+from fink.errors import ConfigError
+
+T = TypeVar("T", bound="_Validated")
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def fink_home() -> Path:
+    """Return the folder that holds data, logs and run records (``$FINK_HOME``, else ``~/.fink``)."""
+    return Path(os.environ.get("FINK_HOME") or Path.home() / ".fink").expanduser().resolve()
+
+
+def _check_type(name: str, value: Any, annotation: Any, source: str) -> Any:
+    """Return ``value`` if it matches ``annotation`` (ints are accepted for floats)."""
+    expected = {"str": str, "int": int, "float": (int, float), "bool": bool, "dict": dict,
+                "list": list}.get(annotation if isinstance(annotation, str) else annotation.__name__)
+    if expected is None:
+        return value
+    # bool is an int in Python; a YAML `true` for a port is a mistake worth reporting.
+    if isinstance(value, bool) and annotation not in ("bool", bool):
+        ok = False
+    else:
+        ok = isinstance(value, expected)
+    if not ok:
+        raise ConfigError(
+            f"{source}: '{name}' must be of type {annotation if isinstance(annotation, str) else annotation.__name__}, "
+            f"got {type(value).__name__} {value!r}"
+        )
+    if annotation in ("float", float):
+        return float(value)
+    return value
+
+
+class _Validated:
+    """Mixin: strict construction from a mapping, plus a per-class ``validate``."""
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+
+    @classmethod
+    def from_mapping(cls: type[T], data: Mapping[str, Any] | None, source: str = "configuration") -> T:
+        """Build from ``data``; an unknown key or a wrongly typed value raises :class:`ConfigError`."""
+        data = dict(data or {})
+        names = cls.field_names()
+        unknown = [k for k in data if k not in names]
+        if unknown:
+            key = unknown[0]
+            close = difflib.get_close_matches(key, names, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else f" (known keys: {', '.join(names)})"
+            raise ConfigError(f"{source}: unknown key '{key}'{hint}")
+        hints = typing.get_type_hints(cls)
+        values = {}
+        for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+            if f.name in data:
+                values[f.name] = _check_type(f.name, data[f.name], hints[f.name], source)
+        obj = cls(**values)
+        obj.validate(source)
+        return obj
+
+    @classmethod
+    def from_yaml(cls: type[T], path: str | os.PathLike[str]) -> T:
+        """Read a YAML mapping file into this config (see :meth:`from_mapping`)."""
+        path = Path(path)
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read configuration file ({exc.strerror})") from exc
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a mapping of key: value, got {type(data).__name__}")
+        return cls.from_mapping(data, source=str(path))
+
+    @classmethod
+    def from_namespace(cls: type[T], namespace: Mapping[str, Any], source: str = "notebook parameters") -> T:
+        """Pick this config's fields out of a namespace (a notebook's ``globals()``)."""
+        return cls.from_mapping({k: namespace[k] for k in cls.field_names() if k in namespace}, source)
+
+    def validate(self, source: str = "configuration") -> None:  # pragma: no cover - overridden
+        """Raise :class:`ConfigError` if a value is out of range."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
+
+
+def _host_port(value: str, name: str, source: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ConfigError(f"{source}: '{name}' must be host:port, got {value!r}")
+    return host, int(port)
+
+
+@dataclasses.dataclass(frozen=True)
+class FinkConfig(_Validated):
+    """Settings every service notebook takes (the keys of the ``conf/*.yaml`` files).
+
+    Parameters
+    ----------
+    kafka_bootstrap
+        Kafka bootstrap servers, ``host:port[,host:port...]``.
+    hbase_thrift
+        HBase Thrift gateway, ``host:port``.
+    spark_master
+        Spark master URL: ``local[N]``, ``spark://host:7077``, ``yarn``, ``k8s://...``.
+    spark_conf
+        Extra Spark settings, applied last (``{"spark.executor.memory": "4g"}``).
+    data_dir
+        Root of the archives written by the stages; empty means ``$FINK_HOME/data``.
+    log_level
+        Spark's log level in the notebook (``WARN`` keeps notebooks readable).
+    """
+
+    kafka_bootstrap: str = "127.0.0.1:9092"
+    hbase_thrift: str = "127.0.0.1:9090"
+    spark_master: str = "local[2]"
+    spark_conf: dict = dataclasses.field(default_factory=dict)
+    data_dir: str = ""
+    log_level: str = "WARN"
+
+    def validate(self, source: str = "configuration") -> None:
+        for server in self.kafka_bootstrap.split(","):
+            _host_port(server.strip(), "kafka_bootstrap", source)
+        _host_port(self.hbase_thrift, "hbase_thrift", source)
+        if not self.spark_master:
+            raise ConfigError(f"{source}: 'spark_master' must not be empty (use local[2] for one machine)")
+        levels = ("ALL", "DEBUG", "INFO", "WARN", "ERROR", "FATAL", "OFF")
+        if self.log_level.upper() not in levels:
+            raise ConfigError(f"{source}: 'log_level' must be one of {', '.join(levels)}, got {self.log_level!r}")
+        for key, value in self.spark_conf.items():
+            if not isinstance(key, str) or not key.startswith("spark."):
+                raise ConfigError(f"{source}: spark_conf key {key!r} must be a Spark setting (spark.*)")
+            if isinstance(value, (dict, list)):
+                raise ConfigError(f"{source}: spark_conf[{key!r}] must be a scalar, got {type(value).__name__}")
+
+    @property
+    def data_path(self) -> Path:
+        """The archive root as a path (``data_dir`` or ``$FINK_HOME/data``)."""
+        return Path(self.data_dir).expanduser() if self.data_dir else fink_home() / "data"
+
+    @property
+    def hbase_host_port(self) -> tuple[str, int]:
+        return _host_port(self.hbase_thrift, "hbase_thrift", "configuration")
+
+
+@dataclasses.dataclass(frozen=True)
+class ServicesConfig(_Validated):
+    """Ports, heaps and timeouts of the local services (``$FINK_HOME/services.yaml``).
+
+    Notes
+    -----
+    The default heaps (Kafka 512 MiB, HBase 768 MiB, Thrift 256 MiB) leave room for a
+    2 GiB Spark driver inside 6 GiB, with the JVMs' non-heap memory included.
+    """
+
+    host: str = "127.0.0.1"
+    kafka_port: int = 9092
+    kafka_controller_port: int = 9093
+    kafka_heap: str = "512m"
+    hbase_zookeeper_port: int = 2181
+    hbase_master_port: int = 16000
+    hbase_regionserver_port: int = 16020
+    hbase_heap: str = "768m"
+    thrift_port: int = 9090
+    thrift_heap: str = "256m"
+    start_timeout: float = 120.0
+    stop_timeout: float = 30.0
+
+    def validate(self, source: str = "configuration") -> None:
+        if self.host not in LOOPBACK:
+            raise ConfigError(f"{source}: 'host' must be a loopback address (127.0.0.1), got {self.host!r}: "
+                              "the local services are for this machine only")
+        ports = {k: getattr(self, k) for k in self.field_names() if k.endswith("_port")}
+        for key, port in ports.items():
+            if not 1 <= port <= 65535:
+                raise ConfigError(f"{source}: '{key}' must be a TCP port (1-65535), got {port}")
+        seen: dict[int, str] = {}
+        for key, port in ports.items():
+            if port in seen:
+                raise ConfigError(f"{source}: '{key}' and '{seen[port]}' are both {port}")
+            seen[port] = key
+        for key in ("kafka_heap", "hbase_heap", "thrift_heap"):
+            value = getattr(self, key)
+            if not (value[:-1].isdigit() and value[-1] in "mMgG"):
+                raise ConfigError(f"{source}: '{key}' must look like 512m or 2g, got {value!r}")
+        if self.start_timeout <= 0 or self.stop_timeout <= 0:
+            raise ConfigError(f"{source}: timeouts must be positive")
+
+    @classmethod
+    def load(cls, home: Path | None = None) -> "ServicesConfig":
+        """Read ``<home>/services.yaml`` if it exists, else the defaults."""
+        path = (home or fink_home()) / "services.yaml"
+        return cls.from_yaml(path) if path.exists() else cls()
+
+    @property
+    def kafka_bootstrap(self) -> str:
+        return f"{self.host}:{self.kafka_port}"
+
+    @property
+    def hbase_thrift(self) -> str:
+        return f"{self.host}:{self.thrift_port}"
+
+
+def secret(name: str) -> str | None:
+    """Return the secret ``name`` from ``$FINK_<NAME>`` or ``$FINK_HOME/secrets/<name>``.
+
+    Notes
+    -----
+    papermill writes every parameter into the executed notebook, and command lines are
+    visible to every user of the machine, so credentials are read here, inside the
+    library, and never passed as parameters. A secrets file readable by anyone but its
+    owner is refused rather than used.
+    """
+    env = os.environ.get(f"FINK_{name.upper()}")
+    if env:
+        return env
+    path = fink_home() / "secrets" / name.lower()
+    if not path.exists():
+        return None
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o077:
+        raise ConfigError(f"{path}: secret file has mode {mode:o}; run `chmod 600 {path}`")
+    return path.read_text().strip()

@@ -1,0 +1,204 @@
+"""Notebook services: ``fink start|stop|show``.
+
+A service is a notebook of ``notebooks/`` run headless by papermill with a parameters
+file from ``conf/``, in the background. Each run keeps its folder under
+``$FINK_HOME/runs/<service>/<timestamp>/``: the executed notebook, the log, the
+parameters and the stop file the notebook polls (:func:`fink.streaming.run_until`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from fink.config import FinkConfig, fink_home
+from fink.errors import ConfigError, RunnerError
+from fink.services.process import process_start_time
+
+
+@dataclass
+class Run:
+    """A started notebook service."""
+
+    service: str
+    pid: int
+    start_time: int  # kernel start time of pid, to tell a reused PID apart
+    started_at: str
+    run_dir: str
+    notebook: str
+
+    @property
+    def stop_file(self) -> Path:
+        return Path(self.run_dir) / "STOP"
+
+    def alive(self) -> bool:
+        return process_start_time(self.pid) == self.start_time
+
+
+def notebooks_dir() -> Path:
+    """Return where service notebooks are found (``$FINK_NOTEBOOKS`` or the repository's ``notebooks/``)."""
+    return Path(os.environ.get("FINK_NOTEBOOKS") or Path(__file__).resolve().parents[1] / "notebooks")
+
+
+def _state_file(service: str, home: Path) -> Path:
+    return home / "run" / f"{service}.json"
+
+
+def _load(service: str, home: Path) -> Run | None:
+    try:
+        return Run(**json.loads(_state_file(service, home).read_text()))
+    except FileNotFoundError:
+        return None
+    except (ValueError, TypeError) as exc:
+        raise RunnerError(f"{_state_file(service, home)}: unreadable run record ({exc}); delete it") from exc
+
+
+def notebook_parameters(notebook: Path) -> dict[str, Any]:
+    """Return the parameters a notebook declares (papermill's inspection of its tagged cell)."""
+    import papermill
+
+    return papermill.inspect_notebook(str(notebook))
+
+
+def resolve_parameters(notebook: Path, conf: str | None, simulator: bool) -> dict[str, Any]:
+    """Read ``conf`` and check every key against the notebook and the typed config.
+
+    papermill only warns about a parameter the notebook does not declare; here it is an
+    error naming the key, before anything starts.
+    """
+    params: dict[str, Any] = {}
+    if conf:
+        path = Path(conf)
+        try:
+            params = yaml.safe_load(path.read_text()) or {}
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read parameters file ({exc.strerror})") from exc
+        if not isinstance(params, dict):
+            raise ConfigError(f"{path}: expected a mapping of parameter: value")
+    declared = notebook_parameters(notebook)
+    for key in params:
+        if key not in declared:
+            raise ConfigError(f"{conf}: unknown parameter '{key}' for {notebook.name} "
+                              f"(it declares: {', '.join(declared)})")
+    FinkConfig.from_mapping({k: v for k, v in params.items() if k in FinkConfig.field_names()}, source=str(conf))
+    if simulator:
+        if "simulator" not in declared:
+            raise RunnerError(f"{notebook.stem} does not read from the simulator (no 'simulator' parameter)")
+        params["simulator"] = True
+    if "stop_file" not in declared:
+        raise RunnerError(f"{notebook}: a service notebook must declare a 'stop_file' parameter, "
+                          "polled through fink.streaming.run_until, so that `fink stop` can end it")
+    return params
+
+
+def start(service: str, conf: str | None = None, simulator: bool = False, home: Path | None = None) -> Run:
+    """Run ``notebooks/<service>.ipynb`` headless in the background; return its record."""
+    home = home or fink_home()
+    notebook = notebooks_dir() / f"{service}.ipynb"
+    if not notebook.exists():
+        known = sorted(p.stem for p in notebooks_dir().glob("*.ipynb"))
+        raise RunnerError(f"no service '{service}': {notebook} does not exist (services: {', '.join(known)})")
+    current = _load(service, home)
+    if current is not None and current.alive():
+        raise RunnerError(f"{service} is already running (pid {current.pid}, {current.run_dir}); "
+                          f"`fink stop {service}` first")
+    params = resolve_parameters(notebook, conf, simulator)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    run_dir = home / "runs" / service / stamp
+    suffix = 1
+    while run_dir.exists():
+        run_dir = home / "runs" / service / f"{stamp}-{suffix}"
+        suffix += 1
+    run_dir.mkdir(parents=True)
+    params["stop_file"] = str(run_dir / "STOP")
+    (run_dir / "parameters.yaml").write_text(yaml.safe_dump(params, sort_keys=True))
+    with open(run_dir / "log.txt", "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "fink.runner", str(notebook), str(run_dir)],
+                                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True, env={**os.environ, "FINK_HOME": str(home)})
+    run = Run(service, proc.pid, process_start_time(proc.pid) or 0, time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+              str(run_dir), str(notebook))
+    state = _state_file(service, home)
+    state.parent.mkdir(parents=True, exist_ok=True)
+    state.write_text(json.dumps(asdict(run)))
+    return run
+
+
+def running(home: Path | None = None) -> list[Run]:
+    """Return the services whose process is alive (stale records are removed)."""
+    home = home or fink_home()
+    runs = []
+    for state in sorted((home / "run").glob("*.json")):
+        run = _load(state.stem, home)
+        if run is not None and run.alive():
+            runs.append(run)
+        else:
+            state.unlink(missing_ok=True)
+    return runs
+
+
+def stop(service: str, timeout: float = 60.0, home: Path | None = None) -> str:
+    """Ask ``service`` to stop through its stop file; signal its process group after ``timeout``."""
+    home = home or fink_home()
+    if service == "all":
+        return "\n".join(stop(r.service, timeout, home) for r in running(home)) or "no service running"
+    run = _load(service, home)
+    if run is None or not run.alive():
+        _state_file(service, home).unlink(missing_ok=True)
+        return f"{service}: not running"
+    run.stop_file.touch()
+    how = "stopped cleanly"
+    if not _wait(run, timeout):
+        # the run is its own session and process group: papermill and its kernel, nothing else
+        os.killpg(run.pid, signal.SIGTERM)
+        how = "terminated after timeout"
+        if not _wait(run, 10):
+            os.killpg(run.pid, signal.SIGKILL)
+            _wait(run, 10)
+            how = "killed after timeout"
+    _state_file(service, home).unlink(missing_ok=True)
+    return f"{service}: {how} (pid {run.pid}, {run.run_dir})"
+
+
+def _wait(run: Run, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not run.alive():
+            return True
+        time.sleep(0.2)
+    return not run.alive()
+
+
+def _execute(notebook: str, run_dir: str) -> int:
+    """Body of the background process: execute the notebook and record how it ended."""
+    import papermill
+
+    out = Path(run_dir)
+    params = yaml.safe_load((out / "parameters.yaml").read_text()) or {}
+    t0 = time.time()
+    status: dict[str, Any] = {"notebook": notebook, "started": t0}
+    try:
+        papermill.execute_notebook(notebook, str(out / "output.ipynb"), parameters=params, log_output=True,
+                                   progress_bar=False, cwd=str(Path(notebook).parent))
+        status["state"] = "finished"
+        code = 0
+    except Exception as exc:  # noqa: BLE001 - recorded for `fink show` and the log, then exit 1
+        status.update(state="failed", error=f"{type(exc).__name__}: {exc}"[:2000])
+        print(status["error"], file=sys.stderr)
+        code = 1
+    status["seconds"] = round(time.time() - t0, 1)
+    (out / "status.json").write_text(json.dumps(status, indent=1))
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(_execute(sys.argv[1], sys.argv[2]))

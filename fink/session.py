@@ -1,0 +1,94 @@
+"""The Spark session of the notebooks and stages.
+
+Notes
+-----
+The Kafka and Avro connectors are given to Spark as local jar files resolved ahead of
+time by Maven (``make jvm``), not as ``spark.jars.packages``: a session then starts
+without the network, and the jars it runs with are the ones pinned in ``jvm/pom.xml``.
+On a cluster the same paths are shipped to the executors by ``spark.jars``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from importlib import resources
+from typing import TYPE_CHECKING, Any, Mapping
+
+from fink import jvm
+from fink.config import FinkConfig, fink_home
+
+if TYPE_CHECKING:  # importing pyspark starts nothing, but keep `import fink` light
+    from pyspark.sql import SparkSession
+
+DEFAULTS: dict[str, str] = {
+    "spark.sql.session.timeZone": "UTC",
+    "spark.sql.shuffle.partitions": "4",
+    # a stop() must not wait forever on a Kafka fetch (STYLE: headless runs always end)
+    "spark.sql.streaming.stopTimeout": "30s",
+    "spark.sql.streaming.forceDeleteTempCheckpointLocation": "true",
+    "spark.sql.execution.arrow.pyspark.enabled": "true",
+    "spark.driver.memory": "2g",
+    "spark.ui.showConsoleProgress": "false",
+}
+
+LOCAL_DEFAULTS: dict[str, str] = {
+    # loopback only on one machine; a cluster sets its own addresses
+    "spark.driver.host": "127.0.0.1",
+    "spark.driver.bindAddress": "127.0.0.1",
+    "spark.ui.enabled": "false",
+}
+
+
+def spark_conf(config: FinkConfig | None = None, app_name: str = "fink",
+               overrides: Mapping[str, Any] | None = None) -> dict[str, str]:
+    """Return the Spark settings :func:`get_spark` would use, without starting anything.
+
+    Order of precedence: :data:`DEFAULTS`, then the local ones when the master is
+    ``local[...]``, then the connector jars, then ``config.spark_conf``, then ``overrides``.
+    """
+    config = config or FinkConfig()
+    conf = dict(DEFAULTS)
+    if config.spark_master.startswith("local"):
+        conf.update(LOCAL_DEFAULTS)
+    conf["spark.master"] = config.spark_master
+    conf["spark.app.name"] = app_name
+    conf["spark.jars"] = ",".join(str(p) for p in jvm.jars("spark"))
+    log4j = resources.files("fink") / "data" / "log4j2-spark.properties"
+    conf["spark.driver.extraJavaOptions"] = f"-Dlog4j.configurationFile={log4j}"
+    conf["spark.sql.warehouse.dir"] = str(fink_home() / "spark-warehouse")
+    conf.update({k: str(v) for k, v in config.spark_conf.items()})
+    conf.update({k: str(v) for k, v in (overrides or {}).items()})
+    return conf
+
+
+def get_spark(config: FinkConfig | None = None, app_name: str = "fink",
+              overrides: Mapping[str, Any] | None = None) -> "SparkSession":
+    """Return the Spark session (created on first call, reused after).
+
+    Parameters
+    ----------
+    config
+        Master and extra settings (``spark_master``, ``spark_conf``); defaults to local[2].
+    app_name
+        Name shown in the Spark UI and in cluster managers.
+    overrides
+        Settings applied last, e.g. ``{"spark.sql.shuffle.partitions": "8"}``.
+
+    Returns
+    -------
+    SparkSession
+        With the Kafka and Avro connectors on its classpath and the log level of
+        ``config.log_level``.
+    """
+    from pyspark.sql import SparkSession
+
+    config = config or FinkConfig()
+    # pyspark starts its JVM with this python for the workers too
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    builder = SparkSession.builder
+    for key, value in spark_conf(config, app_name, overrides).items():
+        builder = builder.config(key, value)
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel(config.log_level.upper())
+    return spark

@@ -1,0 +1,102 @@
+"""Starting and supervising streaming queries from a notebook.
+
+Notes
+-----
+A headless notebook must always end. :func:`run_until` waits with bounded
+``awaitTermination`` calls, raises the query's own exception if it failed, honours the
+stop file written by ``fink stop`` and stops every query in a ``finally``, so papermill
+reaches the notebook's summary cells whatever happened.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Iterable
+
+from fink.errors import FinkError
+from fink.log import logger
+
+if TYPE_CHECKING:
+    from pyspark.sql.streaming import DataStreamWriter, StreamingQuery
+
+
+class QueryFailed(FinkError, RuntimeError):
+    """A streaming query stopped with an exception."""
+
+
+@dataclass
+class RunResult:
+    """Why and when a bounded run ended, and the last progress of each query."""
+
+    reason: str  # finished | duration | stop-file
+    seconds: float
+    progress: dict[str, list[dict]] = field(default_factory=dict)
+
+
+def stop_requested(stop_file: str | Path | None) -> bool:
+    """True if ``fink stop`` asked this run to end (its stop file exists)."""
+    return bool(stop_file) and Path(stop_file).exists()
+
+
+def start(writer: "DataStreamWriter", name: str) -> "StreamingQuery":
+    """Start ``writer`` as the query ``name`` (a name makes its metrics findable)."""
+    return writer.queryName(name).start()
+
+
+def run_until(queries: Iterable["StreamingQuery"], duration: float, stop_file: str | Path | None = None,
+              poll: float = 1.0, on_poll: Callable[[list["StreamingQuery"]], None] | None = None) -> RunResult:
+    """Supervise ``queries`` until they finish, ``duration`` seconds pass, or a stop is requested.
+
+    Parameters
+    ----------
+    queries
+        Started queries; all are stopped when this returns or raises.
+    duration
+        Upper bound of the run in seconds (``0`` or less: until the queries finish or a stop).
+    stop_file
+        Path polled for ``fink stop``.
+    poll
+        Seconds between checks.
+    on_poll
+        Called with the queries at each check (a live monitor's update).
+
+    Raises
+    ------
+    QueryFailed
+        If a query stopped with an exception; the Spark exception is chained.
+    """
+    queries = list(queries)
+    t0 = time.monotonic()
+    reason = "finished"
+    progress: dict[str, list[dict]] = {}
+    try:
+        while True:
+            active = []
+            for q in queries:
+                q.awaitTermination(poll / max(1, len(queries)))
+                exc = q.exception()
+                if exc is not None:
+                    raise QueryFailed(f"streaming query {q.name!r} failed: {exc}") from exc
+                if q.isActive:
+                    active.append(q)
+            if on_poll is not None:
+                on_poll(queries)
+            if not active:
+                reason = "finished"
+                break
+            if stop_requested(stop_file):
+                reason = "stop-file"
+                break
+            if duration > 0 and time.monotonic() - t0 >= duration:
+                reason = "duration"
+                break
+    finally:
+        for q in queries:
+            progress[q.name or q.id] = list(q.recentProgress)
+            if q.isActive:
+                q.stop()
+    elapsed = time.monotonic() - t0
+    logger.info("run ended (%s) after %.1f s", reason, elapsed)
+    return RunResult(reason, elapsed, progress)
