@@ -7,7 +7,7 @@ SHELL := /bin/bash
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 BIN := $(VENV)/bin
-export FINK_HOME ?= $(CURDIR)/.fink
+export FINK_HOME ?= $(HOME)/.fink
 export FINK_JVM_CACHE ?= $(HOME)/.cache/fink/jvm
 PYTEST_ARGS ?=
 

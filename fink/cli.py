@@ -43,10 +43,6 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fink", usage=argparse.SUPPRESS, add_help=False)
     sub = p.add_subparsers(dest="command")
     sub.add_parser("init", help="create $FINK_HOME and a default services.yaml")
-    s = sub.add_parser("services", help="local Kafka / HBase / Thrift")
-    s.add_argument("action", choices=["start", "stop", "status"])
-    s.add_argument("names", nargs="*", help=f"services among {', '.join(services.SERVICES)} (default: all)")
-    s.add_argument("--json", action="store_true", help="status as JSON")
     st = sub.add_parser("start", help="run a service notebook headless in the background")
     st.add_argument("service")
     st.add_argument("-c", "--conf", help="papermill parameters file (conf/*.yaml)")
@@ -60,6 +56,14 @@ def _parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="run the smoke pipeline and print what it did")
     d.add_argument("-c", "--conf", default=None, help="parameters file (default conf/local.yaml)")
     return p
+
+
+def _services_parser() -> argparse.ArgumentParser:
+    s = argparse.ArgumentParser(prog="fink services", description="local Kafka / HBase / Thrift")
+    s.add_argument("action", choices=["start", "stop", "status"])
+    s.add_argument("names", nargs="*", help=f"services among {', '.join(services.SERVICES)} (default: all)")
+    s.add_argument("--json", action="store_true", help="status as JSON")
+    return s
 
 
 def _init() -> int:
@@ -118,14 +122,12 @@ def _demo(conf: str | None) -> int:
     print(f"running {notebook} with {conf_path} (executed notebook: {out_nb})")
     papermill.execute_notebook(str(notebook), str(out_nb), parameters=params, progress_bar=True,
                                cwd=str(notebook.parent))
-    from fink.config import FinkConfig
-
-    data = FinkConfig.from_yaml(conf_path).data_path / "smoke"
-    summary = json.loads((data / "summary.json").read_text())
+    report = fink_home() / "reports" / "smoke"
+    summary = json.loads((report / "summary.json").read_text())
     print("\nWhat the smoke pipeline did:")
     for key, value in summary.items():
         print(f"  {key:36s} {value}")
-    print(f"  {'figure':36s} {data / 'magnitudes.png'}")
+    print(f"  {'figure':36s} {report / 'magnitudes.png'}")
     return 0
 
 
@@ -140,7 +142,12 @@ def main(argv: list[str] | None = None) -> int:
         handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
-    args = _parser().parse_args(argv)
+    if argv[0] == "services":
+        # intermixed: `status --json kafka` and `status kafka --json` alike
+        args = _services_parser().parse_intermixed_args(argv[1:])
+        args.command = "services"
+    else:
+        args = _parser().parse_args(argv)
     try:
         if args.command == "init":
             return _init()
@@ -160,8 +167,9 @@ def main(argv: list[str] | None = None) -> int:
                 done = jvm.fetch()
                 print(f"resolved: {', '.join(done)}" if done else f"JVM artifacts up to date in {jvm.cache_dir()}")
             else:
-                for name, version in sorted(jvm.versions().items()):
-                    print(f"{name} {version}")
+                for component, artifacts in jvm.versions().items():
+                    for name, version in sorted(artifacts.items()):
+                        print(f"{component:6s} {name} {version}")
             return 0
         if args.command == "demo":
             return _demo(args.conf)

@@ -16,8 +16,9 @@ import difflib
 import os
 import stat
 import typing
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping, TypeVar
+from typing import Any, TypeVar
 
 import yaml
 
@@ -156,10 +157,16 @@ class FinkConfig(_Validated):
             if isinstance(value, (dict, list)):
                 raise ConfigError(f"{source}: spark_conf[{key!r}] must be a scalar, got {type(value).__name__}")
 
-    @property
-    def data_path(self) -> Path:
-        """The archive root as a path (``data_dir`` or ``$FINK_HOME/data``)."""
-        return Path(self.data_dir).expanduser() if self.data_dir else fink_home() / "data"
+    def data_uri(self, *parts: str) -> str:
+        """Return a location under the archive root, for Spark readers and writers.
+
+        ``data_dir`` may be a local folder or a URI Spark understands (``hdfs://``,
+        ``s3a://``, ``file://``); it is joined as a string so that a URI keeps its ``//``.
+        """
+        root = self.data_dir or str(fink_home() / "data")
+        if "://" not in root:
+            root = str(Path(root).expanduser().resolve())
+        return "/".join([root.rstrip("/"), *(p.strip("/") for p in parts)])
 
     @property
     def hbase_host_port(self) -> tuple[str, int]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -64,7 +65,8 @@ def fetch(components: tuple[str, ...] = COMPONENTS, mvn: str = "mvn") -> list[st
             logger.info("jvm: %s already resolved in %s", component, cache_dir() / component)
             continue
         if shutil.which(mvn) is None:
-            raise JvmArtifactsError(f"'{mvn}' not found: install Maven (apt install maven) to resolve the JVM artifacts")
+            raise JvmArtifactsError(f"'{mvn}' not found: install Maven (apt install maven) "
+                                    "to resolve the JVM artifacts")
         target = cache_dir() / component
         target.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{component}-", dir=target.parent))
@@ -98,15 +100,17 @@ def classpath(component: str, *extra: Path) -> str:
     return os.pathsep.join([str(p) for p in extra] + [str(j) for j in jars(component)])
 
 
-def versions() -> dict[str, str]:
-    """Return ``{artifact: version}`` of every resolved jar, for reports and tests."""
-    out = {}
-    for component in COMPONENTS:
-        if not is_resolved(component):
-            continue
-        for jar in jars(component):
-            # the version starts at the first dash-separated token that starts with a digit
-            parts = jar.stem.split("-")
-            idx = next((i for i, p in enumerate(parts) if i > 0 and p[:1].isdigit()), len(parts))
-            out["-".join(parts[:idx])] = "-".join(parts[idx:])
-    return out
+def split_jar_name(stem: str) -> tuple[str, str]:
+    """Split ``hbase-thrift-2.6.1`` into ``("hbase-thrift", "2.6.1")``.
+
+    The version starts at the first dash-separated token shaped like ``N.N`` (so that
+    ``spark-sql-kafka-0-10_2.13-4.2.0`` keeps its ``0-10`` in the name).
+    """
+    parts = stem.split("-")
+    idx = next((i for i, p in enumerate(parts) if i > 0 and re.match(r"\d+\.\d", p)), len(parts))
+    return "-".join(parts[:idx]), "-".join(parts[idx:])
+
+
+def versions() -> dict[str, dict[str, str]]:
+    """Return ``{component: {artifact: version}}`` of every resolved jar, for reports and tests."""
+    return {c: dict(split_jar_name(jar.stem) for jar in jars(c)) for c in COMPONENTS if is_resolved(c)}

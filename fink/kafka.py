@@ -7,7 +7,8 @@ switched on, as the Fink community client does; otherwise plaintext.
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from fink.config import secret
 from fink.errors import FinkError

@@ -45,8 +45,9 @@ def smoke_records(n: int, seed: int = 42, jd0: float = 2461371.5) -> list[dict]:
             "jd": jd0 + 0.15 + i * 0.0005,
             "fid": int(rng.integers(1, 3)),
             "ra": float(ra[k]), "dec": float(dec[k]),
-            "magpsf": float(base[k] + rng.normal(0, 0.3)),
-            "sigmapsf": float(rng.uniform(0.03, 0.2)),
+            # float fields are Avro floats: round-trip exactly through 32 bits
+            "magpsf": float(np.float32(base[k] + rng.normal(0, 0.3))),
+            "sigmapsf": float(np.float32(rng.uniform(0.03, 0.2))),
         })
     return records
 

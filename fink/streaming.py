@@ -11,9 +11,10 @@ reaches the notebook's summary cells whatever happened.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterable
+from typing import TYPE_CHECKING
 
 from fink.errors import FinkError
 from fink.log import logger

@@ -73,7 +73,8 @@ class _HBaseBase(Service):
         self.conf_dir.mkdir(parents=True, exist_ok=True)
         props = "\n".join(f"  <property><name>{escape(k)}</name><value>{escape(v)}</value></property>"
                           for k, v in self.site().items())
-        (self.conf_dir / "hbase-site.xml").write_text(f"<?xml version=\"1.0\"?>\n<configuration>\n{props}\n</configuration>\n")
+        site = f"<?xml version=\"1.0\"?>\n<configuration>\n{props}\n</configuration>\n"
+        (self.conf_dir / "hbase-site.xml").write_text(site)
         (self.conf_dir / "log4j.properties").write_text(LOG4J)
 
     def _java(self, heap: str, main: list[str]) -> list[str]:

@@ -48,8 +48,14 @@ def process_start_time(pid: int) -> int | None:
         return None
     # the command name (field 2) may contain spaces and parentheses: split after the last ')'
     fields = stat[stat.rindex(")") + 2:].split()
-    if fields[0] == "Z":  # a zombie has exited; only its exit status is left
-        return None
+    if fields[0] == "Z":
+        # A zombie has exited, unless only its main thread has: a JVM shutting down shows
+        # 'Z' for the leader while its other threads still run (and still hold ports).
+        try:
+            if len(os.listdir(f"/proc/{pid}/task")) <= 1:
+                return None
+        except FileNotFoundError:
+            return None
     return int(fields[19])
 
 
@@ -130,8 +136,11 @@ class Service:
             return (-1, -1)  # unreadable: treated as stale
 
     def _reap(self, pid: int) -> None:
+        """Collect the exit status of a process this object started (else it lingers as a zombie)."""
         if self._child is not None and self._child.pid == pid:
             self._child.poll()
+            if self._child.returncode is not None:
+                self._child = None
 
     def alive_pid(self) -> int | None:
         """Return the PID if the recorded process is this service's and still runs."""
@@ -210,7 +219,8 @@ class Service:
         if self._wait_gone(pid, self.config.stop_timeout):
             how = "stopped"
         else:
-            logger.warning("%s: pid %d ignored SIGTERM for %.0f s, killing it", self.name, pid, self.config.stop_timeout)
+            logger.warning("%s: pid %d ignored SIGTERM for %.0f s, killing it",
+                           self.name, pid, self.config.stop_timeout)
             os.kill(pid, signal.SIGKILL)
             self._wait_gone(pid, 10)
             how = "killed after timeout"
@@ -223,6 +233,7 @@ class Service:
         while time.monotonic() < deadline:
             self._reap(pid)
             if started is None or process_start_time(pid) != started[1]:
+                self._reap(pid)  # it may have turned zombie between the two calls
                 return True
             time.sleep(0.2)
         return False

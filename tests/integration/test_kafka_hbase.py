@@ -1,0 +1,75 @@
+"""The real broker and HBase, through the clients the stages use."""
+
+import uuid
+
+import pytest
+
+from fink import kafka
+
+pytestmark = pytest.mark.integration
+
+
+def test_produce_then_consume_gives_back_the_same_bytes(kafka_bootstrap, topic):
+    from confluent_kafka import Consumer
+
+    kafka.ensure_topic(kafka_bootstrap, topic, partitions=2)
+    values = [uuid.uuid4().bytes * (i + 1) for i in range(50)]
+    keys = [f"k{i}".encode() for i in range(50)]
+    assert kafka.produce(kafka_bootstrap, topic, values, keys=keys) == 50
+
+    consumer = Consumer(kafka.client_config(kafka_bootstrap, **{"group.id": f"g-{topic}",
+                                                              "auto.offset.reset": "earliest"}))
+    consumer.subscribe([topic])
+    got = {}
+    try:
+        for _ in range(200):
+            msg = consumer.poll(1.0)
+            if msg is None:
+                if len(got) == 50:
+                    break
+                continue
+            assert msg.error() is None
+            got[msg.key()] = (msg.value(), msg.partition(), msg.offset())
+    finally:
+        consumer.close()
+    assert {k: v[0] for k, v in got.items()} == dict(zip(keys, values, strict=True))
+    # same key, same partition; offsets within a partition are dense from 0
+    for p in {v[1] for v in got.values()}:
+        offsets = sorted(v[2] for v in got.values() if v[1] == p)
+        assert offsets == list(range(len(offsets)))
+
+
+def test_ensure_topic_is_idempotent(kafka_bootstrap, topic):
+    assert kafka.ensure_topic(kafka_bootstrap, topic) is True
+    assert kafka.ensure_topic(kafka_bootstrap, topic) is False
+
+
+def test_unreachable_broker_is_a_clear_error(topic):
+    with pytest.raises(kafka.KafkaError, match="not delivered"):
+        kafka.produce("127.0.0.1:1", topic, [b"x"], timeout=2, **{"message.timeout.ms": 1500})
+
+
+def test_happybase_creates_writes_and_scans_through_thrift(hbase_thrift):
+    import happybase
+
+    host, port = hbase_thrift
+    name = f"test_{uuid.uuid4().hex[:10]}"
+    conn = happybase.Connection(host, port=port, timeout=30000)
+    try:
+        conn.create_table(name, {"i": {"max_versions": 1}, "d": {}})
+        assert name.encode() in conn.tables()
+        table = conn.table(name)
+        rows = {f"ZTF26aa{i:05d}_{2461371 + i}".encode(): {b"i:objectId": f"ZTF26aa{i:05d}".encode(),
+                                                          b"d:magpsf": str(18.0 + i / 10).encode()}
+                for i in range(20)}
+        with table.batch(batch_size=7) as batch:
+            for key, data in rows.items():
+                batch.put(key, data)
+        assert dict(table.scan()) == rows
+        prefix = b"ZTF26aa0001"
+        assert sorted(k for k, _ in table.scan(row_prefix=prefix)) == sorted(k for k in rows if k.startswith(prefix))
+        assert table.row(b"ZTF26aa00003_2461374", columns=[b"d:magpsf"]) == {b"d:magpsf": b"18.3"}
+    finally:
+        if name.encode() in conn.tables():
+            conn.delete_table(name, disable=True)
+        conn.close()

@@ -1,0 +1,59 @@
+"""The service notebooks: nbval with their defaults, papermill with every conf/ file."""
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytestmark = [pytest.mark.integration, pytest.mark.spark]
+ROOT = Path(__file__).resolve().parents[2]
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.stem)
+def test_nbval_runs_the_notebook_with_its_defaults(notebook, kafka_bootstrap, tmp_path):
+    env = {**os.environ, "FINK_HOME": str(tmp_path / "home")}
+    proc = subprocess.run([sys.executable, "-m", "pytest", "--nbval-lax", "-p", "no:cacheprovider", "-q",
+                           "-o", "addopts=", "-W", "ignore::DeprecationWarning", str(notebook)],
+                          capture_output=True, text=True, env=env, cwd=notebook.parent, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    assert " passed" in proc.stdout and "failed" not in proc.stdout
+
+
+@pytest.mark.parametrize("conf", ["local.yaml", "ci.yaml"])
+def test_smoke_notebook_headless_with_each_conf(conf, kafka_bootstrap, tmp_path):
+    import papermill
+
+    home = tmp_path / "home"
+    params = yaml.safe_load((ROOT / "conf" / conf).read_text())
+    params.update(data_dir=str(tmp_path / "data"), topic=f"smoke_{uuid.uuid4().hex[:8]}", n_alerts=60)
+    os.environ["FINK_HOME"] = str(home)  # read by the kernel, which inherits our environment
+    try:
+        papermill.execute_notebook(str(ROOT / "notebooks" / "smoke.ipynb"), str(tmp_path / "out.ipynb"),
+                                   parameters=params, progress_bar=False, cwd=str(ROOT / "notebooks"))
+    finally:
+        del os.environ["FINK_HOME"]
+    summary = json.loads((home / "reports" / "smoke" / "summary.json").read_text())
+    assert summary["published"] == 60
+    assert summary["archived_this_run"] == summary["archive_total"] == 60
+    assert summary["published_alerts_found_in_archive"] == 60
+    assert summary["stopped_because"] == "finished"
+    assert (home / "reports" / "smoke" / "magnitudes.png").stat().st_size > 1000
+
+
+def test_cluster_conf_is_valid_without_a_cluster():
+    from fink.config import FinkConfig
+    from fink.session import spark_conf
+
+    params = yaml.safe_load((ROOT / "conf" / "cluster.yaml").read_text())
+    cfg = FinkConfig.from_mapping(params, source="conf/cluster.yaml")
+    conf = spark_conf(cfg)
+    assert conf["spark.master"].startswith("spark://")
+    assert "spark.driver.bindAddress" not in conf  # loopback settings are for local masters only
+    assert conf["spark.executor.memory"] == "8g"
+    assert cfg.data_uri("raw") == "hdfs://namenode.example.org:8020/fink/raw"

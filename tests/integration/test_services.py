@@ -1,0 +1,101 @@
+"""`fink services` on the real processes."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fink import services
+from fink.config import ServicesConfig
+from fink.errors import ServiceError
+from fink.services.process import process_start_time
+
+pytestmark = pytest.mark.integration
+FINK = [sys.executable, "-m", "fink.cli"]
+
+
+def free_ports(n):
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def fink(*args, env=None):
+    return subprocess.run([*FINK, *args], capture_output=True, text=True, timeout=300, env=env)
+
+
+def test_status_json_reports_the_running_stack(hbase_thrift):
+    proc = fink("services", "status", "--json")
+    assert proc.returncode == 0, proc.stderr
+    rows = {r["name"]: r for r in json.loads(proc.stdout)}
+    assert set(rows) == {"kafka", "hbase", "thrift"}
+    for row in rows.values():
+        assert row["state"] == "running" and Path(f"/proc/{row['pid']}").exists()
+    assert rows["thrift"]["ports"] == {"thrift_port": hbase_thrift[1]}
+
+
+def test_start_again_starts_no_duplicate(hbase_thrift):
+    before = {s.name: s.pid for s in services.status()}
+    proc = fink("services", "start")
+    assert proc.returncode == 0, proc.stderr
+    for name, pid in before.items():
+        assert f"{name}: already running (pid {pid})" in proc.stdout
+    assert {s.name: s.pid for s in services.status()} == before
+
+
+def test_kafka_lifecycle_in_its_own_home(tmp_path):
+    """A second broker on other ports: start, answer, refuse a duplicate port, stop by PID."""
+    kafka_port, controller = free_ports(2)
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "services.yaml").write_text(f"kafka_port: {kafka_port}\nkafka_controller_port: {controller}\n")
+    env = {**os.environ, "FINK_HOME": str(home)}
+    try:
+        proc = fink("services", "start", "kafka", env=env)
+        assert proc.returncode == 0, proc.stderr
+        assert "kafka: started" in proc.stdout
+        status = json.loads(fink("services", "status", "--json", "kafka", env=env).stdout)[0]
+        assert status["state"] == "running"
+
+        from confluent_kafka.admin import AdminClient
+
+        meta = AdminClient({"bootstrap.servers": f"127.0.0.1:{kafka_port}"}).list_topics(timeout=10)
+        assert [b.port for b in meta.brokers.values()] == [kafka_port]
+
+        # another home configured on the same ports: a one-line error naming the port
+        other = tmp_path / "other"
+        other.mkdir()
+        (other / "services.yaml").write_text((home / "services.yaml").read_text())
+        clash = fink("services", "start", "kafka", env={**env, "FINK_HOME": str(other)})
+        assert clash.returncode == 1
+        assert f"port 127.0.0.1:{kafka_port} (kafka_port) is already taken" in clash.stderr
+    finally:
+        stop = fink("services", "stop", "kafka", env=env)
+    assert stop.returncode == 0 and "kafka: stopped" in stop.stdout, stop.stdout + stop.stderr
+    assert process_start_time(status['pid']) is None
+    assert fink("services", "status", "kafka", env=env).returncode == 3
+
+
+def test_failing_service_prints_its_log_tail(tmp_path, monkeypatch):
+    monkeypatch.setenv("FINK_HOME", str(tmp_path))
+    port, controller = free_ports(2)
+    config = ServicesConfig.from_mapping({"kafka_port": port, "kafka_controller_port": controller})
+    svc = services.select(["kafka"], home=tmp_path, config=config)[0]
+    # storage that looks formatted but is not: Kafka refuses to start on it
+    (tmp_path / "data" / "kafka").mkdir(parents=True)
+    (tmp_path / "data" / "kafka" / "meta.properties").write_text("version=1\n")
+    with pytest.raises(ServiceError) as info:
+        svc.start()
+    message = str(info.value)
+    assert "kafka exited with status 1 while starting; last lines of its log:" in message, message
+    assert "meta.properties" in message, message
+    assert f"(full log: {tmp_path / 'logs' / 'kafka.log'})" in message
+    assert svc.status().state == "stopped"

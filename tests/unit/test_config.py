@@ -1,0 +1,110 @@
+import os
+
+import pytest
+
+from fink.config import FinkConfig, ServicesConfig, secret
+from fink.errors import ConfigError
+
+
+def test_unknown_key_is_an_error_naming_it_and_the_close_match():
+    with pytest.raises(ConfigError, match=r"unknown key 'kafka_bootstrp' \(did you mean 'kafka_bootstrap'\?\)"):
+        FinkConfig.from_mapping({"kafka_bootstrp": "127.0.0.1:9092"}, source="conf/x.yaml")
+
+
+def test_wrong_type_names_key_and_type():
+    with pytest.raises(ConfigError, match="'spark_conf' must be of type dict, got str"):
+        FinkConfig.from_mapping({"spark_conf": "spark.executor.memory=4g"})
+
+
+def test_bool_is_not_accepted_as_a_port():
+    with pytest.raises(ConfigError, match="'kafka_port' must be of type int, got bool"):
+        ServicesConfig.from_mapping({"kafka_port": True})
+
+
+@pytest.mark.parametrize("value", ["localhost", "127.0.0.1:abc", ":9092", "a:1,b"])
+def test_bootstrap_must_be_host_port(value):
+    with pytest.raises(ConfigError, match="kafka_bootstrap"):
+        FinkConfig.from_mapping({"kafka_bootstrap": value})
+
+
+def test_spark_conf_keys_must_be_spark_settings():
+    with pytest.raises(ConfigError, match="spark_conf key 'executor.memory'"):
+        FinkConfig.from_mapping({"spark_conf": {"executor.memory": "1g"}})
+
+
+def test_valid_mapping_round_trips():
+    cfg = FinkConfig.from_mapping({"kafka_bootstrap": "k1:9092,k2:9092", "spark_conf": {"spark.x": 1}})
+    assert cfg.kafka_bootstrap == "k1:9092,k2:9092"
+    assert FinkConfig.from_mapping(cfg.to_dict()) == cfg
+
+
+def test_from_namespace_picks_only_its_fields():
+    ns = {"kafka_bootstrap": "h:1", "topic": "ztf", "duration": 3.0}
+    assert FinkConfig.from_namespace(ns).kafka_bootstrap == "h:1"
+
+
+def test_yaml_errors_name_the_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("kafka_port: [1\n")
+    with pytest.raises(ConfigError, match="bad.yaml: not valid YAML"):
+        ServicesConfig.from_yaml(bad)
+    bad.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="expected a mapping"):
+        ServicesConfig.from_yaml(bad)
+
+
+def test_services_must_listen_on_loopback():
+    with pytest.raises(ConfigError, match="loopback"):
+        ServicesConfig.from_mapping({"host": "0.0.0.0"})
+
+
+def test_services_ports_must_differ():
+    with pytest.raises(ConfigError, match="'thrift_port' and 'kafka_port' are both 9092"):
+        ServicesConfig.from_mapping({"thrift_port": 9092})
+
+
+def test_services_heap_format():
+    with pytest.raises(ConfigError, match="kafka_heap"):
+        ServicesConfig.from_mapping({"kafka_heap": "lots"})
+
+
+def test_services_yaml_in_home_is_read(tmp_path):
+    (tmp_path / "services.yaml").write_text("kafka_port: 19092\n")
+    assert ServicesConfig.load(tmp_path).kafka_bootstrap == "127.0.0.1:19092"
+    (tmp_path / "services.yaml").write_text("kafka_prot: 19092\n")
+    with pytest.raises(ConfigError, match="unknown key 'kafka_prot'"):
+        ServicesConfig.load(tmp_path)
+
+
+def test_secret_from_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("FINK_HOME", str(tmp_path))
+    monkeypatch.setenv("FINK_KAFKA_PASSWORD", "s3cret")
+    assert secret("kafka_password") == "s3cret"
+
+
+def test_secret_file_must_be_private(monkeypatch, tmp_path):
+    monkeypatch.setenv("FINK_HOME", str(tmp_path))
+    monkeypatch.delenv("FINK_KAFKA_PASSWORD", raising=False)
+    assert secret("kafka_password") is None
+    path = tmp_path / "secrets" / "kafka_password"
+    path.parent.mkdir()
+    path.write_text("from-file\n")
+    os.chmod(path, 0o644)
+    with pytest.raises(ConfigError, match="chmod 600"):
+        secret("kafka_password")
+    os.chmod(path, 0o600)
+    assert secret("kafka_password") == "from-file"
+
+
+def test_sasl_options_only_with_both_credentials(monkeypatch, tmp_path):
+    from fink import kafka
+
+    monkeypatch.setenv("FINK_HOME", str(tmp_path))
+    monkeypatch.delenv("FINK_KAFKA_PASSWORD", raising=False)
+    monkeypatch.setenv("FINK_KAFKA_USERNAME", "alice")
+    assert "security.protocol" not in kafka.client_config("h:1")
+    monkeypatch.setenv("FINK_KAFKA_PASSWORD", "pw")
+    conf = kafka.client_config("h:1")
+    assert conf["security.protocol"] == "SASL_PLAINTEXT" and conf["sasl.mechanism"] == "SCRAM-SHA-512"
+    opts = kafka.spark_options("h:1")
+    assert 'username="alice" password="pw"' in opts["kafka.sasl.jaas.config"]
