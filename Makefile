@@ -11,7 +11,7 @@ export FINK_HOME ?= $(HOME)/.fink
 export FINK_JVM_CACHE ?= $(HOME)/.cache/fink/jvm
 PYTEST_ARGS ?=
 
-.PHONY: help venv jvm services test demo stop status lint lock clean
+.PHONY: help venv jvm services test demo stop status notebooks lint lock clean
 
 help:
 	@echo "make demo | make test | make services | make stop | make status | make lint | make lock"
@@ -44,8 +44,11 @@ stop: venv
 	-$(BIN)/fink stop all
 	$(BIN)/fink services stop
 
+notebooks: venv
+	$(BIN)/python tools/nbbuild.py
+
 lint: venv
-	$(BIN)/ruff check fink tests
+	$(BIN)/ruff check fink tests tools notebooks
 
 # Re-pin the Python stack from the current virtualenv.
 lock: venv

@@ -62,6 +62,28 @@ def ensure_topic(bootstrap: str, topic: str, partitions: int = 1, timeout: float
     return True
 
 
+def end_offsets(bootstrap: str, topic: str, timeout: float = 30.0) -> dict[int, int]:
+    """Return ``{partition: next offset}`` of ``topic`` (where a reader starting now would begin)."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer(client_config(bootstrap, **{"group.id": "fink-offsets", "enable.auto.commit": False}))
+    try:
+        meta = consumer.list_topics(topic, timeout=timeout).topics[topic]
+        if meta.error is not None:
+            raise KafkaError(f"topic {topic!r} on {bootstrap}: {meta.error}")
+        return {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)[1]
+                for p in sorted(meta.partitions)}
+    finally:
+        consumer.close()
+
+
+def starting_offsets_json(topic: str, offsets: dict[int, int]) -> str:
+    """Spark's ``startingOffsets`` JSON for explicit per-partition offsets."""
+    import json
+
+    return json.dumps({topic: {str(p): o for p, o in offsets.items()}})
+
+
 def produce(bootstrap: str, topic: str, values: Iterable[bytes], keys: Iterable[bytes | None] | None = None,
             timeout: float = 60.0, **config: Any) -> int:
     """Send ``values`` to ``topic`` and wait for every delivery; return how many were acknowledged.

@@ -44,6 +44,17 @@ def test_ensure_topic_is_idempotent(kafka_bootstrap, topic):
     assert kafka.ensure_topic(kafka_bootstrap, topic) is False
 
 
+def test_end_offsets_mark_where_new_messages_begin(kafka_bootstrap, topic):
+    import json
+
+    kafka.ensure_topic(kafka_bootstrap, topic, partitions=3)
+    assert kafka.end_offsets(kafka_bootstrap, topic) == {0: 0, 1: 0, 2: 0}
+    kafka.produce(kafka_bootstrap, topic, [b"a", b"b", b"c", b"d"], keys=[b"1", b"1", b"1", b"1"])
+    offsets = kafka.end_offsets(kafka_bootstrap, topic)
+    assert sorted(offsets.values()) == [0, 0, 4]  # one key, one partition
+    assert json.loads(kafka.starting_offsets_json(topic, offsets)) == {topic: {str(p): o for p, o in offsets.items()}}
+
+
 def test_unreachable_broker_is_a_clear_error(topic):
     with pytest.raises(kafka.KafkaError, match="not delivered"):
         kafka.produce("127.0.0.1:1", topic, [b"x"], timeout=2, **{"message.timeout.ms": 1500})

@@ -1,0 +1,71 @@
+"""A live view of streaming queries that also survives headless runs.
+
+Notes
+-----
+papermill does not keep widget state, but it does keep a display updated in place:
+:class:`QueryMonitor` renders one table per poll into a ``display_id`` handle, so the
+executed notebook ends with the last state of every query, and JupyterLab shows it
+changing while the run cell blocks in :func:`fink.streaming.run_until`.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from fink.log import logger
+
+if TYPE_CHECKING:
+    from pyspark.sql.streaming import StreamingQuery
+
+
+def query_row(query: Any) -> dict[str, Any]:
+    """Summarise a query's state and last progress as one flat row."""
+    last = query.lastProgress or {}
+    durations = last.get("durationMs", {})
+    return {
+        "query": query.name or str(query.id),
+        "active": query.isActive,
+        "batch": last.get("batchId"),
+        "input rows": last.get("numInputRows"),
+        "input rows/s": round(last.get("inputRowsPerSecond") or 0.0, 1),
+        "processed rows/s": round(last.get("processedRowsPerSecond") or 0.0, 1),
+        "batch ms": durations.get("triggerExecution"),
+        "total rows": sum(p.get("numInputRows", 0) for p in query.recentProgress),
+    }
+
+
+class QueryMonitor:
+    """Call it with the queries (``run_until(..., on_poll=monitor)``) to refresh the view."""
+
+    def __init__(self, title: str = "streaming queries", every: float = 0.0):
+        self.title = title
+        self.every = every
+        self._handle = None
+        self._last = 0.0
+
+    def _display(self, obj: Any) -> bool:
+        try:
+            from IPython import get_ipython
+            from IPython.display import display
+        except ImportError:
+            return False
+        if get_ipython() is None:
+            return False
+        if self._handle is None:
+            self._handle = display(obj, display_id=True)
+        else:
+            self._handle.update(obj)
+        return True
+
+    def __call__(self, queries: list["StreamingQuery"]) -> None:
+        now = time.monotonic()
+        if now - self._last < self.every:
+            return
+        self._last = now
+        import pandas as pd
+
+        table = pd.DataFrame([query_row(q) for q in queries]).set_index("query")
+        table.attrs["title"] = self.title
+        if not self._display(table):
+            logger.info("%s\n%s", self.title, table.to_string())

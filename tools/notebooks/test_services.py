@@ -1,0 +1,43 @@
+"""Cells of the notebooks below (see tools/nbbuild.py)."""
+
+NOTEBOOKS: dict[str, list[tuple]] = {}
+
+NOTEBOOKS["tests/notebooks/sleeper.ipynb"] = ([
+("md", "Test service: counts ticks until its stop file appears or `duration` passes; writes `ticks.txt`."),
+("code", """
+kafka_bootstrap: str = "127.0.0.1:9092"  # unused, the common parameters every service takes
+hbase_thrift: str = "127.0.0.1:9090"  # unused
+spark_master: str = "local[2]"  # unused
+spark_conf: dict = {}  # unused
+data_dir: str = ""  # unused
+log_level: str = "WARN"  # unused
+simulator: bool = False  # recorded in ticks.txt
+duration: float = 60.0  # upper bound, seconds
+stop_file: str = ""  # polled; `fink stop` creates it
+""", ["parameters"]),
+("code", """
+import pathlib
+import time
+
+from fink.streaming import stop_requested
+
+marker = pathlib.Path(stop_file).with_name("ticks.txt") if stop_file else None
+if marker:
+    marker.write_text("running")
+t0, ticks = time.monotonic(), 0
+while not stop_requested(stop_file) and time.monotonic() - t0 < duration:
+    ticks += 1
+    time.sleep(0.1)
+reason = "stop-file" if stop_requested(stop_file) else "duration"
+if marker:
+    marker.write_text(f"{ticks} {reason} simulator={simulator}")
+"""),
+])
+NOTEBOOKS["tests/notebooks/stubborn.ipynb"] = ([
+("md", "Test service that never looks at its stop file: `fink stop` must force it."),
+("code", """
+duration: float = 600.0  # seconds it sleeps
+stop_file: str = ""  # deliberately ignored
+""", ["parameters"]),
+("code", "import time\n\ntime.sleep(duration)"),
+])
