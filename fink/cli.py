@@ -23,6 +23,8 @@ Handle the alert stream received by Apache Spark (Kafka in, Kafka and HBase out)
     fink stop <service|all>                        stop a service cleanly (forced after a timeout)
     fink show                                      list running services
     fink jvm fetch|versions                        resolve / list the pinned JVM artifacts
+    fink datasim generate|download ...             simulate a night / fetch a real ZTF night
+    fink checkstream <topic> [--from earliest]     watch a topic: counts, rates, lag, latest alerts
     fink demo                                      the smoke pipeline on the local stack
 
  Services (notebooks/): {services}
@@ -53,6 +55,24 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("show", help="list running services")
     j = sub.add_parser("jvm", help="JVM artifacts")
     j.add_argument("action", choices=["fetch", "versions"])
+    ds = sub.add_parser("datasim", help="simulated and real alert data")
+    dsub = ds.add_subparsers(dest="datasim_command", required=True)
+    gen = dsub.add_parser("generate", help="write a simulated night (one container file, truth.csv)")
+    gen.add_argument("--out", required=True, help="folder to write")
+    gen.add_argument("--night", default="20261127", help="YYYYMMDD")
+    gen.add_argument("--seed", type=int, default=42)
+    gen.add_argument("--objects", type=int, default=120, help="objects drawn (about 2 alerts each)")
+    gen.add_argument("--schema", default="4.02", choices=["3.3", "4.02"])
+    gen.add_argument("--files", action="store_true", help="one <candid>.avro per alert instead of one archive")
+    dl = dsub.add_parser("download", help="download and unpack a public ZTF night", add_help=False)
+    dl.add_argument("args", nargs=argparse.REMAINDER)
+    cs = sub.add_parser("checkstream", help="watch a topic")
+    cs.add_argument("topic")
+    cs.add_argument("--bootstrap", default="127.0.0.1:9092")
+    cs.add_argument("--from", dest="start", default="earliest", help="earliest | latest | <offset>")
+    cs.add_argument("--max", type=int, default=0, help="stop after this many messages")
+    cs.add_argument("--idle", type=float, default=10.0, help="stop after this many seconds without a message")
+    cs.add_argument("--json", action="store_true", help="print the final summary as JSON")
     d = sub.add_parser("demo", help="run the smoke pipeline and print what it did")
     d.add_argument("-c", "--conf", default=None, help="parameters file (default conf/local.yaml)")
     return p
@@ -131,6 +151,44 @@ def _demo(conf: str | None) -> int:
     return 0
 
 
+def _datasim(args: argparse.Namespace) -> int:
+    if args.datasim_command == "download":
+        from fink import download
+
+        return download.main(args.args, prog="fink datasim download")
+    import time
+
+    from fink.datasim import NightConfig, generate_night
+
+    t0 = time.perf_counter()
+    night = generate_night(NightConfig(night=args.night, seed=args.seed, n_objects=args.objects))
+    out = Path(args.out)
+    written = night.write(out, args.schema) if args.files else [night.write_archive(out, args.schema)]
+    seconds = time.perf_counter() - t0
+    print(f"{len(night.alerts)} alerts of {len(night.truth)} objects (seed {args.seed}, night {args.night}) "
+          f"in {seconds:.1f} s ({len(night.alerts) / seconds:.0f} alerts/s): "
+          f"{sum(p.stat().st_size for p in written) / 1e6:.2f} MB in {out}")
+    return 0
+
+
+def _checkstream(args: argparse.Namespace) -> int:
+    from fink import checkstream
+
+    start = int(args.start) if args.start.lstrip("-").isdigit() else args.start
+
+    def show(stats):
+        print(stats.text(), flush=True)
+
+    stats = checkstream.watch(args.bootstrap, args.topic, start=start, max_messages=args.max, idle=args.idle,
+                              on_update=None if args.json else show, every=2.0)
+    if args.json:
+        print(json.dumps(stats.summary(), indent=1))
+    else:
+        for partition, offset, reason, detail in stats.examples:
+            print(f"  partition {partition} offset {offset}: {reason} ({detail})")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``fink`` console script."""
     argv = sys.argv[1:] if argv is None else argv
@@ -173,6 +231,10 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "demo":
             return _demo(args.conf)
+        if args.command == "datasim":
+            return _datasim(args)
+        if args.command == "checkstream":
+            return _checkstream(args)
     except FinkError as exc:
         print(f"fink: error: {exc}", file=sys.stderr)
         return 1

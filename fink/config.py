@@ -24,7 +24,7 @@ import yaml
 
 from fink.errors import ConfigError
 
-T = TypeVar("T", bound="_Validated")
+T = TypeVar("T", bound="Validated")
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
@@ -55,8 +55,8 @@ def _check_type(name: str, value: Any, annotation: Any, source: str) -> Any:
     return value
 
 
-class _Validated:
-    """Mixin: strict construction from a mapping, plus a per-class ``validate``."""
+class Validated:
+    """Base of the config dataclasses: strict construction from a mapping, plus a per-class ``validate``."""
 
     @classmethod
     def field_names(cls) -> list[str]:
@@ -116,7 +116,7 @@ def _host_port(value: str, name: str, source: str) -> tuple[str, int]:
 
 
 @dataclasses.dataclass(frozen=True)
-class FinkConfig(_Validated):
+class FinkConfig(Validated):
     """Settings every service notebook takes (the keys of the ``conf/*.yaml`` files).
 
     Parameters
@@ -174,7 +174,7 @@ class FinkConfig(_Validated):
 
 
 @dataclasses.dataclass(frozen=True)
-class ServicesConfig(_Validated):
+class ServicesConfig(Validated):
     """Ports, heaps and timeouts of the local services (``$FINK_HOME/services.yaml``).
 
     Notes

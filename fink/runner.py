@@ -180,8 +180,12 @@ def _wait(run: Run, timeout: float) -> bool:
 
 def _execute(notebook: str, run_dir: str) -> int:
     """Body of the background process: execute the notebook and record how it ended."""
+    import logging
+
     import papermill
 
+    # papermill logs each cell's output through its logger: into this run's log.txt
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     out = Path(run_dir)
     params = yaml.safe_load((out / "parameters.yaml").read_text()) or {}
     t0 = time.time()

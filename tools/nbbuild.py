@@ -20,6 +20,14 @@ from pathlib import Path
 import nbformat
 
 SOURCES = Path(__file__).resolve().parent / "notebooks"
+
+#: the parameters every service notebook takes: the keys of conf/*.yaml (fink.config.FinkConfig)
+COMMON_PARAMETERS = '''kafka_bootstrap: str = "127.0.0.1:9092"  # Kafka bootstrap servers, host:port[,host:port]
+hbase_thrift: str = "127.0.0.1:9090"  # HBase Thrift gateway, host:port
+spark_master: str = "local[2]"  # local[N] | spark://host:7077 | yarn | k8s://...
+spark_conf: dict = {}  # extra Spark settings, e.g. {"spark.executor.memory": "4g"}
+data_dir: str = ""  # archive root, "" means $FINK_HOME/data
+log_level: str = "WARN"  # Spark log level in this notebook'''
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -42,6 +50,7 @@ def notebook(cells: list[tuple]) -> nbformat.NotebookNode:
 def build(root: Path = ROOT) -> list[Path]:
     """Write every notebook of ``tools/notebooks/*.py`` under ``root``; return their paths."""
     written = []
+    sys.path.insert(0, str(SOURCES.parent))  # the sources import COMMON_PARAMETERS from here
     for source in sorted(SOURCES.glob("*.py")):
         for rel, cells in runpy.run_path(str(source))["NOTEBOOKS"].items():
             path = root / rel

@@ -12,7 +12,9 @@ import yaml
 
 pytestmark = [pytest.mark.integration, pytest.mark.spark]
 ROOT = Path(__file__).resolve().parents[2]
-NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+# the simulator fills the topic that checkstream's defaults watch
+ORDER = ["smoke", "simulator", "checkstream"]
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"), key=lambda p: ORDER.index(p.stem) if p.stem in ORDER else 99)
 
 
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.stem)
@@ -60,3 +62,22 @@ def test_cluster_conf_is_valid_without_a_cluster():
     assert "spark.driver.bindAddress" not in conf  # loopback settings are for local masters only
     assert conf["spark.executor.memory"] == "8g"
     assert cfg.data_uri("raw") == "hdfs://namenode.example.org:8020/fink/raw"
+
+
+@pytest.mark.parametrize("conf", ["local.yaml", "ci.yaml"])
+def test_simulator_then_checkstream_headless_with_each_conf(conf, kafka_bootstrap, tmp_path):
+    import papermill
+
+    params = yaml.safe_load((ROOT / "conf" / conf).read_text())
+    topic = f"nb_{uuid.uuid4().hex[:8]}"
+    papermill.execute_notebook(str(ROOT / "notebooks" / "simulator.ipynb"), str(tmp_path / "sim.ipynb"),
+                               parameters={**params, "topic": topic, "faults": {"empty": 0.1, "truncated": 0.1}},
+                               progress_bar=False, cwd=str(ROOT / "notebooks"))
+    papermill.execute_notebook(str(ROOT / "notebooks" / "checkstream.ipynb"), str(tmp_path / "check.ipynb"),
+                               parameters={**params, "topic": topic, "idle": 3.0},
+                               progress_bar=False, cwd=str(ROOT / "notebooks"))
+    executed = json.loads((tmp_path / "check.ipynb").read_text())
+    text = "".join("".join(o.get("data", {}).get("text/plain", ""))
+                   for c in executed["cells"] for o in c.get("outputs", []))
+    assert "'alerts': 229" in text
+    assert "'empty':" in text and "'truncated':" in text

@@ -94,3 +94,13 @@ def test_committed_notebooks_are_stripped_and_have_one_parameters_cell():
         tagged = [c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", [])]
         assert len(tagged) == 1, path
         assert not any(c.get("outputs") or c.get("execution_count") for c in nb["cells"]), path
+
+
+def test_papermill_reads_every_parameter_line():
+    """papermill silently drops a parameter line it cannot parse (e.g. with ';' in its comment)."""
+    import papermill
+
+    for path in sorted((ROOT / "notebooks").glob("*.ipynb")):
+        cell = next(c for c in json.loads(path.read_text())["cells"] if "parameters" in c["metadata"].get("tags", []))
+        declared = [line.split(":")[0] for line in "".join(cell["source"]).splitlines() if re.match(r"^\w+: ", line)]
+        assert list(papermill.inspect_notebook(str(path))) == declared, path.name

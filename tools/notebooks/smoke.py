@@ -1,5 +1,7 @@
 """Cells of the notebooks below (see tools/nbbuild.py)."""
 
+from nbbuild import COMMON_PARAMETERS
+
 NOTEBOOKS: dict[str, list[tuple]] = {}
 
 NOTEBOOKS["notebooks/smoke.ipynb"] = ([
@@ -19,19 +21,12 @@ the archive grows by exactly what was published since.
 * **headless**: `fink start smoke -c conf/local.yaml`, or
   `papermill notebooks/smoke.ipynb out.ipynb -f conf/local.yaml`
 """),
-("code", """
-# Parameters (papermill injects overrides after this cell)
-kafka_bootstrap: str = "127.0.0.1:9092"  # Kafka bootstrap servers, host:port[,host:port]
-hbase_thrift: str = "127.0.0.1:9090"  # HBase Thrift gateway, host:port (unused here)
-spark_master: str = "local[2]"  # local[N] | spark://host:7077 | yarn | k8s://...
-spark_conf: dict = {}  # extra Spark settings, e.g. {"spark.executor.memory": "4g"}
-data_dir: str = ""  # archive root; "" means $FINK_HOME/data
-log_level: str = "WARN"  # Spark log level in this notebook
+("code", COMMON_PARAMETERS + """
 topic: str = "fink_smoke"  # topic the smoke alerts are published to and read from
 n_alerts: int = 200  # alerts published by this run
 seed: int = 42  # seed of the deterministic alerts
 duration: float = 180.0  # upper bound of the streaming run, seconds
-stop_file: str = ""  # set by `fink start`; `fink stop` creates it to end the run
+stop_file: str = ""  # set by `fink start`, `fink stop` creates it to end the run
 """, ["parameters"]),
 ("code", """
 import json

@@ -1,19 +1,15 @@
 """Cells of the notebooks below (see tools/nbbuild.py)."""
 
+from nbbuild import COMMON_PARAMETERS
+
 NOTEBOOKS: dict[str, list[tuple]] = {}
 
 NOTEBOOKS["tests/notebooks/sleeper.ipynb"] = ([
 ("md", "Test service: counts ticks until its stop file appears or `duration` passes; writes `ticks.txt`."),
-("code", """
-kafka_bootstrap: str = "127.0.0.1:9092"  # unused, the common parameters every service takes
-hbase_thrift: str = "127.0.0.1:9090"  # unused
-spark_master: str = "local[2]"  # unused
-spark_conf: dict = {}  # unused
-data_dir: str = ""  # unused
-log_level: str = "WARN"  # unused
+("code", COMMON_PARAMETERS + """
 simulator: bool = False  # recorded in ticks.txt
 duration: float = 60.0  # upper bound, seconds
-stop_file: str = ""  # polled; `fink stop` creates it
+stop_file: str = ""  # polled, `fink stop` creates it
 """, ["parameters"]),
 ("code", """
 import pathlib

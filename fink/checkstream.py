@@ -1,0 +1,150 @@
+"""Watch a Kafka topic: counts, rates, lag, the latest alerts, and every undecodable message.
+
+:func:`watch` consumes a topic from a chosen offset without joining a consumer group's
+commits (it only reads), decodes each message as a ZTF alert, and keeps a
+:class:`StreamStats` that the CLI prints and the notebook shows live. A message that is
+not an alert is counted under its reason and never stops the watch.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+import uuid
+from collections import Counter, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from fink import kafka
+from fink.avro import AlertDecodeError, decode_container
+from fink.datasim.generator import JD_UNIX_EPOCH
+
+BANDS = {1: "g", 2: "r", 3: "i"}
+
+
+def jd_to_iso(jd: float) -> str:
+    return dt.datetime.fromtimestamp((jd - JD_UNIX_EPOCH) * 86400, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+@dataclass
+class StreamStats:
+    """What a watch has seen so far."""
+
+    topic: str
+    messages: int = 0
+    alerts: int = 0
+    bytes: int = 0
+    rejected: Counter = field(default_factory=Counter)  # reason -> count
+    examples: deque = field(default_factory=lambda: deque(maxlen=20))  # (partition, offset, reason, detail)
+    latest: deque = field(default_factory=lambda: deque(maxlen=10))
+    lag: int | None = None
+    started: float = field(default_factory=time.monotonic)
+    seen: set = field(default_factory=set, repr=False)
+
+    @property
+    def seconds(self) -> float:
+        return time.monotonic() - self.started
+
+    @property
+    def rate(self) -> float:
+        return self.messages / self.seconds if self.seconds > 0 else 0.0
+
+    def add(self, data: bytes | None, partition: int, offset: int) -> None:
+        self.messages += 1
+        self.bytes += len(data or b"")
+        try:
+            decoded = decode_container(data)
+            candid = decoded.alert["candid"]
+            if candid in self.seen:
+                raise AlertDecodeError("duplicate", f"candid {candid}")
+        except AlertDecodeError as exc:
+            self.rejected[exc.reason] += 1
+            self.examples.append((partition, offset, exc.reason, exc.detail[:120]))
+            return
+        self.seen.add(candid)
+        self.alerts += 1
+        cand = decoded.alert["candidate"]
+        self.latest.append({"objectId": decoded.alert["objectId"], "candid": candid,
+                            "time": jd_to_iso(cand["jd"]), "band": BANDS.get(cand["fid"], str(cand["fid"])),
+                            "magpsf": round(cand["magpsf"], 3), "schema": decoded.schema_version,
+                            "offset": offset})
+
+    def summary(self) -> dict[str, Any]:
+        return {"topic": self.topic, "messages": self.messages, "alerts": self.alerts,
+                "rejected": dict(sorted(self.rejected.items())), "bytes": self.bytes, "lag": self.lag,
+                "seconds": round(self.seconds, 2), "messages_per_s": round(self.rate, 1)}
+
+    def text(self) -> str:
+        """A plain-text view: one status line, the rejections, the latest alerts."""
+        lines = [f"{self.topic}: {self.messages} messages, {self.alerts} alerts, "
+                 f"{sum(self.rejected.values())} rejected, {self.rate:.1f} msg/s, lag {self.lag}"]
+        for reason, n in sorted(self.rejected.items()):
+            lines.append(f"  rejected {reason:20s} {n}")
+        for row in list(self.latest)[-5:]:
+            lines.append(f"  {row['objectId']} {row['candid']} {row['time']} {row['band']} {row['magpsf']:.2f}")
+        return "\n".join(lines)
+
+
+def watch(bootstrap: str, topic: str, start: str | int = "earliest", max_messages: int = 0, idle: float = 10.0,
+          duration: float = 0.0, on_update: Callable[[StreamStats], None] | None = None, every: float = 1.0,
+          stop: Callable[[], bool] | None = None) -> StreamStats:
+    """Consume ``topic`` from ``start`` (``earliest``, ``latest`` or an offset for every partition).
+
+    Stops after ``max_messages`` (0: no limit), after ``idle`` seconds without a message
+    once the end is reached (0: never), after ``duration`` seconds (0: never), or when
+    ``stop()`` returns True. ``on_update`` gets the stats every ``every`` seconds and at the end.
+    """
+    from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, TopicPartition
+
+    consumer = Consumer(kafka.client_config(bootstrap, **{
+        "group.id": f"fink-checkstream-{uuid.uuid4().hex[:8]}", "enable.auto.commit": False,
+        "fetch.message.max.bytes": 10 << 20, "max.partition.fetch.bytes": 10 << 20}))
+    stats = StreamStats(topic)
+    try:
+        waited = time.monotonic()
+        while True:  # a watch may start before the topic's first message: wait for it up to `idle`
+            meta = consumer.list_topics(topic, timeout=30).topics[topic]
+            if meta.error is None and meta.partitions:
+                break
+            if not idle or time.monotonic() - waited > idle:
+                raise kafka.KafkaError(f"topic {topic!r} on {bootstrap}: {meta.error} (waited {idle:.0f} s)")
+            time.sleep(0.5)
+        first = {"earliest": OFFSET_BEGINNING, "latest": OFFSET_END}.get(start, start)
+        parts = [TopicPartition(topic, p, int(first)) for p in sorted(meta.partitions)]
+        consumer.assign(parts)
+        last_msg = last_update = time.monotonic()
+        while True:
+            msg = consumer.poll(0.2)
+            now = time.monotonic()
+            if msg is not None and msg.error() is None:
+                stats.add(msg.value(), msg.partition(), msg.offset())
+                last_msg = now
+            if now - last_update >= every:
+                stats.lag = _lag(consumer, parts)
+                if on_update is not None:
+                    on_update(stats)
+                last_update = now
+            if max_messages and stats.messages >= max_messages:
+                break
+            if idle and now - last_msg >= idle:
+                break
+            if duration and stats.seconds >= duration:
+                break
+            if stop is not None and stop():
+                break
+        stats.lag = _lag(consumer, parts)
+        if on_update is not None:
+            on_update(stats)
+    finally:
+        consumer.close()
+    return stats
+
+
+def _lag(consumer, parts) -> int:
+    """Messages published but not yet read, over all partitions."""
+    total = 0
+    for tp in consumer.position(parts):
+        high = consumer.get_watermark_offsets(tp, timeout=5, cached=False)[1]
+        total += max(0, high - tp.offset) if tp.offset >= 0 else high
+    return total

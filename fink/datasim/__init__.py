@@ -1,0 +1,5 @@
+"""Simulated alert streams: a deterministic ZTF-like night and malformed messages."""
+
+from fink.datasim.generator import Night, NightConfig, conform, generate_night
+
+__all__ = ["Night", "NightConfig", "conform", "generate_night"]

@@ -1,0 +1,58 @@
+"""Where replayed alerts come from: the generator, a folder of ``.avro`` files, or a ZTF tarball.
+
+Every source yields ZTF wire messages (one Avro container file per alert). A file that
+already holds one alert is replayed byte for byte; a file holding many records (the
+committed sample night) gives one message per record, encoded with that file's schema.
+"""
+
+from __future__ import annotations
+
+import io
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import fastavro
+
+from fink.avro import AVRO_MAGIC, sync_marker
+from fink.errors import FinkError
+
+
+class SourceError(FinkError, ValueError):
+    """A replay source that does not exist or holds no alert."""
+
+
+def _split(data: bytes, name: str) -> Iterator[bytes]:
+    """One message per record of a container file (the file itself if it holds one record)."""
+    if not data.startswith(AVRO_MAGIC):
+        raise SourceError(f"{name}: not an Avro container file")
+    reader = fastavro.reader(io.BytesIO(data))
+    records = list(reader)
+    if len(records) == 1 and reader.codec == "null":
+        yield data
+        return
+    schema = fastavro.parse_schema(reader.writer_schema)
+    for record in records:
+        buf = io.BytesIO()
+        fastavro.writer(buf, schema, [record], codec="null", sync_marker=sync_marker(record.get("candid", 0)))
+        yield buf.getvalue()
+
+
+def read_messages(source: str | Path) -> Iterator[bytes]:
+    """Yield the alerts of ``source``: a ``.avro`` file, a folder of them, or a ``.tar.gz``."""
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise SourceError(f"{path}: no such file or folder (a folder of .avro files, an .avro file or a .tar.gz)")
+    if path.is_dir():
+        files = sorted(path.rglob("*.avro"))
+        if not files:
+            raise SourceError(f"{path}: no .avro file in this folder")
+        for f in files:
+            yield from _split(f.read_bytes(), str(f))
+    elif path.name.endswith((".tar.gz", ".tgz", ".tar")):
+        with tarfile.open(path) as tar:
+            for member in tar:
+                if member.isfile() and member.name.endswith(".avro"):
+                    yield from _split(tar.extractfile(member).read(), f"{path}:{member.name}")
+    else:
+        yield from _split(path.read_bytes(), str(path))
