@@ -11,7 +11,7 @@ export FINK_HOME ?= $(HOME)/.fink
 export FINK_JVM_CACHE ?= $(HOME)/.cache/fink/jvm
 PYTEST_ARGS ?=
 
-.PHONY: help venv jvm services test demo stop status notebooks lint lock clean
+.PHONY: help venv jvm services test demo stop status notebooks bench lint lock clean
 
 help:
 	@echo "make demo | make test | make services | make stop | make status | make lint | make lock"
@@ -47,8 +47,11 @@ stop: venv
 notebooks: venv
 	$(BIN)/python tools/nbbuild.py
 
+bench: services
+	$(BIN)/python benchmarks/bench_datasim.py
+
 lint: venv
-	$(BIN)/ruff check fink tests tools notebooks
+	$(BIN)/ruff check fink tests tools notebooks benchmarks
 
 # Re-pin the Python stack from the current virtualenv.
 lock: venv
