@@ -25,6 +25,7 @@ Handle the alert stream received by Apache Spark (Kafka in, Kafka and HBase out)
     fink jvm fetch|versions                        resolve / list the pinned JVM artifacts
     fink datasim generate|download ...             simulate a night / fetch a real ZTF night
     fink checkstream <topic> [--from earliest]     watch a topic: counts, rates, lag, latest alerts
+    fink compact <YYYYMMDD> [--raw PATH]           compact a finished night of the raw archive
     fink demo                                      the smoke pipeline on the local stack
 
  Services (notebooks/): {services}
@@ -73,6 +74,10 @@ def _parser() -> argparse.ArgumentParser:
     cs.add_argument("--max", type=int, default=0, help="stop after this many messages")
     cs.add_argument("--idle", type=float, default=10.0, help="stop after this many seconds without a message")
     cs.add_argument("--json", action="store_true", help="print the final summary as JSON")
+    cp = sub.add_parser("compact", help="compact a finished night of the raw archive")
+    cp.add_argument("night", help="YYYYMMDD")
+    cp.add_argument("--raw", default="", help="raw archive (default: $FINK_HOME/data/raw)")
+    cp.add_argument("--files", type=int, default=1, help="files to write for the night (default 1)")
     d = sub.add_parser("demo", help="run the smoke pipeline and print what it did")
     d.add_argument("-c", "--conf", default=None, help="parameters file (default conf/local.yaml)")
     return p
@@ -189,6 +194,24 @@ def _checkstream(args: argparse.Namespace) -> int:
     return 0
 
 
+def _compact(args: argparse.Namespace) -> int:
+    from fink import filestore
+    from fink.config import FinkConfig
+    from fink.session import get_spark
+
+    raw = args.raw or FinkConfig().data_uri("raw")
+    spark = get_spark(FinkConfig(log_level="ERROR"), app_name="fink-compact")
+    try:
+        report = filestore.compact(spark, raw, f"night={args.night}", files=args.files)
+    except FileNotFoundError as exc:
+        print(f"fink: error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        spark.stop()
+    print(json.dumps(report, indent=1))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``fink`` console script."""
     argv = sys.argv[1:] if argv is None else argv
@@ -235,6 +258,8 @@ def main(argv: list[str] | None = None) -> int:
             return _datasim(args)
         if args.command == "checkstream":
             return _checkstream(args)
+        if args.command == "compact":
+            return _compact(args)
     except FinkError as exc:
         print(f"fink: error: {exc}", file=sys.stderr)
         return 1

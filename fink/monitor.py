@@ -32,7 +32,27 @@ def query_row(query: Any) -> dict[str, Any]:
         "processed rows/s": round(last.get("processedRowsPerSecond") or 0.0, 1),
         "batch ms": durations.get("triggerExecution"),
         "total rows": sum(p.get("numInputRows", 0) for p in query.recentProgress),
+        "lag": _lag(last),
+        "quarantined": _observed(query.recentProgress, "quarantined"),
     }
+
+
+def _lag(progress: dict) -> int | None:
+    """Messages behind the newest offset, as the Kafka source reports it."""
+    lags = [s.get("metrics", {}).get("maxOffsetsBehindLatest") for s in progress.get("sources", [])]
+    lags = [int(float(v)) for v in lags if v is not None]
+    return sum(lags) if lags else None
+
+
+def _observed(progress: list[dict], name: str) -> int | None:
+    """Sum of an observed metric (``DataFrame.observe``) over the reports, if the query has one."""
+    total, seen = 0, False
+    for p in progress:
+        for row in (p.get("observedMetrics") or {}).values():
+            values = row.asDict() if hasattr(row, "asDict") else row
+            if name in values:
+                total, seen = total + int(values[name] or 0), True
+    return total if seen else None
 
 
 class QueryMonitor:

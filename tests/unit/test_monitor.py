@@ -10,7 +10,17 @@ class Q:
 
 def test_query_row_flattens_last_progress():
     assert query_row(Q()) == {"query": "q1", "active": True, "batch": 4, "input rows": 10, "input rows/s": 12.3,
-                              "processed rows/s": 100.0, "batch ms": 80, "total rows": 15}
+                              "processed rows/s": 100.0, "batch ms": 80, "total rows": 15, "lag": None,
+                              "quarantined": None}
+
+
+def test_query_row_reads_kafka_lag_and_observed_quarantine():
+    q = Q()
+    q.lastProgress = {**Q.lastProgress, "sources": [{"metrics": {"maxOffsetsBehindLatest": "42"}}]}
+    q.recentProgress = [{"numInputRows": 5, "observedMetrics": {"stream2raw": {"quarantined": 2}}},
+                        {"numInputRows": 10, "observedMetrics": {"stream2raw": {"quarantined": 3}}}]
+    row = query_row(q)
+    assert row["lag"] == 42 and row["quarantined"] == 5
 
 
 def test_query_row_before_first_batch():

@@ -1,0 +1,173 @@
+"""Exactly-once Parquet tables written batch by batch, and their compaction.
+
+Notes
+-----
+A micro-batch is written to a staging folder, then its files are moved into the table
+under names made of the batch id (``part-b<batch>-<n>.parquet``), then a commit marker
+``_commits/<batch>.json`` records what the batch held. A batch replayed after a crash
+(Spark re-runs the last uncommitted batch with the same data) first removes files of its
+own id, then writes them again: no file is lost or doubled. Moves and listings go through
+Hadoop's ``FileSystem`` so the same code works on a local disk, HDFS or S3.
+
+Readers ignore folders and files whose names start with ``_`` or ``.``, so staging and
+markers never show up in queries.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import TYPE_CHECKING, Any
+
+from fink.log import logger
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+
+
+class FileStore:
+    """Hadoop file system operations on one table root."""
+
+    def __init__(self, spark: "SparkSession", root: str):
+        self.spark, self.root = spark, root.rstrip("/")
+        jvm = spark.sparkContext._jvm
+        self._Path = jvm.org.apache.hadoop.fs.Path
+        self.fs = self._Path(self.root).getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
+
+    def path(self, *parts: str):
+        return self._Path("/".join([self.root, *parts]))
+
+    def exists(self, *parts: str) -> bool:
+        return bool(self.fs.exists(self.path(*parts)))
+
+    def files(self, *parts: str) -> list[str]:
+        """Relative paths of every data file under ``parts`` (recursive, markers excluded)."""
+        base = self.path(*parts)
+        if not self.fs.exists(base):
+            return []
+        out, it = [], self.fs.listFiles(base, True)
+        prefix = str(self.fs.makeQualified(base).toUri().getPath()).rstrip("/") + "/"
+        while it.hasNext():
+            path = str(it.next().getPath().toUri().getPath())
+            rel = path[len(prefix):]
+            if not any(p.startswith(("_", ".")) for p in rel.split("/")):
+                out.append(rel)
+        return sorted(out)
+
+    def write_text(self, text: str, *parts: str) -> None:
+        stream = self.fs.create(self.path(*parts), True)
+        try:
+            stream.write(bytearray(text.encode()))
+        finally:
+            stream.close()
+
+    def read_text(self, *parts: str) -> str:
+        stream = self.fs.open(self.path(*parts))
+        try:
+            jvm = self.spark.sparkContext._jvm
+            return str(jvm.org.apache.commons.io.IOUtils.toString(stream, "UTF-8"))
+        finally:
+            stream.close()
+
+    def move(self, src: tuple[str, ...], dst: tuple[str, ...]) -> None:
+        target = self.path(*dst)
+        self.fs.mkdirs(target.getParent())
+        if self.fs.exists(target):
+            self.fs.delete(target, False)
+        if not self.fs.rename(self.path(*src), target):
+            raise OSError(f"cannot move {self.path(*src)} to {target}")
+
+    def delete(self, *parts: str) -> None:
+        self.fs.delete(self.path(*parts), True)
+
+
+def write_batch(df: "DataFrame", root: str, batch_id: int, partition_by: str | None, files: int = 1) -> int:
+    """Write ``df`` as batch ``batch_id`` of the table at ``root``, exactly once; return its rows.
+
+    Without the commit marker, first removes any file this batch id left behind.
+    """
+    store = FileStore(df.sparkSession, root)
+    staging = f"_staging/b{batch_id}"
+    store.delete(staging)
+    writer = df.coalesce(files).write.mode("overwrite")
+    if partition_by:
+        writer = writer.partitionBy(partition_by)
+    writer.parquet(f"{store.root}/{staging}")
+    produced = [f for f in store.files(staging) if f.endswith(".parquet")]
+    by_folder: dict[str, list[str]] = {}
+    for rel in produced:
+        folder, _, name = rel.rpartition("/")
+        by_folder.setdefault(folder, []).append(rel)
+    mine = _prefix(batch_id)
+    clean_attempt(df.sparkSession, root, batch_id)
+    store.write_text("", "_commits", f"{batch_id}.started")
+    for folder, rels in by_folder.items():
+        for k, rel in enumerate(sorted(rels)):
+            name = f"{mine}{k:04d}.snappy.parquet"
+            store.move((staging, rel), tuple(p for p in (folder, name) if p))
+    store.delete(staging)
+    return len(produced)
+
+
+
+def _prefix(batch_id: int) -> str:
+    return f"part-b{batch_id:010d}-"
+
+
+def clean_attempt(spark: "SparkSession", root: str, batch_id: int) -> None:
+    """Remove the files an interrupted earlier attempt of ``batch_id`` moved into the table."""
+    store = FileStore(spark, root)
+    if store.exists("_commits", f"{batch_id}.started"):
+        for rel in store.files():
+            if rel.rpartition("/")[2].startswith(_prefix(batch_id)):
+                store.delete(rel)
+
+
+def committed(spark: "SparkSession", root: str, batch_id: int) -> dict[str, Any] | None:
+    """The commit record of ``batch_id``, if that batch was fully written."""
+    store = FileStore(spark, root)
+    if not store.exists("_commits", f"{batch_id}.json"):
+        return None
+    return json.loads(store.read_text("_commits", f"{batch_id}.json"))
+
+
+def commit(spark: "SparkSession", root: str, batch_id: int, record: dict[str, Any]) -> None:
+    """Mark ``batch_id`` as fully written, with what it held."""
+    store = FileStore(spark, root)
+    store.write_text(json.dumps({"batch": batch_id, "time": time.time(), **record}), "_commits", f"{batch_id}.json")
+    store.delete("_commits", f"{batch_id}.started")
+
+
+def compact(spark: "SparkSession", root: str, partition: str, files: int = 1) -> dict[str, Any]:
+    """Rewrite one partition folder (``night=YYYYMMDD``) of the table into ``files`` files.
+
+    Notes
+    -----
+    The new files are written to a hidden folder, then the partition folder is swapped
+    with two renames, so a reader sees either the old files or the new ones; the old
+    folder is deleted only after the swap. Run it on a night that is no longer written.
+    """
+    store = FileStore(spark, root)
+    before = [f for f in store.files(partition) if f.endswith(".parquet")]
+    if not before:
+        raise FileNotFoundError(f"{root}/{partition}: no Parquet file to compact")
+    t0 = time.perf_counter()
+    key, _, value = partition.partition("=")
+    df = spark.read.parquet(*(f"{store.root}/{partition}/{f}" for f in before))
+    rows = df.count()
+    new, old = f".compacting-{partition}", f".compacted-{partition}"
+    store.delete(new)
+    df.coalesce(files).write.mode("overwrite").parquet(f"{store.root}/{new}")
+    written = [f for f in store.files(new) if f.endswith(".parquet")]
+    check = spark.read.parquet(f"{store.root}/{new}").count()
+    if check != rows:
+        store.delete(new)
+        raise RuntimeError(f"compaction of {partition} wrote {check} rows instead of {rows}; nothing changed")
+    store.delete(old)
+    store.move((partition,), (old,))
+    store.move((new,), (partition,))
+    store.delete(old)
+    report = {"partition": partition, "rows": rows, "files_before": len(before), "files_after": len(written),
+              "seconds": round(time.perf_counter() - t0, 2)}
+    logger.info("compacted %s", report)
+    return report

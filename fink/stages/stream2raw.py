@@ -1,0 +1,360 @@
+"""stream2raw: the survey's Kafka stream into a decoded, exactly-once raw archive.
+
+Notes
+-----
+Decoding happens in the JVM. A ZTF message is an Avro container file holding one
+uncompressed record: the header (magic, metadata with the writer schema, a 16-byte sync
+marker), one block (record count, byte size, the record) and the sync marker again.
+Spark's ``from_avro`` reads schemaless records, so :func:`parse` locates the record with
+SQL functions alone (the sync marker is the message's last 16 bytes and ends the header
+too), reads the schema version from the header, and :func:`decode` applies ``from_avro``
+with the project's schema of that version. Every version is then laid out as the newest
+one, fields a version lacks being null. No Python runs per row.
+
+A message that is not an alert gets a ``reason`` (:data:`fink.avro.REASONS`) instead, and
+:func:`write_batch` sends it to the quarantine table with its raw bytes. Each micro-batch
+is written under names derived from its batch id and committed with a marker, so a batch
+replayed after a failure rewrites the same files: the archive is exactly once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import TYPE_CHECKING, Any
+
+from fink import avro
+from fink.config import ConfigError, FinkConfig, Validated
+from fink.log import logger
+
+if TYPE_CHECKING:
+    from pyspark.sql import Column, DataFrame, SparkSession
+    from pyspark.sql.streaming import DataStreamWriter
+    from pyspark.sql.types import DataType
+
+QUERY_NAME = "stream2raw"
+LATEST = "4.02"
+KAFKA_COLUMNS = ["topic", "partition", "offset", "timestamp"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Stream2RawConfig(Validated):
+    """Settings of the stage (the notebook's parameters of the same names).
+
+    Parameters
+    ----------
+    topic
+        Topic(s) to subscribe to, comma-separated; or use ``topic_pattern``.
+    topic_pattern
+        A Java regular expression of topics (ZTF: one topic per night, ``ztf_.*_programid1``).
+    starting_offsets
+        ``earliest``, ``latest`` or Spark's JSON of per-partition offsets (first start only:
+        a restart resumes from the checkpoint).
+    max_offsets_per_trigger
+        Upper bound of messages per micro-batch (0: no bound); with ``trigger`` it sets file sizes.
+    files_per_batch
+        Parquet files written per night and micro-batch.
+    raw_path, quarantine_path, checkpoint
+        Where to write; empty means under ``data_dir``: ``raw``, ``quarantine``, ``checkpoints/stream2raw``.
+    max_alert_bytes
+        Messages above this size are quarantined as ``oversized``.
+    """
+
+    topic: str = ""
+    topic_pattern: str = ""
+    starting_offsets: str = "earliest"
+    max_offsets_per_trigger: int = 20000
+    files_per_batch: int = 1
+    raw_path: str = ""
+    quarantine_path: str = ""
+    checkpoint: str = ""
+    max_alert_bytes: int = avro.MAX_ALERT_BYTES
+
+    def validate(self, source: str = "configuration") -> None:
+        if bool(self.topic) == bool(self.topic_pattern):
+            raise ConfigError(f"{source}: give exactly one of 'topic' and 'topic_pattern'")
+        if self.max_offsets_per_trigger < 0 or self.files_per_batch < 1 or self.max_alert_bytes < 1:
+            raise ConfigError(f"{source}: max_offsets_per_trigger >= 0, files_per_batch >= 1, max_alert_bytes >= 1")
+
+    def paths(self, fink: FinkConfig) -> dict[str, str]:
+        return {"raw": self.raw_path or fink.data_uri("raw"),
+                "quarantine": self.quarantine_path or fink.data_uri("quarantine"),
+                "checkpoint": self.checkpoint or fink.data_uri("checkpoints", "stream2raw")}
+
+
+# -- source ------------------------------------------------------------------------------
+
+def source(spark: "SparkSession", cfg: Stream2RawConfig, bootstrap: str) -> "DataFrame":
+    """Spark's Kafka source for the configured topic(s) or pattern."""
+    from fink import kafka
+
+    reader = spark.readStream.format("kafka").options(**kafka.spark_options(bootstrap))
+    reader = reader.option("subscribePattern", cfg.topic_pattern) if cfg.topic_pattern else \
+        reader.option("subscribe", cfg.topic)
+    reader = reader.option("startingOffsets", cfg.starting_offsets).option("failOnDataLoss", "false")
+    if cfg.max_offsets_per_trigger:
+        reader = reader.option("maxOffsetsPerTrigger", cfg.max_offsets_per_trigger)
+    return reader.load()
+
+
+# -- parsing the container in SQL --------------------------------------------------------
+
+def _byte(value: "Column", pos: "Column") -> "Column":
+    """The unsigned byte at 1-based ``pos`` of a binary column, as an int."""
+    from pyspark.sql import functions as F
+
+    return F.conv(F.hex(F.substring(value, pos, 1)), 16, 10).cast("int")
+
+
+def parse(df: "DataFrame", max_alert_bytes: int = avro.MAX_ALERT_BYTES) -> "DataFrame":
+    """Add ``version``, ``payload`` (the schemaless record) and ``reason`` (null when fine)."""
+    from pyspark.sql import functions as F
+
+    v = F.col("value")
+    n = F.length(v)
+    sync = F.substring(v, n - 15, 16)
+    at = F.instr(F.hex(v), F.hex(sync))  # 1-based position in the hex string
+    df = df.withColumn("_n", n).withColumn("_at", at)
+    header_len = (F.col("_at") - 1) / 2  # bytes before the header's sync marker
+    block = (header_len + 17).cast("int")  # 1-based position of the block's record count
+    df = df.withColumn("_block", block)
+    # the block's byte size is a zig-zag varint: count its bytes (a byte < 128 ends it)
+    size_at = F.col("_block") + 1
+    k = (F.when(_byte(v, size_at) < 128, 1).when(_byte(v, size_at + 1) < 128, 2)
+         .when(_byte(v, size_at + 2) < 128, 3).when(_byte(v, size_at + 3) < 128, 4).otherwise(5))
+    start = size_at + k
+    header = F.decode(F.substring(v, 1, header_len.cast("int")), "ISO-8859-1")
+    version = F.regexp_extract(header, r'"version"\s*:\s*"([0-9.]+)"', 1)
+    well_formed = (F.col("_at") > 1) & (((F.col("_at") - 1) % 2) == 0) & (F.col("_block") + 16 < F.col("_n"))
+    reason = (F.when(v.isNull() | (F.col("_n") == 0), "empty")
+              .when(F.substring(v, 1, 4) != F.lit(avro.AVRO_MAGIC), "not_avro")
+              .when(F.col("_n") > max_alert_bytes, "oversized")
+              .when(~well_formed, "truncated")
+              .when(_byte(v, F.col("_block")) != 2, "truncated")  # a record count of 1 (zig-zag 2)
+              .when(~version.isin(*avro.schema_versions("ztf")), "unknown_schema"))
+    return (df.withColumn("reason", reason)
+            .withColumn("version", F.when(F.col("reason").isNull(), version))
+            .withColumn("payload", F.when(F.col("reason").isNull(),
+                                          F.substring(v, start, F.col("_n") - 16 - start + 1)))
+            .drop("_n", "_at", "_block"))
+
+
+# -- decoding every version into the newest layout ---------------------------------------
+
+def alert_type(spark: "SparkSession", version: str = LATEST) -> "DataType":
+    """The Spark type ``from_avro`` gives for a schema version."""
+    from pyspark.sql import functions as F
+    from pyspark.sql.avro.functions import from_avro
+
+    schema = json.dumps(avro.load_schema(version))
+    return spark.range(0).select(from_avro(F.lit(b"").cast("binary"), schema).alias("a")).schema["a"].dataType
+
+
+def _align(col: "Column", have: "DataType", want: "DataType") -> "Column":
+    """Lay ``col`` (of type ``have``) out as ``want``: same fields in order, missing ones null."""
+    from pyspark.sql import functions as F
+    from pyspark.sql.types import ArrayType, StructType
+
+    if isinstance(want, StructType):
+        present = {f.name: f.dataType for f in have.fields}
+        return F.struct(*[
+            (_align(col.getField(f.name), present[f.name], f.dataType) if f.name in present
+             else F.lit(None).cast(f.dataType)).alias(f.name) for f in want.fields])
+    if isinstance(want, ArrayType) and isinstance(want.elementType, StructType):
+        return F.transform(col, lambda x: _align(x, have.elementType, want.elementType))
+    return col if have == want else col.cast(want)
+
+
+def _tmp(version: str) -> str:
+    return "_v" + version.replace(".", "_")
+
+
+def decode(df: "DataFrame") -> "DataFrame":
+    """Decode ``payload`` by ``version`` into the columns of the newest alert schema.
+
+    A record the schema of its announced version cannot read, or that reads into
+    inconsistent identifiers, is given the reason ``unknown_schema``; an alert without
+    ``objectId`` or ``candid`` the reason ``missing_identifiers``.
+    """
+    from pyspark.sql import functions as F
+    from pyspark.sql.avro.functions import from_avro
+
+    spark = df.sparkSession
+    want = alert_type(spark, LATEST)
+    versions = avro.schema_versions("ztf")
+    # one decode per row (only its version's column is computed), then the layout in a second
+    # projection: referencing from_avro once per field in one projection would decode again each time
+    for version in versions:
+        schema = json.dumps(avro.load_schema(version))
+        df = df.withColumn(_tmp(version), F.when(F.col("version") == version,
+                                                  from_avro(F.col("payload"), schema, {"mode": "PERMISSIVE"})))
+    # F.struct of null fields is not null: guard each layout so coalesce picks the decoded one
+    decoded = F.coalesce(*[F.when(F.col(_tmp(v)).isNotNull(), _align(F.col(_tmp(v)), alert_type(spark, v), want))
+                           for v in versions])
+    df = df.withColumn("alert", decoded).drop(*[_tmp(v) for v in versions])
+    a = F.col("alert")
+    consistent = a.isNotNull() & (a.getField("candid") == a.getField("candidate").getField("candid"))
+    identified = (F.length(a.getField("objectId")) > 0) & a.getField("candid").isNotNull()
+    df = df.withColumn("reason", F.when(F.col("reason").isNotNull(), F.col("reason"))
+                       .when(a.isNull() | a.getField("candidate").isNull(), "unknown_schema")
+                       .when(~identified, "missing_identifiers")
+                       .when(~consistent, "unknown_schema"))
+    jd = a.getField("candidate").getField("jd")
+    night = F.date_format(F.timestamp_seconds(((jd - 2440587.5) * 86400).cast("long")), "yyyyMMdd")
+    return df.withColumn("night", night).withColumn("brokerIngestTimestamp", F.current_timestamp())
+
+
+def raw_columns(df: "DataFrame") -> "DataFrame":
+    """The archive's rows: every alert field, the ingest metadata, the night."""
+    from pyspark.sql import functions as F
+
+    fields = [F.col("alert").getField(f).alias(f) for f in df.schema["alert"].dataType.fieldNames()]
+    return df.select(*fields, *[F.col(c).alias(f"kafka_{c}") for c in KAFKA_COLUMNS],
+                     "brokerIngestTimestamp", F.col("version").alias("schema_version"), "night")
+
+
+def quarantine_columns(df: "DataFrame") -> "DataFrame":
+    """The quarantine's rows: where the message was, why it was set aside, its bytes."""
+    from pyspark.sql import functions as F
+
+    return df.select(*KAFKA_COLUMNS, "reason", "brokerIngestTimestamp", F.col("value").alias("raw"),
+                     F.date_format("brokerIngestTimestamp", "yyyyMMdd").alias("ingest_night"))
+
+
+def transform(df: "DataFrame", cfg: Stream2RawConfig) -> "DataFrame":
+    """Kafka rows to decoded rows with ``reason``; observed counts land in the query's metrics."""
+    from pyspark.sql import functions as F
+
+    out = decode(parse(df, cfg.max_alert_bytes))
+    is_bad = F.col("reason").isNotNull()
+    counts = [F.count(F.lit(1)).alias("messages"),
+              F.sum(F.when(~is_bad, 1).otherwise(0)).alias("decoded"),
+              F.sum(F.when(is_bad, 1).otherwise(0)).alias("quarantined")]
+    counts += [F.sum(F.when(F.col("reason") == r, 1).otherwise(0)).alias(f"quarantined_{r}")
+               for r in avro.REASONS if r != "duplicate"]
+    return out.observe(QUERY_NAME, *counts)
+
+
+# -- writing -----------------------------------------------------------------------------
+
+def write_batch(batch: "DataFrame", batch_id: int, cfg: Stream2RawConfig, paths: dict[str, str]) -> dict[str, Any]:
+    """Archive one micro-batch: alerts to the raw table, the rest to quarantine; exactly once.
+
+    Returns what the batch held (also written in the raw table's commit marker). A batch
+    already committed (replayed after a restart) is skipped.
+    """
+    from pyspark.sql import functions as F
+
+    from fink import filestore
+
+    spark = batch.sparkSession
+    done = filestore.committed(spark, paths["raw"], batch_id)
+    if done is not None:
+        logger.info("stream2raw: batch %d already committed, skipped", batch_id)
+        return done
+    filestore.clean_attempt(spark, paths["raw"], batch_id)
+    filestore.clean_attempt(spark, paths["quarantine"], batch_id)
+    # cache first: every later action reuses it, so Kafka is read and the observed metrics
+    # are counted once per batch
+    source_rows = batch.persist()
+    batch = mark_duplicates(source_rows, paths["raw"]).persist()
+    try:
+        counts = {r["reason"]: r["count"] for r in batch.groupBy("reason").count().collect()}
+        good = raw_columns(batch.filter(F.col("reason").isNull()))
+        bad = quarantine_columns(batch.filter(F.col("reason").isNotNull()))
+        archived, quarantined = counts.pop(None, 0), sum(counts.values())
+        if archived:
+            filestore.write_batch(good, paths["raw"], batch_id, "night", cfg.files_per_batch)
+        if quarantined:
+            filestore.write_batch(bad, paths["quarantine"], batch_id, "ingest_night", 1)
+        record = {"messages": archived + quarantined, "archived": archived, "quarantined": quarantined,
+                  "reasons": counts}
+        filestore.commit(spark, paths["raw"], batch_id, record)
+        return record
+    finally:
+        batch.unpersist()
+        source_rows.unpersist()
+
+
+def mark_duplicates(batch: "DataFrame", raw_path: str) -> "DataFrame":
+    """Give the reason ``duplicate`` to an alert whose candid is already archived or earlier in the batch.
+
+    Notes
+    -----
+    Only the nights present in the batch are looked up, and only their ``candid`` column
+    is read (Parquet reads that column alone), so the cost grows with a night, not with
+    the archive.
+    """
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    from fink.filestore import FileStore
+
+    spark = batch.sparkSession
+    alert_candid = F.col("alert").getField("candid")
+    ok = F.col("reason").isNull()
+    first = Window.partitionBy(alert_candid).orderBy("partition", "offset")
+    batch = batch.withColumn("_rank", F.when(ok, F.row_number().over(first)))
+    nights = [r["night"] for r in batch.filter(ok).select("night").distinct().collect()]
+    store = FileStore(spark, raw_path)
+    folders = [f"{store.root}/night={n}" for n in nights if store.files(f"night={n}")]
+    if folders:
+        seen = spark.read.option("basePath", store.root).parquet(*folders).select(
+            F.col("candid").alias("_seen")).distinct()
+        batch = batch.join(F.broadcast(seen), alert_candid == F.col("_seen"), "left")
+    else:
+        batch = batch.withColumn("_seen", F.lit(None).cast("long"))
+    dup = ok & ((F.col("_rank") > 1) | F.col("_seen").isNotNull())
+    return batch.withColumn("reason", F.when(dup, F.lit("duplicate")).otherwise(F.col("reason"))).drop(
+        "_rank", "_seen")
+
+
+def build(spark: "SparkSession", cfg: Stream2RawConfig, fink: FinkConfig) -> "DataStreamWriter":
+    """The stage's unstarted writer: Kafka -> decode -> raw archive + quarantine.
+
+    Start it with :func:`fink.streaming.start`; pick a trigger first, e.g.
+    ``.trigger(availableNow=True)`` to catch up and stop, or ``processingTime="10 seconds"``.
+    """
+    paths = cfg.paths(fink)
+    rows = transform(source(spark, cfg, fink.kafka_bootstrap), cfg)
+
+    def sink(batch, batch_id):
+        write_batch(batch, batch_id, cfg, paths)
+
+    return (rows.writeStream.foreachBatch(sink).option("checkpointLocation", paths["checkpoint"])
+            .queryName(QUERY_NAME))
+
+
+def reconcile(spark: "SparkSession", progress: list[dict], raw_path: str) -> dict[str, Any]:
+    """Account for every message of a run, from two independent counts.
+
+    ``messages`` and ``decoded`` come from the query's observed metrics (counted as Spark
+    read the batch); ``archived``, ``quarantined`` and the reasons (duplicates included)
+    from the commit records the batches wrote. ``balanced`` says whether
+    messages = archived + quarantined.
+    """
+    from fink import filestore
+
+    totals: dict[str, Any] = {"batches": 0, "messages": 0, "decoded": 0, "archived": 0, "quarantined": 0,
+                              "reasons": {}}
+    for p in progress:
+        row = (p.get("observedMetrics") or {}).get(QUERY_NAME)
+        if row is None:
+            continue
+        values = row.asDict() if hasattr(row, "asDict") else row
+        totals["messages"] += int(values.get("messages") or 0)
+        totals["decoded"] += int(values.get("decoded") or 0)
+        record = filestore.committed(spark, raw_path, int(p["batchId"])) if values.get("messages") else None
+        if record is not None:
+            totals["batches"] += 1
+            totals["archived"] += record["archived"]
+            totals["quarantined"] += record["quarantined"]
+            for reason, n in record["reasons"].items():
+                totals["reasons"][reason] = totals["reasons"].get(reason, 0) + n
+    totals["balanced"] = totals["messages"] == totals["archived"] + totals["quarantined"]
+    return totals
+
+
+def read_raw(spark: "SparkSession", path: str) -> "DataFrame":
+    """The raw archive as a table (one row per alert, partitioned by ``night``)."""
+    return spark.read.parquet(path)

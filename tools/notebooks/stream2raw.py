@@ -1,0 +1,108 @@
+"""Cells of notebooks/stream2raw.ipynb (see tools/nbbuild.py)."""
+
+from nbbuild import COMMON_PARAMETERS
+
+NOTEBOOKS: dict[str, list[tuple]] = {}
+
+NOTEBOOKS["notebooks/stream2raw.ipynb"] = [
+("md", """
+# stream2raw: the survey stream into the raw archive
+
+Reads the survey's Kafka topic(s) with Spark's Kafka source, decodes every alert in the JVM
+(ZTF schemas 3.1 to 4.02, mixed; each message an Avro container file), adds the ingest
+metadata, and archives the alerts as Parquet partitioned by observing night, exactly once.
+Messages that are not alerts go to the quarantine table with their reason and bytes; every
+micro-batch reconciles (messages = archived + quarantined) in the query's metrics.
+
+* **reads**: Kafka `topic` (or `topic_pattern`) at `kafka_bootstrap`
+* **writes**: `<data_dir>/raw` (alerts), `<data_dir>/quarantine`, checkpoint `<data_dir>/checkpoints/stream2raw`
+* **headless**: `fink start stream2raw -c conf/local.yaml [--simulator]`
+"""),
+("code", COMMON_PARAMETERS + '''
+topic: str = "ztf_20261127_programid1"  # topic(s) to read, comma-separated (or use topic_pattern)
+topic_pattern: str = ""  # a regular expression of topics, e.g. ztf_.*_programid1
+starting_offsets: str = "earliest"  # earliest | latest | Spark's JSON offsets (first start only)
+max_offsets_per_trigger: int = 20000  # upper bound of messages per micro-batch
+files_per_batch: int = 1  # Parquet files per night and micro-batch
+raw_path: str = ""  # "" means <data_dir>/raw
+quarantine_path: str = ""  # "" means <data_dir>/quarantine
+checkpoint: str = ""  # "" means <data_dir>/checkpoints/stream2raw
+trigger: str = "availableNow"  # availableNow (catch up, then stop) | "<N> seconds"
+duration: float = 600.0  # upper bound of the run, seconds
+simulator: bool = False  # publish the bundled sample night to the topic first (fink start --simulator)
+stop_file: str = ""  # set by `fink start`, `fink stop` creates it to end the run
+''', ["parameters"]),
+("code", """
+from fink.config import FinkConfig
+from fink.stages.stream2raw import Stream2RawConfig
+
+cfg = FinkConfig.from_namespace(globals())
+stage = Stream2RawConfig.from_namespace(globals())
+paths = stage.paths(cfg)
+if trigger != "availableNow" and not trigger.endswith("seconds"):
+    raise ValueError(f"trigger must be 'availableNow' or '<N> seconds', got {trigger!r}")
+print(f"{stage.topic or stage.topic_pattern} on {cfg.kafka_bootstrap} -> {paths}")
+"""),
+("code", """
+if simulator:
+    from fink.simulator import SimulatorConfig, replay
+
+    sent = replay(SimulatorConfig(source="../datasim/sample_night", topic=stage.topic.split(",")[0]),
+                  cfg.kafka_bootstrap, progress=False)
+    print(f"simulator: {sent['alerts']} alerts published to {sent['topic']}")
+"""),
+("md", "## Session, source, transform, writer"),
+("code", """
+from fink import streaming
+from fink.monitor import QueryMonitor
+from fink.session import get_spark
+from fink.stages import stream2raw
+
+spark = get_spark(cfg, app_name="fink-stream2raw")
+for q in spark.streams.active:  # a re-run of this cell must not leave a second query behind
+    q.stop()
+writer = stream2raw.build(spark, stage, cfg)
+writer = writer.trigger(availableNow=True) if trigger == "availableNow" else writer.trigger(processingTime=trigger)
+"""),
+("md", "## Start, watch live, and end within `duration`"),
+("code", """
+monitor = QueryMonitor("stream2raw")  # input and processed rows/s, batch time, lag, quarantined
+query = streaming.start(writer, stream2raw.QUERY_NAME)
+result = streaming.run_until([query], duration=duration, stop_file=stop_file, poll=2.0, on_poll=monitor)
+progress = result.progress[stream2raw.QUERY_NAME]
+totals = stream2raw.reconcile(spark, progress, paths["raw"])
+print(f"ended: {result.reason} after {result.seconds:.1f} s: {totals}")
+if not totals["balanced"]:
+    raise RuntimeError(f"messages read != archived + quarantined: {totals}")
+"""),
+("md", "## Summary"),
+("code", """
+import matplotlib.pyplot as plt
+
+batches = [p for p in progress if p.get("numInputRows")]
+fig, axes = plt.subplots(1, 2, figsize=(10, 3.2))
+if batches:
+    ids = [p["batchId"] for p in batches]
+    axes[0].plot(ids, [p.get("processedRowsPerSecond", 0) for p in batches], "o-", label="processed rows/s")
+    axes[0].plot(ids, [p.get("inputRowsPerSecond", 0) for p in batches], "s--", label="input rows/s")
+    axes[0].set_xlabel("batch")
+    axes[0].legend()
+    axes[1].bar(ids, [p["durationMs"].get("triggerExecution", 0) / 1000 for p in batches])
+    axes[1].set_xlabel("batch")
+    axes[1].set_ylabel("batch duration (s)")
+fig.suptitle(f"stream2raw: {totals['archived']} archived, {totals['quarantined']} quarantined {totals['reasons']}")
+plt.show()
+
+summary = {"stopped_because": result.reason, "batches": len(progress), **totals, **paths}
+summary
+"""),
+("code", """
+try:
+    raw = stream2raw.read_raw(spark, paths["raw"])
+    display(raw.groupBy("night").count().orderBy("night").toPandas())
+except Exception as exc:  # an empty archive has no Parquet file yet
+    print(f"no raw archive yet: {exc.__class__.__name__}")
+for q in spark.streams.active:
+    q.stop()
+"""),
+]
