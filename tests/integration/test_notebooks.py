@@ -13,7 +13,7 @@ import yaml
 pytestmark = [pytest.mark.integration, pytest.mark.spark]
 ROOT = Path(__file__).resolve().parents[2]
 # the simulator fills the topic that checkstream's defaults watch
-ORDER = ["smoke", "simulator", "checkstream"]
+ORDER = ["smoke", "simulator", "checkstream", "stream2raw"]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"), key=lambda p: ORDER.index(p.stem) if p.stem in ORDER else 99)
 
 
@@ -81,3 +81,18 @@ def test_simulator_then_checkstream_headless_with_each_conf(conf, kafka_bootstra
                    for c in executed["cells"] for o in c.get("outputs", []))
     assert "'alerts': 229" in text
     assert "'empty':" in text and "'truncated':" in text
+
+
+@pytest.mark.parametrize("conf", ["local.yaml", "ci.yaml"])
+def test_stream2raw_headless_with_each_conf(conf, kafka_bootstrap, tmp_path):
+    import papermill
+
+    params = yaml.safe_load((ROOT / "conf" / conf).read_text())
+    params.update(data_dir=str(tmp_path / "data"), topic=f"s2r_{uuid.uuid4().hex[:8]}", simulator=True)
+    papermill.execute_notebook(str(ROOT / "notebooks" / "stream2raw.ipynb"), str(tmp_path / "out.ipynb"),
+                               parameters=params, progress_bar=False, cwd=str(ROOT / "notebooks"))
+    executed = json.loads((tmp_path / "out.ipynb").read_text())
+    text = "".join("".join(o.get("data", {}).get("text/plain", "")) + "".join(o.get("text", ""))
+                   for c in executed["cells"] for o in c.get("outputs", []))
+    assert "'archived': 229" in text and "'balanced': True" in text
+    assert len(list((tmp_path / "data" / "raw" / "night=20261127").glob("*.parquet"))) >= 1
