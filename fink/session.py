@@ -31,6 +31,10 @@ DEFAULTS: dict[str, str] = {
     "spark.sql.execution.arrow.pyspark.enabled": "true",
     "spark.driver.memory": "2g",
     "spark.ui.showConsoleProgress": "false",
+    # an alert row is 50-80 KB (cutouts): Spark's default batches of 4096 (Parquet) and 10000
+    # (cache) rows would hold hundreds of MB each and drown the driver in garbage collection
+    "spark.sql.parquet.columnarReaderBatchSize": "256",
+    "spark.sql.inMemoryColumnarStorage.batchSize": "256",
 }
 
 LOCAL_DEFAULTS: dict[str, str] = {
