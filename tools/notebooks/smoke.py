@@ -102,6 +102,8 @@ summary = {
     "topic": topic,
     "published": sent,
     "archived_this_run": new,
+    # the checkpoint resumes where the last run stopped: messages others published since count too
+    "archived_from_other_publishers": new - sent,
     "archive_total": total,
     "published_alerts_found_in_archive": len(wanted & found),
     "batches": len(batches),
