@@ -104,3 +104,24 @@ def test_papermill_reads_every_parameter_line():
         cell = next(c for c in json.loads(path.read_text())["cells"] if "parameters" in c["metadata"].get("tags", []))
         declared = [line.split(":")[0] for line in "".join(cell["source"]).splitlines() if re.match(r"^\w+: ", line)]
         assert list(papermill.inspect_notebook(str(path))) == declared, path.name
+
+
+def test_every_third_party_import_of_the_library_is_declared():
+    """A fresh `pip install .` must bring everything `fink` imports (the dev venv may have more)."""
+    import ast
+    import sys
+
+    declared = {r.name.lower() for r in requirements(setup_cfg()["options"]["install_requires"])}
+    # import name -> distribution name, where they differ
+    dist = {"yaml": "pyyaml", "confluent_kafka": "confluent-kafka", "IPython": "ipykernel"}
+    missing = set()
+    for path in (ROOT / "fink").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module] if isinstance(node, ast.ImportFrom) and node.module and not node.level else []
+            for name in names:
+                top = name.split(".")[0]
+                if top != "fink" and top not in sys.stdlib_module_names:
+                    if dist.get(top, top).lower() not in declared:
+                        missing.add(f"{top} ({path.relative_to(ROOT)})")
+    assert not missing, f"imported but not in setup.cfg install_requires: {sorted(missing)}"
