@@ -20,6 +20,7 @@ from fink.errors import FinkError
 from fink.log import logger
 
 if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
     from pyspark.sql.streaming import DataStreamWriter, StreamingQuery
 
 
@@ -39,6 +40,18 @@ class RunResult:
 def stop_requested(stop_file: str | Path | None) -> bool:
     """True if ``fink stop`` asked this run to end (its stop file exists)."""
     return bool(stop_file) and Path(stop_file).exists()
+
+
+def stop_active(spark: "SparkSession") -> int:
+    """Stop every streaming query of ``spark``; return how many were running.
+
+    A notebook cell that builds a query calls it first, so that re-running the cell never
+    leaves a second query behind; the last cell calls it to leave nothing running.
+    """
+    active = list(spark.streams.active)
+    for q in active:
+        q.stop()
+    return len(active)
 
 
 def start(writer: "DataStreamWriter", name: str) -> "StreamingQuery":

@@ -15,6 +15,7 @@ import pytest
 
 from fink import services
 from fink.config import FinkConfig, ServicesConfig, fink_home
+from fink.streaming import stop_active
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("FINK_SHARED", ROOT.parent / "shared")).resolve()
@@ -51,19 +52,16 @@ def spark(kafka_bootstrap: str):
                      spark_conf={"spark.driver.memory": "1g", "spark.sql.shuffle.partitions": "2"})
     session = get_spark(cfg, app_name="fink-tests")
     yield session
-    for q in session.streams.active:
-        q.stop()
+    stop_active(session)
     session.stop()
 
 
 @pytest.fixture
 def fresh_spark(spark):
     """The session with no query left over from an earlier test."""
-    for q in spark.streams.active:
-        q.stop()
+    stop_active(spark)
     yield spark
-    for q in spark.streams.active:
-        q.stop()
+    stop_active(spark)
 
 
 @pytest.fixture(scope="session")

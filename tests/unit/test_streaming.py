@@ -61,3 +61,14 @@ def test_failure_raises_and_stops_every_query():
         run_until([bad, good], duration=60, poll=0.01)
     assert isinstance(info.value.__cause__, RuntimeError)
     assert bad.stopped and good.stopped
+
+
+def test_stop_active_stops_every_running_query():
+    from types import SimpleNamespace
+
+    from fink.streaming import stop_active
+
+    queries = [FakeQuery("a"), FakeQuery("b")]
+    session = SimpleNamespace(streams=SimpleNamespace(active=queries))
+    assert stop_active(session) == 2
+    assert all(q.stopped for q in queries)

@@ -61,8 +61,7 @@ from fink.monitor import QueryMonitor
 from fink.session import get_spark
 
 spark = get_spark(cfg, app_name="fink-smoke")
-for q in spark.streams.active:  # a re-run of this cell must not leave a second query behind
-    q.stop()
+streaming.stop_active(spark)  # a re-run of this cell must not leave a second query behind
 
 source = (spark.readStream.format("kafka")
           .options(**kafka.spark_options(cfg.kafka_bootstrap))
@@ -125,8 +124,7 @@ ax.set_title(f"{total} alerts archived from Kafka to Parquet")
 fig.savefig(report / "magnitudes.png", dpi=100, bbox_inches="tight")
 """),
 ("code", """
-for q in spark.streams.active:
-    q.stop()
+streaming.stop_active(spark)
 if summary["published_alerts_found_in_archive"] != sent:
     raise RuntimeError(f"only {summary['published_alerts_found_in_archive']} of {sent} published alerts archived")
 """),

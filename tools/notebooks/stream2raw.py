@@ -59,8 +59,7 @@ from fink.session import get_spark
 from fink.stages import stream2raw
 
 spark = get_spark(cfg, app_name="fink-stream2raw")
-for q in spark.streams.active:  # a re-run of this cell must not leave a second query behind
-    q.stop()
+streaming.stop_active(spark)  # a re-run of this cell must not leave a second query behind
 writer = stream2raw.build(spark, stage, cfg)
 writer = writer.trigger(availableNow=True) if trigger == "availableNow" else writer.trigger(processingTime=trigger)
 """),
@@ -102,7 +101,6 @@ try:
     display(raw.groupBy("night").count().orderBy("night").toPandas())
 except Exception as exc:  # an empty archive has no Parquet file yet
     print(f"no raw archive yet: {exc.__class__.__name__}")
-for q in spark.streams.active:
-    q.stop()
+streaming.stop_active(spark)
 """),
 ]
