@@ -21,7 +21,7 @@ from pathlib import Path
 
 import fastavro
 
-from fink import streaming
+from fink import filestore, streaming
 from fink.config import FinkConfig, ServicesConfig
 from fink.datasim.sources import read_messages
 from fink.simulator import SimulatorConfig, replay
@@ -70,10 +70,13 @@ def main() -> None:
     stream = unique_copies(messages, args.alerts)
     sent = replay(SimulatorConfig(topic=topic), bootstrap, messages=stream, progress=False)
 
-    t0 = time.perf_counter()
-    for m in messages:
-        next(fastavro.reader(io.BytesIO(m)))
-    decode_limit = len(messages) / (time.perf_counter() - t0)
+    rates = []  # best of three: this machine's other processes make single runs noisy
+    for _ in range(3):
+        t0 = time.perf_counter()
+        for m in messages:
+            next(fastavro.reader(io.BytesIO(m)))
+        rates.append(len(messages) / (time.perf_counter() - t0))
+    decode_limit = max(rates)
 
     with tempfile.TemporaryDirectory() as tmp:
         fink = FinkConfig(kafka_bootstrap=bootstrap, data_dir=tmp, log_level="ERROR",
@@ -99,6 +102,11 @@ def main() -> None:
         progress = [p for p in result.progress[s2r.QUERY_NAME] if p.get("numInputRows")]
         totals = s2r.reconcile(spark, result.progress[s2r.QUERY_NAME], cfg.paths(fink)["raw"])
         durations = sorted(p["durationMs"]["triggerExecution"] / 1000 for p in progress)
+        steps: dict[str, list[float]] = {}
+        for p in progress[1:] or progress:
+            record = filestore.committed(spark, cfg.paths(fink)["raw"], int(p["batchId"])) or {}
+            for step, secs in record.get("seconds", {}).items():
+                steps.setdefault(step, []).append(secs)
         steady = progress[1:] or progress  # the first batch also pays for code generation
         steady_rows = sum(p["numInputRows"] for p in steady)
         steady_secs = sum(p["durationMs"]["triggerExecution"] for p in steady) / 1000
@@ -112,6 +120,9 @@ def main() -> None:
         "sustained_alerts_per_s": round(throughput, 1),
         "batch_seconds_p50": round(statistics.median(durations), 2),
         "batch_seconds_p95": round(durations[max(0, int(len(durations) * 0.95) - 1)], 2),
+        "batch_step_seconds_p50": {k: round(statistics.median(v), 2) for k, v in steps.items()},
+        "trigger_ms_p50": {k: statistics.median(p["durationMs"].get(k, 0) for p in steady)
+                           for k in steady[0]["durationMs"]},
         "driver_jvm_peak_rss_mib": round(peak["jvm"]),
         "fastavro_decode_limit_alerts_per_s": round(decode_limit, 1),
         "ratio_to_decode_limit": round(throughput / decode_limit, 2),

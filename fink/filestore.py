@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from fink.log import logger
@@ -81,33 +82,63 @@ class FileStore:
         self.fs.delete(self.path(*parts), True)
 
 
-def write_batch(df: "DataFrame", root: str, batch_id: int, partition_by: str | None, files: int = 1) -> int:
-    """Write ``df`` as batch ``batch_id`` of the table at ``root``, exactly once; return its rows.
+def write_batch(df: "DataFrame", root: str, batch_id: int, partition_by: str | None, files: int = 1,
+                options: Mapping[str, str] | None = None) -> int:
+    """Write ``df`` as batch ``batch_id`` of the table at ``root``, exactly once; return its files.
 
     Without the commit marker, first removes any file this batch id left behind.
     """
+    folders = stage(df, root, batch_id, partition_by, files, options)
+    return publish(df.sparkSession, root, batch_id, folders)
+
+
+def staging_folder(batch_id: int) -> str:
+    """Where batch ``batch_id`` is written before its files move into the table (hidden from readers)."""
+    return f"_staging/b{batch_id}"
+
+
+def stage(df: "DataFrame", root: str, batch_id: int, partition_by: str | None, files: int = 1,
+          options: Mapping[str, str] | None = None) -> dict[str, list[str]]:
+    """Write ``df`` to the staging folder of ``batch_id``; return its Parquet files by partition folder.
+
+    ``options`` are Parquet writer options (``compression``, ``parquet.enable.dictionary``...).
+
+    Nothing is visible in the table yet: :func:`publish` moves the files in.
+    """
     store = FileStore(df.sparkSession, root)
-    staging = f"_staging/b{batch_id}"
+    staging = staging_folder(batch_id)
     store.delete(staging)
-    writer = df.coalesce(files).write.mode("overwrite")
+    writer = df.coalesce(files).write.mode("overwrite").options(**(options or {}))
     if partition_by:
         writer = writer.partitionBy(partition_by)
     writer.parquet(f"{store.root}/{staging}")
-    produced = [f for f in store.files(staging) if f.endswith(".parquet")]
     by_folder: dict[str, list[str]] = {}
-    for rel in produced:
-        folder, _, name = rel.rpartition("/")
-        by_folder.setdefault(folder, []).append(rel)
-    mine = _prefix(batch_id)
-    clean_attempt(df.sparkSession, root, batch_id)
-    store.write_text("", "_commits", f"{batch_id}.started")
-    for folder, rels in by_folder.items():
-        for k, rel in enumerate(sorted(rels)):
-            name = f"{mine}{k:04d}.snappy.parquet"
-            store.move((staging, rel), tuple(p for p in (folder, name) if p))
-    store.delete(staging)
-    return len(produced)
+    for rel in store.files(staging):
+        if rel.endswith(".parquet"):
+            folder, _, _ = rel.rpartition("/")
+            by_folder.setdefault(folder, []).append(rel)
+    return by_folder
 
+
+def publish(spark: "SparkSession", root: str, batch_id: int, folders: dict[str, list[str]]) -> int:
+    """Move the staged files of ``folders`` (from :func:`stage`) into the table; drop the staging folder.
+
+    The files are named after the batch id, so a replayed batch first removes its own.
+    Returns the number of files moved.
+    """
+    store = FileStore(spark, root)
+    staging = staging_folder(batch_id)
+    mine = _prefix(batch_id)
+    clean_attempt(spark, root, batch_id)
+    store.write_text("", "_commits", f"{batch_id}.started")
+    moved = 0
+    for folder, rels in folders.items():
+        for k, rel in enumerate(sorted(rels)):
+            name = f"{mine}{k:04d}.parquet"
+            store.move((staging, rel), tuple(p for p in (folder, name) if p))
+            moved += 1
+    store.delete(staging)
+    return moved
 
 
 def _prefix(batch_id: int) -> str:
@@ -138,7 +169,8 @@ def commit(spark: "SparkSession", root: str, batch_id: int, record: dict[str, An
     store.delete("_commits", f"{batch_id}.started")
 
 
-def compact(spark: "SparkSession", root: str, partition: str, files: int = 1) -> dict[str, Any]:
+def compact(spark: "SparkSession", root: str, partition: str, files: int = 1,
+            options: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Rewrite one partition folder (``night=YYYYMMDD``) of the table into ``files`` files.
 
     Notes
@@ -157,7 +189,7 @@ def compact(spark: "SparkSession", root: str, partition: str, files: int = 1) ->
     rows = df.count()
     new, old = f".compacting-{partition}", f".compacted-{partition}"
     store.delete(new)
-    df.coalesce(files).write.mode("overwrite").parquet(f"{store.root}/{new}")
+    df.coalesce(files).write.mode("overwrite").options(**(options or {})).parquet(f"{store.root}/{new}")
     written = [f for f in store.files(new) if f.endswith(".parquet")]
     check = spark.read.parquet(f"{store.root}/{new}").count()
     if check != rows:

@@ -35,6 +35,10 @@ DEFAULTS: dict[str, str] = {
     # (cache) rows would hold hundreds of MB each and drown the driver in garbage collection
     "spark.sql.parquet.columnarReaderBatchSize": "256",
     "spark.sql.inMemoryColumnarStorage.batchSize": "256",
+    # a partitioned write (by night) would otherwise sort whole alert rows by partition
+    # first; with a few nights per batch, one open file per night is cheaper
+    "spark.sql.optimizer.plannedWrite.enabled": "false",
+    "spark.sql.maxConcurrentOutputFileWriters": "8",
 }
 
 LOCAL_DEFAULTS: dict[str, str] = {
