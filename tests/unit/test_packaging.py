@@ -113,7 +113,9 @@ def test_every_third_party_import_of_the_library_is_declared():
 
     declared = {r.name.lower() for r in requirements(setup_cfg()["options"]["install_requires"])}
     # import name -> distribution name, where they differ
-    dist = {"yaml": "pyyaml", "confluent_kafka": "confluent-kafka", "IPython": "ipykernel"}
+    dist = {"yaml": "pyyaml", "confluent_kafka": "confluent-kafka", "IPython": "ipykernel",
+            "light_curve": "light-curve",
+            "sklearn": "scikit-learn"}
     missing = set()
     for path in (ROOT / "fink").rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):

@@ -1,0 +1,253 @@
+"""raw2science: quality cuts and science modules, from the raw archive to the science archive.
+
+Notes
+-----
+The source is the raw archive as a Parquet file stream, not the survey's Kafka topics:
+stream2raw already paid for decoding (most of its cost), set bad messages aside and removed
+duplicates, and it moves each batch's files into the archive whole, so a file stream sees
+only complete alerts, each once. Reading Kafka again would decode every alert twice for a
+latency gain smaller than one stream2raw trigger.
+
+Quality cuts are configuration: named SQL conditions over alert columns (default Fink's
+``nbad == 0``, ``rb >= 0.55``, ``fid != 3``). An alert failing one is rejected with the
+first failing cut's name as reason (a null value fails), and counted per reason in the
+query's observed metrics; the raw archive keeps it. Kept alerts go through the science
+modules (:mod:`fink.science`) and land in the science archive, exactly once, with their
+provenance: module versions, and the times of ingest, processing start and end.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import TYPE_CHECKING, Any
+
+from fink.config import ConfigError, FinkConfig, Validated
+from fink.log import logger
+from fink.science.api import ScienceModule, apply_modules, load_modules
+
+if TYPE_CHECKING:
+    from pyspark.sql import Column, DataFrame, SparkSession
+    from pyspark.sql.streaming import DataStreamWriter
+    from pyspark.sql.types import StructType
+
+QUERY_NAME = "raw2science"
+MODULES_METRICS = "raw2science_modules"
+
+#: Fink's quality cuts on ZTF alerts: no bad pixel nearby, real-bogus score, not the i band
+DEFAULT_CUTS = {"nbad": "candidate.nbad = 0", "rb": "candidate.rb >= 0.55", "fid": "candidate.fid != 3"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Raw2ScienceConfig(Validated):
+    """Settings of the stage (the notebook's parameters of the same names).
+
+    Parameters
+    ----------
+    cuts
+        Name -> Spark SQL condition an alert must satisfy; the name is the rejection reason.
+    modules
+        Science modules by dotted path, applied in order.
+    module_params
+        Dotted path -> keyword parameters of that module (e.g. the cross-match catalogue).
+    fail_on_module_error
+        Stop the query when a module raises, instead of nulls plus an error count.
+    max_files_per_trigger
+        Raw archive files read per micro-batch at most (0: all new files).
+    files_per_batch
+        Parquet files written per night and micro-batch.
+    raw_path, science_path, checkpoint
+        Empty means under ``data_dir``: ``raw``, ``science``, ``checkpoints/raw2science``.
+    """
+
+    cuts: dict = dataclasses.field(default_factory=lambda: dict(DEFAULT_CUTS))
+    modules: list = dataclasses.field(default_factory=list)
+    module_params: dict = dataclasses.field(default_factory=dict)
+    fail_on_module_error: bool = False
+    max_files_per_trigger: int = 0
+    files_per_batch: int = 2
+    raw_path: str = ""
+    science_path: str = ""
+    checkpoint: str = ""
+
+    def validate(self, source: str = "configuration") -> None:
+        for name, cond in self.cuts.items():
+            if not isinstance(name, str) or not name.isidentifier() or not isinstance(cond, str) or not cond.strip():
+                raise ConfigError(f"{source}: cut {name!r} must be a name mapped to a SQL condition")
+        if not all(isinstance(m, str) for m in self.modules):
+            raise ConfigError(f"{source}: 'modules' must be a list of dotted paths")
+        if self.max_files_per_trigger < 0 or self.files_per_batch < 1:
+            raise ConfigError(f"{source}: max_files_per_trigger >= 0 and files_per_batch >= 1")
+
+    def paths(self, fink: FinkConfig) -> dict[str, str]:
+        return {"raw": self.raw_path or fink.data_uri("raw"),
+                "science": self.science_path or fink.data_uri("science"),
+                "checkpoint": self.checkpoint or fink.data_uri("checkpoints", "raw2science")}
+
+    def load_modules(self) -> list[ScienceModule]:
+        return load_modules(self.modules, self.module_params)
+
+
+def raw_schema(spark: "SparkSession") -> "StructType":
+    """The raw archive's schema (what stream2raw writes), without reading the archive."""
+    from fink.stages import stream2raw as s2r
+
+    kafka = spark.createDataFrame([], "key binary, value binary, topic string, partition int, offset long, "
+                                      "timestamp timestamp, timestampType int")
+    return s2r.raw_columns(s2r.decode(s2r.parse(kafka))).schema
+
+
+def source(spark: "SparkSession", cfg: Raw2ScienceConfig, raw_path: str) -> "DataFrame":
+    """The raw archive as a stream of new files (partition folders ``night=`` included).
+
+    The folder is created if stream2raw has not written yet, so the stages start in any order.
+    """
+    from fink.filestore import FileStore
+
+    store = FileStore(spark, raw_path)
+    store.fs.mkdirs(store.path())
+    reader = spark.readStream.schema(raw_schema(spark)).option("basePath", raw_path)
+    if cfg.max_files_per_trigger:
+        reader = reader.option("maxFilesPerTrigger", cfg.max_files_per_trigger)
+    return reader.parquet(raw_path)
+
+
+def cut_reason(cuts: dict[str, str]) -> "Column":
+    """The name of the first cut an alert fails (null or false fails), null when it passes all."""
+    from pyspark.sql import functions as F
+
+    reason = None
+    for name, cond in cuts.items():
+        failed = ~F.coalesce(F.expr(cond).cast("boolean"), F.lit(False))
+        reason = F.when(failed, F.lit(name)) if reason is None else reason.when(failed, F.lit(name))
+    return reason if reason is not None else F.lit(None).cast("string")
+
+
+def apply_cuts(df: "DataFrame", cuts: dict[str, str], observe_as: str | None = None) -> "DataFrame":
+    """Keep the alerts passing every cut; with ``observe_as``, count alerts, kept and rejected per cut."""
+    from pyspark.sql import functions as F
+
+    try:
+        df = df.withColumn("_cut", cut_reason(cuts))
+    except Exception as exc:  # an unparsable or unknown-column condition: name the cut
+        raise ConfigError(f"quality cuts {cuts}: {str(exc).splitlines()[0]}") from exc
+    if observe_as:
+        cut = F.col("_cut")
+        df = df.observe(observe_as, F.count(F.lit(1)).alias("alerts"),
+                        F.sum(F.when(cut.isNull(), 1).otherwise(0)).alias("kept"),
+                        F.sum(F.when(cut.isNotNull(), 1).otherwise(0)).alias("rejected"),
+                        *[F.sum(F.when(cut == name, 1).otherwise(0)).alias(f"rejected_{name}") for name in cuts])
+    return df.filter(F.col("_cut").isNull()).drop("_cut")
+
+
+def _now_udf():
+    import pandas as pd
+    from pyspark.sql.functions import pandas_udf
+
+    def processing_end(anchor):
+        return pd.Series([pd.Timestamp.now(tz="UTC")] * len(anchor))
+
+    processing_end.__annotations__ = {"anchor": pd.Series, "return": pd.Series}
+    return pandas_udf(processing_end, "timestamp")
+
+
+def transform(df: "DataFrame", cfg: Raw2ScienceConfig, modules: list[ScienceModule] | None = None) -> "DataFrame":
+    """Raw alerts -> kept alerts with every module's columns and the provenance columns."""
+    from pyspark.sql import functions as F
+
+    modules = cfg.load_modules() if modules is None else modules
+    df = apply_cuts(df, cfg.cuts, observe_as=QUERY_NAME)
+    df = df.withColumn("processingStart", F.current_timestamp())
+    df = apply_modules(df, modules, fail=cfg.fail_on_module_error, observe_as=MODULES_METRICS)
+    versions = [x for m in modules for x in (F.lit(m.name), F.lit(m.version))]
+    anchor = next(iter(modules[-1].outputs)) if modules else "candid"
+    return (df.withColumn("fink_modules", F.create_map(*versions) if versions
+                          else F.create_map().cast("map<string,string>"))
+            .withColumn("processingEnd", _now_udf()(F.col(anchor))))
+
+
+def write_batch(batch: "DataFrame", batch_id: int, cfg: Raw2ScienceConfig, paths: dict[str, str]) -> dict[str, Any]:
+    """Write one micro-batch of science alerts by night, exactly once; return its commit record."""
+    from fink import filestore
+    from fink.stages.stream2raw import ARCHIVE_OPTIONS
+
+    spark = batch.sparkSession
+    done = filestore.committed(spark, paths["science"], batch_id)
+    if done is not None:
+        logger.info("raw2science: batch %d already committed, skipped", batch_id)
+        return done
+    filestore.clean_attempt(spark, paths["science"], batch_id)
+    t0 = time.perf_counter()
+    folders = filestore.stage(batch, paths["science"], batch_id, "night", cfg.files_per_batch, ARCHIVE_OPTIONS)
+    base = f"{paths['science'].rstrip('/')}/{filestore.staging_folder(batch_id)}"
+    files = [f"{base}/{rel}" for rels in folders.values() for rel in rels]
+    written = spark.read.parquet(*files).count() if files else 0  # Parquet footers: no data read
+    filestore.publish(spark, paths["science"], batch_id, folders)
+    record = {"alerts": written, "seconds": round(time.perf_counter() - t0, 3)}
+    filestore.commit(spark, paths["science"], batch_id, record)
+    return record
+
+
+def build(spark: "SparkSession", cfg: Raw2ScienceConfig, fink: FinkConfig) -> "DataStreamWriter":
+    """The stage's unstarted writer: raw archive -> cuts -> modules -> science archive.
+
+    Module loading errors (missing module, wrong signature, undeclared column) are raised
+    here, before anything starts.
+    """
+    paths = cfg.paths(fink)
+    modules = cfg.load_modules()
+    rows = transform(source(spark, cfg, paths["raw"]), cfg, modules)
+
+    def sink(batch, batch_id):
+        write_batch(batch, batch_id, cfg, paths)
+
+    return (rows.writeStream.foreachBatch(sink).option("checkpointLocation", paths["checkpoint"])
+            .queryName(QUERY_NAME))
+
+
+def reconcile(spark: "SparkSession", progress: list[dict], science_path: str) -> dict[str, Any]:
+    """Account for every alert of a run: alerts = kept + rejected (per cut), kept = written.
+
+    The first three come from the query's observed metrics, ``written`` from the commit
+    records of the science archive; module costs and errors are summed alongside.
+    """
+    from fink import filestore
+
+    totals: dict[str, Any] = {"batches": 0, "alerts": 0, "kept": 0, "rejected": 0, "written": 0,
+                              "reasons": {}, "modules": {}}
+    for p in progress:
+        metrics = p.get("observedMetrics") or {}
+        row = metrics.get(QUERY_NAME)
+        if row is None:
+            continue
+        values = row.asDict() if hasattr(row, "asDict") else dict(row)
+        if not values.get("alerts"):
+            continue
+        totals["batches"] += 1
+        for key in ("alerts", "kept", "rejected"):
+            totals[key] += int(values.get(key) or 0)
+        for key, n in values.items():
+            if key.startswith("rejected_") and n:
+                totals["reasons"][key[len("rejected_"):]] = totals["reasons"].get(key[len("rejected_"):], 0) + int(n)
+        mods = metrics.get(MODULES_METRICS)
+        mods = (mods.asDict() if hasattr(mods, "asDict") else dict(mods)) if mods is not None else {}
+        for key, value in mods.items():
+            name, _, what = key.rpartition("_")
+            entry = totals["modules"].setdefault(name, {"seconds": 0.0, "errors": 0, "error": None})
+            if what == "seconds":
+                entry["seconds"] += float(value or 0)
+            elif what == "errors":
+                entry["errors"] += int(value or 0)
+            elif what == "error" and value:
+                entry["error"] = value
+        record = filestore.committed(spark, science_path, int(p["batchId"]))
+        if record is not None:
+            totals["written"] += record["alerts"]
+    totals["balanced"] = (totals["alerts"] == totals["kept"] + totals["rejected"]
+                          and totals["kept"] == totals["written"])
+    return totals
+
+
+def read_science(spark: "SparkSession", path: str) -> "DataFrame":
+    """The science archive as a table (one row per kept alert, partitioned by ``night``)."""
+    return spark.read.parquet(path)

@@ -1,0 +1,130 @@
+"""raw2science on real Spark: cuts as a direct evaluation keeps, modules applied, failures reported."""
+
+import io
+import sys
+import types
+
+import fastavro
+import pytest
+from test_stream2raw import NATIVE, SAMPLE, run
+
+from fink import streaming
+from fink.config import FinkConfig
+from fink.datasim.sources import read_messages
+from fink.science import ScienceModuleError, module
+from fink.science.modules import BUILTIN
+from fink.simulator import SimulatorConfig, load_messages, replay
+from fink.stages import raw2science as r2s
+from fink.stages import stream2raw as s2r
+
+pytestmark = [pytest.mark.integration, pytest.mark.spark]
+
+
+def science(spark, data_dir, **options):
+    fink = FinkConfig(data_dir=str(data_dir))
+    cfg = r2s.Raw2ScienceConfig(**options)
+    query = streaming.start(r2s.build(spark, cfg, fink).trigger(availableNow=True), r2s.QUERY_NAME)
+    result = streaming.run_until([query], duration=300, poll=0.5)
+    paths = cfg.paths(fink)
+    return paths, r2s.reconcile(spark, result.progress[r2s.QUERY_NAME], paths["science"])
+
+
+@pytest.fixture(scope="module")
+def sample_raw(spark, kafka_bootstrap, tmp_path_factory):
+    """The sample night through stream2raw: a raw archive to start from."""
+    tmp = tmp_path_factory.mktemp("sample")
+    topic = f"r2s_sample_{tmp.name}"
+    replay(SimulatorConfig(topic=topic), kafka_bootstrap, messages=load_messages(SimulatorConfig(source=SAMPLE)),
+           progress=False)
+    _, totals = run(spark, kafka_bootstrap, topic, tmp, max_offsets=500)
+    assert totals["archived"] == 229
+    return tmp
+
+
+def passes(candidate):
+    """Fink's default cuts, evaluated directly on a fastavro record (a null fails)."""
+    nbad, rb, fid = candidate.get("nbad"), candidate.get("rb"), candidate.get("fid")
+    return nbad is not None and nbad == 0 and rb is not None and rb >= 0.55 and fid != 3
+
+
+def test_cuts_keep_exactly_what_a_direct_evaluation_keeps_on_real_alerts(fresh_spark, kafka_bootstrap, topic,
+                                                                         tmp_path, shared_datasim):
+    messages = [m for folders in NATIVE.values() for f in folders for m in read_messages(shared_datasim / "ztf" / f)]
+    replay(SimulatorConfig(topic=topic), kafka_bootstrap, messages=messages, progress=False)
+    _, raw_totals = run(fresh_spark, kafka_bootstrap, topic, tmp_path, max_offsets=500)
+    records = {}
+    for m in messages:  # the first copy of a candid is the one archived
+        r = next(fastavro.reader(io.BytesIO(m)))
+        records.setdefault(r["candid"], r)
+    archived = {r.candid for r in s2r.read_raw(fresh_spark, str(tmp_path / "raw")).select("candid").collect()}
+    assert archived <= set(records) and len(archived) == raw_totals["archived"] >= len(records) - 2
+    records = {c: records[c] for c in archived}
+    paths, totals = science(fresh_spark, tmp_path)
+    kept = {r.candid for r in r2s.read_science(fresh_spark, paths["science"]).select("candid").collect()}
+    assert kept == {c for c, r in records.items() if passes(r["candidate"])}
+    assert 0 < len(kept) < len(records)
+    assert totals["balanced"] and totals["alerts"] == len(records) and totals["written"] == len(kept)
+    rejected = {}
+    for r in records.values():
+        c = r["candidate"]
+        reason = next((name for name, ok in (("nbad", c.get("nbad") == 0), ("rb", (c.get("rb") or -1) >= 0.55),
+                                               ("fid", c.get("fid") != 3)) if not ok), None)
+        if reason:
+            rejected[reason] = rejected.get(reason, 0) + 1
+    assert totals["reasons"] == rejected
+
+
+def test_builtin_modules_add_their_columns_and_provenance(fresh_spark, sample_raw, tmp_path):
+    catalogue = tmp_path / "cat.csv"
+    raw = s2r.read_raw(fresh_spark, str(sample_raw / "raw")).select("candidate.ra", "candidate.dec", "objectId")
+    rows = raw.limit(20).collect()
+    catalogue.write_text("ra,dec,id,type\n" + "".join(f"{r.ra},{r.dec},{r.objectId}-cat,Star\n" for r in rows))
+    cfg = {"modules": BUILTIN, "cuts": {},
+           "module_params": {"fink.science.modules.xmatch:crossmatch": {"catalogue_path": str(catalogue)}},
+           "raw_path": str(sample_raw / "raw"), "checkpoint": str(tmp_path / "ck")}
+    paths, totals = science(fresh_spark, tmp_path, **cfg)
+    assert totals["balanced"] and totals["written"] == totals["alerts"] == 229
+    assert set(totals["modules"]) == {"lightcurve_features", "solar_system", "crossmatch"}
+    assert all(m["errors"] == 0 and m["seconds"] > 0 for m in totals["modules"].values())
+    out = r2s.read_science(fresh_spark, paths["science"])
+    assert {"lc_amplitude_g", "lc_stetson_k_r", "roid", "xm_id", "fink_modules", "processingEnd"} <= set(out.columns)
+    got = {r.objectId: r.xm_id for r in out.select("objectId", "xm_id").collect()}
+    assert {got[r.objectId] for r in rows} == {f"{r.objectId}-cat" for r in rows}
+    late = out.filter("processingEnd < processingStart or processingStart < brokerIngestTimestamp").count()
+    assert late == 0
+    assert out.select("fink_modules").first()[0]["fink.science.modules.sso:solar_system"] == "1.0"
+
+
+@pytest.fixture
+def faulty(monkeypatch):
+    from pyspark import cloudpickle
+
+    mod = types.ModuleType("faulty_science")
+
+    @module(inputs=["candidate.magpsf"], outputs={"fragile": "double"})
+    def fragile(mag):
+        raise ZeroDivisionError("no flux")
+
+    mod.fragile = fragile
+    fragile.__module__ = "faulty_science"
+    monkeypatch.setitem(sys.modules, "faulty_science", mod)
+    cloudpickle.register_pickle_by_value(mod)  # the Python workers cannot import it
+    yield "faulty_science:fragile"
+    cloudpickle.unregister_pickle_by_value(mod)
+
+
+def test_a_module_that_raises_does_not_stop_the_stream_and_is_reported(fresh_spark, sample_raw, tmp_path, faulty):
+    cfg = {"modules": [faulty], "cuts": {}, "raw_path": str(sample_raw / "raw"), "checkpoint": str(tmp_path / "ck")}
+    paths, totals = science(fresh_spark, tmp_path, **cfg)
+    assert totals["balanced"] and totals["written"] == 229
+    assert totals["modules"]["fragile"]["errors"] == 229
+    assert totals["modules"]["fragile"]["error"] == "ZeroDivisionError: no flux"
+    out = r2s.read_science(fresh_spark, paths["science"])
+    assert out.filter("fragile is not null").count() == 0
+
+
+def test_loading_errors_are_raised_before_anything_starts(fresh_spark, tmp_path):
+    fink = FinkConfig(data_dir=str(tmp_path))
+    with pytest.raises(ScienceModuleError, match="cannot import 'nosuch'"):
+        r2s.build(fresh_spark, r2s.Raw2ScienceConfig(modules=["nosuch:module"]), fink)
+    assert fresh_spark.streams.active == []
