@@ -50,6 +50,9 @@ class NightConfig:
         Depth of ``prv_candidates`` and ``fp_hists``, as ZTF's 30 days.
     cadence_days
         Mean gap between two past visits of a field.
+    cutouts
+        Draw the three image stamps (most of the generator's time); without them the
+        cutout fields are null, which is enough to train on light curves.
     """
 
     night: str = "20261127"
@@ -59,6 +62,7 @@ class NightConfig:
                                                "sso": 0.15, "bogus": 0.15})
     history_days: float = 30.0
     cadence_days: float = 2.5
+    cutouts: bool = True
 
     @property
     def jd_start(self) -> float:
@@ -338,7 +342,8 @@ def generate_night(config: NightConfig | None = None) -> Night:
                 window = prv[len(measured) - len(past):]
                 fwindow = [_fill(_forced(obj, h), fp_fields) for h in past]
                 stamps = cutouts.stamps(obj.rng, source_flux=m["flux"], ref_flux=m["ref_flux"], sky=m["sky"],
-                                        noise=m["sigma"] / 3.0, fwhm=m["fwhm"], bogus=kind == "bogus")
+                                        noise=m["sigma"] / 3.0, fwhm=m["fwhm"], bogus=kind == "bogus") \
+                    if cfg.cutouts else {}
                 record = {"schemavsn": "4.02", "publisher": PUBLISHER, "objectId": object_id,
                           "candid": m["candid"], "candidate": m["candidate"],
                           "prv_candidates": window or None, "fp_hists": fwindow or None}

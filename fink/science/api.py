@@ -103,9 +103,10 @@ def _check_declaration(name: str, func: Callable, inputs: tuple[str, ...], outpu
         if dtype not in OUTPUT_TYPES:
             raise ScienceModuleError(f"science module {name}: output '{col}' has type '{dtype}'; "
                                      f"use one of {', '.join(OUTPUT_TYPES)}")
-    positional = [p for p in inspect.signature(func).parameters.values()
-                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    if len(positional) != len(inputs):
+    params = inspect.signature(func).parameters.values()
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    variadic = any(p.kind is p.VAR_POSITIONAL for p in params)  # f(*columns): any number, in order
+    if len(positional) != len(inputs) and not (variadic and len(positional) <= len(inputs)):
         raise ScienceModuleError(
             f"science module {name}: declares {len(inputs)} input(s) ({', '.join(inputs)}) but the function "
             f"takes {len(positional)} positional parameter(s) ({', '.join(p.name for p in positional)})")

@@ -84,10 +84,11 @@ def test_builtin_modules_add_their_columns_and_provenance(fresh_spark, sample_ra
            "raw_path": str(sample_raw / "raw"), "checkpoint": str(tmp_path / "ck")}
     paths, totals = science(fresh_spark, tmp_path, **cfg)
     assert totals["balanced"] and totals["written"] == totals["alerts"] == 229
-    assert set(totals["modules"]) == {"lightcurve_features", "solar_system", "crossmatch"}
+    assert set(totals["modules"]) == {"lightcurve_features", "snia_classifier", "solar_system", "crossmatch"}
     assert all(m["errors"] == 0 and m["seconds"] > 0 for m in totals["modules"].values())
     out = r2s.read_science(fresh_spark, paths["science"])
-    assert {"lc_amplitude_g", "lc_stetson_k_r", "roid", "xm_id", "fink_modules", "processingEnd"} <= set(out.columns)
+    assert {"lc_amplitude_g", "lc_stetson_k_r", "snia_prob", "roid", "xm_id", "fink_modules",
+                                 "processingEnd"} <= set(out.columns)
     got = {r.objectId: r.xm_id for r in out.select("objectId", "xm_id").collect()}
     assert {got[r.objectId] for r in rows} == {f"{r.objectId}-cat" for r in rows}
     late = out.filter("processingEnd < processingStart or processingStart < brokerIngestTimestamp").count()

@@ -110,3 +110,27 @@ def test_solar_system_flag_known_answers():
     assert out["roid"].tolist() == cases["want"].tolist()
     assert out["sso_name"].tolist() == ["12345", None, None, None, None]
     assert sso.solar_system.__fink_module__.version == "1.0"
+
+
+def test_the_snia_classifier_separates_held_out_simulated_objects():
+    """The committed model ranks SN Ia above the rest on a night it was not trained on."""
+    import csv
+
+    from sklearn.metrics import roc_auc_score
+
+    from fink.datasim.generator import NightConfig, generate_night
+    from fink.science.modules import classifier
+
+    night = generate_night(NightConfig(seed=7, n_objects=300, cutouts=False,
+                                       mix={"snia": 0.3, "sncc": 0.2, "varstar": 0.2, "agn": 0.2, "bogus": 0.1}))
+    truth = {r["objectId"]: r["class"] for r in csv.DictReader(io.StringIO(night.truth_csv()))}
+    feats = load_module("fink.science.modules.features:lightcurve_features")
+    out = run_module(feats, columns(night.alerts, feats.inputs), fail=True)
+    mod = load_module("fink.science.modules.classifier:snia_classifier")
+    cols = [out[c] if c in out else columns(night.alerts, [c])[0] for c in mod.inputs]
+    prob = run_module(mod, cols, fail=True)["snia_prob"].to_numpy()
+    label = np.array([truth[r["objectId"]] == "snia" for r in night.alerts])
+    assert 0 < label.sum() < len(label) and np.isfinite(prob).all()
+    assert roc_auc_score(label, prob) > 0.9
+    card = classifier.load_model()[1]
+    assert card["held_out"]["roc_auc"] > 0.9 and card["features"] == classifier.FEATURE_NAMES
