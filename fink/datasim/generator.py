@@ -23,6 +23,7 @@ import numpy as np
 
 from fink import avro
 from fink.datasim import cutouts, lightcurves
+from fink.datasim.catalogue import make_catalogue
 from fink.datasim.lightcurves import CLASSES
 
 VISIT_SECONDS = 39.0  # ZTF: 30 s exposure + readout and slew
@@ -93,7 +94,8 @@ class Night:
 
     def write_archive(self, folder: Path, version: str = "4.02") -> Path:
         """Write the night compactly: ``alerts.avro`` (one container, schema once, deflate),
-        ``truth.csv`` and ``night.json``. :func:`fink.datasim.sources.read_messages` turns each
+        ``truth.csv``, ``catalogue.csv`` (:mod:`fink.datasim.catalogue`) and ``night.json``.
+        :func:`fink.datasim.sources.read_messages` turns each
         record back into its own wire message, identical to :meth:`messages`."""
         import json
 
@@ -105,6 +107,7 @@ class Night:
             fastavro.writer(out, avro.parsed_schema(version), (conform(r, version) for r in self.alerts),
                             codec="deflate", sync_marker=avro.sync_marker(self.config.seed))
         (folder / "truth.csv").write_text(self.truth_csv())
+        (folder / "catalogue.csv").write_text(make_catalogue(self.truth, self.config.seed))
         (folder / "night.json").write_text(json.dumps({**asdict(self.config), "schema_version": version,
                                                        "alerts": len(self.alerts)}, indent=1) + "\n")
         return path
@@ -120,6 +123,7 @@ class Night:
             path.write_bytes(data)
             paths.append(path)
         (folder / "truth.csv").write_text(self.truth_csv())
+        (folder / "catalogue.csv").write_text(make_catalogue(self.truth, self.config.seed))
         (folder / "night.json").write_text(json.dumps({**asdict(self.config), "schema_version": version,
                                                        "alerts": len(self.alerts)}, indent=1) + "\n")
         return paths

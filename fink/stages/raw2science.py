@@ -34,8 +34,10 @@ if TYPE_CHECKING:
 QUERY_NAME = "raw2science"
 MODULES_METRICS = "raw2science_modules"
 
-#: Fink's quality cuts on ZTF alerts: no bad pixel nearby, real-bogus score, not the i band
-DEFAULT_CUTS = {"nbad": "candidate.nbad = 0", "rb": "candidate.rb >= 0.55", "fid": "candidate.fid != 3"}
+#: Fink's quality cuts on ZTF alerts: no bad pixel nearby (nbad == 0), real-bogus score
+#: rb >= 0.55, not the i band (fid != 3). Written without '=' so that they fit on a papermill
+#: parameter line (papermill drops a line with '=' in its value)
+DEFAULT_CUTS = {"nbad": "candidate.nbad IN (0)", "rb": "NOT candidate.rb < 0.55", "fid": "candidate.fid <> 3"}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -12,14 +12,20 @@ import yaml
 
 pytestmark = [pytest.mark.integration, pytest.mark.spark]
 ROOT = Path(__file__).resolve().parents[2]
-# the simulator fills the topic that checkstream's defaults watch
-ORDER = ["smoke", "simulator", "checkstream", "stream2raw"]
+# in pipeline order, sharing one FINK_HOME: the simulator fills the topic that checkstream's
+# and stream2raw's defaults read, stream2raw fills the raw archive raw2science reads
+ORDER = ["smoke", "simulator", "checkstream", "stream2raw", "raw2science", "science_module"]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"), key=lambda p: ORDER.index(p.stem) if p.stem in ORDER else 99)
 
 
+@pytest.fixture(scope="module")
+def pipeline_home(tmp_path_factory):
+    return tmp_path_factory.mktemp("nbval") / "home"
+
+
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.stem)
-def test_nbval_runs_the_notebook_with_its_defaults(notebook, kafka_bootstrap, tmp_path):
-    env = {**os.environ, "FINK_HOME": str(tmp_path / "home")}
+def test_nbval_runs_the_notebook_with_its_defaults(notebook, kafka_bootstrap, pipeline_home):
+    env = {**os.environ, "FINK_HOME": str(pipeline_home)}
     proc = subprocess.run([sys.executable, "-m", "pytest", "--nbval-lax", "-p", "no:cacheprovider", "-q",
                            "-o", "addopts=", "-W", "ignore::DeprecationWarning", str(notebook)],
                           capture_output=True, text=True, env=env, cwd=notebook.parent, timeout=600)
@@ -96,3 +102,30 @@ def test_stream2raw_headless_with_each_conf(conf, kafka_bootstrap, tmp_path):
                    for c in executed["cells"] for o in c.get("outputs", []))
     assert "'archived': 229" in text and "'balanced': True" in text
     assert len(list((tmp_path / "data" / "raw" / "night=20261127").glob("*.parquet"))) >= 1
+
+
+@pytest.mark.parametrize("conf", ["local.yaml", "ci.yaml"])
+def test_raw2science_headless_with_each_conf(conf, kafka_bootstrap, tmp_path):
+    import papermill
+
+    params = yaml.safe_load((ROOT / "conf" / conf).read_text())
+    params.update(data_dir=str(tmp_path / "data"), topic=f"r2s_{uuid.uuid4().hex[:8]}", simulator=True)
+    papermill.execute_notebook(str(ROOT / "notebooks" / "raw2science.ipynb"), str(tmp_path / "out.ipynb"),
+                               parameters=params, progress_bar=False, cwd=str(ROOT / "notebooks"))
+    executed = json.loads((tmp_path / "out.ipynb").read_text())
+    text = "".join("".join(o.get("data", {}).get("text/plain", "")) + "".join(o.get("text", ""))
+                   for c in executed["cells"] for o in c.get("outputs", []))
+    assert "'alerts': 229" in text and "'balanced': True" in text
+    assert "without values" not in text  # no module failed
+    assert list((tmp_path / "data" / "science" / "night=20261127").glob("*.parquet"))
+
+
+def test_raw2science_notebook_defaults_are_the_stage_defaults():
+    import papermill
+
+    from fink.science.modules import BUILTIN
+    from fink.stages.raw2science import DEFAULT_CUTS
+
+    declared = papermill.inspect_notebook(str(ROOT / "notebooks" / "raw2science.ipynb"))
+    assert eval(declared["cuts"]["default"]) == DEFAULT_CUTS  # a literal: the parameters cell holds no code
+    assert sorted(eval(declared["modules"]["default"])) == sorted(BUILTIN)
