@@ -7,6 +7,7 @@ switched on, as the Fink community client does; otherwise plaintext.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -43,6 +44,45 @@ def spark_options(bootstrap: str) -> dict[str, str]:
             "org.apache.kafka.common.security.scram.ScramLoginModule required "
             f'username="{sasl["sasl.username"]}" password="{sasl["sasl.password"]}";')
     return opts
+
+
+def fetch(bootstrap: str, wanted: Iterable[tuple[str, int, int]], timeout: float = 30.0) -> dict[tuple, bytes | None]:
+    """The values of the messages at (topic, partition, offset) ``wanted``, read by offset.
+
+    A message no longer in Kafka (retention) is absent from the result; the read gives up
+    on a partition after ``timeout`` seconds without progress.
+    """
+    from confluent_kafka import Consumer, TopicPartition
+    from confluent_kafka import KafkaError as ConfluentError
+
+    by_partition: dict[tuple[str, int], set[int]] = {}
+    for topic, partition, offset in wanted:
+        by_partition.setdefault((topic, int(partition)), set()).add(int(offset))
+    found: dict[tuple, bytes | None] = {}
+    if not by_partition:
+        return found
+    consumer = Consumer(client_config(bootstrap, **{"group.id": "fink-fetch-by-offset", "enable.auto.commit": False,
+                                                    "enable.partition.eof": True}))
+    try:
+        for (topic, partition), offsets in by_partition.items():
+            consumer.assign([TopicPartition(topic, partition, min(offsets))])
+            last, deadline = max(offsets), time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                msg = consumer.poll(1.0)
+                if msg is None:
+                    continue
+                if msg.error():
+                    if msg.error().code() == ConfluentError._PARTITION_EOF:
+                        break
+                    raise KafkaError(f"{topic}[{partition}] on {bootstrap}: {msg.error()}")
+                deadline = time.monotonic() + timeout
+                if msg.offset() in offsets:
+                    found[(topic, partition, msg.offset())] = msg.value()
+                if msg.offset() >= last:
+                    break
+    finally:
+        consumer.close()
+    return found
 
 
 def ensure_topic(bootstrap: str, topic: str, partitions: int = 1, timeout: float = 30.0) -> bool:

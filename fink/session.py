@@ -39,6 +39,8 @@ DEFAULTS: dict[str, str] = {
     # first; with a few nights per batch, one open file per night is cheaper
     "spark.sql.optimizer.plannedWrite.enabled": "false",
     "spark.sql.maxConcurrentOutputFileWriters": "8",
+    # queries sharing a session (stream2raw and raw2science) take turns (fink.streaming.start)
+    "spark.scheduler.mode": "FAIR",
 }
 
 LOCAL_DEFAULTS: dict[str, str] = {

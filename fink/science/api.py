@@ -241,47 +241,73 @@ def run_module(m: ScienceModule, series: Sequence[Any], fail: bool = False):
     return out
 
 
-def _chunk_runner(m: ScienceModule, fail: bool):
-    """The function each Python worker runs per Arrow batch: inputs as one DataFrame."""
+def run_chain(modules: Sequence[ScienceModule], columns: Mapping[str, Any], fail: bool = False):
+    """Run ``modules`` in order on one chunk: each sees the alert columns plus earlier outputs.
+
+    Returns every module's outputs, and per module ``_error_<i>`` and ``_seconds_<i>``.
+    """
     import pandas as pd
 
-    def run(inputs):
-        return run_module(m, [inputs[c] for c in inputs.columns], fail)
+    available = dict(columns)
+    parts = []
+    for i, m in enumerate(modules):
+        out = run_module(m, [available[c] for c in m.inputs], fail)
+        available.update({c: out[c] for c in m.outputs})
+        parts.append(out.rename(columns={"_error": f"_error_{i}", "_seconds": f"_seconds_{i}"}))
+    return pd.concat(parts, axis=1) if parts else pd.DataFrame()
 
-    run.__annotations__ = {"inputs": pd.DataFrame, "return": pd.DataFrame}  # how pandas_udf infers its kind
+
+def _chain_udf(modules: Sequence[ScienceModule], inputs: list[str], fail: bool):
+    """The function each Python worker runs per Arrow batch: the inputs come as one DataFrame."""
+    import pandas as pd
+
+    def run(chunk):
+        return run_chain(modules, {path: chunk[f"_in{k}"] for k, path in enumerate(inputs)}, fail)
+
+    run.__annotations__ = {"chunk": pd.DataFrame, "return": pd.DataFrame}  # how pandas_udf infers its kind
     return run
 
 
 def apply_modules(df: "DataFrame", modules: Sequence[ScienceModule], fail: bool = False,
                   observe_as: str | None = None) -> "DataFrame":
-    """Add every module's output columns to ``df``, in order, each as one Arrow UDF.
+    """Add every module's output columns to ``df``, the modules running in order in one Arrow UDF.
 
     With ``observe_as``, the query's observed metrics of that name get, per module,
     ``<key>_seconds`` (summed worker time), ``<key>_errors`` (alerts whose batch failed)
     and ``<key>_error`` (one error text).
+
+    Notes
+    -----
+    One UDF for the chain, rather than one per module: each alert's inputs cross to Python
+    once, a module reads earlier modules' outputs without a round trip through the JVM, and
+    a task needs one Python worker (in which a model or catalogue, once loaded, stays).
     """
     from pyspark.sql import functions as F
     from pyspark.sql.functions import pandas_udf
 
     check_inputs(modules, df.schema)
+    if not modules:
+        return df
+    produced: set[str] = set()
+    inputs: list[str] = []
+    for m in modules:
+        inputs += [c for c in m.inputs if c not in produced and c not in inputs]
+        produced.update(m.outputs)
+    fields = [f"{c} {t}" for m in modules for c, t in m.outputs.items()]
+    fields += [f"_error_{i} string, _seconds_{i} double" for i in range(len(modules))]
+    fn = pandas_udf(_chain_udf(list(modules), inputs, fail), ", ".join(fields))  # type: ignore[call-overload]
+    tmp = "__modules"
+    # one struct argument (a DataFrame in the worker) whatever the number of inputs
+    df = df.withColumn(tmp, fn(F.struct(*[F.col(c).alias(f"_in{k}") for k, c in enumerate(inputs)])))
     metrics = []
     for i, m in enumerate(modules):
-        ddl = ", ".join(f"{c} {t}" for c, t in m.outputs.items())
-        returns = f"{ddl}, _error string, _seconds double"
-
-        fn = pandas_udf(_chunk_runner(m, fail), returns)  # type: ignore[call-overload]
-        tmp = f"_module{i}"
-        # one struct argument (a DataFrame in the worker) whatever the number of inputs
-        df = df.withColumn(tmp, fn(F.struct(*[F.col(c).alias(f"_in{k}") for k, c in enumerate(m.inputs)])))
-        df = df.select("*", *[F.col(tmp).getField(c).alias(c) for c in m.outputs],
-                       F.col(tmp).getField("_error").alias(f"_{tmp}_error"),
-                       F.col(tmp).getField("_seconds").alias(f"_{tmp}_seconds")).drop(tmp)
-        metrics += [F.sum(f"_{tmp}_seconds").alias(f"{m.key}_seconds"),
-                    F.count(f"_{tmp}_error").alias(f"{m.key}_errors"),
-                    F.max(f"_{tmp}_error").alias(f"{m.key}_error")]
-    if observe_as and metrics:
+        err, secs = F.col(tmp).getField(f"_error_{i}"), F.col(tmp).getField(f"_seconds_{i}")
+        metrics += [F.sum(secs).alias(f"{m.key}_seconds"), F.count(err).alias(f"{m.key}_errors"),
+                    F.max(err).alias(f"{m.key}_error")]
+    if observe_as:
         df = df.observe(observe_as, *metrics)
-    return df.drop(*[c for c in df.columns if c.startswith("__module")])
+    outputs = [F.col(tmp).getField(c).alias(c) for m in modules for c in m.outputs]
+    return df.select(*[c for c in df.columns if c != tmp], *outputs)
 
 
 def provenance(modules: Sequence[ScienceModule]) -> dict[str, str]:

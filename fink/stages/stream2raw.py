@@ -341,7 +341,8 @@ def _is_set_aside(folder: str) -> bool:
 
 
 def _staged_keys(spark: "SparkSession", root: str, batch_id: int, folders: dict[str, list[str]]):
-    """Every staged message as a pandas frame: topic, partition, offset, candid, night, reason, ingest time."""
+    """Every staged message as a pandas frame: topic, partition, offset, Kafka timestamp, candid,
+    night, reason, ingest time."""
     import pandas as pd
     from pyspark.sql import functions as F
 
@@ -354,11 +355,11 @@ def _staged_keys(spark: "SparkSession", root: str, batch_id: int, folders: dict[
         staged = spark.read.parquet(*files).select(
             F.col("kafka_topic").alias("topic"), F.col("kafka_partition").alias("partition"),
             F.col("kafka_offset").alias("offset"), F.coalesce("candid", F.lit(-1)).alias("candid"),
-            "brokerIngestTimestamp",
+            F.col("kafka_timestamp").alias("timestamp"), "brokerIngestTimestamp",
             F.regexp_extract(F.col("_metadata.file_path"), r"night=([^/]*)/", 1).alias("night"))
         frames.append(staged.toPandas())
     keys = pd.concat(frames) if frames else pd.DataFrame(
-        columns=["topic", "partition", "offset", "candid", "brokerIngestTimestamp", "night"])
+        columns=["topic", "partition", "offset", "candid", "timestamp", "brokerIngestTimestamp", "night"])
     keys = keys.sort_values(["topic", "partition", "offset"]).reset_index(drop=True)
     aside = keys["night"].str.startswith(SET_ASIDE)
     keys["reason"] = keys["night"].where(aside).str.slice(len(SET_ASIDE))
@@ -443,33 +444,28 @@ def _restage_without(spark: "SparkSession", root: str, batch_id: int, folders: d
 
 
 def fetch_messages(spark: "SparkSession", bootstrap: str, keys) -> "DataFrame":
-    """The Kafka rows (``value`` and metadata) at the (topic, partition, offset) of ``keys``, plus
-    their ``reason`` and ``brokerIngestTimestamp``: a batch read of the smallest offset ranges."""
-    from pyspark.sql import functions as F
+    """The set-aside messages of ``keys`` (pandas: topic, partition, offset, timestamp, reason,
+    brokerIngestTimestamp) with their bytes as ``value``, read again from Kafka by offset.
 
+    Notes
+    -----
+    A plain consumer in the driver reads them: they are few, and a Spark batch read per
+    micro-batch would leave a cached consumer (and its fetch buffers) behind each time.
+    A message gone from Kafka meanwhile (retention) is quarantined without its bytes.
+    """
     from fink import kafka
 
-    ranges = keys.groupby(["topic", "partition"])["offset"].agg(["min", "max"])
-    assign: dict[str, list[int]] = {}
-    start: dict[str, dict[str, int]] = {}
-    end: dict[str, dict[str, int]] = {}
-    for (topic, part), row in ranges.iterrows():
-        assign.setdefault(topic, []).append(int(part))
-        start.setdefault(topic, {})[str(part)] = int(row["min"])
-        end.setdefault(topic, {})[str(part)] = int(row["max"]) + 1
-    wanted = spark.createDataFrame(keys[["topic", "partition", "offset", "reason", "brokerIngestTimestamp"]])
-    rows = (spark.read.format("kafka").options(**kafka.spark_options(bootstrap))
-            .option("assign", json.dumps(assign)).option("startingOffsets", json.dumps(start))
-            .option("endingOffsets", json.dumps(end)).option("failOnDataLoss", "false").load())
-    on = ["topic", "partition", "offset"]
-    found = rows.join(F.broadcast(wanted), on, "inner")
-    got = found.select(*on).count()
-    if got < len(keys):  # gone from Kafka meanwhile (retention): quarantined all the same, without bytes
-        logger.warning("stream2raw: %d set-aside messages no longer in Kafka; quarantined without bytes",
-                       len(keys) - got)
-        missing = wanted.join(found.select(*on), on, "left_anti")
-        found = found.unionByName(missing, allowMissingColumns=True)
-    return found
+    rows = keys[["topic", "partition", "offset", "timestamp", "reason", "brokerIngestTimestamp"]].copy()
+    values = kafka.fetch(bootstrap, rows[["topic", "partition", "offset"]].itertuples(index=False, name=None))
+    rows["value"] = [values.get((t, int(p), int(o))) for t, p, o in
+                     rows[["topic", "partition", "offset"]].itertuples(index=False, name=None)]
+    missing = sum(v is None for v in rows["value"])
+    if missing:
+        logger.warning("stream2raw: %d set-aside messages no longer in Kafka; quarantined without bytes", missing)
+    schema = ("topic string, partition int, offset long, reason string, brokerIngestTimestamp timestamp, "
+              "value binary, timestamp timestamp")
+    return spark.createDataFrame(rows[["topic", "partition", "offset", "reason", "brokerIngestTimestamp", "value",
+                                       "timestamp"]], schema)
 
 
 def build(spark: "SparkSession", cfg: Stream2RawConfig, fink: FinkConfig) -> "DataStreamWriter":

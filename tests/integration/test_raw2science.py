@@ -3,6 +3,7 @@
 import io
 import sys
 import types
+import uuid
 
 import fastavro
 import pytest
@@ -33,10 +34,10 @@ def science(spark, data_dir, **options):
 def sample_raw(spark, kafka_bootstrap, tmp_path_factory):
     """The sample night through stream2raw: a raw archive to start from."""
     tmp = tmp_path_factory.mktemp("sample")
-    topic = f"r2s_sample_{tmp.name}"
+    topic = f"r2s_sample_{uuid.uuid4().hex[:8]}"
     replay(SimulatorConfig(topic=topic), kafka_bootstrap, messages=load_messages(SimulatorConfig(source=SAMPLE)),
            progress=False)
-    _, totals = run(spark, kafka_bootstrap, topic, tmp, max_offsets=500)
+    _, totals = run(spark, kafka_bootstrap, topic, tmp, max_offsets=60)  # several raw files
     assert totals["archived"] == 229
     return tmp
 
@@ -129,3 +130,26 @@ def test_loading_errors_are_raised_before_anything_starts(fresh_spark, tmp_path)
     with pytest.raises(ScienceModuleError, match="cannot import 'nosuch'"):
         r2s.build(fresh_spark, r2s.Raw2ScienceConfig(modules=["nosuch:module"]), fink)
     assert fresh_spark.streams.active == []
+
+
+def test_stopped_midstream_then_restarted_the_science_archive_has_each_alert_once(fresh_spark, sample_raw, tmp_path):
+    fink = FinkConfig(data_dir=str(tmp_path))
+    cfg = r2s.Raw2ScienceConfig(modules=["fink.science.modules.sso:solar_system"], cuts={},
+                                max_files_per_trigger=2, raw_path=str(sample_raw / "raw"))
+    query = streaming.start(r2s.build(fresh_spark, cfg, fink).trigger(processingTime="1 second"), r2s.QUERY_NAME)
+
+    def stop_after_two(queries):
+        if sum(1 for p in queries[0].recentProgress if p.get("numInputRows")) >= 2:
+            queries[0].stop()
+
+    first = streaming.run_until([query], duration=120, poll=0.2, on_poll=stop_after_two)
+    science = cfg.paths(fink)["science"]
+    partial = r2s.read_science(fresh_spark, science).count()
+    assert 0 < partial < 229
+    query = streaming.start(r2s.build(fresh_spark, cfg, fink).trigger(availableNow=True), r2s.QUERY_NAME)
+    second = streaming.run_until([query], duration=240, poll=0.5)
+    out = r2s.read_science(fresh_spark, science)
+    assert out.count() == out.select("candid").distinct().count() == 229
+    before = r2s.reconcile(fresh_spark, first.progress[r2s.QUERY_NAME], science)
+    after = r2s.reconcile(fresh_spark, second.progress[r2s.QUERY_NAME], science)
+    assert before["written"] + after["written"] == 229 and after["balanced"]

@@ -107,3 +107,18 @@ def test_the_template_module_answers_by_hand():
                            pd.Series([np.array([19.5, np.nan]), np.array([18.2]), None])])
     assert out["delta_mag"].tolist()[:2] == pytest.approx([2.5, 0.2]) and np.isnan(out["delta_mag"][2])
     assert out["brightening"].tolist() == [True, False, False]
+
+
+def test_a_chain_feeds_earlier_outputs_to_later_modules_and_isolates_failures(user_package):
+    from fink.science.api import run_chain
+
+    @module(inputs=["twice"], outputs={"plus_one": "double"})
+    def plus_one(x):
+        return x + 1
+
+    user_package.plus_one = plus_one
+    mods = load_modules(["usermods:twice", "usermods:boom", "usermods:plus_one"])
+    out = run_chain(mods, {"candidate.magpsf": pd.Series([1.0, 2.0])})
+    assert out["twice"].tolist() == [2.0, 4.0] and out["plus_one"].tolist() == [3.0, 5.0]
+    assert out["boom"].isna().all() and out["_error_1"].iloc[0] == "RuntimeError: catalogue unreachable"
+    assert out["_error_0"].isna().all() and out["_error_2"].isna().all()

@@ -1,0 +1,148 @@
+"""Benchmark of raw2science: throughput with the cuts and every built-in module, the cost of
+each module, and the latency from raw arrival to science output at a survey-like rate.
+
+Part 1 (throughput): the real ZTF 4.02 alerts of ``../shared/datasim/ztf/native-4.02_*``
+(looped with new candids) go through Kafka and stream2raw into a raw archive; raw2science
+then catches up on it (``availableNow``) in batches of several raw files.
+
+Part 2 (latency): the simulator publishes at ``--rate`` alerts/s while stream2raw and
+raw2science both run with processing-time triggers in one Spark session; per alert, the
+latency is the science output time (``processingEnd``) minus the raw arrival time
+(``brokerIngestTimestamp``, when stream2raw took the alert from Kafka), and minus the Kafka
+timestamp (end to end). Needs the local Kafka (`make services`)::
+
+    .venv/bin/python benchmarks/bench_raw2science.py [--alerts 20000] [--rate 300] [--seconds 60]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+from bench_stream2raw import SHARED, unique_copies
+
+from fink import streaming
+from fink.config import FinkConfig, ServicesConfig
+from fink.datasim.sources import read_messages
+from fink.science.modules import BUILTIN
+from fink.simulator import SimulatorConfig, replay
+from fink.stages import raw2science as r2s
+from fink.stages import stream2raw as s2r
+
+ROOT = Path(__file__).resolve().parents[1]
+CATALOGUE = str(ROOT / "datasim" / "sample_night" / "catalogue.csv")
+
+
+def science_config(tmp: str, **options) -> r2s.Raw2ScienceConfig:
+    return r2s.Raw2ScienceConfig(
+        modules=BUILTIN, module_params={"fink.science.modules.xmatch:crossmatch": {"catalogue_path": CATALOGUE}},
+        **options)
+
+
+def throughput(spark, bootstrap: str, messages: list[bytes], alerts: int, tmp: str) -> dict:
+    topic = f"bench_r2s_{uuid.uuid4().hex[:8]}"
+    replay(SimulatorConfig(topic=topic), bootstrap, messages=unique_copies(messages, alerts), progress=False)
+    fink = FinkConfig(kafka_bootstrap=bootstrap, data_dir=tmp, log_level="ERROR")
+    raw = s2r.Stream2RawConfig(topic=topic, max_offsets_per_trigger=5000, files_per_batch=2)
+    streaming.run_until([streaming.start(s2r.build(spark, raw, fink).trigger(availableNow=True), s2r.QUERY_NAME)],
+                        duration=1800, poll=1.0)
+    cfg = science_config(tmp, max_files_per_trigger=4)
+    t0 = time.perf_counter()
+    result = streaming.run_until([streaming.start(r2s.build(spark, cfg, fink).trigger(availableNow=True),
+                                                  r2s.QUERY_NAME)], duration=1800, poll=1.0)
+    wall = time.perf_counter() - t0
+    progress = [p for p in result.progress[r2s.QUERY_NAME] if p.get("numInputRows")]
+    totals = r2s.reconcile(spark, result.progress[r2s.QUERY_NAME], cfg.paths(fink)["science"])
+    steady = progress[1:] or progress
+    rows = sum(p["numInputRows"] for p in steady)
+    secs = sum(p["durationMs"]["triggerExecution"] for p in steady) / 1000
+    return {"alerts": totals["alerts"], "kept": totals["kept"], "rejected": totals["reasons"],
+            "balanced": totals["balanced"], "batches": len(progress), "wall_seconds": round(wall, 1),
+            "sustained_alerts_per_s": round(rows / secs, 1),
+            "batch_seconds_p50": round(statistics.median(p["durationMs"]["triggerExecution"] / 1000 for p in progress), 2),
+            "module_ms_per_1000_alerts": {k: round(1000 * 1000 * v["seconds"] / max(totals["kept"], 1), 1)
+                                          for k, v in totals["modules"].items()},
+            "module_errors": {k: v["errors"] for k, v in totals["modules"].items()}}
+
+
+def latency(spark, bootstrap: str, messages: list[bytes], rate: float, seconds: float, tmp: str) -> dict:
+    topic = f"bench_lat_{uuid.uuid4().hex[:8]}"
+    count = int(rate * seconds)
+    stream = unique_copies(messages, count)
+    fink = FinkConfig(kafka_bootstrap=bootstrap, data_dir=tmp, log_level="ERROR")
+    from fink import kafka
+
+    kafka.ensure_topic(bootstrap, topic)
+    raw = s2r.Stream2RawConfig(topic=topic, starting_offsets="earliest", files_per_batch=1)
+    cfg = science_config(tmp, files_per_batch=1)
+    q1 = streaming.start(s2r.build(spark, raw, fink).trigger(processingTime="1 second"), s2r.QUERY_NAME)
+    q2 = streaming.start(r2s.build(spark, cfg, fink).trigger(processingTime="1 second"), r2s.QUERY_NAME)
+    sim = threading.Thread(target=replay, args=(SimulatorConfig(topic=topic, rate=rate, count=count), bootstrap),
+                           kwargs={"messages": stream, "progress": False})
+    sim.start()
+    science = cfg.paths(fink)["science"]
+
+    def done(queries):
+        if not sim.is_alive():
+            raw_n = sum(json.loads(p.read_text())["archived"] for p in Path(tmp, "raw", "_commits").glob("*.json"))
+            if raw_n >= count and q2.lastProgress and q2.lastProgress.get("numInputRows") == 0:
+                for q in queries:
+                    q.stop()
+
+    result = streaming.run_until([q1, q2], duration=seconds + 300, poll=1.0, on_poll=done)
+    sim.join()
+    batches = {}
+    for name, progress in result.progress.items():
+        busy = [p for p in progress if p.get("numInputRows")]
+        batches[name] = {"batches": len(busy),
+                         "rows_p50": statistics.median(p["numInputRows"] for p in busy) if busy else 0,
+                         "seconds_p50": round(statistics.median(p["durationMs"]["triggerExecution"] / 1000
+                                                                for p in busy), 2) if busy else 0}
+    from pyspark.sql import functions as F
+
+    out = r2s.read_science(spark, science).select(
+        (F.col("processingEnd").cast("double") - F.col("brokerIngestTimestamp").cast("double")).alias("raw"),
+        (F.col("processingEnd").cast("double") - F.col("kafka_timestamp").cast("double")).alias("kafka"))
+    pdf = out.toPandas()
+    q = lambda s, x: round(float(s.quantile(x)), 2)  # noqa: E731
+    return {"rate_alerts_per_s": rate, "published": count, "science_rows": len(pdf),
+            "latency_from_raw_arrival_s": {"p50": q(pdf["raw"], 0.5), "p95": q(pdf["raw"], 0.95)},
+            "latency_from_kafka_s": {"p50": q(pdf["kafka"], 0.5), "p95": q(pdf["kafka"], 0.95)},
+            "batches": batches}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--alerts", type=int, default=20000)
+    parser.add_argument("--rate", type=float, default=300.0)
+    parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--skip", choices=["throughput", "latency"], default=None)
+    args = parser.parse_args()
+    messages = [m for folder in sorted(SHARED.glob("native-4.02_*")) for m in read_messages(folder)]
+    bootstrap = ServicesConfig.load().kafka_bootstrap
+    from fink.session import get_spark
+
+    report = {}
+    spark = get_spark(FinkConfig(kafka_bootstrap=bootstrap, log_level="ERROR"), app_name="bench-raw2science")
+    try:
+        if args.skip != "throughput":
+            with tempfile.TemporaryDirectory() as tmp:
+                report["throughput"] = throughput(spark, bootstrap, messages, args.alerts, tmp)
+                print(json.dumps(report["throughput"]), flush=True)
+        if args.skip != "latency":
+            with tempfile.TemporaryDirectory() as tmp:
+                report["latency"] = latency(spark, bootstrap, messages, args.rate, args.seconds, tmp)
+    finally:
+        streaming.stop_active(spark)
+        spark.stop()
+    print(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()
