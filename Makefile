@@ -50,6 +50,7 @@ notebooks: venv
 bench: services
 	$(BIN)/python benchmarks/bench_datasim.py
 	$(BIN)/python benchmarks/bench_stream2raw.py
+	$(BIN)/python benchmarks/bench_raw2science.py
 
 lint: venv
 	$(BIN)/ruff check fink tests tools notebooks benchmarks

@@ -65,7 +65,8 @@ def throughput(spark, bootstrap: str, messages: list[bytes], alerts: int, tmp: s
     return {"alerts": totals["alerts"], "kept": totals["kept"], "rejected": totals["reasons"],
             "balanced": totals["balanced"], "batches": len(progress), "wall_seconds": round(wall, 1),
             "sustained_alerts_per_s": round(rows / secs, 1),
-            "batch_seconds_p50": round(statistics.median(p["durationMs"]["triggerExecution"] / 1000 for p in progress), 2),
+            "batch_seconds_p50": round(statistics.median(p["durationMs"]["triggerExecution"] / 1000
+                                                         for p in progress), 2),
             "module_ms_per_1000_alerts": {k: round(1000 * 1000 * v["seconds"] / max(totals["kept"], 1), 1)
                                           for k, v in totals["modules"].items()},
             "module_errors": {k: v["errors"] for k, v in totals["modules"].items()}}
