@@ -124,13 +124,16 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=300.0)
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--skip", choices=["throughput", "latency"], default=None)
+    parser.add_argument("--conf", action="append", default=[], help="extra Spark setting key=value")
     args = parser.parse_args()
     messages = [m for folder in sorted(SHARED.glob("native-4.02_*")) for m in read_messages(folder)]
     bootstrap = ServicesConfig.load().kafka_bootstrap
     from fink.session import get_spark
 
     report = {}
-    spark = get_spark(FinkConfig(kafka_bootstrap=bootstrap, log_level="ERROR"), app_name="bench-raw2science")
+    extra = dict(kv.split("=", 1) for kv in args.conf)
+    spark = get_spark(FinkConfig(kafka_bootstrap=bootstrap, log_level="ERROR", spark_conf=extra),
+                      app_name="bench-raw2science")
     try:
         if args.skip != "throughput":
             with tempfile.TemporaryDirectory() as tmp:
