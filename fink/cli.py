@@ -134,25 +134,47 @@ def _show() -> int:
 
 
 def _demo(conf: str | None) -> int:
+    """The smoke check, then the pipeline on the sample night: simulator -> Kafka -> stream2raw
+    -> raw2science (cuts and every built-in module), each run headless by papermill."""
+    import shutil
+    import uuid
+
     import papermill
 
     root = Path(__file__).resolve().parents[1]
     conf_path = Path(conf) if conf else root / "conf" / "local.yaml"
-    notebook = runner.notebooks_dir() / "smoke.ipynb"
-    params = runner.resolve_parameters(notebook, str(conf_path), simulator=False)
-    params.pop("stop_file", None)
     out_dir = fink_home() / "runs" / "demo"
     out_dir.mkdir(parents=True, exist_ok=True)
-    out_nb = out_dir / "smoke.ipynb"
-    print(f"running {notebook} with {conf_path} (executed notebook: {out_nb})")
-    papermill.execute_notebook(str(notebook), str(out_nb), parameters=params, progress_bar=True,
-                               cwd=str(notebook.parent))
+    for name, extra in (("smoke", {}), ("raw2science", {"simulator": True})):
+        notebook = runner.notebooks_dir() / f"{name}.ipynb"
+        params = runner.resolve_parameters(notebook, str(conf_path), simulator=False)
+        params.pop("stop_file", None)
+        if name == "raw2science":  # a fresh archive and topic each time: the demo shows one night
+            data = out_dir / "data"
+            shutil.rmtree(data, ignore_errors=True)
+            extra = {**extra, "data_dir": str(data), "topic": f"demo_{uuid.uuid4().hex[:8]}"}
+        out_nb = out_dir / f"{name}.ipynb"
+        print(f"running {notebook.name} with {conf_path.name} (executed notebook: {out_nb})")
+        papermill.execute_notebook(str(notebook), str(out_nb), parameters={**params, **extra}, progress_bar=True,
+                                   cwd=str(notebook.parent))
     report = fink_home() / "reports" / "smoke"
     summary = json.loads((report / "summary.json").read_text())
     print("\nWhat the smoke pipeline did:")
     for key, value in summary.items():
         print(f"  {key:36s} {value}")
     print(f"  {'figure':36s} {report / 'magnitudes.png'}")
+    report = fink_home() / "reports" / "raw2science"
+    summary = json.loads((report / "summary.json").read_text())
+    print("\nThe sample night through the broker (simulator -> Kafka -> stream2raw -> raw2science):")
+    print(f"  alerts {summary['alerts']}, kept {summary['kept']}, rejected by cut {summary['reasons']}, "
+          f"balanced {summary['balanced']}")
+    for module, cost in summary["modules"].items():
+        print(f"  module {module:22s} {1000 * cost['seconds'] / max(summary['kept'], 1):7.2f} ms/alert, "
+              f"{cost['errors']} errors")
+    print(f"  science archive: {summary['science']}")
+    print(f"  figure: {report / 'summary.png'}")
+    print("\nMost likely SN Ia (top_candidates.csv):")
+    print((report / "top_candidates.csv").read_text())
     return 0
 
 

@@ -82,7 +82,11 @@ if not totals["balanced"]:
 """),
 ("md", "## Summary: where the alerts went, what each module cost"),
 ("code", """
+import json
+
 import matplotlib.pyplot as plt
+
+from fink.config import fink_home
 
 fig, axes = plt.subplots(1, 2, figsize=(11, 3.4))
 reasons = {"kept": totals["kept"], **{f"cut: {k}": v for k, v in totals["reasons"].items()}}
@@ -96,15 +100,25 @@ for name, m in totals["modules"].items():
         print(f"module {name}: {m['errors']} alerts without values: {m['error']}")
 fig.suptitle(f"raw2science: {totals['alerts']} alerts, {totals['kept']} kept")
 fig.tight_layout()
+report = fink_home() / "reports" / "raw2science"
+report.mkdir(parents=True, exist_ok=True)
+fig.savefig(report / "summary.png", dpi=100)
 plt.show()
 summary = {"stopped_because": result.reason, **totals, **paths}
+(report / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
 summary
 """),
+("md", "## The most likely SN Ia of the run, and the known objects"),
 ("code", """
 try:
     science = raw2science.read_science(spark, paths["science"])
-    cols = ["objectId", "candid", "snia_prob", "roid", "xm_type", "lc_amplitude_r", "processingEnd"]
-    display(science.select(*[c for c in cols if c in science.columns]).orderBy("candid").limit(10).toPandas())
+    cols = ["objectId", "candid", "snia_prob", "roid", "xm_type", "lc_amplitude_r", "lc_observation_count_r"]
+    top = science.select(*[c for c in cols if c in science.columns])
+    if "snia_prob" in top.columns:
+        top = top.orderBy(top["snia_prob"].desc_nulls_last())
+    top = top.limit(10).toPandas()
+    top.to_csv(report / "top_candidates.csv", index=False)
+    display(top)
 except Exception as exc:  # an empty archive has no Parquet file yet
     print(f"no science archive yet: {exc.__class__.__name__}")
 streaming.stop_active(spark)
