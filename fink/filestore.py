@@ -162,6 +162,19 @@ def committed(spark: "SparkSession", root: str, batch_id: int) -> dict[str, Any]
     return json.loads(store.read_text("_commits", f"{batch_id}.json"))
 
 
+def begin(spark: "SparkSession", root: str, batch_id: int, *others: str) -> dict[str, Any] | None:
+    """Start writing batch ``batch_id``: its commit record if it is already committed (a
+    replay to skip), else None after removing what an interrupted attempt left in ``root``
+    and the ``others`` tables it also writes."""
+    done = committed(spark, root, batch_id)
+    if done is not None:
+        logger.info("%s: batch %d already committed, skipped", root, batch_id)
+        return done
+    for table in (root, *others):
+        clean_attempt(spark, table, batch_id)
+    return None
+
+
 def commit(spark: "SparkSession", root: str, batch_id: int, record: dict[str, Any]) -> None:
     """Mark ``batch_id`` as fully written, with what it held."""
     store = FileStore(spark, root)

@@ -23,8 +23,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from fink.config import ConfigError, FinkConfig, Validated
-from fink.log import logger
-from fink.science.api import ScienceModule, apply_modules, load_modules
+from fink.science.api import ScienceModule, apply_modules, load_modules, provenance
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame, SparkSession
@@ -161,7 +160,7 @@ def transform(df: "DataFrame", cfg: Raw2ScienceConfig, modules: list[ScienceModu
     df = apply_cuts(df, cfg.cuts, observe_as=QUERY_NAME)
     df = df.withColumn("processingStart", F.current_timestamp())
     df = apply_modules(df, modules, fail=cfg.fail_on_module_error, observe_as=MODULES_METRICS)
-    versions = [x for m in modules for x in (F.lit(m.name), F.lit(m.version))]
+    versions = [F.lit(x) for name, version in provenance(modules).items() for x in (name, version)]
     anchor = next(iter(modules[-1].outputs)) if modules else "candid"
     return (df.withColumn("fink_modules", F.create_map(*versions) if versions
                           else F.create_map().cast("map<string,string>"))
@@ -174,11 +173,9 @@ def write_batch(batch: "DataFrame", batch_id: int, cfg: Raw2ScienceConfig, paths
     from fink.stages.stream2raw import ARCHIVE_OPTIONS
 
     spark = batch.sparkSession
-    done = filestore.committed(spark, paths["science"], batch_id)
+    done = filestore.begin(spark, paths["science"], batch_id)
     if done is not None:
-        logger.info("raw2science: batch %d already committed, skipped", batch_id)
         return done
-    filestore.clean_attempt(spark, paths["science"], batch_id)
     t0 = time.perf_counter()
     folders = filestore.stage(batch, paths["science"], batch_id, "night", cfg.files_per_batch, ARCHIVE_OPTIONS)
     base = f"{paths['science'].rstrip('/')}/{filestore.staging_folder(batch_id)}"

@@ -277,12 +277,9 @@ def write_batch(batch: "DataFrame", batch_id: int, cfg: Stream2RawConfig, paths:
     from fink import filestore
 
     spark = batch.sparkSession
-    done = filestore.committed(spark, paths["raw"], batch_id)
+    done = filestore.begin(spark, paths["raw"], batch_id, paths["quarantine"])
     if done is not None:
-        logger.info("stream2raw: batch %d already committed, skipped", batch_id)
         return done
-    filestore.clean_attempt(spark, paths["raw"], batch_id)
-    filestore.clean_attempt(spark, paths["quarantine"], batch_id)
     clock = _Clock()
     reason = F.col("reason")
     rows = raw_columns(batch.withColumn("night", F.when(reason.isNull(), F.col("night"))

@@ -89,32 +89,29 @@ def test_simulator_then_checkstream_headless_with_each_conf(conf, kafka_bootstra
     assert "'empty':" in text and "'truncated':" in text
 
 
-@pytest.mark.parametrize("conf", ["local.yaml", "ci.yaml"])
-def test_stream2raw_headless_with_each_conf(conf, kafka_bootstrap, tmp_path):
+def run_headless(stage: str, conf: str, tmp_path: Path) -> str:
+    """Run a stage's notebook with papermill, a conf file and the simulator; return its printed text."""
     import papermill
 
     params = yaml.safe_load((ROOT / "conf" / conf).read_text())
-    params.update(data_dir=str(tmp_path / "data"), topic=f"s2r_{uuid.uuid4().hex[:8]}", simulator=True)
-    papermill.execute_notebook(str(ROOT / "notebooks" / "stream2raw.ipynb"), str(tmp_path / "out.ipynb"),
+    params.update(data_dir=str(tmp_path / "data"), topic=f"{stage}_{uuid.uuid4().hex[:8]}", simulator=True)
+    papermill.execute_notebook(str(ROOT / "notebooks" / f"{stage}.ipynb"), str(tmp_path / "out.ipynb"),
                                parameters=params, progress_bar=False, cwd=str(ROOT / "notebooks"))
     executed = json.loads((tmp_path / "out.ipynb").read_text())
-    text = "".join("".join(o.get("data", {}).get("text/plain", "")) + "".join(o.get("text", ""))
+    return "".join("".join(o.get("data", {}).get("text/plain", "")) + "".join(o.get("text", ""))
                    for c in executed["cells"] for o in c.get("outputs", []))
+
+
+@pytest.mark.parametrize("conf", ["local.yaml", "ci.yaml"])
+def test_stream2raw_headless_with_each_conf(conf, kafka_bootstrap, tmp_path):
+    text = run_headless("stream2raw", conf, tmp_path)
     assert "'archived': 229" in text and "'balanced': True" in text
     assert len(list((tmp_path / "data" / "raw" / "night=20261127").glob("*.parquet"))) >= 1
 
 
 @pytest.mark.parametrize("conf", ["local.yaml", "ci.yaml"])
 def test_raw2science_headless_with_each_conf(conf, kafka_bootstrap, tmp_path):
-    import papermill
-
-    params = yaml.safe_load((ROOT / "conf" / conf).read_text())
-    params.update(data_dir=str(tmp_path / "data"), topic=f"r2s_{uuid.uuid4().hex[:8]}", simulator=True)
-    papermill.execute_notebook(str(ROOT / "notebooks" / "raw2science.ipynb"), str(tmp_path / "out.ipynb"),
-                               parameters=params, progress_bar=False, cwd=str(ROOT / "notebooks"))
-    executed = json.loads((tmp_path / "out.ipynb").read_text())
-    text = "".join("".join(o.get("data", {}).get("text/plain", "")) + "".join(o.get("text", ""))
-                   for c in executed["cells"] for o in c.get("outputs", []))
+    text = run_headless("raw2science", conf, tmp_path)
     assert "'alerts': 229" in text and "'balanced': True" in text
     assert "without values" not in text  # no module failed
     assert list((tmp_path / "data" / "science" / "night=20261127").glob("*.parquet"))
