@@ -346,17 +346,15 @@ def _staged_keys(spark: "SparkSession", root: str, batch_id: int, folders: dict[
     from fink import filestore
 
     base = f"{root.rstrip('/')}/{filestore.staging_folder(batch_id)}"
-    frames = []
     files = [f"{base}/{rel}" for rels in folders.values() for rel in rels]
-    if files:
-        staged = spark.read.parquet(*files).select(
-            F.col("kafka_topic").alias("topic"), F.col("kafka_partition").alias("partition"),
-            F.col("kafka_offset").alias("offset"), F.coalesce("candid", F.lit(-1)).alias("candid"),
-            F.col("kafka_timestamp").alias("timestamp"), "brokerIngestTimestamp",
-            F.regexp_extract(F.col("_metadata.file_path"), r"night=([^/]*)/", 1).alias("night"))
-        frames.append(staged.toPandas())
-    keys = pd.concat(frames) if frames else pd.DataFrame(
-        columns=["topic", "partition", "offset", "candid", "timestamp", "brokerIngestTimestamp", "night"])
+    if not files:
+        return pd.DataFrame(columns=["topic", "partition", "offset", "candid", "timestamp", "brokerIngestTimestamp",
+                                     "night", "reason"])
+    keys = spark.read.parquet(*files).select(
+        F.col("kafka_topic").alias("topic"), F.col("kafka_partition").alias("partition"),
+        F.col("kafka_offset").alias("offset"), F.coalesce("candid", F.lit(-1)).alias("candid"),
+        F.col("kafka_timestamp").alias("timestamp"), "brokerIngestTimestamp",
+        F.regexp_extract(F.col("_metadata.file_path"), r"night=([^/]*)/", 1).alias("night")).toPandas()
     keys = keys.sort_values(["topic", "partition", "offset"]).reset_index(drop=True)
     aside = keys["night"].str.startswith(SET_ASIDE)
     keys["reason"] = keys["night"].where(aside).str.slice(len(SET_ASIDE))
@@ -413,29 +411,27 @@ def _restage_without(spark: "SparkSession", root: str, batch_id: int, folders: d
 
     from fink import filestore
 
-    base = f"{root.rstrip('/')}/{filestore.staging_folder(batch_id)}"
-    out = {f: rels for f, rels in folders.items() if f"night={SET_ASIDE}" in f}
+    staging = filestore.staging_folder(batch_id)
+    store = filestore.FileStore(spark, root)
+    base = f"{store.root}/{staging}"
+    nights = set(dups["night"])
     drop = spark.createDataFrame(dups[["topic", "partition", "offset"]].rename(
         columns={c: f"kafka_{c}" for c in ("topic", "partition", "offset")}))
+    out = {}
     for folder, rels in folders.items():
-        if _is_set_aside(folder):
-            continue
         night = folder.partition("=")[2]
-        if night not in set(dups["night"]):
+        if _is_set_aside(folder) or night not in nights:
             out[folder] = rels
             continue
         kept = (spark.read.parquet(*[f"{base}/{r}" for r in rels])
                 .join(F.broadcast(drop), ["kafka_topic", "kafka_partition", "kafka_offset"], "left_anti"))
-        tmp = f"{base}/_{night}"
-        kept.coalesce(cfg.files_per_batch).write.mode("overwrite").options(**ARCHIVE_OPTIONS).parquet(tmp)
-        store = filestore.FileStore(spark, root)
+        kept.coalesce(cfg.files_per_batch).write.mode("overwrite").options(**ARCHIVE_OPTIONS).parquet(
+            f"{base}/_{night}")
         for rel in rels:
-            store.delete(filestore.staging_folder(batch_id), rel)
-        written = [f for f in store.files(filestore.staging_folder(batch_id), f"_{night}") if f.endswith(".parquet")]
+            store.delete(staging, rel)
         out[folder] = []
-        for name in written:
-            store.move((filestore.staging_folder(batch_id), f"_{night}", name),
-                       (filestore.staging_folder(batch_id), folder, name))
+        for name in (f for f in store.files(staging, f"_{night}") if f.endswith(".parquet")):
+            store.move((staging, f"_{night}", name), (staging, folder, name))
             out[folder].append(f"{folder}/{name}")
     return out
 

@@ -90,8 +90,10 @@ def test_an_undeclared_column_is_named_with_its_module(user_package):
     mods = load_modules(["usermods:twice", "usermods:reads_nothing"])
     with pytest.raises(ScienceModuleError, match="usermods:reads_nothing: input column 'candidate.nosuch'"):
         check_inputs(mods, SCHEMA)
-    check_inputs(mods[:1], SCHEMA)  # history fields resolve through the array too:
-    assert load_module("fink.science.modules.template:brightening").inputs[1] == "prv_candidates.magpsf"
+    check_inputs(mods[:1], SCHEMA)
+    template = load_module("fink.science.modules.template:brightening")
+    assert template.inputs[1] == "prv_candidates.magpsf"
+    check_inputs([template], SCHEMA)  # a history field resolves through the array of structs
 
 
 def test_unknown_parameters_and_output_clashes_are_refused(user_package):
