@@ -58,7 +58,7 @@ lint: venv
 # Re-pin the Python stack from the current virtualenv.
 lock: venv
 	{ echo "# Exact versions of the Python stack (regenerate: make lock). Installed with pip install -c constraints.txt."; \
-	  $(BIN)/pip freeze --all --exclude-editable | grep -v '^fink'; } > constraints.txt
+	  $(BIN)/pip freeze --all --exclude-editable | grep -vi '^fink[-_]broker[-_]nb'; } > constraints.txt
 
 clean: stop
 	rm -rf $(FINK_HOME)

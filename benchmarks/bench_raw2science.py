@@ -74,7 +74,8 @@ def throughput(spark, bootstrap: str, messages: list[bytes], alerts: int, tmp: s
             "module_errors": {k: v["errors"] for k, v in totals["modules"].items()}}
 
 
-def latency(spark, bootstrap: str, messages: list[bytes], rate: float, seconds: float, tmp: str) -> dict:
+def latency(spark, bootstrap: str, messages: list[bytes], rate: float, seconds: float, tmp: str,
+            files: int = 1) -> dict:
     topic = f"bench_lat_{uuid.uuid4().hex[:8]}"
     count = int(rate * seconds)
     stream = unique_copies(messages, count)
@@ -82,8 +83,8 @@ def latency(spark, bootstrap: str, messages: list[bytes], rate: float, seconds: 
     from fink import kafka
 
     kafka.ensure_topic(bootstrap, topic)
-    raw = s2r.Stream2RawConfig(topic=topic, starting_offsets="earliest", files_per_batch=1)
-    cfg = science_config(tmp, files_per_batch=1)
+    raw = s2r.Stream2RawConfig(topic=topic, starting_offsets="earliest", files_per_batch=files)
+    cfg = science_config(tmp, files_per_batch=files)
     q1 = streaming.start(s2r.build(spark, raw, fink).trigger(processingTime="1 second"), s2r.QUERY_NAME)
     q2 = streaming.start(r2s.build(spark, cfg, fink).trigger(processingTime="1 second"), r2s.QUERY_NAME)
     sim = threading.Thread(target=replay, args=(SimulatorConfig(topic=topic, rate=rate, count=count), bootstrap),
@@ -106,7 +107,15 @@ def latency(spark, bootstrap: str, messages: list[bytes], rate: float, seconds: 
         batches[name] = {"batches": len(busy),
                          "rows_p50": statistics.median(p["numInputRows"] for p in busy) if busy else 0,
                          "seconds_p50": round(statistics.median(p["durationMs"]["triggerExecution"] / 1000
-                                                                for p in busy), 2) if busy else 0}
+                                                                for p in busy), 2) if busy else 0,
+                         "steps_ms_p50": {k: statistics.median(p["durationMs"].get(k, 0) for p in busy)
+                                          for k in busy[0]["durationMs"]} if busy else {}}
+        mods = [(p.get("observedMetrics") or {}).get(r2s.MODULES_METRICS) for p in busy]
+        mods = [m.asDict() if hasattr(m, "asDict") else dict(m) for m in mods if m is not None]
+        if mods:
+            batches[name]["module_seconds_per_batch_p50"] = {
+                k[:-len("_seconds")]: round(statistics.median(float(m[k] or 0) for m in mods), 3)
+                for k in mods[0] if k.endswith("_seconds")}
     from pyspark.sql import functions as F
 
     # an alert arrives in the raw archive when its file is written there (then moved in whole)
@@ -133,6 +142,7 @@ def main() -> None:
     parser.add_argument("--alerts", type=int, default=20000)
     parser.add_argument("--rate", type=float, default=300.0)
     parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--files-per-batch", type=int, default=1, help="of both stages, in the latency run")
     parser.add_argument("--skip", choices=["throughput", "latency"], default=None)
     parser.add_argument("--conf", action="append", default=[], help="extra Spark setting key=value")
     args = parser.parse_args()
@@ -151,7 +161,8 @@ def main() -> None:
                 print(json.dumps(report["throughput"]), flush=True)
         if args.skip != "latency":
             with tempfile.TemporaryDirectory() as tmp:
-                report["latency"] = latency(spark, bootstrap, messages, args.rate, args.seconds, tmp)
+                report["latency"] = latency(spark, bootstrap, messages, args.rate, args.seconds, tmp,
+                                            args.files_per_batch)
     finally:
         streaming.stop_active(spark)
         spark.stop()

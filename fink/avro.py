@@ -46,6 +46,10 @@ class AlertDecodeError(FinkError, ValueError):
         super().__init__(f"{reason}: {REASONS[reason]}" + (f" ({detail})" if detail else ""))
 
 
+class SchemaError(FinkError, ValueError):
+    """A table cannot be written as Avro (a type with no Avro counterpart)."""
+
+
 @functools.cache
 def schema_versions(survey: str = "ztf") -> tuple[str, ...]:
     """Return the schema versions shipped for ``survey``, oldest first."""
@@ -127,3 +131,42 @@ def decode_container(data: bytes | None, max_bytes: int = MAX_ALERT_BYTES) -> De
         raise AlertDecodeError("missing_identifiers",
                                f"objectId={alert.get('objectId')!r} candid={alert.get('candid')!r}")
     return Decoded(alert, schema.get("version"), len(data))
+
+
+# -- the schema of distributed alerts, from their Spark type ------------------------------
+
+_AVRO_PRIMITIVES = {"string": "string", "binary": "bytes", "boolean": "boolean", "int": "int", "bigint": "long",
+                    "smallint": "int", "tinyint": "int", "float": "float", "double": "double"}
+
+
+def avro_schema(struct: Any, name: str = "alert", namespace: str = "fink") -> dict[str, Any]:
+    """The Avro schema (a dict) of rows of the Spark ``struct``: what ``to_avro`` writes and
+    what a reader needs to decode the schemaless bytes.
+
+    Every field is a union with ``null`` first (default null), so that a reader may see a
+    missing value anywhere; nested records are named after their path, so names never clash;
+    timestamps are ``long`` with the ``timestamp-micros`` logical type.
+    """
+    from pyspark.sql.types import ArrayType, MapType, StructType, TimestampType
+
+    def convert(dtype: Any, path: str) -> Any:
+        if isinstance(dtype, StructType):
+            return {"type": "record", "name": path,
+                    "fields": [{"name": f.name, "type": ["null", convert(f.dataType, f"{path}_{f.name}")],
+                                "default": None} for f in dtype.fields]}
+        if isinstance(dtype, ArrayType):
+            return {"type": "array", "items": ["null", convert(dtype.elementType, f"{path}_item")]}
+        if isinstance(dtype, MapType):
+            if dtype.keyType.simpleString() != "string":
+                raise SchemaError(f"column '{path}': Avro maps need string keys, not {dtype.keyType.simpleString()}")
+            return {"type": "map", "values": ["null", convert(dtype.valueType, f"{path}_value")]}
+        if isinstance(dtype, TimestampType):
+            return {"type": "long", "logicalType": "timestamp-micros"}
+        avro = _AVRO_PRIMITIVES.get(dtype.simpleString())
+        if avro is None:
+            raise SchemaError(f"column '{path}': no Avro type for Spark type {dtype.simpleString()}")
+        return avro
+
+    schema = convert(struct, name)
+    schema["namespace"] = namespace
+    return schema

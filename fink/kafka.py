@@ -85,21 +85,37 @@ def fetch(bootstrap: str, wanted: Iterable[tuple[str, int, int]], timeout: float
     return found
 
 
-def ensure_topic(bootstrap: str, topic: str, partitions: int = 1, timeout: float = 30.0) -> bool:
-    """Create ``topic`` if it does not exist; return True if it was created."""
+def ensure_topic(bootstrap: str, topic: str, partitions: int = 1, timeout: float = 30.0,
+                 config: dict[str, str] | None = None) -> bool:
+    """Create ``topic`` if it does not exist (with ``config``: ``retention.ms``, ``cleanup.policy``...)
+    and wait until every partition has a leader; return True if it was created.
+
+    Waiting for the leaders means the first write to a new topic never meets "leader not
+    available".
+    """
     from confluent_kafka.admin import AdminClient, NewTopic
 
     admin = AdminClient(client_config(bootstrap))
-    if topic in admin.list_topics(timeout=timeout).topics:
-        return False
-    future = admin.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=1)])[topic]
-    try:
-        future.result(timeout)
-    except Exception as exc:  # confluent raises KafkaException wrapping a KafkaError
-        if "TOPIC_ALREADY_EXISTS" in str(exc):
-            return False
-        raise KafkaError(f"cannot create topic {topic!r} on {bootstrap}: {exc}") from exc
-    return True
+    created = False
+    if topic not in admin.list_topics(timeout=timeout).topics:
+        future = admin.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=1,
+                                               config=dict(config or {}))])[topic]
+        try:
+            future.result(timeout)
+            created = True
+        except Exception as exc:  # confluent raises KafkaException wrapping a KafkaError
+            if "TOPIC_ALREADY_EXISTS" not in str(exc):
+                raise KafkaError(f"cannot create topic {topic!r} on {bootstrap}: {exc}") from exc
+    deadline = time.monotonic() + timeout
+    while True:
+        meta = admin.list_topics(topic, timeout=timeout).topics.get(topic)
+        if meta is not None and meta.error is None and meta.partitions and \
+                all(p.leader >= 0 for p in meta.partitions.values()):
+            return created
+        if time.monotonic() > deadline:
+            raise KafkaError(f"topic {topic!r} on {bootstrap}: no leader after {timeout:.0f} s "
+                             f"({meta.error if meta is not None else 'not in the metadata'})")
+        time.sleep(0.2)
 
 
 def end_offsets(bootstrap: str, topic: str, timeout: float = 30.0) -> dict[int, int]:

@@ -61,11 +61,12 @@ class ScienceModule:
     outputs: dict[str, str]
     version: str
     params: dict[str, Any] = dataclasses.field(default_factory=dict)
+    label: str = ""
 
     @property
     def key(self) -> str:
-        """A metric-safe name: the function's name."""
-        return self.func.__name__
+        """A metric-safe name: the label if set (a filter's topic), else the function's name."""
+        return self.label or self.func.__name__
 
     def bind(self, params: Mapping[str, Any] | None) -> ScienceModule:
         """This module with its keyword-only parameters set (unknown names are an error)."""
@@ -112,24 +113,34 @@ def _check_declaration(name: str, func: Callable, inputs: tuple[str, ...], outpu
             f"takes {len(positional)} positional parameter(s) ({', '.join(p.name for p in positional)})")
 
 
-def load_module(path: str, params: Mapping[str, Any] | None = None) -> ScienceModule:
-    """Import the module at ``path`` (``pkg.mod:func`` or ``pkg.mod.func``) and bind ``params``."""
+def import_declared(path: str, kind: str = "science module", decorator: str = "@fink.science.module",
+                    error: type[Exception] | None = None) -> ScienceModule:
+    """The declaration of the function at ``path`` (``pkg.mod:func`` or ``pkg.mod.func``).
+
+    ``kind`` and ``decorator`` name what is loaded in the error messages (modules, filters).
+    """
+    error = error or ScienceModuleError
     modname, sep, attr = path.partition(":")
     if not sep:
         modname, _, attr = path.rpartition(".")
     if not modname or not attr:
-        raise ScienceModuleError(f"science module '{path}': give it as 'package.module:function'")
+        raise error(f"{kind} '{path}': give it as 'package.module:function'")
     try:
         mod = importlib.import_module(modname)
     except ImportError as exc:
-        raise ScienceModuleError(f"science module '{path}': cannot import '{modname}' ({exc})") from exc
+        raise error(f"{kind} '{path}': cannot import '{modname}' ({exc})") from exc
     func = getattr(mod, attr, None)
     if func is None:
-        raise ScienceModuleError(f"science module '{path}': '{modname}' has no attribute '{attr}'")
+        raise error(f"{kind} '{path}': '{modname}' has no attribute '{attr}'")
     declared = getattr(func, "__fink_module__", None)
-    if not isinstance(declared, ScienceModule):
-        raise ScienceModuleError(f"science module '{path}': '{attr}' is not declared with @fink.science.module")
-    return dataclasses.replace(declared, name=path).bind(params)
+    if not isinstance(declared, ScienceModule) or getattr(func, "__fink_kind__", "science module") != kind:
+        raise error(f"{kind} '{path}': '{attr}' is not declared with {decorator}")
+    return dataclasses.replace(declared, name=path)
+
+
+def load_module(path: str, params: Mapping[str, Any] | None = None) -> ScienceModule:
+    """Import the module at ``path`` (``pkg.mod:func`` or ``pkg.mod.func``) and bind ``params``."""
+    return import_declared(path).bind(params)
 
 
 def load_modules(paths: Sequence[str], params: Mapping[str, Mapping[str, Any]] | None = None) -> list[ScienceModule]:
@@ -257,24 +268,31 @@ def run_chain(modules: Sequence[ScienceModule], columns: Mapping[str, Any], fail
     return pd.concat(parts, axis=1) if parts else pd.DataFrame()
 
 
-def _chain_udf(modules: Sequence[ScienceModule], inputs: list[str], fail: bool):
-    """The function each Python worker runs per Arrow batch: the inputs come as one DataFrame."""
+def _chain_udf(modules: Sequence[ScienceModule], inputs: list[str], fail: bool, stamp: str | None = None):
+    """The function each Python worker runs per Arrow batch: the inputs come as one DataFrame.
+
+    With ``stamp``, a column of that name holds the time the chain ended on the chunk.
+    """
     import pandas as pd
 
     def run(chunk):
-        return run_chain(modules, {path: chunk[f"_in{k}"] for k, path in enumerate(inputs)}, fail)
+        out = run_chain(modules, {path: chunk[f"_in{k}"] for k, path in enumerate(inputs)}, fail)
+        if stamp:
+            out[stamp] = pd.Timestamp.now(tz="UTC")
+        return out
 
     run.__annotations__ = {"chunk": pd.DataFrame, "return": pd.DataFrame}  # how pandas_udf infers its kind
     return run
 
 
 def apply_modules(df: "DataFrame", modules: Sequence[ScienceModule], fail: bool = False,
-                  observe_as: str | None = None) -> "DataFrame":
+                  observe_as: str | None = None, stamp: str | None = None) -> "DataFrame":
     """Add every module's output columns to ``df``, the modules running in order in one Arrow UDF.
 
     With ``observe_as``, the query's observed metrics of that name get, per module,
     ``<key>_seconds`` (summed worker time), ``<key>_errors`` (alerts whose batch failed)
-    and ``<key>_error`` (one error text).
+    and ``<key>_error`` (one error text). With ``stamp``, a timestamp column of that name
+    holds when the modules ended on the alert (the current time when there are no modules).
 
     Notes
     -----
@@ -287,7 +305,7 @@ def apply_modules(df: "DataFrame", modules: Sequence[ScienceModule], fail: bool 
 
     check_inputs(modules, df.schema)
     if not modules:
-        return df
+        return df.withColumn(stamp, F.current_timestamp()) if stamp else df
     produced: set[str] = set()
     inputs: list[str] = []
     for m in modules:
@@ -295,7 +313,8 @@ def apply_modules(df: "DataFrame", modules: Sequence[ScienceModule], fail: bool 
         produced.update(m.outputs)
     fields = [f"{c} {t}" for m in modules for c, t in m.outputs.items()]
     fields += [f"_error_{i} string, _seconds_{i} double" for i in range(len(modules))]
-    fn = pandas_udf(_chain_udf(list(modules), inputs, fail), ", ".join(fields))  # type: ignore[call-overload]
+    fields += [f"{stamp} timestamp"] if stamp else []
+    fn = pandas_udf(_chain_udf(list(modules), inputs, fail, stamp), ", ".join(fields))  # type: ignore[call-overload]
     tmp = "__modules"
     # one struct argument (a DataFrame in the worker) whatever the number of inputs
     df = df.withColumn(tmp, fn(F.struct(*[F.col(c).alias(f"_in{k}") for k, c in enumerate(inputs)])))
@@ -307,6 +326,7 @@ def apply_modules(df: "DataFrame", modules: Sequence[ScienceModule], fail: bool 
     if observe_as:
         df = df.observe(observe_as, *metrics)
     outputs = [F.col(tmp).getField(c).alias(c) for m in modules for c in m.outputs]
+    outputs += [F.col(tmp).getField(stamp).alias(stamp)] if stamp else []
     return df.select(*[c for c in df.columns if c != tmp], *outputs)
 
 

@@ -141,17 +141,6 @@ def apply_cuts(df: "DataFrame", cuts: dict[str, str], observe_as: str | None = N
     return df.filter(F.col("_cut").isNull()).drop("_cut")
 
 
-def _now_udf():
-    import pandas as pd
-    from pyspark.sql.functions import pandas_udf
-
-    def processing_end(anchor):
-        return pd.Series([pd.Timestamp.now(tz="UTC")] * len(anchor))
-
-    processing_end.__annotations__ = {"anchor": pd.Series, "return": pd.Series}
-    return pandas_udf(processing_end, "timestamp")
-
-
 def transform(df: "DataFrame", cfg: Raw2ScienceConfig, modules: list[ScienceModule] | None = None) -> "DataFrame":
     """Raw alerts -> kept alerts with every module's columns and the provenance columns."""
     from pyspark.sql import functions as F
@@ -159,12 +148,14 @@ def transform(df: "DataFrame", cfg: Raw2ScienceConfig, modules: list[ScienceModu
     modules = cfg.load_modules() if modules is None else modules
     df = apply_cuts(df, cfg.cuts, observe_as=QUERY_NAME)
     df = df.withColumn("processingStart", F.current_timestamp())
-    df = apply_modules(df, modules, fail=cfg.fail_on_module_error, observe_as=MODULES_METRICS)
+    # processingEnd is stamped by the modules' own UDF: a second Python UDF would hold every
+    # row (cutouts included) in the JVM once more while it runs
+    df = apply_modules(df, modules, fail=cfg.fail_on_module_error, observe_as=MODULES_METRICS,
+                       stamp="processingEnd")
     versions = [F.lit(x) for name, version in provenance(modules).items() for x in (name, version)]
-    anchor = next(iter(modules[-1].outputs)) if modules else "candid"
-    return (df.withColumn("fink_modules", F.create_map(*versions) if versions
-                          else F.create_map().cast("map<string,string>"))
-            .withColumn("processingEnd", _now_udf()(F.col(anchor))))
+    fink_modules = F.create_map(*versions) if versions else F.create_map().cast("map<string,string>")
+    return df.select(*[c for c in df.columns if c != "processingEnd"], fink_modules.alias("fink_modules"),
+                     "processingEnd")
 
 
 def write_batch(batch: "DataFrame", batch_id: int, cfg: Raw2ScienceConfig, paths: dict[str, str]) -> dict[str, Any]:

@@ -1,0 +1,316 @@
+"""distribution: user filters over the science archive, each selection to its own Kafka topic.
+
+Notes
+-----
+One streaming query serves every filter: the science archive is read as a file stream,
+all filters run in one Arrow UDF per micro-batch (:func:`fink.filters.apply_filters`),
+each selected alert becomes one row per topic that wants it, and the batch goes to Kafka
+in one transaction (:class:`fink.delivery.BatchPublisher`): after a crash and restart no
+alert reaches a topic twice.
+
+The wire format is the Fink community client's: the message value is the alert with its
+added values as schemaless Avro (Spark's ``to_avro``), the key the JSON of that Avro
+schema; the schema is also published on ``<topic>_schema``. A topic may drop the cutouts
+or keep only chosen fields; topics with the same choice share one encoding per alert.
+Topics are created with their partitions and retention when the stage is built, before
+any write.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import TYPE_CHECKING, Any
+
+from fink import kafka
+from fink.avro import avro_schema
+from fink.config import ConfigError, FinkConfig, Validated
+from fink.filters.api import SELECTED, AlertFilter, load_filters
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+    from pyspark.sql.streaming import DataStreamWriter
+    from pyspark.sql.types import StructType
+
+QUERY_NAME = "distribution"
+FILTERS_METRICS = "distribution_filters"
+CUTOUTS = ("cutoutScience", "cutoutTemplate", "cutoutDifference")
+#: columns of the science archive that are not part of a distributed alert
+INTERNAL = ("night", SELECTED)
+
+DEFAULT_FILTERS = {"fink_early_snia": "fink.filters.builtin:early_snia",
+                   "fink_sso": "fink.filters.builtin:solar_system",
+                   "fink_catalogued": "fink.filters.builtin:catalogued"}
+
+
+@dataclasses.dataclass(frozen=True)
+class DistributionConfig(Validated):
+    """Settings of the stage (the notebook's parameters of the same names).
+
+    Parameters
+    ----------
+    filters
+        Topic -> filter by dotted path (``package.module:function``).
+    filter_params
+        Topic -> keyword parameters of its filter.
+    topic_options
+        Topic -> ``{"cutouts": false}`` to drop the three cutouts, and/or
+        ``{"fields": [...]}`` to send only these top-level fields.
+    partitions, retention_ms
+        Of each topic created (and of its ``_schema`` topic).
+    max_files_per_trigger
+        Science archive files read per micro-batch at most (0: all new files).
+    science_path, checkpoint
+        Empty means under ``data_dir``: ``science``, ``checkpoints/distribution``.
+    """
+
+    filters: dict = dataclasses.field(default_factory=lambda: dict(DEFAULT_FILTERS))
+    filter_params: dict = dataclasses.field(default_factory=dict)
+    topic_options: dict = dataclasses.field(default_factory=dict)
+    partitions: int = 1
+    retention_ms: int = 7 * 24 * 3600 * 1000
+    max_files_per_trigger: int = 8
+    science_path: str = ""
+    checkpoint: str = ""
+
+    def validate(self, source: str = "configuration") -> None:
+        if not self.filters:
+            raise ConfigError(f"{source}: 'filters' is empty: map at least one topic to a filter")
+        for topic, opts in self.topic_options.items():
+            if topic not in self.filters:
+                raise ConfigError(f"{source}: topic_options for '{topic}', which has no filter")
+            if not isinstance(opts, dict) or set(opts) - {"cutouts", "fields"}:
+                raise ConfigError(f"{source}: topic_options['{topic}'] takes only 'cutouts' and 'fields'")
+            if "fields" in opts and (not isinstance(opts["fields"], list) or not opts["fields"]):
+                raise ConfigError(f"{source}: topic_options['{topic}']['fields'] must be a non-empty list")
+        if self.partitions < 1 or self.retention_ms < 1 or self.max_files_per_trigger < 0:
+            raise ConfigError(f"{source}: partitions >= 1, retention_ms >= 1 and max_files_per_trigger >= 0")
+
+    def paths(self, fink: FinkConfig) -> dict[str, str]:
+        return {"science": self.science_path or fink.data_uri("science"),
+                "checkpoint": self.checkpoint or fink.data_uri("checkpoints", "distribution")}
+
+    def load_filters(self) -> list[AlertFilter]:
+        return load_filters(self.filters, self.filter_params)
+
+
+# -- the science archive as a stream ---------------------------------------------------------
+
+def science_schema(spark: "SparkSession", science_path: str) -> "StructType":
+    """The science archive's schema: from its files if it has any, else what raw2science
+    writes with the built-in modules (so the stages may start in any order)."""
+    from pyspark.sql.types import StringType, StructField, StructType
+
+    from fink.filestore import FileStore
+
+    store = FileStore(spark, science_path)
+    files = [f for f in store.files() if f.endswith(".parquet") and not f.startswith("_")] \
+        if store.exists() else []
+    if files:
+        schema = spark.read.parquet(f"{store.root}/{files[0]}").schema
+    else:
+        from fink.science.modules import BUILTIN
+        from fink.stages import raw2science as r2s
+
+        raw = spark.createDataFrame([], r2s.raw_schema(spark))
+        cfg = r2s.Raw2ScienceConfig(modules=list(BUILTIN))
+        schema = r2s.transform(raw, cfg).schema
+    return StructType([f for f in schema.fields if f.name != "night"] + [StructField("night", StringType())])
+
+
+def source(spark: "SparkSession", cfg: DistributionConfig, science_path: str) -> "DataFrame":
+    """The science archive as a stream of new files (its folder created if absent)."""
+    from fink.filestore import FileStore
+
+    store = FileStore(spark, science_path)
+    store.fs.mkdirs(store.path())
+    reader = spark.readStream.schema(science_schema(spark, science_path)).option("basePath", science_path)
+    if cfg.max_files_per_trigger:
+        reader = reader.option("maxFilesPerTrigger", cfg.max_files_per_trigger)
+    return reader.parquet(science_path)
+
+
+# -- what each topic receives ----------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Encoding:
+    """One Avro layout shared by the topics (by index) that chose the same fields."""
+
+    fields: tuple[str, ...]
+    schema: str  # the Avro schema as JSON: the message key, and the _schema topic's content
+    topics: tuple[int, ...]
+
+
+def alert_columns(df: "DataFrame") -> "DataFrame":
+    """A distributed alert's columns: the science row without internal columns, plus Fink's
+    ``cdsxmatch`` (the cross-match type or "Unknown") that the community client displays."""
+    from pyspark.sql import functions as F
+
+    out = df.drop(*[c for c in INTERNAL if c in df.columns])
+    if "xm_type" in out.columns and "cdsxmatch" not in out.columns:
+        out = out.withColumn("cdsxmatch", F.coalesce(F.col("xm_type"), F.lit("Unknown")))
+    return out
+
+
+def encodings(schema: "StructType", cfg: DistributionConfig, topics: list[str]) -> list[Encoding]:
+    """Group the topics by the fields they send; each group gets its Avro schema."""
+    from pyspark.sql.types import StructType
+
+    available = [f.name for f in schema.fields]
+    groups: dict[tuple[str, ...], list[int]] = {}
+    for k, topic in enumerate(topics):
+        opts = cfg.topic_options.get(topic, {})
+        fields = list(opts.get("fields") or available)
+        unknown = [f for f in fields if f not in available]
+        if unknown:
+            raise ConfigError(f"topic_options['{topic}']: field '{unknown[0]}' is not a column of the "
+                              f"science alerts (columns: {', '.join(available)})")
+        if opts.get("cutouts", True) is False:
+            fields = [f for f in fields if f not in CUTOUTS]
+        groups.setdefault(tuple(fields), []).append(k)
+    out = []
+    for fields, members in groups.items():
+        struct = StructType([schema[f] for f in fields])
+        out.append(Encoding(fields, json.dumps(avro_schema(struct)), tuple(members)))
+    return out
+
+
+def select(df: "DataFrame", filters: list[AlertFilter]) -> "DataFrame":
+    """Run every filter; count alerts and selections per topic in the query's metrics."""
+    from pyspark.sql import functions as F
+
+    from fink.filters.api import apply_filters
+
+    df = apply_filters(df, filters, observe_as=FILTERS_METRICS)
+    counts = [F.sum(F.array_contains(F.col(SELECTED), k).cast("int")).alias(f"selected_{f.module.key}")
+              for k, f in enumerate(filters)]
+    return df.observe(QUERY_NAME, F.count(F.lit(1)).alias("alerts"),
+                      F.sum((F.size(F.col(SELECTED)) > 0).cast("int")).alias("selected"), *counts)
+
+
+def messages(batch: "DataFrame", encs: list[Encoding]) -> "DataFrame":
+    """One row per (alert, topic that selected it): ``_k`` (the topic's index) and ``value``."""
+    from pyspark.sql import functions as F
+    from pyspark.sql.avro.functions import to_avro
+
+    rows = alert_columns(batch.where(F.size(F.col(SELECTED)) > 0).withColumn("_k", F.explode(SELECTED))
+                         .drop(SELECTED))
+    value = None
+    for enc in encs:
+        encoded = to_avro(F.struct(*[F.col(f) for f in enc.fields]), enc.schema)
+        hit = F.col("_k").isin(*enc.topics)
+        value = F.when(hit, encoded) if value is None else value.when(hit, encoded)
+    return rows.select("_k", value.alias("value"))
+
+
+# -- the stage -------------------------------------------------------------------------------
+
+def prepare_topics(bootstrap: str, cfg: DistributionConfig, encs: list[Encoding], topics: list[str]) -> None:
+    """Create every topic and its ``_schema`` topic (waiting for their leaders) and publish the schemas."""
+    from confluent_kafka import Producer
+
+    conf = {"retention.ms": str(cfg.retention_ms)}
+    for topic in topics:
+        kafka.ensure_topic(bootstrap, topic, cfg.partitions, config=conf)
+        kafka.ensure_topic(bootstrap, f"{topic}_schema", 1, config={"cleanup.policy": "compact"})
+    producer = Producer(kafka.client_config(bootstrap, **{"enable.idempotence": True}))
+    for enc in encs:
+        for k in enc.topics:
+            producer.produce(f"{topics[k]}_schema", key=enc.schema.encode(), value=b"")
+    if producer.flush(30):
+        raise kafka.KafkaError(f"distribution: schema topics not written on {bootstrap}")
+
+
+def query_id(spark: "SparkSession", checkpoint: str) -> str:
+    """The id Spark keeps in the checkpoint: the same across restarts, new for a new checkpoint."""
+    from fink.filestore import FileStore
+
+    return json.loads(FileStore(spark, checkpoint).read_text("metadata").splitlines()[0])["id"]
+
+
+class Sink:
+    """The ``foreachBatch`` function: encode the batch's messages, deliver them in one transaction."""
+
+    def __init__(self, bootstrap: str, topics: list[str], encs: list[Encoding], checkpoint: str):
+        self.bootstrap, self.topics, self.encs, self.checkpoint = bootstrap, topics, encs, checkpoint
+        self.keys = {k: e.schema.encode() for e in encs for k in e.topics}
+        self.publisher = None
+        self.delivered: dict[int, dict[str, int] | None] = {}
+
+    def __call__(self, batch: "DataFrame", batch_id: int) -> None:
+        from fink.delivery import BatchPublisher
+
+        if self.publisher is None:
+            writer = f"{QUERY_NAME}-{query_id(batch.sparkSession, self.checkpoint)}"
+            self.publisher = BatchPublisher(self.bootstrap, writer)
+        if self.publisher.delivered(batch_id):  # a replay of a delivered batch: nothing to compute
+            self.delivered[batch_id] = None
+            return
+        table = messages(batch, self.encs).toArrow()
+        ks, values = table.column("_k").to_pylist(), table.column("value").to_pylist()
+        out = ((self.topics[k], self.keys[k], v) for k, v in zip(ks, values, strict=True))
+        self.delivered[batch_id] = self.publisher.publish(batch_id, out)
+
+
+def build(spark: "SparkSession", cfg: DistributionConfig, fink: FinkConfig) -> "DataStreamWriter":
+    """The stage's unstarted writer: science archive -> filters -> one Kafka topic per filter.
+
+    Filter loading errors and bad topic options are raised here; the topics exist when it returns.
+    """
+    paths = cfg.paths(fink)
+    filters = cfg.load_filters()
+    topics = [f.topic for f in filters]
+    stream = source(spark, cfg, paths["science"])
+    encs = encodings(alert_columns(stream).schema, cfg, topics)
+    prepare_topics(fink.kafka_bootstrap, cfg, encs, topics)
+    sink = Sink(fink.kafka_bootstrap, topics, encs, paths["checkpoint"])
+    writer = (select(stream, filters).writeStream.foreachBatch(sink)
+              .option("checkpointLocation", paths["checkpoint"]).queryName(QUERY_NAME))
+    writer.fink_sink = sink  # type: ignore[attr-defined]  # what each batch delivered, for reconcile
+    return writer
+
+
+def reconcile(progress: list[dict], delivered: dict[int, dict[str, int] | None]) -> dict[str, Any]:
+    """Account for a run: alerts read, per topic selected (observed) and delivered (Kafka).
+
+    ``balanced`` when every topic got exactly what its filter selected (replayed batches,
+    already delivered, are left out of both sides).
+    """
+    totals: dict[str, Any] = {"batches": 0, "alerts": 0, "selected": 0, "topics": {}, "filters": {},
+                              "replayed": 0}
+    for p in progress:
+        metrics = p.get("observedMetrics") or {}
+        row = metrics.get(QUERY_NAME)
+        if row is None:
+            continue
+        values = row.asDict() if hasattr(row, "asDict") else dict(row)
+        batch = int(p["batchId"])
+        if not values.get("alerts"):
+            continue
+        if batch in delivered and delivered[batch] is None:
+            totals["replayed"] += 1
+            continue
+        totals["batches"] += 1
+        totals["alerts"] += int(values["alerts"])
+        totals["selected"] += int(values.get("selected") or 0)
+        sent = delivered.get(batch) or {}
+        for key, n in values.items():
+            if key.startswith("selected_"):
+                entry = totals["topics"].setdefault(key[len("selected_"):], {"selected": 0, "delivered": 0})
+                entry["selected"] += int(n or 0)
+        for topic, n in sent.items():
+            label = topic.replace(".", "_").replace("-", "_")
+            totals["topics"].setdefault(label, {"selected": 0, "delivered": 0})["delivered"] += n
+        errs = metrics.get(FILTERS_METRICS)
+        errs = (errs.asDict() if hasattr(errs, "asDict") else dict(errs)) if errs is not None else {}
+        for key, value in errs.items():
+            name, _, what = key.rpartition("_")
+            entry = totals["filters"].setdefault(name, {"seconds": 0.0, "errors": 0, "error": None})
+            if what == "seconds":
+                entry["seconds"] += float(value or 0)
+            elif what == "errors":
+                entry["errors"] += int(value or 0)
+            elif what == "error" and value:
+                entry["error"] = value
+    totals["balanced"] = all(t["selected"] == t["delivered"] for t in totals["topics"].values())
+    return totals
