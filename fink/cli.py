@@ -26,6 +26,7 @@ Handle the alert stream received by Apache Spark (Kafka in, Kafka and HBase out)
     fink datasim generate|download ...             simulate a night / fetch a real ZTF night
     fink checkstream <topic> [--from earliest]     watch a topic: counts, rates, lag, latest alerts
     fink compact <YYYYMMDD> [--raw PATH]           compact a finished night of the raw archive
+    fink users add|grant|revoke|list|remove ...    users of the distribution topics (SCRAM, ACLs)
     fink demo                                      the smoke pipeline on the local stack
 
  Services (notebooks/): {services}
@@ -78,6 +79,17 @@ def _parser() -> argparse.ArgumentParser:
     cp.add_argument("night", help="YYYYMMDD")
     cp.add_argument("--raw", default="", help="raw archive (default: $FINK_HOME/data/raw)")
     cp.add_argument("--files", type=int, default=1, help="files to write for the night (default 1)")
+    us = sub.add_parser("users", help="users of the distribution topics (SASL/SCRAM and ACLs)")
+    usub = us.add_subparsers(dest="users_command", required=True)
+    ua = usub.add_parser("add", help="create a user (password generated, or read from stdin)")
+    ua.add_argument("name")
+    ua.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+    for verb in ("grant", "revoke"):
+        ug = usub.add_parser(verb, help=f"{verb} read access to a distribution topic")
+        ug.add_argument("name")
+        ug.add_argument("topic")
+    usub.add_parser("list", help="users and the topics they may read").add_argument("--json", action="store_true")
+    usub.add_parser("remove", help="delete a user and their grants").add_argument("name")
     d = sub.add_parser("demo", help="run the smoke pipeline and print what it did")
     d.add_argument("-c", "--conf", default=None, help="parameters file (default conf/local.yaml)")
     return p
@@ -235,6 +247,35 @@ def _compact(args: argparse.Namespace) -> int:
     return 0
 
 
+def _users(args: argparse.Namespace) -> int:
+    from fink import access
+
+    bootstrap = ServicesConfig.load().kafka_bootstrap
+    if args.users_command == "add":
+        password = sys.stdin.readline().strip() if args.password_stdin else None
+        if args.password_stdin and not password:
+            raise access.AccessError("--password-stdin: standard input held no password")
+        path = access.add_user(bootstrap, args.name, password)
+        print(f"user {args.name}: created; password in {path} (mode 0600): hand it over, never paste it in a notebook")
+    elif args.users_command == "grant":
+        access.grant(bootstrap, args.name, args.topic)
+        print(f"user {args.name}: may read {args.topic}")
+    elif args.users_command == "revoke":
+        access.revoke(bootstrap, args.name, args.topic)
+        print(f"user {args.name}: may no longer read {args.topic}")
+    elif args.users_command == "remove":
+        access.remove_user(bootstrap, args.name)
+        print(f"user {args.name}: removed")
+    else:
+        found = access.grants(bootstrap)
+        if args.json:
+            print(json.dumps(found, indent=1))
+        for name, topics in found.items():
+            if not args.json:
+                print(f"{name:20s} {', '.join(topics) or '(no topic)'}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``fink`` console script."""
     argv = sys.argv[1:] if argv is None else argv
@@ -283,6 +324,8 @@ def main(argv: list[str] | None = None) -> int:
             return _checkstream(args)
         if args.command == "compact":
             return _compact(args)
+        if args.command == "users":
+            return _users(args)
     except FinkError as exc:
         print(f"fink: error: {exc}", file=sys.stderr)
         return 1

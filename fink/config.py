@@ -186,6 +186,7 @@ class ServicesConfig(Validated):
     host: str = "127.0.0.1"
     kafka_port: int = 9092
     kafka_controller_port: int = 9093
+    kafka_sasl_port: int = 9094
     kafka_heap: str = "512m"
     hbase_zookeeper_port: int = 2181
     hbase_master_port: int = 16000
@@ -225,6 +226,11 @@ class ServicesConfig(Validated):
     @property
     def kafka_bootstrap(self) -> str:
         return f"{self.host}:{self.kafka_port}"
+
+    @property
+    def kafka_users_bootstrap(self) -> str:
+        """The listener users' consumers connect to (SASL/SCRAM-SHA-512, ACLs)."""
+        return f"{self.host}:{self.kafka_sasl_port}"
 
     @property
     def hbase_thrift(self) -> str:

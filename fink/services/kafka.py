@@ -36,12 +36,23 @@ Configuration:
 
 
 class KafkaService(Service):
-    """Kafka 4.x in KRaft mode, listening on loopback only."""
+    """Kafka 4.x in KRaft mode, listening on loopback only.
+
+    Notes
+    -----
+    Three listeners: ``PLAINTEXT`` (``kafka_port``) for the broker's own stages, the
+    simulator and the survey feed; ``CONTROLLER`` for KRaft; ``SASL_PLAINTEXT``
+    (``kafka_sasl_port``) for users, who authenticate with SCRAM-SHA-512 and may only do
+    what ACLs grant them (:mod:`fink.access`). The internal listeners carry no credentials,
+    so their (anonymous) principal is the super user; they must never be reachable from
+    outside the machine, which the loopback-only ``host`` guarantees.
+    """
 
     name = "kafka"
 
     def ports(self) -> dict[str, int]:
-        return {"kafka_port": self.config.kafka_port, "kafka_controller_port": self.config.kafka_controller_port}
+        return {"kafka_port": self.config.kafka_port, "kafka_controller_port": self.config.kafka_controller_port,
+                "kafka_sasl_port": self.config.kafka_sasl_port}
 
     @property
     def data_dir(self):
@@ -53,11 +64,20 @@ class KafkaService(Service):
             "process.roles=broker,controller",
             "node.id=1",
             f"controller.quorum.voters=1@{c.host}:{c.kafka_controller_port}",
-            f"listeners=PLAINTEXT://{c.host}:{c.kafka_port},CONTROLLER://{c.host}:{c.kafka_controller_port}",
-            f"advertised.listeners=PLAINTEXT://{c.host}:{c.kafka_port}",
+            f"listeners=PLAINTEXT://{c.host}:{c.kafka_port},CONTROLLER://{c.host}:{c.kafka_controller_port},"
+            f"SASL_PLAINTEXT://{c.host}:{c.kafka_sasl_port}",
+            f"advertised.listeners=PLAINTEXT://{c.host}:{c.kafka_port},SASL_PLAINTEXT://{c.host}:{c.kafka_sasl_port}",
             "controller.listener.names=CONTROLLER",
             "inter.broker.listener.name=PLAINTEXT",
-            "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT",
+            # users: SCRAM-SHA-512 (what the Fink client speaks), credentials kept by KRaft
+            "sasl.enabled.mechanisms=SCRAM-SHA-512",
+            "listener.name.sasl_plaintext.scram-sha-512.sasl.jaas.config="
+            "org.apache.kafka.common.security.scram.ScramLoginModule required;",
+            # ACLs: a user may only do what is granted; the internal listeners are the super user
+            "authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+            "super.users=User:ANONYMOUS",
+            "allow.everyone.if.no.acl.found=false",
             f"log.dirs={self.data_dir}",
             "num.partitions=1",
             "offsets.topic.replication.factor=1",

@@ -1,0 +1,157 @@
+"""Users of the distribution topics: SCRAM credentials and read grants on the local broker.
+
+A user connects to the broker's SASL listener (``kafka_sasl_port``) with SCRAM-SHA-512, as
+the Fink community client does, and may read the topics granted to them (and their
+``_schema`` topics) with consumer groups whose id starts with their name, nothing else: no
+other topic, no write, no topic creation. These calls go through the internal listener,
+which only the machine's operator reaches.
+
+Notes
+-----
+A password is never an argument of a command line, a notebook parameter or a log line:
+:func:`add_user` generates one (or takes it from the caller in memory) and writes it to
+``$FINK_HOME/secrets/users/<name>`` with mode 0600, for the operator to hand over.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+from pathlib import Path
+
+from fink import kafka
+from fink.config import fink_home
+from fink.errors import FinkError
+
+#: SCRAM iterations (Kafka's minimum is 4096)
+ITERATIONS = 8192
+_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")
+
+
+class AccessError(FinkError, ValueError):
+    """A user or grant request is invalid or was refused by the broker."""
+
+
+def _check_name(name: str) -> str:
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise AccessError(f"user name {name!r}: use a letter then letters, digits, '.', '_' or '-' (64 at most)")
+    return name
+
+
+def password_file(name: str, home: Path | None = None) -> Path:
+    """Where the operator's copy of ``name``'s password is kept (mode 0600)."""
+    return (home or fink_home()) / "secrets" / "users" / _check_name(name)
+
+
+def _admin(bootstrap: str):
+    from confluent_kafka.admin import AdminClient
+
+    return AdminClient(kafka.client_config(bootstrap))
+
+
+def _result(futures, what: str) -> None:
+    for future in (futures.values() if isinstance(futures, dict) else futures):
+        try:
+            future.result(30)
+        except Exception as exc:  # confluent wraps the broker's error
+            raise AccessError(f"{what}: {exc}") from exc
+
+
+def add_user(bootstrap: str, name: str, password: str | None = None, home: Path | None = None) -> Path:
+    """Create (or reset) ``name``'s SCRAM-SHA-512 credential; return the 0600 file holding the password."""
+    from confluent_kafka.admin import ScramCredentialInfo, ScramMechanism, UserScramCredentialUpsertion
+
+    _check_name(name)
+    password = password or secrets.token_urlsafe(24)
+    info = ScramCredentialInfo(ScramMechanism.SCRAM_SHA_512, ITERATIONS)
+    admin = _admin(bootstrap)  # kept alive until the futures are done
+    _result(admin.alter_user_scram_credentials(
+        [UserScramCredentialUpsertion(name, info, password.encode())]), f"add user {name}")
+    path = password_file(name, home)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(password + "\n")
+    os.chmod(path, 0o600)
+    return path
+
+
+def _bindings(name: str, topic: str | None):
+    from confluent_kafka.admin import AclBinding, AclOperation, AclPermissionType, ResourcePatternType, ResourceType
+
+    principal = f"User:{_check_name(name)}"
+    allow = AclPermissionType.ALLOW
+    out = []
+    if topic is not None:
+        for t in (topic, f"{topic}_schema"):
+            for op in (AclOperation.READ, AclOperation.DESCRIBE):
+                out.append(AclBinding(ResourceType.TOPIC, t, ResourcePatternType.LITERAL, principal, "*", op, allow))
+    else:  # consumer groups named after the user
+        out.append(AclBinding(ResourceType.GROUP, name, ResourcePatternType.PREFIXED, principal, "*",
+                              AclOperation.READ, allow))
+    return out
+
+
+def users(bootstrap: str) -> list[str]:
+    """The users with a SCRAM credential."""
+    admin = _admin(bootstrap)
+    future = admin.describe_user_scram_credentials()
+    try:
+        return sorted(future.result(30))
+    except Exception as exc:  # noqa: BLE001
+        raise AccessError(f"list users: {exc}") from exc
+
+
+def grant(bootstrap: str, name: str, topic: str) -> None:
+    """Let ``name`` read ``topic`` (and its ``_schema`` topic) with groups starting with ``name``."""
+    if name not in users(bootstrap):
+        raise AccessError(f"grant {topic} to {name}: no such user (add it first: fink users add {name})")
+    admin = _admin(bootstrap)
+    _result(admin.create_acls(_bindings(name, topic) + _bindings(name, None)),
+            f"grant {topic} to {name}")
+
+
+def revoke(bootstrap: str, name: str, topic: str) -> None:
+    """Take back ``name``'s read access to ``topic``."""
+    from confluent_kafka.admin import AclBindingFilter
+
+    filters = [AclBindingFilter(b.restype, b.name, b.resource_pattern_type, b.principal, b.host, b.operation,
+                                b.permission_type) for b in _bindings(name, topic)]
+    admin = _admin(bootstrap)
+    _result(admin.delete_acls(filters), f"revoke {topic} from {name}")
+
+
+def grants(bootstrap: str) -> dict[str, list[str]]:
+    """User -> the topics they may read (``_schema`` topics left out)."""
+    from confluent_kafka.admin import (AclBindingFilter, AclOperation, AclPermissionType, ResourcePatternType,
+                                       ResourceType)
+
+    query = AclBindingFilter(ResourceType.TOPIC, None, ResourcePatternType.ANY, None, None, AclOperation.READ,
+                             AclPermissionType.ALLOW)
+    admin = _admin(bootstrap)
+    try:
+        found = admin.describe_acls(query).result(30)
+    except Exception as exc:  # noqa: BLE001
+        raise AccessError(f"list grants: {exc}") from exc
+    out: dict[str, list[str]] = {u: [] for u in users(bootstrap)}
+    for b in found:
+        user = b.principal.split(":", 1)[1]
+        if not b.name.endswith("_schema"):
+            out.setdefault(user, []).append(b.name)
+    return {u: sorted(t) for u, t in sorted(out.items())}
+
+
+def remove_user(bootstrap: str, name: str, home: Path | None = None) -> None:
+    """Delete ``name``'s credential, every ACL of theirs, and the operator's copy of the password."""
+    from confluent_kafka.admin import (AclBindingFilter, AclOperation, AclPermissionType, ResourcePatternType,
+                                       ResourceType, ScramMechanism, UserScramCredentialDeletion)
+
+    admin = _admin(bootstrap)
+    query = AclBindingFilter(ResourceType.ANY, None, ResourcePatternType.ANY, f"User:{_check_name(name)}", None,
+                             AclOperation.ANY, AclPermissionType.ANY)
+    _result(admin.delete_acls([query]), f"remove {name}'s grants")
+    if name in users(bootstrap):
+        _result(admin.alter_user_scram_credentials(
+            [UserScramCredentialDeletion(name, ScramMechanism.SCRAM_SHA_512)]), f"remove user {name}")
+    password_file(name, home).unlink(missing_ok=True)

@@ -1,0 +1,150 @@
+"""Read alerts from distribution topics, as dicts or pandas DataFrames.
+
+Each message is an alert as schemaless Avro with the JSON of its schema as key (the Fink
+community client's format), so any Avro reader decodes it; this consumer parses each
+distinct schema once.
+
+Credentials: a user connects to the broker's SASL listener with SCRAM-SHA-512. The password
+is never an argument: it is read from ``$FINK_CLIENT_PASSWORD`` or from a file readable by
+its owner only (by default the operator's copy, ``$FINK_HOME/secrets/users/<user>``).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import stat
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from fink.errors import FinkError
+
+
+class ClientError(FinkError, RuntimeError):
+    """The broker refused the connection or a topic, or a message could not be decoded."""
+
+
+_SCHEMAS: dict[bytes, Any] = {}
+
+
+def decode(key: bytes | None, value: bytes) -> dict[str, Any]:
+    """One distributed message to its alert (``key``: the JSON Avro schema of ``value``)."""
+    import fastavro
+
+    if not key:
+        raise ClientError("message without a schema key: not a distribution topic of this broker")
+    parsed = _SCHEMAS.get(key)
+    if parsed is None:
+        parsed = _SCHEMAS[key] = fastavro.parse_schema(json.loads(key))
+    return fastavro.schemaless_reader(io.BytesIO(value), parsed)
+
+
+def read_password(user: str, password_file: str | os.PathLike[str] | None = None) -> str:
+    """The user's password from ``$FINK_CLIENT_PASSWORD``, else from a 0600 file."""
+    from fink.access import password_file as operator_copy
+
+    env = os.environ.get("FINK_CLIENT_PASSWORD")
+    if env:
+        return env
+    path = Path(password_file) if password_file else operator_copy(user)
+    if not path.exists():
+        raise ClientError(f"no password for user {user!r}: set FINK_CLIENT_PASSWORD or give password_file "
+                          f"(looked for {path})")
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o077:
+        raise ClientError(f"{path}: password file has mode {mode:o}; run `chmod 600 {path}`")
+    return path.read_text().strip()
+
+
+class AlertStream:
+    """Alerts of one or more distribution topics.
+
+    Parameters
+    ----------
+    topics
+        Topic names.
+    group_id
+        The consumer group: its committed offsets say where a new stream resumes. A user's
+        groups must start with their user name.
+    user, password_file
+        Connect as ``user`` on the SASL listener (see the module notes for the password);
+        without ``user``, plaintext on the internal listener (the operator's own use).
+    bootstrap
+        Default: the local broker's SASL listener with ``user``, its internal one without.
+    offsets
+        Where a group without committed offsets starts: ``earliest`` or ``latest``.
+    """
+
+    def __init__(self, topics: Sequence[str] | str, group_id: str, user: str | None = None,
+                 password_file: str | os.PathLike[str] | None = None, bootstrap: str | None = None,
+                 offsets: str = "earliest"):
+        from confluent_kafka import Consumer
+
+        from fink.config import ServicesConfig
+
+        self.topics = [topics] if isinstance(topics, str) else list(topics)
+        services = ServicesConfig.load()
+        conf: dict[str, Any] = {"group.id": group_id, "auto.offset.reset": offsets, "enable.auto.commit": True,
+                                "isolation.level": "read_committed", "error_cb": self._on_error}
+        if user:
+            conf.update({"bootstrap.servers": bootstrap or services.kafka_users_bootstrap,
+                         "security.protocol": "SASL_PLAINTEXT", "sasl.mechanism": "SCRAM-SHA-512",
+                         "sasl.username": user, "sasl.password": read_password(user, password_file)})
+        else:
+            conf["bootstrap.servers"] = bootstrap or services.kafka_bootstrap
+        self._errors: list[str] = []
+        self._consumer = Consumer(conf)
+        self._consumer.subscribe(self.topics)
+
+    def _on_error(self, err) -> None:
+        self._errors.append(str(err))
+
+    def _raise_refusals(self) -> None:
+        fatal = [e for e in self._errors if "AUTHENTICATION" in e.upper() or "AUTHORIZATION" in e.upper()]
+        if fatal:
+            raise ClientError(f"topics {self.topics}: refused by the broker: {fatal[-1]}")
+
+    def poll(self, timeout: float = 1.0) -> tuple[str, dict[str, Any]] | None:
+        """The next alert as ``(topic, alert)``, or None if none came within ``timeout`` seconds."""
+        msg = self._consumer.poll(timeout)
+        self._raise_refusals()
+        if msg is None:
+            return None
+        if msg.error():
+            raise ClientError(f"topics {self.topics}: {msg.error()}")
+        return msg.topic(), decode(msg.key(), msg.value())
+
+    def __iter__(self) -> Iterator[tuple[str, dict[str, Any]]]:
+        return self.alerts()
+
+    def alerts(self, limit: int = 0, idle: float = 10.0) -> Iterator[tuple[str, dict[str, Any]]]:
+        """``(topic, alert)`` until ``limit`` alerts (0: no limit) or ``idle`` seconds without one."""
+        n, last = 0, time.monotonic()
+        while not limit or n < limit:
+            got = self.poll(min(1.0, idle))
+            if got is None:
+                if time.monotonic() - last >= idle:
+                    return
+                continue
+            n, last = n + 1, time.monotonic()
+            yield got
+
+    def to_pandas(self, limit: int = 0, idle: float = 10.0, columns: Sequence[str] | None = None):
+        """The alerts as a DataFrame (one row per alert, nested fields as dicts; plus ``topic``)."""
+        import pandas as pd
+
+        rows = [{"topic": t, **({c: a.get(c) for c in columns} if columns else a)}
+                for t, a in self.alerts(limit, idle)]
+        return pd.DataFrame(rows)
+
+    def close(self) -> None:
+        self._consumer.close()
+
+    def __enter__(self) -> AlertStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,109 @@
+"""One-call matplotlib plots of an alert: its light curve and its three cutouts.
+
+The light curve merges the alert's detection with its history, per band, with error bars;
+the history's non-detections are drawn as upper limits (the 5-sigma limiting magnitude,
+``diffmaglim``). Cutouts are gzipped FITS stamps: each is shown with percentile clipping
+and an asinh stretch, the usual way to see both a faint transient and a bright host.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+from typing import Any
+
+import numpy as np
+
+#: ZTF filter ids and their colours
+BANDS = {1: ("g", "tab:green"), 2: ("r", "tab:red"), 3: ("i", "tab:orange")}
+CUTOUTS = ("cutoutScience", "cutoutTemplate", "cutoutDifference")
+MJD_OFFSET = 2400000.5
+
+
+def light_curve(alert: dict[str, Any]):
+    """The alert's points as a DataFrame: ``mjd``, ``fid``, ``mag``, ``err``, ``limit``, ``detected``.
+
+    The history comes first, then the alert's own detection; the same epoch and band seen
+    twice (a history that repeats a point) is kept once.
+    """
+    import pandas as pd
+
+    rows = []
+    for point in [*(alert.get("prv_candidates") or []), alert["candidate"]]:
+        if point is None or point.get("jd") is None:
+            continue
+        mag = point.get("magpsf")
+        rows.append({"mjd": point["jd"] - MJD_OFFSET, "fid": point.get("fid"), "mag": mag,
+                     "err": point.get("sigmapsf"), "limit": point.get("diffmaglim"), "detected": mag is not None})
+    lc = pd.DataFrame(rows, columns=["mjd", "fid", "mag", "err", "limit", "detected"])
+    return lc.drop_duplicates(subset=["mjd", "fid"], keep="last").sort_values("mjd").reset_index(drop=True)
+
+
+def plot_lightcurve(alert: dict[str, Any], ax=None, upper_limits: bool = True):
+    """Magnitude against MJD per band, error bars on detections, triangles for upper limits."""
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(7, 4))
+    lc = light_curve(alert)
+    for fid, (band, colour) in BANDS.items():
+        det = lc[(lc["fid"] == fid) & lc["detected"]]
+        if len(det):
+            ax.errorbar(det["mjd"], det["mag"], yerr=det["err"].astype(float), fmt="o", color=colour,
+                        label=f"{band} ({len(det)})", capsize=2, ms=5)
+        lim = lc[(lc["fid"] == fid) & ~lc["detected"] & lc["limit"].notna()]
+        if upper_limits and len(lim):
+            ax.scatter(lim["mjd"], lim["limit"], marker="v", color=colour, alpha=0.35,
+                       label=f"{band} upper limits ({len(lim)})")
+    if len(lc) and not ax.yaxis_inverted():
+        ax.invert_yaxis()  # brighter is up
+    ax.set_xlabel("MJD")
+    ax.set_ylabel("magnitude")
+    ax.set_title(f"{alert.get('objectId', '')}  candid {alert.get('candid', '')}")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
+    return ax
+
+
+def cutout_image(stamp: bytes | None) -> np.ndarray | None:
+    """The pixels of a gzipped (or plain) FITS stamp, or None."""
+    from astropy.io import fits
+
+    if not stamp:
+        return None
+    data = gzip.decompress(stamp) if stamp[:2] == b"\x1f\x8b" else stamp
+    with fits.open(io.BytesIO(data), memmap=False) as hdul:
+        return np.array(hdul[0].data, dtype=float)
+
+
+def plot_cutouts(alert: dict[str, Any], axes=None, percentiles: tuple[float, float] = (0.5, 99.5)):
+    """Science, template and difference stamps side by side (percentile clip, asinh stretch)."""
+    import matplotlib.pyplot as plt
+    from astropy.visualization import AsinhStretch, ImageNormalize, ManualInterval
+
+    if axes is None:
+        _, axes = plt.subplots(1, 3, figsize=(9, 3.2))
+    for ax, name in zip(axes, CUTOUTS, strict=True):
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_title(name.replace("cutout", ""))
+        img = cutout_image((alert.get(name) or {}).get("stampData"))
+        if img is None or not np.isfinite(img).any():
+            ax.text(0.5, 0.5, "no stamp", ha="center", va="center", transform=ax.transAxes)
+            continue
+        lo, hi = np.nanpercentile(img, percentiles)
+        norm = ImageNormalize(img, interval=ManualInterval(lo, hi if hi > lo else lo + 1), stretch=AsinhStretch())
+        ax.imshow(np.nan_to_num(img, nan=lo), origin="lower", cmap="gray", norm=norm)
+    return axes
+
+
+def plot_alert(alert: dict[str, Any]):
+    """Light curve above the three cutouts, in one figure."""
+    import matplotlib.pyplot as plt
+
+    fig = plt.figure(figsize=(9, 6.5))
+    grid = fig.add_gridspec(2, 3, height_ratios=[1.3, 1])
+    plot_lightcurve(alert, fig.add_subplot(grid[0, :]))
+    plot_cutouts(alert, [fig.add_subplot(grid[1, k]) for k in range(3)])
+    fig.tight_layout()
+    return fig
