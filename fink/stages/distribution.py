@@ -277,7 +277,7 @@ def reconcile(progress: list[dict], delivered: dict[int, dict[str, int] | None])
     already delivered, are left out of both sides).
     """
     totals: dict[str, Any] = {"batches": 0, "alerts": 0, "selected": 0, "topics": {}, "filters": {},
-                              "replayed": 0}
+                              "replayed": sum(1 for v in delivered.values() if v is None)}
     for p in progress:
         metrics = p.get("observedMetrics") or {}
         row = metrics.get(QUERY_NAME)
@@ -288,7 +288,6 @@ def reconcile(progress: list[dict], delivered: dict[int, dict[str, int] | None])
         if not values.get("alerts"):
             continue
         if batch in delivered and delivered[batch] is None:
-            totals["replayed"] += 1
             continue
         totals["batches"] += 1
         totals["alerts"] += int(values["alerts"])

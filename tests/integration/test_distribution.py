@@ -1,0 +1,290 @@
+"""distribution on the real broker: the community client decodes what was sent, access
+control, exactly-once after restarts, and 1 versus 50 filters."""
+
+import math
+import sys
+import time
+import types
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+from confluent_kafka import Consumer, Producer
+from confluent_kafka.admin import AdminClient, NewTopic
+from test_raw2science import science
+from test_stream2raw import SAMPLE, run
+
+from fink import access, streaming
+from fink.config import FinkConfig, ServicesConfig
+from fink.delivery import BatchPublisher
+from fink.filters import alert_filter
+from fink.science.modules import BUILTIN
+from fink.simulator import SimulatorConfig, load_messages, replay
+from fink.stages import distribution as dist
+
+pytestmark = [pytest.mark.integration, pytest.mark.spark]
+CATALOGUE = str(Path(__file__).resolve().parents[2] / "datasim" / "sample_night" / "catalogue.csv")
+
+
+@pytest.fixture(scope="module")
+def sample_science(spark, kafka_bootstrap, tmp_path_factory):
+    """The sample night through stream2raw and raw2science (several science files)."""
+    tmp = tmp_path_factory.mktemp("dist")
+    topic = f"dist_sample_{uuid.uuid4().hex[:8]}"
+    replay(SimulatorConfig(topic=topic), kafka_bootstrap, messages=load_messages(SimulatorConfig(source=SAMPLE)),
+           progress=False)
+    run(spark, kafka_bootstrap, topic, tmp, max_offsets=60)
+    paths, totals = science(spark, tmp, modules=BUILTIN, max_files_per_trigger=1,
+                            module_params={"fink.science.modules.xmatch:crossmatch": {"catalogue_path": CATALOGUE}})
+    assert totals["balanced"] and totals["batches"] >= 3
+    return tmp
+
+
+def distribute(spark, data_dir, filters, checkpoint=None, stop_after=None, **options):
+    """Run the stage (availableNow) and return (reconciled totals, sink)."""
+    fink = FinkConfig(data_dir=str(data_dir))
+    cfg = dist.DistributionConfig(filters=filters, checkpoint=checkpoint or str(data_dir / f"ck_{uuid.uuid4().hex}"),
+                                  **options)
+    writer = dist.build(spark, cfg, fink)
+    query = streaming.start(writer.trigger(availableNow=True), dist.QUERY_NAME)
+
+    def enough(queries):
+        if stop_after is not None and len([b for b in writer.fink_sink.delivered if b is not None]) >= stop_after:
+            for q in queries:
+                q.stop()
+
+    result = streaming.run_until([query], duration=300, poll=0.2, on_poll=enough)
+    return dist.reconcile(result.progress[dist.QUERY_NAME], writer.fink_sink.delivered), writer.fink_sink
+
+
+def consume(topics, group=None, **conf):
+    """Every committed message of ``topics``: {topic: [(key, value)]}."""
+    c = Consumer({"bootstrap.servers": ServicesConfig.load().kafka_bootstrap, "auto.offset.reset": "earliest",
+                  "group.id": group or f"t-{uuid.uuid4().hex}", **conf})
+    assigned = []
+    c.subscribe(list(topics), on_assign=lambda consumer, parts: assigned.append(parts))
+    out, idle, deadline = {t: [] for t in topics}, 0, time.monotonic() + 120
+    while idle < 8 and time.monotonic() < deadline:
+        msg = c.poll(0.5)
+        if msg is None:
+            idle += bool(assigned)  # idle only counts once the group gave us the partitions
+            continue
+        assert not msg.error(), msg.error()
+        idle = 0
+        out[msg.topic()].append((msg.key(), msg.value()))
+    c.close()
+    return out
+
+
+def science_rows(spark, data_dir):
+    from pyspark.sql import functions as F
+
+    df = spark.read.parquet(str(data_dir / "science"))
+    ts = [f.name for f in df.schema.fields if f.dataType.simpleString() == "timestamp"]
+    df = df.select(*[F.unix_micros(c).alias(c) if c in ts else F.col(c) for c in df.columns if c != "night"])
+    return {r["candid"]: r.asDict(recursive=True) for r in df.collect()}, ts
+
+
+def same(a, b):
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
+        return True
+    return a == b
+
+
+def micros(dt):
+    return (dt - datetime(1970, 1, 1, tzinfo=timezone.utc)) // __import__("datetime").timedelta(microseconds=1)
+
+
+def test_the_community_client_decodes_every_alert_equal_to_the_science_archive(spark, sample_science):
+    from fink_client.consumer import AlertConsumer
+
+    sfx = uuid.uuid4().hex[:6]
+    everything, light = f"all_{sfx}", f"light_{sfx}"
+    totals, _ = distribute(spark, sample_science, {everything: "fink.filters.builtin:bright",
+                                                   light: "fink.filters.builtin:bright"},
+                           filter_params={everything: {"limit": 99.0}, light: {"limit": 99.0}},
+                           topic_options={light: {"cutouts": False}})
+    assert totals["balanced"] and totals["alerts"] == 207 and totals["topics"][everything]["delivered"] == 207
+    rows, ts = science_rows(spark, sample_science)
+    # a user granted the topic reads it with fink-client, unchanged, on the SASL listener
+    services = ServicesConfig.load()
+    user = f"u{sfx}"
+    password = access.add_user(services.kafka_bootstrap, user).read_text().strip()
+    try:
+        for topic in (everything, light):
+            access.grant(services.kafka_bootstrap, user, topic)
+            client = AlertConsumer([topic], {"bootstrap.servers": services.kafka_users_bootstrap, "username": user,
+                                             "password": password, "group.id": f"{user}-check"}, survey="ztf")
+            got = []
+            while (msg := client.poll(5))[0] is not None:
+                got.append(msg[1])
+            client.close()
+            assert sorted(a["candid"] for a in got) == sorted(rows)
+            for alert in got:
+                want = dict(rows[alert["candid"]])
+                if topic == light:
+                    for c in dist.CUTOUTS:
+                        assert c not in alert
+                        want.pop(c)
+                want["cdsxmatch"] = want["xm_type"] or "Unknown"
+                alert = {k: micros(v) if k in ts and v is not None else v for k, v in alert.items()}
+                assert same(alert, want), alert["candid"]
+    finally:
+        access.remove_user(services.kafka_bootstrap, user)
+
+
+def test_users_are_refused_what_they_were_not_granted(sample_science, spark):
+    services = ServicesConfig.load()
+    sfx = uuid.uuid4().hex[:6]
+    granted, other = f"granted_{sfx}", f"other_{sfx}"
+    distribute(spark, sample_science, {granted: "fink.filters.builtin:bright", other: "fink.filters.builtin:bright"})
+    user = f"u{sfx}"
+    password = access.add_user(services.kafka_bootstrap, user).read_text().strip()
+    access.grant(services.kafka_bootstrap, user, granted)
+    sasl = {"bootstrap.servers": services.kafka_users_bootstrap, "security.protocol": "SASL_PLAINTEXT",
+            "sasl.mechanism": "SCRAM-SHA-512", "sasl.username": user}
+
+    def read(topic, pw, group):
+        errors = []
+        c = Consumer({**sasl, "sasl.password": pw, "group.id": group, "auto.offset.reset": "earliest",
+                      "error_cb": lambda e: errors.append(e)})
+        c.subscribe([topic])
+        n = 0
+        for _ in range(20):
+            msg = c.poll(0.5)
+            if msg is not None and msg.error():
+                errors.append(msg.error())
+                break
+            n += msg is not None
+            if errors or (n and msg is None):
+                break
+        c.close()
+        return n, " ".join(str(e) for e in errors)
+
+    try:
+        n, err = read(granted, password, f"{user}-a")
+        assert n > 0 and not err
+        assert "AUTHORIZATION" in read(other, password, f"{user}-b")[1].upper()  # no grant
+        assert "AUTHORIZATION" in read(f"ztf_{sfx}", password, f"{user}-c")[1].upper()  # not a user topic
+        assert "AUTHORIZATION" in read(granted, password, "someone-else")[1].upper()  # not their group
+        assert "AUTHENTICATION" in read(granted, "wrong" + password, f"{user}-d")[1].upper()
+        failures = []
+        p = Producer({**sasl, "sasl.password": password})
+        p.produce(granted, b"forged", on_delivery=lambda err, msg: failures.append(err))
+        p.flush(15)
+        assert failures and "AUTHORIZATION" in str(failures[0]).upper()  # cannot write
+        admin = AdminClient({**sasl, "sasl.password": password})
+        with pytest.raises(Exception, match="(?i)authoriz"):
+            admin.create_topics([NewTopic(f"mine_{sfx}", 1, 1)])[f"mine_{sfx}"].result(15)
+        access.revoke(services.kafka_bootstrap, user, granted)
+        assert "AUTHORIZATION" in read(granted, password, f"{user}-e")[1].upper()
+    finally:
+        access.remove_user(services.kafka_bootstrap, user)
+    assert user not in access.users(services.kafka_bootstrap)
+    assert not access.password_file(user).exists()
+
+
+def direct(rows, predicate):
+    return sorted(c for c, r in rows.items() if predicate(r))
+
+
+def test_stop_crash_and_restart_deliver_each_alert_once(spark, sample_science):
+    sfx = uuid.uuid4().hex[:6]
+    topic = f"once_{sfx}"
+    filters = {topic: "fink.filters.builtin:bright"}
+    checkpoint = str(sample_science / f"ck_once_{sfx}")
+    first, _ = distribute(spark, sample_science, filters, checkpoint, stop_after=1, max_files_per_trigger=1)
+    assert first["batches"] == 1
+    # a crash after Kafka's commit but before Spark's: Spark replays the batch, the log skips it
+    # (the state of a crash right then: the last batch planned and delivered, its commit not written)
+    def log(name):
+        return {int(p.name): p for p in Path(checkpoint, name).iterdir() if p.name.isdigit()}
+
+    last = max(log("commits"))
+    for n, path in [*((n, p) for n, p in log("offsets").items() if n > last), (last, log("commits")[last])]:
+        path.unlink()
+        Path(path.parent, f".{n}.crc").unlink(missing_ok=True)
+    # and a crash inside a transaction: messages sent, never committed (the restart fences it)
+    writer = f"{dist.QUERY_NAME}-{dist.query_id(spark, checkpoint)}"
+    zombie = BatchPublisher(ServicesConfig.load().kafka_bootstrap, writer)
+    zombie.producer.begin_transaction()
+    for _ in range(5):
+        zombie.producer.produce(topic, key=b"{}", value=b"never committed")
+    zombie.producer.flush(10)
+    second, sink = distribute(spark, sample_science, filters, checkpoint, max_files_per_trigger=1)
+    assert sink.delivered[last] is None
+    assert second["replayed"] == 1 and second["balanced"]
+    rows, _ = science_rows(spark, sample_science)
+    messages = consume([topic])[topic]
+    from fink.client import decode
+
+    candids = sorted(decode(k, v)["candid"] for k, v in messages)
+    assert candids == direct(rows, lambda r: r["candidate"]["magpsf"] < 18.0)  # each once, none lost
+
+
+@pytest.fixture
+def faulty_filter(monkeypatch):
+    from pyspark import cloudpickle
+
+    mod = types.ModuleType("faulty_filters")
+
+    @alert_filter(inputs=["candidate.magpsf"])
+    def fragile(mag):
+        raise ZeroDivisionError("no flux")
+
+    mod.fragile = fragile
+    fragile.__module__ = "faulty_filters"
+    monkeypatch.setitem(sys.modules, "faulty_filters", mod)
+    cloudpickle.register_pickle_by_value(mod)  # the Python workers cannot import it
+    yield mod
+    cloudpickle.unregister_pickle_by_value(mod)
+
+
+def test_fifty_filters_in_one_pass_send_what_a_direct_evaluation_selects(spark, sample_science, faulty_filter):
+    sfx = uuid.uuid4().hex[:6]
+    limits = [16.0 + 0.08 * k for k in range(50)]
+    many = {f"m{k:02d}_{sfx}": "fink.filters.builtin:bright" for k in range(50)}
+    params = {t: {"limit": limit} for t, limit in zip(many, limits, strict=True)}
+    one_topic = f"one_{sfx}"
+    totals50, _ = distribute(spark, sample_science, {**many, f"bad_{sfx}": "faulty_filters:fragile"},
+                             filter_params=params)
+    totals1, _ = distribute(spark, sample_science, {one_topic: "fink.filters.builtin:bright"},
+                            filter_params={one_topic: {"limit": limits[25]}})
+    assert totals50["balanced"] and totals1["balanced"]
+    # the failing filter is reported and selects nothing; the 50 others went on
+    assert totals50["filters"][f"bad_{sfx}"]["errors"] == 207
+    assert "ZeroDivisionError: no flux" in totals50["filters"][f"bad_{sfx}"]["error"]
+    rows, _ = science_rows(spark, sample_science)
+    from fink.client import decode
+
+    got = consume([*many, one_topic, f"bad_{sfx}"])
+    assert got[f"bad_{sfx}"] == []
+    for topic, limit in zip(many, limits, strict=True):
+        assert sorted(decode(k, v)["candid"] for k, v in got[topic]) == \
+            direct(rows, lambda r, lim=limit: r["candidate"]["magpsf"] < lim), topic
+    assert sorted(got[one_topic]) == sorted(got[list(many)[25]])  # same bytes, key and value
+    assert totals50["topics"][f"m25_{sfx}"]["delivered"] == totals1["topics"][one_topic]["delivered"] > 0
+
+
+def test_topics_exist_with_their_settings_before_any_alert(spark, tmp_path):
+    sfx = uuid.uuid4().hex[:6]
+    topic = f"empty_{sfx}"
+    services = ServicesConfig.load()
+    cfg = dist.DistributionConfig(filters={topic: "fink.filters.builtin:bright"}, partitions=3,
+                                  retention_ms=3600000)
+    dist.build(spark, cfg, FinkConfig(data_dir=str(tmp_path)))  # an empty science archive: nothing written
+    admin = AdminClient({"bootstrap.servers": services.kafka_bootstrap})
+    meta = admin.list_topics(timeout=10).topics
+    assert len(meta[topic].partitions) == 3 and all(p.leader >= 0 for p in meta[topic].partitions.values())
+    from confluent_kafka.admin import ConfigResource
+
+    res = ConfigResource("topic", topic)
+    conf = admin.describe_configs([res])[res].result(10)
+    assert conf["retention.ms"].value == "3600000"
+    schema = consume([f"{topic}_schema"])[f"{topic}_schema"]
+    assert len(schema) == 1 and b'"candidate"' in schema[0][0]
