@@ -124,8 +124,13 @@ def revoke(bootstrap: str, name: str, topic: str) -> None:
 
 def grants(bootstrap: str) -> dict[str, list[str]]:
     """User -> the topics they may read (``_schema`` topics left out)."""
-    from confluent_kafka.admin import (AclBindingFilter, AclOperation, AclPermissionType, ResourcePatternType,
-                                       ResourceType)
+    from confluent_kafka.admin import (
+        AclBindingFilter,
+        AclOperation,
+        AclPermissionType,
+        ResourcePatternType,
+        ResourceType,
+    )
 
     query = AclBindingFilter(ResourceType.TOPIC, None, ResourcePatternType.ANY, None, None, AclOperation.READ,
                              AclPermissionType.ALLOW)
@@ -144,8 +149,15 @@ def grants(bootstrap: str) -> dict[str, list[str]]:
 
 def remove_user(bootstrap: str, name: str, home: Path | None = None) -> None:
     """Delete ``name``'s credential, every ACL of theirs, and the operator's copy of the password."""
-    from confluent_kafka.admin import (AclBindingFilter, AclOperation, AclPermissionType, ResourcePatternType,
-                                       ResourceType, ScramMechanism, UserScramCredentialDeletion)
+    from confluent_kafka.admin import (
+        AclBindingFilter,
+        AclOperation,
+        AclPermissionType,
+        ResourcePatternType,
+        ResourceType,
+        ScramMechanism,
+        UserScramCredentialDeletion,
+    )
 
     admin = _admin(bootstrap)
     query = AclBindingFilter(ResourceType.ANY, None, ResourcePatternType.ANY, f"User:{_check_name(name)}", None,

@@ -6,7 +6,7 @@ import sys
 import time
 import types
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -97,7 +97,7 @@ def same(a, b):
 
 
 def micros(dt):
-    return (dt - datetime(1970, 1, 1, tzinfo=timezone.utc)) // __import__("datetime").timedelta(microseconds=1)
+    return (dt - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
 
 
 def test_the_community_client_decodes_every_alert_equal_to_the_science_archive(spark, sample_science):

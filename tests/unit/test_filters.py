@@ -3,14 +3,26 @@
 import io
 import sys
 import types
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import fastavro
 import numpy as np
 import pandas as pd
 import pytest
-from pyspark.sql.types import (ArrayType, BinaryType, DecimalType, DoubleType, FloatType, IntegerType, LongType,
-                               MapType, StringType, StructField, StructType, TimestampType)
+from pyspark.sql.types import (
+    ArrayType,
+    BinaryType,
+    DecimalType,
+    DoubleType,
+    FloatType,
+    IntegerType,
+    LongType,
+    MapType,
+    StringType,
+    StructField,
+    StructType,
+    TimestampType,
+)
 
 from fink.avro import SchemaError, avro_schema
 from fink.filters import FilterError, alert_filter, load_filters
@@ -99,7 +111,7 @@ def test_the_avro_schema_of_an_alert_round_trips_through_fastavro():
     record = {"objectId": "ZTF1", "candid": 7, "candidate": {"magpsf": 18.5, "fid": 1},
               "prv_candidates": [{"magpsf": None}, {"magpsf": 19.25}, None],
               "cutoutScience": {"stampData": b"\x1f\x8bfits"}, "fink_modules": {"m": "1.0"},
-              "processingEnd": datetime(2026, 11, 28, 1, 2, 3, 456789, tzinfo=timezone.utc), "snia_prob": None}
+              "processingEnd": datetime(2026, 11, 28, 1, 2, 3, 456789, tzinfo=UTC), "snia_prob": None}
     buf = io.BytesIO()
     fastavro.schemaless_writer(buf, parsed, record)
     assert fastavro.schemaless_reader(io.BytesIO(buf.getvalue()), parsed) == record
