@@ -13,8 +13,9 @@ import yaml
 pytestmark = [pytest.mark.integration, pytest.mark.spark]
 ROOT = Path(__file__).resolve().parents[2]
 # in pipeline order, sharing one FINK_HOME: the simulator fills the topic that checkstream's
-# and stream2raw's defaults read, stream2raw fills the raw archive raw2science reads
-ORDER = ["smoke", "simulator", "checkstream", "stream2raw", "raw2science", "science_module"]
+# and stream2raw's defaults read, stream2raw fills the raw archive raw2science reads, raw2science
+# the science archive distribution reads, distribution the topic the client notebook reads
+ORDER = ["smoke", "simulator", "checkstream", "stream2raw", "raw2science", "science_module", "distribution", "client"]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"), key=lambda p: ORDER.index(p.stem) if p.stem in ORDER else 99)
 
 
@@ -115,6 +116,22 @@ def test_raw2science_headless_with_each_conf(conf, kafka_bootstrap, tmp_path):
     assert "'alerts': 229" in text and "'balanced': True" in text
     assert "without values" not in text  # no module failed
     assert list((tmp_path / "data" / "science" / "night=20261127").glob("*.parquet"))
+
+
+@pytest.mark.parametrize("conf", ["local.yaml", "ci.yaml"])
+def test_distribution_headless_with_each_conf(conf, kafka_bootstrap, tmp_path):
+    text = run_headless("distribution", conf, tmp_path)
+    assert "'alerts': 207" in text and "'balanced': True" in text  # the 229 minus the quality cuts
+    assert "not evaluated" not in text  # no filter failed
+
+
+def test_distribution_notebook_defaults_are_the_stage_defaults():
+    import papermill
+
+    from fink.stages.distribution import DEFAULT_FILTERS
+
+    declared = papermill.inspect_notebook(str(ROOT / "notebooks" / "distribution.ipynb"))
+    assert eval(declared["filters"]["default"]) == DEFAULT_FILTERS
 
 
 def test_raw2science_notebook_defaults_are_the_stage_defaults():

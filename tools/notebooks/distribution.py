@@ -82,7 +82,8 @@ monitor = QueryMonitor("distribution")  # input rows/s, batch time
 per_topic = display(pd.DataFrame(columns=["alerts out"]), display_id=True)
 
 def watch(queries):
-    monitor(queries)
+    if queries:
+        monitor(queries)
     out = {f.topic: 0 for f in user_filters}
     for counts in sink.delivered.values():
         for name, n in (counts or {}).items():
