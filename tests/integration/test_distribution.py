@@ -1,6 +1,7 @@
 """distribution on the real broker: the community client decodes what was sent, access
 control, exactly-once after restarts, and 1 versus 50 filters."""
 
+import json
 import math
 import sys
 import time
@@ -288,3 +289,24 @@ def test_topics_exist_with_their_settings_before_any_alert(spark, tmp_path):
     assert conf["retention.ms"].value == "3600000"
     schema = consume([f"{topic}_schema"])[f"{topic}_schema"]
     assert len(schema) == 1 and b'"candidate"' in schema[0][0]
+
+
+def test_fink_users_commands_never_print_the_password(capsys, sample_science, spark):
+    from fink.cli import main
+
+    sfx = uuid.uuid4().hex[:6]
+    user, topic = f"cli{sfx}", f"cli_{sfx}"
+    distribute(spark, sample_science, {topic: "fink.filters.builtin:bright"})
+    try:
+        assert main(["users", "add", user]) == 0
+        password = access.password_file(user).read_text().strip()
+        assert main(["users", "grant", user, topic]) == 0
+        assert main(["users", "list", "--json"]) == 0
+        out = capsys.readouterr().out
+        assert password not in out and f"{user}: may read {topic}" in out
+        listed = json.loads(out[out.index("{"):])
+        assert listed[user] == [topic]
+        assert main(["users", "grant", f"nobody{sfx}", topic]) == 1
+        assert "no such user" in capsys.readouterr().err
+    finally:
+        assert main(["users", "remove", user]) == 0

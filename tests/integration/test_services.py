@@ -53,10 +53,11 @@ def test_start_again_starts_no_duplicate(hbase_thrift):
 
 def test_kafka_lifecycle_in_its_own_home(tmp_path):
     """A second broker on other ports: start, answer, refuse a duplicate port, stop by PID."""
-    kafka_port, controller = free_ports(2)
+    kafka_port, controller, sasl = free_ports(3)
     home = tmp_path / "home"
     home.mkdir()
-    (home / "services.yaml").write_text(f"kafka_port: {kafka_port}\nkafka_controller_port: {controller}\n")
+    (home / "services.yaml").write_text(f"kafka_port: {kafka_port}\nkafka_controller_port: {controller}\n"
+                                        f"kafka_sasl_port: {sasl}\n")
     env = {**os.environ, "FINK_HOME": str(home)}
     try:
         proc = fink("services", "start", "kafka", env=env)
@@ -86,8 +87,9 @@ def test_kafka_lifecycle_in_its_own_home(tmp_path):
 
 def test_failing_service_prints_its_log_tail(tmp_path, monkeypatch):
     monkeypatch.setenv("FINK_HOME", str(tmp_path))
-    port, controller = free_ports(2)
-    config = ServicesConfig.from_mapping({"kafka_port": port, "kafka_controller_port": controller})
+    port, controller, sasl = free_ports(3)
+    config = ServicesConfig.from_mapping({"kafka_port": port, "kafka_controller_port": controller,
+                                          "kafka_sasl_port": sasl})
     svc = services.select(["kafka"], home=tmp_path, config=config)[0]
     # storage that looks formatted but is not: Kafka refuses to start on it
     (tmp_path / "data" / "kafka").mkdir(parents=True)
