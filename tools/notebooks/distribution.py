@@ -72,8 +72,8 @@ if simulator:
 """),
 ("md", "## Source, filters, writer; start, watch the alerts out per topic, end within `duration`"),
 ("code", """
-from IPython.display import display
 import pandas as pd
+from IPython.display import display
 
 writer = distribution.build(spark, stage, cfg)  # creates the topics, publishes their schemas
 sink = writer.fink_sink
