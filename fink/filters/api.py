@@ -58,6 +58,11 @@ class AlertFilter:
         return self.module.name
 
 
+def label(topic: str) -> str:
+    """The metric-safe name of a topic (its filter's metrics are named after it)."""
+    return re.sub(r"[^A-Za-z0-9_]", "_", topic)
+
+
 def alert_filter(inputs: Sequence[str], version: str = "1.0") -> Callable:
     """Declare a filter: its input columns, in the order of its positional parameters."""
     declare = module(inputs, {"selected": "boolean"}, version)
@@ -91,8 +96,8 @@ def load_filters(filters: Mapping[str, str], params: Mapping[str, Mapping[str, A
         except ScienceModuleError as exc:
             raise FilterError(f"filter of topic '{topic}': {str(exc).replace('science module ', '', 1)}") from exc
         # each filter writes its own column; metrics are named after its topic
-        label = re.sub(r"[^A-Za-z0-9_]", "_", topic)
-        loaded.append(AlertFilter(topic, dataclasses.replace(bound, outputs={f"_sel{k}": "boolean"}, label=label)))
+        loaded.append(AlertFilter(topic, dataclasses.replace(bound, outputs={f"_sel{k}": "boolean"},
+                                                             label=label(topic))))
     return loaded
 
 

@@ -330,6 +330,23 @@ def apply_modules(df: "DataFrame", modules: Sequence[ScienceModule], fail: bool 
     return df.select(*[c for c in df.columns if c != tmp], *outputs)
 
 
+def add_metrics(into: dict[str, dict[str, Any]], row: Any) -> None:
+    """Sum one batch's observed module metrics (``observe_as`` of :func:`apply_modules`) into
+    ``into``: key -> ``{"seconds", "errors", "error"}`` (the last error text seen)."""
+    if row is None:
+        return
+    values = row.asDict() if hasattr(row, "asDict") else dict(row)
+    for key, value in values.items():
+        name, _, what = key.rpartition("_")
+        entry = into.setdefault(name, {"seconds": 0.0, "errors": 0, "error": None})
+        if what == "seconds":
+            entry["seconds"] += float(value or 0)
+        elif what == "errors":
+            entry["errors"] += int(value or 0)
+        elif what == "error" and value:
+            entry["error"] = value
+
+
 def provenance(modules: Sequence[ScienceModule]) -> dict[str, str]:
     """Module name -> version, as recorded on every output alert."""
     return {m.name: m.version for m in modules}

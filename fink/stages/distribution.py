@@ -25,7 +25,8 @@ from typing import TYPE_CHECKING, Any
 from fink import kafka
 from fink.avro import avro_schema
 from fink.config import ConfigError, FinkConfig, Validated
-from fink.filters.api import SELECTED, AlertFilter, load_filters
+from fink.filters.api import SELECTED, AlertFilter, label, load_filters
+from fink.science.api import add_metrics
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -298,18 +299,7 @@ def reconcile(progress: list[dict], delivered: dict[int, dict[str, int] | None])
                 entry = totals["topics"].setdefault(key[len("selected_"):], {"selected": 0, "delivered": 0})
                 entry["selected"] += int(n or 0)
         for topic, n in sent.items():
-            label = topic.replace(".", "_").replace("-", "_")
-            totals["topics"].setdefault(label, {"selected": 0, "delivered": 0})["delivered"] += n
-        errs = metrics.get(FILTERS_METRICS)
-        errs = (errs.asDict() if hasattr(errs, "asDict") else dict(errs)) if errs is not None else {}
-        for key, value in errs.items():
-            name, _, what = key.rpartition("_")
-            entry = totals["filters"].setdefault(name, {"seconds": 0.0, "errors": 0, "error": None})
-            if what == "seconds":
-                entry["seconds"] += float(value or 0)
-            elif what == "errors":
-                entry["errors"] += int(value or 0)
-            elif what == "error" and value:
-                entry["error"] = value
+            totals["topics"].setdefault(label(topic), {"selected": 0, "delivered": 0})["delivered"] += n
+        add_metrics(totals["filters"], metrics.get(FILTERS_METRICS))
     totals["balanced"] = all(t["selected"] == t["delivered"] for t in totals["topics"].values())
     return totals

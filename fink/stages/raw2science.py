@@ -23,7 +23,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from fink.config import ConfigError, FinkConfig, Validated
-from fink.science.api import ScienceModule, apply_modules, load_modules, provenance
+from fink.science.api import ScienceModule, add_metrics, apply_modules, load_modules, provenance
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame, SparkSession
@@ -219,17 +219,7 @@ def reconcile(spark: "SparkSession", progress: list[dict], science_path: str) ->
         for key, n in values.items():
             if key.startswith("rejected_") and n:
                 totals["reasons"][key[len("rejected_"):]] = totals["reasons"].get(key[len("rejected_"):], 0) + int(n)
-        mods = metrics.get(MODULES_METRICS)
-        mods = (mods.asDict() if hasattr(mods, "asDict") else dict(mods)) if mods is not None else {}
-        for key, value in mods.items():
-            name, _, what = key.rpartition("_")
-            entry = totals["modules"].setdefault(name, {"seconds": 0.0, "errors": 0, "error": None})
-            if what == "seconds":
-                entry["seconds"] += float(value or 0)
-            elif what == "errors":
-                entry["errors"] += int(value or 0)
-            elif what == "error" and value:
-                entry["error"] = value
+        add_metrics(totals["modules"], metrics.get(MODULES_METRICS))
         record = filestore.committed(spark, science_path, int(p["batchId"]))
         if record is not None:
             totals["written"] += record["alerts"]

@@ -199,8 +199,8 @@ def test_stop_crash_and_restart_deliver_each_alert_once(spark, sample_science):
     topic = f"once_{sfx}"
     filters = {topic: "fink.filters.builtin:bright"}
     checkpoint = str(sample_science / f"ck_once_{sfx}")
-    first, _ = distribute(spark, sample_science, filters, checkpoint, stop_after=1, max_files_per_trigger=1)
-    assert first["batches"] == 1
+    first, first_sink = distribute(spark, sample_science, filters, checkpoint, stop_after=1, max_files_per_trigger=1)
+    assert first["batches"] >= 1  # a second batch may have been delivered before the stop took effect
     # a crash after Kafka's commit but before Spark's: Spark replays the batch, the log skips it
     # (the state of a crash right then: the last batch planned and delivered, its commit not written)
     def log(name):
@@ -218,8 +218,10 @@ def test_stop_crash_and_restart_deliver_each_alert_once(spark, sample_science):
         zombie.producer.produce(topic, key=b"{}", value=b"never committed")
     zombie.producer.flush(10)
     second, sink = distribute(spark, sample_science, filters, checkpoint, max_files_per_trigger=1)
-    assert sink.delivered[last] is None
-    assert second["replayed"] == 1 and second["balanced"]
+    # the replayed batch, and any batch the first run delivered without Spark recording it, are skipped
+    skipped = {b for b, counts in sink.delivered.items() if counts is None}
+    assert last in skipped and skipped <= set(first_sink.delivered) and second["balanced"]
+    assert second["replayed"] == len(skipped)
     rows, _ = science_rows(spark, sample_science)
     messages = consume([topic])[topic]
     from fink.client import decode
