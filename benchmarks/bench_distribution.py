@@ -29,7 +29,7 @@ import types
 import uuid
 
 import pandas as pd
-from bench_raw2science import science_config
+from bench_raw2science import raw_archive, science_config
 from bench_stream2raw import SHARED, unique_copies
 
 from fink import streaming
@@ -64,12 +64,7 @@ def filters(n: int, tag: str) -> tuple[dict, dict]:
 
 
 def science_archive(spark, bootstrap: str, messages: list[bytes], alerts: int, tmp: str) -> FinkConfig:
-    topic = f"bench_dist_{uuid.uuid4().hex[:8]}"
-    replay(SimulatorConfig(topic=topic), bootstrap, messages=unique_copies(messages, alerts), progress=False)
-    fink = FinkConfig(kafka_bootstrap=bootstrap, data_dir=tmp, log_level="ERROR")
-    raw = s2r.Stream2RawConfig(topic=topic, max_offsets_per_trigger=5000, files_per_batch=2)
-    streaming.run_until([streaming.start(s2r.build(spark, raw, fink).trigger(availableNow=True), s2r.QUERY_NAME)],
-                        duration=1800, poll=1.0)
+    fink = raw_archive(spark, bootstrap, messages, alerts, tmp)
     cfg = science_config(tmp, max_files_per_trigger=2)
     streaming.run_until([streaming.start(r2s.build(spark, cfg, fink).trigger(availableNow=True), r2s.QUERY_NAME)],
                         duration=1800, poll=1.0)

@@ -47,13 +47,19 @@ def science_config(tmp: str, **options) -> r2s.Raw2ScienceConfig:
         **options)
 
 
-def throughput(spark, bootstrap: str, messages: list[bytes], alerts: int, tmp: str) -> dict:
-    topic = f"bench_r2s_{uuid.uuid4().hex[:8]}"
+def raw_archive(spark, bootstrap: str, messages: list[bytes], alerts: int, tmp: str) -> FinkConfig:
+    """``alerts`` unique copies of ``messages`` through Kafka and stream2raw into ``tmp``/raw."""
+    topic = f"bench_raw_{uuid.uuid4().hex[:8]}"
     replay(SimulatorConfig(topic=topic), bootstrap, messages=unique_copies(messages, alerts), progress=False)
     fink = FinkConfig(kafka_bootstrap=bootstrap, data_dir=tmp, log_level="ERROR")
     raw = s2r.Stream2RawConfig(topic=topic, max_offsets_per_trigger=5000, files_per_batch=2)
     streaming.run_until([streaming.start(s2r.build(spark, raw, fink).trigger(availableNow=True), s2r.QUERY_NAME)],
                         duration=1800, poll=1.0)
+    return fink
+
+
+def throughput(spark, bootstrap: str, messages: list[bytes], alerts: int, tmp: str) -> dict:
+    fink = raw_archive(spark, bootstrap, messages, alerts, tmp)
     cfg = science_config(tmp, max_files_per_trigger=4)
     t0 = time.perf_counter()
     result = streaming.run_until([streaming.start(r2s.build(spark, cfg, fink).trigger(availableNow=True),
@@ -110,8 +116,7 @@ def latency(spark, bootstrap: str, messages: list[bytes], rate: float, seconds: 
                                                                 for p in busy), 2) if busy else 0,
                          "steps_ms_p50": {k: statistics.median(p["durationMs"].get(k, 0) for p in busy)
                                           for k in busy[0]["durationMs"]} if busy else {}}
-        mods = [(p.get("observedMetrics") or {}).get(r2s.MODULES_METRICS) for p in busy]
-        mods = [m.asDict() if hasattr(m, "asDict") else dict(m) for m in mods if m is not None]
+        mods = [m for m in (streaming.observed(p, r2s.MODULES_METRICS) for p in busy) if m is not None]
         if mods:
             batches[name]["module_seconds_per_batch_p50"] = {
                 k[:-len("_seconds")]: round(statistics.median(float(m[k] or 0) for m in mods), 3)

@@ -134,6 +134,3 @@ class BatchPublisher:
             self.producer.abort_transaction(self.timeout)
         except Exception as exc:  # noqa: BLE001 - the original error is the one to raise
             logger.warning("delivery %s: abort failed (%s); the next start fences it", self.writer, exc)
-
-    def close(self) -> None:
-        self.producer.flush(self.timeout)

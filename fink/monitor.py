@@ -14,6 +14,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from fink.log import logger
+from fink.streaming import observed
 
 if TYPE_CHECKING:
     from pyspark.sql.streaming import StreamingQuery
@@ -48,8 +49,8 @@ def _observed(progress: list[dict], name: str) -> int | None:
     """Sum of an observed metric (``DataFrame.observe``) over the reports, if the query has one."""
     total, seen = 0, False
     for p in progress:
-        for row in (p.get("observedMetrics") or {}).values():
-            values = row.asDict() if hasattr(row, "asDict") else row
+        for key in p.get("observedMetrics") or {}:
+            values = observed(p, key) or {}
             if name in values:
                 total, seen = total + int(values[name] or 0), True
     return total if seen else None

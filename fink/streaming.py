@@ -37,6 +37,14 @@ class RunResult:
     progress: dict[str, list[dict]] = field(default_factory=dict)
 
 
+def observed(progress: dict, name: str) -> dict | None:
+    """The metrics one progress report holds under ``name`` (``DataFrame.observe``), as a dict."""
+    row = (progress.get("observedMetrics") or {}).get(name)
+    if row is None:
+        return None
+    return row.asDict() if hasattr(row, "asDict") else dict(row)
+
+
 def stop_requested(stop_file: str | Path | None) -> bool:
     """True if ``fink stop`` asked this run to end (its stop file exists)."""
     return bool(stop_file) and Path(stop_file).exists()

@@ -96,6 +96,7 @@ class AlertStream:
         else:
             conf["bootstrap.servers"] = bootstrap or services.kafka_bootstrap
         self._errors: list[str] = []
+        self._keys: dict[str, bytes] = {}  # topic -> the schema key of its last message
         self._consumer = Consumer(conf)
         self._consumer.subscribe(self.topics)
 
@@ -115,7 +116,14 @@ class AlertStream:
             return None
         if msg.error():
             raise ClientError(f"topics {self.topics}: {msg.error()}")
-        return msg.topic(), decode(msg.key(), msg.value())
+        alert = decode(msg.key(), msg.value())
+        self._keys[msg.topic()] = msg.key()
+        return msg.topic(), alert
+
+    def schema(self, topic: str) -> dict[str, Any] | None:
+        """The Avro schema of ``topic``'s last alert read (to save alerts as Avro), or None."""
+        key = self._keys.get(topic)
+        return json.loads(key) if key else None
 
     def __iter__(self) -> Iterator[tuple[str, dict[str, Any]]]:
         return self.alerts()

@@ -330,13 +330,10 @@ def apply_modules(df: "DataFrame", modules: Sequence[ScienceModule], fail: bool 
     return df.select(*[c for c in df.columns if c != tmp], *outputs)
 
 
-def add_metrics(into: dict[str, dict[str, Any]], row: Any) -> None:
+def add_metrics(into: dict[str, dict[str, Any]], values: Mapping[str, Any] | None) -> None:
     """Sum one batch's observed module metrics (``observe_as`` of :func:`apply_modules`) into
     ``into``: key -> ``{"seconds", "errors", "error"}`` (the last error text seen)."""
-    if row is None:
-        return
-    values = row.asDict() if hasattr(row, "asDict") else dict(row)
-    for key, value in values.items():
+    for key, value in (values or {}).items():
         name, _, what = key.rpartition("_")
         entry = into.setdefault(name, {"seconds": 0.0, "errors": 0, "error": None})
         if what == "seconds":

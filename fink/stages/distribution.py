@@ -27,6 +27,7 @@ from fink.avro import avro_schema
 from fink.config import ConfigError, FinkConfig, Validated
 from fink.filters.api import SELECTED, AlertFilter, label, load_filters
 from fink.science.api import add_metrics
+from fink.streaming import observed
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -280,13 +281,9 @@ def reconcile(progress: list[dict], delivered: dict[int, dict[str, int] | None])
     totals: dict[str, Any] = {"batches": 0, "alerts": 0, "selected": 0, "topics": {}, "filters": {},
                               "replayed": sum(1 for v in delivered.values() if v is None)}
     for p in progress:
-        metrics = p.get("observedMetrics") or {}
-        row = metrics.get(QUERY_NAME)
-        if row is None:
-            continue
-        values = row.asDict() if hasattr(row, "asDict") else dict(row)
+        values = observed(p, QUERY_NAME)
         batch = int(p["batchId"])
-        if not values.get("alerts"):
+        if not values or not values.get("alerts"):
             continue
         if batch in delivered and delivered[batch] is None:
             continue
@@ -300,6 +297,6 @@ def reconcile(progress: list[dict], delivered: dict[int, dict[str, int] | None])
                 entry["selected"] += int(n or 0)
         for topic, n in sent.items():
             totals["topics"].setdefault(label(topic), {"selected": 0, "delivered": 0})["delivered"] += n
-        add_metrics(totals["filters"], metrics.get(FILTERS_METRICS))
+        add_metrics(totals["filters"], observed(p, FILTERS_METRICS))
     totals["balanced"] = all(t["selected"] == t["delivered"] for t in totals["topics"].values())
     return totals

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from fink.config import ConfigError, FinkConfig, Validated
 from fink.science.api import ScienceModule, add_metrics, apply_modules, load_modules, provenance
+from fink.streaming import observed
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame, SparkSession
@@ -206,12 +207,8 @@ def reconcile(spark: "SparkSession", progress: list[dict], science_path: str) ->
     totals: dict[str, Any] = {"batches": 0, "alerts": 0, "kept": 0, "rejected": 0, "written": 0,
                               "reasons": {}, "modules": {}}
     for p in progress:
-        metrics = p.get("observedMetrics") or {}
-        row = metrics.get(QUERY_NAME)
-        if row is None:
-            continue
-        values = row.asDict() if hasattr(row, "asDict") else dict(row)
-        if not values.get("alerts"):
+        values = observed(p, QUERY_NAME)
+        if not values or not values.get("alerts"):
             continue
         totals["batches"] += 1
         for key in ("alerts", "kept", "rejected"):
@@ -219,7 +216,7 @@ def reconcile(spark: "SparkSession", progress: list[dict], science_path: str) ->
         for key, n in values.items():
             if key.startswith("rejected_") and n:
                 totals["reasons"][key[len("rejected_"):]] = totals["reasons"].get(key[len("rejected_"):], 0) + int(n)
-        add_metrics(totals["modules"], metrics.get(MODULES_METRICS))
+        add_metrics(totals["modules"], observed(p, MODULES_METRICS))
         record = filestore.committed(spark, science_path, int(p["batchId"]))
         if record is not None:
             totals["written"] += record["alerts"]

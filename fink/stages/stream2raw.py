@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from fink import avro
 from fink.config import ConfigError, FinkConfig, Validated
 from fink.log import logger
+from fink.streaming import observed
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame, SparkSession
@@ -492,10 +493,9 @@ def reconcile(spark: "SparkSession", progress: list[dict], raw_path: str) -> dic
     totals: dict[str, Any] = {"batches": 0, "messages": 0, "decoded": 0, "archived": 0, "quarantined": 0,
                               "reasons": {}}
     for p in progress:
-        row = (p.get("observedMetrics") or {}).get(QUERY_NAME)
-        if row is None:
+        values = observed(p, QUERY_NAME)
+        if values is None:
             continue
-        values = row.asDict() if hasattr(row, "asDict") else row
         totals["messages"] += int(values.get("messages") or 0)
         totals["decoded"] += int(values.get("decoded") or 0)
         record = filestore.committed(spark, raw_path, int(p["batchId"])) if values.get("messages") else None

@@ -161,6 +161,8 @@ from fink.client import AlertStream
 with AlertStream(topics, group_id=group_id if not user or group_id.startswith(user) else f"{user}-{group_id}",
                  user=user or None, password_file=password_file or None) as stream:
     received = list(stream.alerts(limit=max_alerts, idle=idle))
+    # topics may send different fields: with one topic, the scanner saves alerts as Avro, else as JSON
+    schema = stream.schema(topics[0]) if len(topics) == 1 else None
 alerts = [a for _, a in received]
 print(f"{len(alerts)} alerts from {sorted({t for t, _ in received})}")
 """),
@@ -189,7 +191,7 @@ from IPython.display import display
 
 from fink.client.scanner import Scanner
 
-scanner = Scanner(alerts, save_to)
+scanner = Scanner(alerts, save_to, schema)
 display(scanner.widget)
 """),
 ]
