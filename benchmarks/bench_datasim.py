@@ -17,6 +17,7 @@ import uuid
 from fink.config import ServicesConfig
 from fink.datasim import NightConfig, generate_night
 from fink.datasim.sources import read_messages
+from fink.kafka import temporary_topics
 from fink.simulator import SimulatorConfig, replay
 
 
@@ -52,4 +53,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with temporary_topics(ServicesConfig.load().kafka_bootstrap):  # the broker's disk keeps no bench data
+        main()

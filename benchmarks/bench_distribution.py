@@ -32,7 +32,7 @@ import pandas as pd
 from bench_raw2science import raw_archive, science_config
 from bench_stream2raw import SHARED, unique_copies
 
-from fink import streaming
+from fink import kafka, streaming
 from fink.config import FinkConfig, ServicesConfig
 from fink.datasim.sources import read_messages
 from fink.filters import alert_filter
@@ -107,7 +107,6 @@ def end_to_end(spark, bootstrap: str, messages: list[bytes], rate: float, second
     count = int(rate * seconds)
     stream = unique_copies(messages, count)
     fink = FinkConfig(kafka_bootstrap=bootstrap, data_dir=tmp, log_level="ERROR")
-    from fink import kafka
 
     kafka.ensure_topic(bootstrap, topic)
     out_topic = f"bench_out_{uuid.uuid4().hex[:8]}"
@@ -199,4 +198,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with kafka.temporary_topics(ServicesConfig.load().kafka_bootstrap):  # the broker's disk keeps no bench data
+        main()

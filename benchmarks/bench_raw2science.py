@@ -29,7 +29,7 @@ from pathlib import Path
 
 from bench_stream2raw import SHARED, unique_copies
 
-from fink import streaming
+from fink import kafka, streaming
 from fink.config import FinkConfig, ServicesConfig
 from fink.datasim.sources import read_messages
 from fink.science.modules import BUILTIN
@@ -86,7 +86,6 @@ def latency(spark, bootstrap: str, messages: list[bytes], rate: float, seconds: 
     count = int(rate * seconds)
     stream = unique_copies(messages, count)
     fink = FinkConfig(kafka_bootstrap=bootstrap, data_dir=tmp, log_level="ERROR")
-    from fink import kafka
 
     kafka.ensure_topic(bootstrap, topic)
     raw = s2r.Stream2RawConfig(topic=topic, starting_offsets="earliest", files_per_batch=files)
@@ -175,4 +174,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with kafka.temporary_topics(ServicesConfig.load().kafka_bootstrap):  # the broker's disk keeps no bench data
+        main()

@@ -24,6 +24,7 @@ import fastavro
 from fink import filestore, streaming
 from fink.config import FinkConfig, ServicesConfig
 from fink.datasim.sources import read_messages
+from fink.kafka import temporary_topics
 from fink.simulator import SimulatorConfig, replay
 from fink.stages import stream2raw as s2r
 
@@ -130,4 +131,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with temporary_topics(ServicesConfig.load().kafka_bootstrap):  # the broker's disk keeps no bench data
+        main()

@@ -8,7 +8,7 @@ import logging
 import sys
 from pathlib import Path
 
-from fink import jvm, runner, services
+from fink import jvm, kafka, runner, services
 from fink.config import ServicesConfig, fink_home
 from fink.errors import FinkError
 from fink.log import logger
@@ -157,18 +157,20 @@ def _demo(conf: str | None) -> int:
     conf_path = Path(conf) if conf else root / "conf" / "local.yaml"
     out_dir = fink_home() / "runs" / "demo"
     out_dir.mkdir(parents=True, exist_ok=True)
-    for name, extra in (("smoke", {}), ("raw2science", {"simulator": True})):
-        notebook = runner.notebooks_dir() / f"{name}.ipynb"
-        params = runner.resolve_parameters(notebook, str(conf_path), simulator=False)
-        params.pop("stop_file", None)
-        if name == "raw2science":  # a fresh archive and topic each time: the demo shows one night
-            data = out_dir / "data"
-            shutil.rmtree(data, ignore_errors=True)
-            extra = {**extra, "data_dir": str(data), "topic": f"demo_{uuid.uuid4().hex[:8]}"}
-        out_nb = out_dir / f"{name}.ipynb"
-        print(f"running {notebook.name} with {conf_path.name} (executed notebook: {out_nb})")
-        papermill.execute_notebook(str(notebook), str(out_nb), parameters={**params, **extra}, progress_bar=True,
-                                   cwd=str(notebook.parent))
+    # the demo's fresh topics are deleted at the end: repeated demos fill no disk
+    with kafka.temporary_topics(ServicesConfig.load().kafka_bootstrap):
+        for name, extra in (("smoke", {}), ("raw2science", {"simulator": True})):
+            notebook = runner.notebooks_dir() / f"{name}.ipynb"
+            params = runner.resolve_parameters(notebook, str(conf_path), simulator=False)
+            params.pop("stop_file", None)
+            if name == "raw2science":  # a fresh archive and topic each time: the demo shows one night
+                data = out_dir / "data"
+                shutil.rmtree(data, ignore_errors=True)
+                extra = {**extra, "data_dir": str(data), "topic": f"demo_{uuid.uuid4().hex[:8]}"}
+            out_nb = out_dir / f"{name}.ipynb"
+            print(f"running {notebook.name} with {conf_path.name} (executed notebook: {out_nb})")
+            papermill.execute_notebook(str(notebook), str(out_nb), parameters={**params, **extra}, progress_bar=True,
+                                       cwd=str(notebook.parent))
     report = fink_home() / "reports" / "smoke"
     summary = json.loads((report / "summary.json").read_text())
     print("\nWhat the smoke pipeline did:")

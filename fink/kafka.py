@@ -8,7 +8,8 @@ switched on, as the Fink community client does; otherwise plaintext.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from fink.config import secret
@@ -116,6 +117,58 @@ def ensure_topic(bootstrap: str, topic: str, partitions: int = 1, timeout: float
             raise KafkaError(f"topic {topic!r} on {bootstrap}: no leader after {timeout:.0f} s "
                              f"({meta.error if meta is not None else 'not in the metadata'})")
         time.sleep(0.2)
+
+
+def topics(bootstrap: str, timeout: float = 30.0) -> set[str]:
+    """The names of the topics on ``bootstrap``, Kafka's internal ones (``__*``) left out."""
+    from confluent_kafka.admin import AdminClient
+
+    names = AdminClient(client_config(bootstrap)).list_topics(timeout=timeout).topics
+    return {name for name in names if not name.startswith("__")}
+
+
+def delete_topics(bootstrap: str, names: Iterable[str], timeout: float = 60.0) -> list[str]:
+    """Delete the topics ``names`` (and their data on disk); return those deleted.
+
+    A topic that is already gone is not an error. Tests and benchmarks call it on what
+    they created, so the broker's disk does not fill up with their data.
+    """
+    from confluent_kafka.admin import AdminClient
+
+    names = sorted(set(names))
+    if not names:
+        return []
+    admin = AdminClient(client_config(bootstrap))
+    deleted, failed = [], []
+    for name, future in admin.delete_topics(names, operation_timeout=timeout).items():
+        try:
+            future.result(timeout)
+            deleted.append(name)
+        except Exception as exc:  # KafkaException wrapping UNKNOWN_TOPIC_OR_PART when already gone
+            if "UNKNOWN_TOPIC" not in str(exc):
+                failed.append(f"{name}: {exc}")
+    if failed:
+        raise KafkaError(f"cannot delete topics on {bootstrap}: {'; '.join(failed)}")
+    return deleted
+
+
+@contextmanager
+def temporary_topics(bootstrap: str) -> Iterator[str]:
+    """Delete, on exit, the topics created on ``bootstrap`` inside the block.
+
+    For tests and benchmarks: without it every run leaves its topics' data on the
+    broker's disk. Topics that existed before the block are kept; if the broker is down
+    on exit, nothing is deleted.
+    """
+    before = topics(bootstrap)
+    try:
+        yield bootstrap
+    finally:
+        try:
+            current = topics(bootstrap, timeout=10.0)
+        except Exception:  # the broker is down: its topics stay, nothing else to do
+            current = set()
+        delete_topics(bootstrap, current - before)
 
 
 def end_offsets(bootstrap: str, topic: str, timeout: float = 30.0) -> dict[int, int]:

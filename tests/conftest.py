@@ -27,13 +27,21 @@ def services_config() -> ServicesConfig:
 
 
 @pytest.fixture(scope="session")
-def kafka_bootstrap(services_config: ServicesConfig) -> str:
+def kafka_bootstrap(services_config: ServicesConfig):
+    """The local broker; the topics the tests create are deleted at the end of the session.
+
+    Without that, every run leaves its topics' data on the broker's disk (gigabytes after
+    a few hundred runs). The topics there before the session are kept.
+    """
+    from fink.kafka import temporary_topics
+
     services.start(["kafka"])
-    return services_config.kafka_bootstrap
+    with temporary_topics(services_config.kafka_bootstrap) as bootstrap:
+        yield bootstrap
 
 
 @pytest.fixture(scope="session")
-def hbase_thrift(services_config: ServicesConfig) -> tuple[str, int]:
+def hbase_thrift(kafka_bootstrap: str, services_config: ServicesConfig) -> tuple[str, int]:
     services.start(["kafka", "hbase", "thrift"])
     return services_config.host, services_config.thrift_port
 
