@@ -41,11 +41,18 @@ def light_curve(alert: dict[str, Any]):
 
 def plot_lightcurve(alert: dict[str, Any], ax=None, upper_limits: bool = True):
     """Magnitude against MJD per band, error bars on detections, triangles for upper limits."""
+    return plot_points(light_curve(alert), ax=ax, upper_limits=upper_limits,
+                       title=f"{alert.get('objectId', '')}  candid {alert.get('candid', '')}")
+
+
+def plot_points(lc, ax=None, upper_limits: bool = True, title: str = ""):
+    """Plot a light curve DataFrame (:func:`light_curve`, or the archive's with ZTF names
+    ``magpsf``/``sigmapsf``/``diffmaglim``): per band, error bars and upper limits."""
     import matplotlib.pyplot as plt
 
     if ax is None:
         _, ax = plt.subplots(figsize=(7, 4))
-    lc = light_curve(alert)
+    lc = lc.rename(columns={"magpsf": "mag", "sigmapsf": "err", "diffmaglim": "limit"})
     for fid, (band, colour) in BANDS.items():
         det = lc[(lc["fid"] == fid) & lc["detected"]]
         if len(det):
@@ -59,7 +66,7 @@ def plot_lightcurve(alert: dict[str, Any], ax=None, upper_limits: bool = True):
         ax.invert_yaxis()  # brighter is up
     ax.set_xlabel("MJD")
     ax.set_ylabel("magnitude")
-    ax.set_title(f"{alert.get('objectId', '')}  candid {alert.get('candid', '')}")
+    ax.set_title(title)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8)
     return ax

@@ -14,8 +14,10 @@ pytestmark = [pytest.mark.integration, pytest.mark.spark]
 ROOT = Path(__file__).resolve().parents[2]
 # in pipeline order, sharing one FINK_HOME: the simulator fills the topic that checkstream's
 # and stream2raw's defaults read, stream2raw fills the raw archive raw2science reads, raw2science
-# the science archive distribution reads, distribution the topic the client notebook reads
-ORDER = ["smoke", "simulator", "checkstream", "stream2raw", "raw2science", "science_module", "distribution", "client"]
+# the science archive distribution and archive read, distribution the topic the client notebook
+# reads, archive the HBase tables the explorer reads
+ORDER = ["smoke", "simulator", "checkstream", "stream2raw", "raw2science", "science_module", "distribution", "client",
+         "archive", "archive_explorer"]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"), key=lambda p: ORDER.index(p.stem) if p.stem in ORDER else 99)
 
 
@@ -90,12 +92,12 @@ def test_simulator_then_checkstream_headless_with_each_conf(conf, kafka_bootstra
     assert "'empty':" in text and "'truncated':" in text
 
 
-def run_headless(stage: str, conf: str, tmp_path: Path) -> str:
+def run_headless(stage: str, conf: str, tmp_path: Path, **extra) -> str:
     """Run a stage's notebook with papermill, a conf file and the simulator; return its printed text."""
     import papermill
 
     params = yaml.safe_load((ROOT / "conf" / conf).read_text())
-    params.update(data_dir=str(tmp_path / "data"), topic=f"{stage}_{uuid.uuid4().hex[:8]}", simulator=True)
+    params.update(data_dir=str(tmp_path / "data"), topic=f"{stage}_{uuid.uuid4().hex[:8]}", simulator=True, **extra)
     papermill.execute_notebook(str(ROOT / "notebooks" / f"{stage}.ipynb"), str(tmp_path / "out.ipynb"),
                                parameters=params, progress_bar=False, cwd=str(ROOT / "notebooks"))
     executed = json.loads((tmp_path / "out.ipynb").read_text())
@@ -123,6 +125,38 @@ def test_distribution_headless_with_each_conf(conf, kafka_bootstrap, tmp_path):
     text = run_headless("distribution", conf, tmp_path)
     assert "'alerts': 207" in text and "'balanced': True" in text  # the 229 minus the quality cuts
     assert "not evaluated" not in text  # no filter failed
+
+
+@pytest.mark.parametrize("conf", ["local.yaml", "ci.yaml"])
+def test_archive_headless_with_each_conf(conf, hbase_thrift, tmp_path):
+    from fink.hbase import connect, delete_tables
+
+    table = f"test_nb_{uuid.uuid4().hex[:8]}"
+    try:
+        text = run_headless("archive", conf, tmp_path, table=table)
+        assert "'alerts': 207" in text and "'archived': 207" in text and "'balanced': True" in text
+        papermill_explorer = tmp_path / "explorer.ipynb"
+        import papermill
+
+        papermill.execute_notebook(str(ROOT / "notebooks" / "archive_explorer.ipynb"), str(papermill_explorer),
+                                   parameters={"table": table}, progress_bar=False, cwd=str(ROOT / "notebooks"))
+        assert "207 alerts" in papermill_explorer.read_text()
+    finally:
+        conn = connect(*hbase_thrift)
+        delete_tables(conn, table)
+        conn.close()
+
+
+def test_archive_notebook_defaults_are_the_stage_defaults():
+    import papermill
+
+    from fink.stages.archive import ArchiveConfig
+
+    declared = papermill.inspect_notebook(str(ROOT / "notebooks" / "archive.ipynb"))
+    defaults = ArchiveConfig()
+    for name in ("table", "tags", "tag_params", "healpix_order", "pool_size", "batch_size", "retry_for_s",
+                 "max_files_per_trigger"):
+        assert eval(declared[name]["default"]) == getattr(defaults, name), name
 
 
 def test_distribution_notebook_defaults_are_the_stage_defaults():

@@ -114,7 +114,7 @@ def test_every_third_party_import_of_the_library_is_declared():
     declared = {r.name.lower() for r in requirements(setup_cfg()["options"]["install_requires"])}
     # import name -> distribution name, where they differ
     dist = {"yaml": "pyyaml", "confluent_kafka": "confluent-kafka", "IPython": "ipykernel",
-            "light_curve": "light-curve",
+            "light_curve": "light-curve", "astropy_healpix": "astropy-healpix",
             "sklearn": "scikit-learn"}
     missing = set()
     for path in (ROOT / "fink").rglob("*.py"):

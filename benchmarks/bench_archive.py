@@ -1,0 +1,119 @@
+"""Benchmark of the archive stage: write throughput into the local HBase, and query times.
+
+Real ZTF 4.02 alerts of ``../shared/datasim/ztf`` are looped with fresh identifiers
+(objects keep several alerts each), run through stream2raw and raw2science into a science
+archive, then the archive stage writes it to HBase with ``availableNow`` triggers. The
+sustained rate leaves out the first batch (Python workers starting). Query times are the
+median over objects picked from the archive.
+
+    .venv/bin/python benchmarks/bench_archive.py --alerts 20000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import tempfile
+import time
+import uuid
+
+from bench_distribution import SHARED, science_archive
+
+from fink import kafka, streaming
+from fink.config import FinkConfig, ServicesConfig
+from fink.datasim.sources import read_messages
+from fink.hbase import connect, delete_tables
+from fink.stages import archive
+
+
+def write(spark, fink: FinkConfig, table: str, files: int, pool: int) -> dict:
+    cfg = archive.ArchiveConfig(table=table, max_files_per_trigger=files, pool_size=pool,
+                                checkpoint=f"{fink.data_dir}/ck_{uuid.uuid4().hex}")
+    writer = archive.build(spark, cfg, fink)
+    t0 = time.perf_counter()
+    result = streaming.run_until([streaming.start(writer.trigger(availableNow=True), archive.QUERY_NAME)],
+                                 duration=1800, poll=0.5)
+    wall = time.perf_counter() - t0
+    totals = archive.reconcile(result.progress[archive.QUERY_NAME], writer.fink_sink.written)
+    busy = [p for p in result.progress[archive.QUERY_NAME] if p.get("numInputRows")]
+    steady = busy[1:] or busy
+    secs = sum(p["durationMs"]["triggerExecution"] for p in steady) / 1000
+    rows = sum(p["numInputRows"] for p in steady)
+    records = [writer.fink_sink.written[int(p["batchId"])] for p in steady]
+    per = lambda key: round(1000 * sum(r.get(key, 0) for r in records) / max(rows, 1), 3)  # noqa: E731
+    return {"pool_size": pool, "files_per_trigger": files, "alerts": totals["alerts"],
+            "archived": totals["archived"], "balanced": totals["balanced"], "rows": totals["rows"],
+            "wall_s": round(wall, 1), "sustained_alerts_per_s": round(rows / secs, 1) if secs else None,
+            "batch_alerts_p50": statistics.median(p["numInputRows"] for p in busy),
+            "ms_per_alert": {"collect": per("collect_s"), "encode": per("encode_s"), "batch": per("seconds")}}
+
+
+def queries(fink: FinkConfig, table: str, objects: int = 30) -> dict:
+    from fink.client.archive import Archive
+
+    with Archive(fink.hbase_thrift, table) as a:
+        sample = a.latest("catalogued", limit=2000, columns=["objectId", "candidate"])
+        random.seed(1)
+        picks = random.sample(list(sample.itertuples()), min(objects, len(sample)))
+        timings: dict[str, list[float]] = {}
+
+        def timed(name, fn, *args, **kw):
+            t0 = time.perf_counter()
+            out = fn(*args, **kw)
+            timings.setdefault(name, []).append(1000 * (time.perf_counter() - t0))
+            return out
+
+        sizes = {"light_curve_points": [], "cone_alerts": []}
+        for row in picks:
+            sizes["light_curve_points"].append(len(timed("light_curve", a.light_curve, row.objectId)))
+            timed("alerts_of_object", a.alerts, row.objectId)
+            timed("cutouts", a.cutouts, row.objectId)
+            sizes["cone_alerts"].append(len(timed("cone_60arcsec", a.cone, row.candidate["ra"],
+                                                  row.candidate["dec"], 60.0)))
+            timed("latest_100_of_tag", a.latest, "early_snia", limit=100)
+        nights = timed("nights", a.nights)
+        night = max(nights, key=nights.get)
+        sizes["night_alerts"] = [len(timed("night_objectIds", a.night, night, columns=["objectId"]))]
+        return {"objects": len(picks), "ms_p50": {k: round(statistics.median(v), 1) for k, v in timings.items()},
+                "ms_max": {k: round(max(v), 1) for k, v in timings.items()},
+                "median_sizes": {k: statistics.median(v) for k, v in sizes.items()}}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--alerts", type=int, default=20000)
+    parser.add_argument("--files", type=int, default=4, help="science files per micro-batch")
+    parser.add_argument("--pool", type=int, nargs="+", default=[4])
+    args = parser.parse_args()
+    from fink.session import get_spark
+
+    services = ServicesConfig.load()
+    messages = [m for folder in sorted(SHARED.glob("native-4.02_*")) for m in read_messages(folder)]
+    spark = get_spark(FinkConfig(kafka_bootstrap=services.kafka_bootstrap, log_level="ERROR"),
+                      app_name="bench-archive")
+    report: dict = {"write": []}
+    tables = []
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            fink = science_archive(spark, services.kafka_bootstrap, messages, args.alerts, tmp)
+            for pool in args.pool:
+                table = f"bench_{uuid.uuid4().hex[:8]}"
+                tables.append(table)
+                report["write"].append(write(spark, fink, table, args.files, pool))
+                print(json.dumps(report["write"][-1]), flush=True)
+            report["queries"] = queries(fink, tables[-1])
+    finally:
+        streaming.stop_active(spark)
+        spark.stop()
+        conn = connect(services.host, services.thrift_port)
+        for table in tables:
+            delete_tables(conn, table)
+        conn.close()
+    print(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    with kafka.temporary_topics(ServicesConfig.load().kafka_bootstrap):  # the broker's disk keeps no bench data
+        main()

@@ -1,0 +1,238 @@
+"""Queries of the enriched archive in HBase, as pandas DataFrames, with the client's plots.
+
+::
+
+    from fink.client.archive import Archive
+
+    archive = Archive("127.0.0.1:9090", table="ztf_alerts")
+    archive.light_curve("ZTF26aaaaabc")         # every point of the object, history merged
+    archive.latest("early_snia", limit=20)       # newest alerts of a class
+    archive.cone(ra=150.1, dec=2.2, radius_arcsec=30)
+    archive.plot_cutouts("ZTF26aaaaabc")         # the three stamps of its latest alert
+
+Every query reads the layout recorded in the table (:mod:`fink.hbase`) and returns the
+columns of the science archive with their types, so results compare equal to a direct
+computation over the science Parquet.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from fink.hbase import ArchiveError, Layout, connect, read_layout, time_key
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+#: light-curve columns of a history point (ZTF's candidate / prv_candidates fields)
+POINT_COLUMNS = ("jd", "fid", "magpsf", "sigmapsf", "diffmaglim", "isdiffpos", "candid", "ra", "dec")
+
+
+class Archive:
+    """A reader of one archive table (and its indexes) through the Thrift gateway.
+
+    Parameters
+    ----------
+    thrift
+        The gateway, ``host:port``.
+    table
+        The main table (what the archive stage's ``table`` parameter named).
+    """
+
+    def __init__(self, thrift: str = "127.0.0.1:9090", table: str = "ztf_alerts", timeout_ms: int = 30000):
+        host, _, port = thrift.rpartition(":")
+        self.table_name = table
+        try:
+            self.conn = connect(host, int(port), timeout_ms)
+            self.layout: Layout = read_layout(self.conn, table)
+        except ArchiveError:
+            raise
+        except Exception as exc:
+            raise ArchiveError(f"cannot read the archive {table!r} through {thrift}: {exc}") from exc
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self) -> Archive:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- plumbing -------------------------------------------------------------------------------
+
+    def _frame(self, rows: Sequence[tuple[bytes, dict]], columns: Iterable[str] | None) -> pd.DataFrame:
+        return frame(self.layout.decode(rows, columns))
+
+    def _fetch(self, keys: Sequence[bytes], columns: Iterable[str] | None) -> list[tuple[bytes, dict]]:
+        """Main rows by key, in the order of ``keys``."""
+        qualifiers = self.layout.qualifiers(columns) if columns is not None else None
+        table = self.conn.table(self.layout.table)
+        found: dict[bytes, dict] = {}
+        for i in range(0, len(keys), 500):
+            found.update(table.rows(list(keys[i:i + 500]), columns=qualifiers))
+        return [(k, found[k]) for k in keys if k in found]
+
+    def _scan(self, index: str, **scan: Any) -> list[tuple[bytes, dict]]:
+        return list(self.conn.table(self.layout.index_table(index)).scan(**scan))
+
+    # -- queries --------------------------------------------------------------------------------
+
+    def count(self) -> int:
+        """Alerts in the main table (a full key-only scan: slow on big tables)."""
+        scan = self.conn.table(self.layout.table).scan(filter=b"KeyOnlyFilter() AND FirstKeyOnlyFilter()")
+        return sum(1 for key, _ in scan if key != b"~schema")
+
+    def alerts(self, object_id: str, columns: Iterable[str] | None = None) -> pd.DataFrame:
+        """Every alert of ``object_id``, oldest first (a prefix scan of the main table)."""
+        qualifiers = self.layout.qualifiers(columns) if columns is not None else None
+        rows = list(self.conn.table(self.layout.table).scan(row_prefix=f"{object_id}_".encode(),
+                                                            columns=qualifiers))
+        return self._frame(rows, columns)
+
+    def light_curve(self, object_id: str) -> pd.DataFrame:
+        """The object's light curve: the points of all its alerts and of their histories,
+        each (``jd``, ``fid``) once (the latest alert's copy), in time order, with ``mjd``
+        and ``detected`` (a magnitude was measured; otherwise ``diffmaglim`` is an upper limit).
+        """
+        alerts = self.alerts(object_id, columns=["objectId", "candidate", "prv_candidates"])
+        return merge_points(alerts.to_dict("records"))
+
+    def latest(self, tag: str, start: float | None = None, stop: float | None = None, limit: int = 100,
+               columns: Iterable[str] | None = None) -> pd.DataFrame:
+        """The newest alerts tagged ``tag`` with ``start <= time < stop`` (the key's time,
+        JD for ZTF), newest first, at most ``limit``."""
+        lo = f"{tag}_{time_key(start)}" if start is not None else f"{tag}_"
+        hi = f"{tag}_{time_key(stop)}" if stop is not None else f"{tag}_~"
+        refs = self._scan("class", row_start=lo.encode(), row_stop=hi.encode(), columns=[b"r:k"],
+                          reverse=False)
+        keys = [cells[b"r:k"] for _, cells in refs][::-1][:limit]
+        return self._frame(self._fetch(keys, columns), columns)
+
+    def tags(self) -> dict[str, int]:
+        """How many alerts each tag (class) has."""
+        counts: dict[str, int] = {}
+        for key, _ in self._scan("class", filter=b"KeyOnlyFilter()"):
+            name = key.decode().rsplit("_", 4)[0]  # <tag>_<time>_<object>_<time>_<alert id>
+            counts[name] = counts.get(name, 0) + 1
+        return counts
+
+    def nights(self) -> dict[str, int]:
+        """How many alerts each night has (a key-only scan of the night index)."""
+        counts: dict[str, int] = {}
+        for key, _ in self._scan("night", filter=b"KeyOnlyFilter()"):
+            night = key.decode().partition("_")[0]
+            counts[night] = counts.get(night, 0) + 1
+        return counts
+
+    def night(self, night: str, columns: Iterable[str] | None = None) -> pd.DataFrame:
+        """The alerts of ``night`` (``YYYYMMDD``), in object then time order."""
+        refs = self._scan("night", row_prefix=f"{night}_".encode(), columns=[b"r:k"])
+        return self._frame(self._fetch([c[b"r:k"] for _, c in refs], columns), columns)
+
+    def cone(self, ra: float, dec: float, radius_arcsec: float, columns: Iterable[str] | None = None
+             ) -> pd.DataFrame:
+        """The alerts within ``radius_arcsec`` of (``ra``, ``dec``) in degrees, nearest first,
+        with their ``separation_arcsec``: the pixels the cone touches are scanned in the
+        pixel index, then the exact separation is kept within the radius."""
+        import astropy.units as u
+        import numpy as np
+
+        if radius_arcsec <= 0:
+            raise ArchiveError(f"the cone radius must be positive, got {radius_arcsec}")
+        pixels = self.layout.healpix().cone_search_lonlat(ra * u.deg, dec * u.deg, radius=radius_arcsec * u.arcsec)
+        hits: list[tuple[float, bytes]] = []
+        for pixel in sorted(int(p) for p in pixels):
+            for _, cells in self._scan("pixel", row_prefix=self.layout.pixel_prefix(pixel).encode()):
+                sep = separation_arcsec(ra, dec, float(cells[b"r:ra"]), float(cells[b"r:dec"]))
+                if sep <= radius_arcsec:
+                    hits.append((sep, cells[b"r:k"]))
+        hits.sort()
+        frame = self._frame(self._fetch([k for _, k in hits], columns), columns)
+        frame["separation_arcsec"] = np.array([s for s, _ in hits], dtype=float)
+        return frame
+
+    def cutouts(self, object_id: str, candid: int | None = None) -> dict[str, bytes | None]:
+        """The cutouts (gzipped FITS bytes) of one alert of the object: ``candid``, or its latest."""
+        frame = self.alerts(object_id, columns=["candid", *sorted(self.layout.cutouts)])
+        if candid is not None:
+            frame = frame[frame["candid"] == candid]
+        if frame.empty:
+            raise ArchiveError(f"no alert {object_id} {'candid ' + str(candid) if candid else ''} in "
+                               f"{self.layout.table}")
+        row = frame.iloc[-1]
+        return {name: _stamp(row[name]) for name in sorted(self.layout.cutouts)}
+
+    # -- plots ----------------------------------------------------------------------------------
+
+    def plot_lightcurve(self, object_id: str, ax=None, upper_limits: bool = True):
+        """The object's merged light curve, per band, with error bars and upper limits."""
+        from fink.client.plots import plot_points
+
+        lc = self.light_curve(object_id)
+        return plot_points(lc, ax=ax, upper_limits=upper_limits,
+                           title=f"{object_id}  ({int(lc['detected'].sum())} detections)")
+
+    def plot_cutouts(self, object_id: str, candid: int | None = None, axes=None):
+        """The science, template and difference stamps of one of the object's alerts."""
+        from fink.client.plots import plot_cutouts
+
+        stamps = self.cutouts(object_id, candid)
+        return plot_cutouts({name: {"stampData": data} for name, data in stamps.items()}, axes=axes)
+
+
+def frame(table) -> pd.DataFrame:
+    """An Arrow table as pandas without losing a value: integer columns as nullable pandas
+    integers, integers inside lists and structs as Python ints (never floats with NaN, which
+    would round 19-digit ids), maps as dicts."""
+    import pandas as pd
+    import pyarrow as pa
+
+    ints = {pa.int8(): pd.Int8Dtype(), pa.int16(): pd.Int16Dtype(), pa.int32(): pd.Int32Dtype(),
+            pa.int64(): pd.Int64Dtype(), pa.uint8(): pd.UInt8Dtype(), pa.uint16(): pd.UInt16Dtype(),
+            pa.uint32(): pd.UInt32Dtype(), pa.uint64(): pd.UInt64Dtype()}
+    return table.to_pandas(integer_object_nulls=True, maps_as_pydicts="strict", types_mapper=ints.get)
+
+
+def _stamp(value: Any) -> bytes | None:
+    if isinstance(value, dict):
+        return value.get("stampData")
+    return value
+
+
+def separation_arcsec(ra1: float, dec1: float, ra2: float, dec2: float) -> float:
+    """Angular separation in arcseconds (Vincenty's formula, exact at every distance)."""
+    import math
+
+    r1, d1, r2, d2 = map(math.radians, (ra1, dec1, ra2, dec2))
+    dra = r2 - r1
+    num = math.hypot(math.cos(d2) * math.sin(dra),
+                     math.cos(d1) * math.sin(d2) - math.sin(d1) * math.cos(d2) * math.cos(dra))
+    den = math.sin(d1) * math.sin(d2) + math.cos(d1) * math.cos(d2) * math.cos(dra)
+    return math.degrees(math.atan2(num, den)) * 3600.0
+
+
+def merge_points(alerts: Iterable[dict]) -> pd.DataFrame:
+    """The light curve of alerts of one object, in the order given (oldest first): each
+    alert's history then its detection; a (``jd``, ``fid``) seen again keeps the latest copy."""
+    import pandas as pd
+
+    from fink.client.plots import MJD_OFFSET
+
+    rows = []
+    for alert in alerts:
+        for point in [*(alert.get("prv_candidates") if alert.get("prv_candidates") is not None else []),
+                      alert.get("candidate")]:
+            if point is None or point.get("jd") is None:
+                continue
+            rows.append({"objectId": alert.get("objectId"), **{c: point.get(c) for c in POINT_COLUMNS}})
+    lc = pd.DataFrame(rows, columns=["objectId", *POINT_COLUMNS], dtype=object)
+    for name in ("fid", "candid"):  # upper limits have no candid: Int64 keeps the 19-digit others exact
+        lc[name] = pd.array(lc[name].tolist(), dtype="Int64")
+    for name in ("jd", "magpsf", "sigmapsf", "diffmaglim", "ra", "dec"):
+        lc[name] = lc[name].astype(float)
+    lc = lc.drop_duplicates(subset=["jd", "fid"], keep="last").sort_values(["jd", "fid"], kind="stable")
+    lc.insert(1, "mjd", lc["jd"] - MJD_OFFSET)
+    lc["detected"] = lc["magpsf"].notna()
+    return lc.reset_index(drop=True)

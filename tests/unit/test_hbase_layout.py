@@ -1,0 +1,126 @@
+"""The archive's table layout without HBase: cells read back equal, keys sort, clashes are named."""
+
+import math
+from datetime import UTC, datetime
+
+import pyarrow as pa
+import pytest
+
+from fink.hbase import ArchiveError, Keys, Layout, time_key
+
+CANDIDATE = pa.struct([("jd", pa.float64()), ("fid", pa.int32()), ("magpsf", pa.float32()), ("ra", pa.float64()),
+                       ("dec", pa.float64()), ("isdiffpos", pa.string())])
+SCHEMA = pa.schema([
+    ("objectId", pa.string()), ("candid", pa.int64()), ("candidate", CANDIDATE),
+    ("prv_candidates", pa.list_(CANDIDATE)),
+    ("cutoutScience", pa.struct([("fileName", pa.string()), ("stampData", pa.binary())])),
+    ("processingEnd", pa.timestamp("us", tz="UTC")), ("snia_prob", pa.float64()), ("rb_ok", pa.bool_()),
+    ("fink_modules", pa.map_(pa.string(), pa.string())),
+])
+
+
+def alerts() -> pa.Table:
+    point = {"jd": 2461371.5000001, "fid": 1, "magpsf": 18.3, "ra": 10.0, "dec": -5.0, "isdiffpos": "t"}
+    rows = [
+        {"objectId": "ZTF26aaaaaaa", "candid": 7, "candidate": point,
+         "prv_candidates": [{**point, "jd": 2461370.25, "magpsf": None}, None, {**point, "magpsf": float("nan")}],
+         "cutoutScience": {"fileName": "s.fits.gz", "stampData": b"\x1f\x8b\x00binary\xff"},
+         "processingEnd": datetime(2026, 11, 27, 3, 4, 5, 123456, tzinfo=UTC), "snia_prob": 1e-300,
+         "rb_ok": True, "fink_modules": [("features", "1.0"), ("xmatch", "")]},
+        {"objectId": "ZTF26aaaaaab", "candid": 8, "candidate": {**point, "magpsf": 3.4028235e38, "isdiffpos": ""},
+         "prv_candidates": [], "cutoutScience": None, "processingEnd": None, "snia_prob": None,
+         "rb_ok": False, "fink_modules": None},
+        {"objectId": "ZTF26aaaaaaa", "candid": 9, "candidate": {**point, "jd": 2461371.9, "magpsf": 1.17549435e-38},
+         "prv_candidates": None, "cutoutScience": {"fileName": None, "stampData": b""},
+         "processingEnd": datetime(1970, 1, 1, tzinfo=UTC), "snia_prob": float("inf"), "rb_ok": None,
+         "fink_modules": []},
+    ]
+    return pa.Table.from_pylist(rows, schema=SCHEMA)
+
+
+def layout(**kw) -> Layout:
+    return Layout("t", SCHEMA, added=["snia_prob", "fink_modules", "processingEnd"], cutouts=["cutoutScience"], **kw)
+
+
+def nan_equal(a, b):
+    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
+        return True
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(nan_equal(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(nan_equal(x, y) for x, y in zip(a, b, strict=True))
+    return a == b
+
+
+def test_cells_read_back_as_the_same_values_and_types():
+    lay, table = layout(), alerts()
+    rows = lay.encode(table)
+    back = lay.decode(rows)
+    assert back.schema == SCHEMA
+    assert nan_equal(back.to_pylist(), table.to_pylist())
+
+
+def test_families_qualifiers_and_nulls():
+    lay = layout()
+    key, cells = lay.encode(alerts())[1]
+    assert key == b"ZTF26aaaaaab_02461371.5000001_00000000000000000008"
+    assert cells[b"i:candidate.magpsf"] == b"3.4028235e+38"  # float32 shortest text
+    assert cells[b"i:candidate.isdiffpos"] == b""  # an empty string is a cell, a null is none
+    assert b"d:snia_prob" not in cells and b"b:cutoutScience.stampData" not in cells
+    assert cells[b"i:rb_ok"] == b"false"
+    families = {q.split(b":")[0] for _, c in lay.encode(alerts()) for q in c}
+    assert families == {b"i", b"d", b"b"}
+
+
+def test_row_keys_keep_an_object_contiguous_and_in_time_order():
+    keys = layout().row_keys(alerts())
+    assert sorted(keys) == [keys[0], keys[2], keys[1]]  # ZTF26aaaaaaa at two times, then ZTF26aaaaaab
+    assert time_key(2461371.5000001) == "02461371.5000001" and time_key(60000.5) == "00060000.5000000"
+    bad = alerts().set_column(1, "candid", pa.array([7, -8, 9], pa.int64()))
+    with pytest.raises(ArchiveError, match="negative"):
+        layout().row_keys(bad)
+    missing = alerts().set_column(0, "objectId", pa.array(["a", None, "c"]))
+    with pytest.raises(ArchiveError, match="no value in a key column"):
+        layout().row_keys(missing)
+
+
+def test_index_rows_point_at_the_main_rows():
+    import astropy.units as u
+    from astropy_healpix import HEALPix
+
+    lay, table = layout(order=7), alerts()
+    keys = lay.row_keys(table)
+    index = lay.index_rows(table, keys, tags=[["a", "b"], [], ["a"]], nights=["20261127", "20261127", None])
+    pixel = int(HEALPix(nside=128, order="nested").lonlat_to_healpix(10.0 * u.deg, -5.0 * u.deg))
+    assert index["pixel"][0] == (f"{pixel:06d}_".encode() + keys[0],
+                                 {b"r:k": keys[0], b"r:ra": b"10", b"r:dec": b"-5"})
+    assert [k for k, _ in index["night"]] == [b"20261127_" + keys[0], b"20261127_" + keys[1]]
+    assert [k for k, _ in index["class"]] == [b"a_02461371.5000001_" + keys[0], b"b_02461371.5000001_" + keys[0],
+                                              b"a_02461371.9000000_" + keys[2]]
+    assert all(cells[b"r:k"] in keys for rows in index.values() for _, cells in rows)
+
+
+def test_the_layout_survives_its_meta_row_and_clashes_are_named():
+    lay = layout()
+    again = Layout.from_meta("t", lay.meta_cells())
+    assert again.schema == lay.schema and again.added == lay.added and again.avro == lay.avro
+    assert nan_equal(again.decode(lay.encode(alerts())).to_pylist(), alerts().to_pylist())
+    extra = pa.schema([*SCHEMA, ("new_score", pa.float32())])
+    merged = Layout("t", extra, added=["new_score", "snia_prob", "fink_modules", "processingEnd"],
+                    cutouts=["cutoutScience"]).merged_with(lay)
+    assert "new_score" in merged.schema.names and "snia_prob" in merged.added
+    clash = pa.schema([f if f.name != "snia_prob" else pa.field("snia_prob", pa.string()) for f in SCHEMA])
+    with pytest.raises(ArchiveError, match="d:snia_prob as double"):
+        Layout("t", clash, added=["snia_prob", "fink_modules", "processingEnd"],
+               cutouts=["cutoutScience"]).merged_with(lay)
+    with pytest.raises(ArchiveError, match="HEALPix order"):
+        layout(order=8).merged_with(lay)
+    with pytest.raises(ArchiveError, match="layout 0"):
+        Layout.from_meta("t", {**lay.meta_cells(), b"m:layout": b"0"})
+
+
+def test_missing_key_columns_and_unknown_columns_are_named():
+    with pytest.raises(ArchiveError, match="no field 'candidate.ra_deg'"):
+        Layout("t", SCHEMA, keys=Keys(ra="candidate.ra_deg"))
+    with pytest.raises(ArchiveError, match="no column 'nope'"):
+        layout().decode([], ["nope"])

@@ -1,0 +1,203 @@
+"""Cells of notebooks/archive.ipynb and notebooks/archive_explorer.ipynb (see tools/nbbuild.py)."""
+
+from nbbuild import COMMON_PARAMETERS
+
+NOTEBOOKS: dict[str, list[tuple]] = {}
+
+NOTEBOOKS["notebooks/archive.ipynb"] = [
+("md", """
+# archive: enriched alerts into HBase
+
+Reads the science archive as a stream of new Parquet files (what raw2science writes) and
+writes every alert, as it arrives, through the HBase Thrift gateway: the main table keyed
+`<objectId>_<jd>_<candid>` (an object's alerts contiguous, in time order; families `i`
+alert fields, `d` added values, `b` cutouts) and three index tables: by tag (class), by
+HEALPix pixel (cone search) and by night. The layout and schema are recorded in the table.
+
+A batch counts as done only when HBase has accepted all of it; while HBase or its gateway
+is down the writes are retried with backoff and the query waits. Row keys depend only on
+the alert, so a batch replayed after a crash writes the same cells.
+
+* **reads**: `<data_dir>/science` (or `science_path`)
+* **writes**: HBase tables `<table>`, `<table>_class`, `<table>_pixel`, `<table>_night`;
+  checkpoint `<data_dir>/checkpoints/archive`
+* **headless**: `fink start archive -c conf/local.yaml [--simulator]`
+* **queries**: `archive_explorer.ipynb`, or `fink.client.archive.Archive`
+"""),
+("code", COMMON_PARAMETERS + '''
+table: str = "ztf_alerts"  # main HBase table; the indexes are <table>_class, _pixel, _night
+tags: dict = {"early_snia": "fink.filters.builtin:early_snia", "sso": "fink.filters.builtin:solar_system", "catalogued": "fink.filters.builtin:catalogued"}  # tag (class): filter (dotted path)
+tag_params: dict = {}  # tag: keyword parameters of its filter
+healpix_order: int = 7  # HEALPix order of the pixel index (7: 27 arcmin pixels)
+pool_size: int = 4  # Thrift connections writing in parallel
+batch_size: int = 200  # rows per Thrift call
+retry_for_s: float = 600.0  # how long a batch waits for an unavailable HBase before the query fails
+max_files_per_trigger: int = 8  # science files per micro-batch, 0 means all new files
+science_path: str = ""  # "" means <data_dir>/science
+checkpoint: str = ""  # "" means <data_dir>/checkpoints/archive
+trigger: str = "availableNow"  # availableNow (catch up, then stop) | "<N> seconds"
+duration: float = 600.0  # upper bound of the run, seconds
+simulator: bool = False  # first fill the science archive with the bundled sample night (simulator, stream2raw, raw2science)
+topic: str = "ztf_20261127_programid1"  # the topic the simulator fills (with simulator only)
+stop_file: str = ""  # set by `fink start`, `fink stop` creates it to end the run
+''', ["parameters"]),
+("code", """
+from fink.config import FinkConfig
+from fink.stages.archive import ArchiveConfig
+
+cfg = FinkConfig.from_namespace(globals())
+stage = ArchiveConfig.from_namespace(globals())
+paths = stage.paths(cfg)
+if trigger != "availableNow" and not trigger.endswith("seconds"):
+    raise ValueError(f"trigger must be 'availableNow' or '<N> seconds', got {trigger!r}")
+tag_filters = stage.load_tags()  # a missing filter or a wrong declaration fails here, by name
+print(f"{paths['science']} -> HBase {cfg.hbase_thrift} table {table!r}, tags {[f.topic for f in tag_filters]}")
+"""),
+("md", "## Session (and, with `simulator`, a science archive of the sample night)"),
+("code", """
+from fink import streaming
+from fink.monitor import QueryMonitor
+from fink.session import get_spark
+from fink.stages import archive
+
+spark = get_spark(cfg, app_name="fink-archive")
+streaming.stop_active(spark)  # a re-run of this cell must not leave a second query behind
+if simulator:
+    from fink.science.modules import BUILTIN
+    from fink.simulator import SimulatorConfig, replay
+    from fink.stages import raw2science, stream2raw
+
+    sent = replay(SimulatorConfig(source="../datasim/sample_night", topic=topic), cfg.kafka_bootstrap, progress=False)
+    raw_stage = stream2raw.Stream2RawConfig(topic=topic)
+    science_stage = raw2science.Raw2ScienceConfig(
+        modules=BUILTIN, science_path=science_path,
+        module_params={"fink.science.modules.xmatch:crossmatch": {"catalogue_path": "../datasim/sample_night/catalogue.csv"}})
+    for module, conf in ((stream2raw, raw_stage), (raw2science, science_stage)):
+        streaming.run_until([streaming.start(module.build(spark, conf, cfg).trigger(availableNow=True), module.QUERY_NAME)],
+                            duration=duration, stop_file=stop_file)
+    print(f"simulator: {sent['alerts']} alerts -> raw -> science archive {science_stage.paths(cfg)['science']}")
+"""),
+("md", "## Tables, source, writer; start, watch the rows HBase accepted, end within `duration`"),
+("code", """
+import pandas as pd
+from IPython.display import display
+
+writer = archive.build(spark, stage, cfg)  # creates the tables, records the layout
+sink = writer.fink_sink
+writer = writer.trigger(availableNow=True) if trigger == "availableNow" else writer.trigger(processingTime=trigger)
+monitor = QueryMonitor("archive")  # input rows/s, batch time
+per_table = display(pd.DataFrame(columns=["rows written"]), display_id=True)
+
+def watch(queries):
+    if queries:
+        monitor(queries)
+    rows = {}
+    for record in sink.written.values():
+        for name, n in record["rows"].items():
+            rows[name] = rows.get(name, 0) + n
+    retries = sum(r["retries"] for r in sink.written.values())
+    per_table.update(pd.DataFrame({"rows written": rows}).assign(**{"write retries": retries}))
+
+query = streaming.start(writer, archive.QUERY_NAME)
+result = streaming.run_until([query], duration=duration, stop_file=stop_file, poll=2.0, on_poll=watch)
+watch([])
+totals = archive.reconcile(result.progress[archive.QUERY_NAME], sink.written)
+print(f"ended: {result.reason} after {result.seconds:.1f} s")
+if not totals["balanced"]:
+    raise RuntimeError(f"HBase did not accept one row per alert read: {totals}")
+{k: v for k, v in totals.items() if k != "filters"}
+"""),
+("md", "## Summary: alerts per tag, write time per batch"),
+("code", """
+import json
+
+import matplotlib.pyplot as plt
+
+from fink.config import fink_home
+
+fig, axes = plt.subplots(1, 2, figsize=(11, 3.4))
+axes[0].barh(list(totals["tags"]) or ["(none)"], list(totals["tags"].values()) or [0])
+axes[0].set_xlabel(f"alerts tagged (of {totals['archived']} archived)")
+batches = sorted((b, r) for b, r in sink.written.items() if r["alerts"])
+axes[1].bar([str(b) for b, _ in batches], [r["seconds"] for _, r in batches])
+axes[1].set_xlabel("micro-batch")
+axes[1].set_ylabel("seconds (collect, encode, write)")
+fig.tight_layout()
+report = fink_home() / "reports" / "archive"
+report.mkdir(parents=True, exist_ok=True)
+fig.savefig(report / "summary.png", dpi=100)
+plt.show()
+summary = {"stopped_because": result.reason, "table": table, **totals, **paths}
+(report / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+streaming.stop_active(spark)
+summary
+"""),
+]
+
+NOTEBOOKS["notebooks/archive_explorer.ipynb"] = [
+("md", """
+# Exploring the archive in HBase
+
+What a user does with the enriched archive: list its nights and classes, take the latest
+alerts of a class, draw an object's whole light curve (every alert's history merged, each
+point once, upper limits included) and its cutouts, and search a cone of sky. Every query
+goes through the HBase Thrift gateway with `fink.client.archive.Archive` and returns a
+pandas DataFrame with the columns and types of the science archive.
+
+* **reads**: the tables written by `archive.ipynb` (`<table>`, `<table>_class|pixel|night`)
+"""),
+("code", '''
+hbase_thrift: str = "127.0.0.1:9090"  # HBase Thrift gateway, host:port
+table: str = "ztf_alerts"  # the archive's main table
+tag: str = "early_snia"  # class whose latest alerts are listed
+limit: int = 10  # how many of them
+object_id: str = ""  # object to draw, "" means the object with the most alerts among them
+radius_arcsec: float = 1800.0  # cone search radius around that object
+''', ["parameters"]),
+("code", """
+import pandas as pd
+
+from fink.client.archive import Archive
+
+archive = Archive(hbase_thrift, table)
+print(f"{table}: {sum(archive.nights().values())} alerts")
+pd.DataFrame({"alerts": archive.nights()}).rename_axis("night")
+"""),
+("md", "## Classes, and the latest alerts of one"),
+("code", """
+print(archive.tags())
+latest = archive.latest(tag, limit=limit, columns=["objectId", "candid", "candidate", "snia_prob", "xm_type"])
+latest.assign(jd=latest["candidate"].str.get("jd"), magpsf=latest["candidate"].str.get("magpsf")).drop(columns="candidate")
+"""),
+("md", "## One object: its light curve from every alert, and the cutouts of its latest alert"),
+("code", """
+import matplotlib.pyplot as plt
+
+if not object_id and len(latest):
+    object_id = latest["objectId"].value_counts().index[0]
+if object_id:
+    lc = archive.light_curve(object_id)
+    print(f"{object_id}: {len(archive.alerts(object_id, columns=['candid']))} alerts, "
+          f"{int(lc['detected'].sum())} detections, {int((~lc['detected']).sum())} upper limits")
+    archive.plot_lightcurve(object_id)
+    archive.plot_cutouts(object_id)
+    plt.show()
+"""),
+("md", "## Cone search around it (HEALPix pixel index, then the exact separation)"),
+("code", """
+from IPython.display import display
+
+if object_id:
+    centre = archive.alerts(object_id, columns=["candidate"])["candidate"].iloc[-1]
+    around = archive.cone(centre["ra"], centre["dec"], radius_arcsec, columns=["objectId", "candid", "candidate"])
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.scatter(around["candidate"].str.get("ra"), around["candidate"].str.get("dec"), c=around["separation_arcsec"], s=12)
+    ax.scatter([centre["ra"]], [centre["dec"]], marker="+", s=200, color="red")
+    ax.set_xlabel("ra (deg)")
+    ax.set_ylabel("dec (deg)")
+    ax.set_title(f"{len(around)} alerts within {radius_arcsec:.0f} arcsec")
+    plt.show()
+    display(around[["objectId", "candid", "separation_arcsec"]].head(10))
+archive.close()
+"""),
+]
