@@ -28,14 +28,39 @@ from fink.hbase import connect, delete_tables
 from fink.stages import archive
 
 
-def write(spark, fink: FinkConfig, table: str, files: int, pool: int) -> dict:
+def cpu_seconds() -> dict[str, float]:
+    """CPU seconds used so far by the services, Spark's JVM, its Python workers and this driver."""
+    import os
+
+    import psutil
+
+    from fink import services
+
+    def used(p):
+        try:
+            t = p.cpu_times()
+            return t.user + t.system
+        except psutil.Error:
+            return 0.0
+
+    out = {s.name: used(psutil.Process(s.pid)) for s in services.status() if s.pid}
+    me = psutil.Process(os.getpid())
+    children = me.children(recursive=True)
+    out["spark_jvm"] = sum(used(p) for p in children if "java" in p.name())
+    out["python_workers"] = sum(used(p) for p in children if "python" in p.name())
+    out["driver"] = used(me)
+    return out
+
+
+def write(spark, fink: FinkConfig, table: str, files: int, pool: int, tags: bool = True) -> dict:
     cfg = archive.ArchiveConfig(table=table, max_files_per_trigger=files, pool_size=pool,
+                                **({} if tags else {"tags": {}}),
                                 checkpoint=f"{fink.data_dir}/ck_{uuid.uuid4().hex}")
     writer = archive.build(spark, cfg, fink)
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), cpu_seconds()
     result = streaming.run_until([streaming.start(writer.trigger(availableNow=True), archive.QUERY_NAME)],
                                  duration=1800, poll=0.5)
-    wall = time.perf_counter() - t0
+    wall, cpu1 = time.perf_counter() - t0, cpu_seconds()
     totals = archive.reconcile(result.progress[archive.QUERY_NAME], writer.fink_sink.written)
     busy = [p for p in result.progress[archive.QUERY_NAME] if p.get("numInputRows")]
     steady = busy[1:] or busy
@@ -47,14 +72,19 @@ def write(spark, fink: FinkConfig, table: str, files: int, pool: int) -> dict:
             "archived": totals["archived"], "balanced": totals["balanced"], "rows": totals["rows"],
             "wall_s": round(wall, 1), "sustained_alerts_per_s": round(rows / secs, 1) if secs else None,
             "batch_alerts_p50": statistics.median(p["numInputRows"] for p in busy),
-            "ms_per_alert": {"collect": per("collect_s"), "encode": per("encode_s"), "batch": per("seconds")}}
+            "cpu_ms_per_alert": {k: round(1000 * (cpu1[k] - cpu0.get(k, 0)) / max(totals["alerts"], 1), 3)
+                                 for k in cpu1},
+            "ms_per_alert": {"encode_in_tasks": per("encode_s"), "write_in_tasks": per("write_s"),
+                             "batch": per("seconds")}}
 
 
 def queries(fink: FinkConfig, table: str, objects: int = 30) -> dict:
     from fink.client.archive import Archive
 
     with Archive(fink.hbase_thrift, table) as a:
-        sample = a.latest("catalogued", limit=2000, columns=["objectId", "candidate"])
+        nights = a.nights()
+        night = max(nights, key=nights.get)
+        sample = a.night(night, columns=["objectId", "candidate"])
         random.seed(1)
         picks = random.sample(list(sample.itertuples()), min(objects, len(sample)))
         timings: dict[str, list[float]] = {}
@@ -72,9 +102,10 @@ def queries(fink: FinkConfig, table: str, objects: int = 30) -> dict:
             timed("cutouts", a.cutouts, row.objectId)
             sizes["cone_alerts"].append(len(timed("cone_60arcsec", a.cone, row.candidate["ra"],
                                                   row.candidate["dec"], 60.0)))
+            timed("cone_60arcsec_ids_only", a.cone, row.candidate["ra"], row.candidate["dec"], 60.0,
+                  columns=["objectId", "candid"])
             timed("latest_100_of_tag", a.latest, "early_snia", limit=100)
-        nights = timed("nights", a.nights)
-        night = max(nights, key=nights.get)
+        timed("nights", a.nights)
         sizes["night_alerts"] = [len(timed("night_objectIds", a.night, night, columns=["objectId"]))]
         return {"objects": len(picks), "ms_p50": {k: round(statistics.median(v), 1) for k, v in timings.items()},
                 "ms_max": {k: round(max(v), 1) for k, v in timings.items()},
@@ -86,6 +117,7 @@ def main() -> None:
     parser.add_argument("--alerts", type=int, default=20000)
     parser.add_argument("--files", type=int, default=4, help="science files per micro-batch")
     parser.add_argument("--pool", type=int, nargs="+", default=[4])
+    parser.add_argument("--no-tags", action="store_true", help="without the class index (tag filters)")
     args = parser.parse_args()
     from fink.session import get_spark
 
@@ -101,7 +133,7 @@ def main() -> None:
             for pool in args.pool:
                 table = f"bench_{uuid.uuid4().hex[:8]}"
                 tables.append(table)
-                report["write"].append(write(spark, fink, table, args.files, pool))
+                report["write"].append(write(spark, fink, table, args.files, pool, tags=not args.no_tags))
                 print(json.dumps(report["write"][-1]), flush=True)
             report["queries"] = queries(fink, tables[-1])
     finally:

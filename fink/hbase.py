@@ -15,11 +15,15 @@ family    what it holds
 ``m``     only in the row :data:`META_ROW`: layout version and Arrow schema
 ========  ===================================================================
 
-A struct column is split into one cell per child (``i:candidate.jd``); scalars are their
-shortest text that reads back to the same value (``18.3`` for a float32 18.3); binaries are
-stored as they are; lists, maps and deeper structs are one cell of schemaless Avro
-(``i:prv_candidates``: a record whose one field is the value, its schema in the layout
-row), compact and exact, and written by Spark's ``to_avro`` in the stage. A null is no cell.
+Scalars are one cell each, their shortest text that reads back to the same value (``18.3``
+for a float32 18.3); binaries are stored as they are; structs, lists and maps are one cell
+of schemaless Avro (``i:candidate``, ``i:prv_candidates``: a record whose one field is the
+value, its schema in the layout row), compact and exact, written by Spark's ``to_avro`` in
+the stage. A cutout struct is split into one cell per child (``b:cutoutScience.stampData``
+holds the gzipped FITS as it came). A null is no cell.
+
+HBase's cost grows with the cells written far more than with their bytes: one cell for the
+~100 fields of ``candidate`` instead of one each doubles the rate the local HBase takes.
 Reading turns cells back into the stored Arrow types, so a query returns the same values as
 the science Parquet.
 
@@ -36,11 +40,12 @@ writes the same cells, and every family keeps one version.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import io
 import json
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -126,10 +131,21 @@ def _for_avro(t: pa.DataType, value: Any) -> Any:
     return value
 
 
+@functools.cache
+def _has_map(t: pa.DataType) -> bool:
+    if pa.types.is_map(t):
+        return True
+    if pa.types.is_list(t) or pa.types.is_large_list(t):
+        return _has_map(t.value_type)
+    if pa.types.is_struct(t):
+        return any(_has_map(f.type) for f in t)
+    return False
+
+
 def _from_avro(t: pa.DataType, value: Any) -> Any:
     """A value fastavro read, as ``pa.array`` takes it (maps as lists of pairs)."""
-    if value is None:
-        return None
+    if value is None or not _has_map(t):  # lists and records come as pa.array takes them
+        return value
     if pa.types.is_map(t):
         return [(k, _from_avro(t.item_type, v)) for k, v in value.items()]
     if pa.types.is_list(t) or pa.types.is_large_list(t):
@@ -156,18 +172,38 @@ class Layout:
         The columns that identify, date and place an alert.
     order
         HEALPix order of the pixel index.
+    groups
+        Cell name -> top-level columns stored together in that one Avro cell (the outputs
+        of one science module: ``d:lightcurve_features`` holds its 56 features).
     """
 
     def __init__(self, table: str, schema: pa.Schema, added: Iterable[str] = (), cutouts: Iterable[str] = (),
-                 keys: Keys = Keys(), order: int = DEFAULT_ORDER, avro: dict[str, dict] | None = None):
+                 keys: Keys = Keys(), order: int = DEFAULT_ORDER, avro: dict[str, dict] | None = None,
+                 groups: Mapping[str, Sequence[str]] | None = None):
         self.table, self.schema, self.keys, self.order = table, schema, keys, int(order)
         self.added, self.cutouts = frozenset(added), frozenset(cutouts)
         if not 0 <= self.order <= 29:
             raise ArchiveError(f"HEALPix order must be within 0..29, got {order}")
+        self.groups = {g: tuple(members) for g, members in (groups or {}).items()}
+        self.member_of: dict[str, str] = {}
+        for g, members in self.groups.items():
+            if g in schema.names or not members:
+                raise ArchiveError(f"cell group {g!r}: the name of a column, or no columns")
+            for m in members:
+                if m not in schema.names or m in self.cutouts or m in self.member_of:
+                    raise ArchiveError(f"cell group {g!r}: {m!r} is not a column, is a cutout or is in two groups")
+                self.member_of[m] = g
+            if len({m in self.added for m in members}) > 1:
+                raise ArchiveError(f"cell group {g!r} mixes added values with alert fields")
         self.columns: list[Column] = []
         for field in schema:
             family = CUTOUT if field.name in self.cutouts else ADDED if field.name in self.added else ALERT
-            if pa.types.is_struct(field.type):
+            g = self.member_of.get(field.name)
+            if g is not None:
+                if g not in (c.name for c in self.columns):
+                    t = pa.struct([schema.field(m) for m in self.groups[g]])
+                    self.columns.append(Column(g, family, t, "avro"))
+            elif pa.types.is_struct(field.type) and family == CUTOUT:  # its FITS bytes readable as they are
                 self.columns += [_leaf(f"{field.name}.{child.name}", family, child.type) for child in field.type]
             else:
                 self.columns.append(_leaf(field.name, family, field.type))
@@ -209,7 +245,8 @@ class Layout:
                 b"m:cutouts": _to_json(sorted(self.cutouts)),
                 b"m:keys": _to_json(dataclasses.asdict(self.keys)),
                 b"m:order": str(self.order).encode(),
-                b"m:avro": _to_json(self.avro)}
+                b"m:avro": _to_json(self.avro),
+                b"m:groups": _to_json(self.groups)}
 
     @classmethod
     def from_meta(cls, table: str, cells: dict[bytes, bytes]) -> Layout:
@@ -219,7 +256,8 @@ class Layout:
                                f"layout {LAYOUT_VERSION}")
         schema = pa.ipc.read_schema(pa.py_buffer(cells[b"m:schema"]))
         return cls(table, schema, json.loads(cells[b"m:added"]), json.loads(cells[b"m:cutouts"]),
-                   Keys(**json.loads(cells[b"m:keys"])), int(cells[b"m:order"]), json.loads(cells[b"m:avro"]))
+                   Keys(**json.loads(cells[b"m:keys"])), int(cells[b"m:order"]), json.loads(cells[b"m:avro"]),
+                   json.loads(cells.get(b"m:groups", b"{}")))
 
     def merged_with(self, stored: Layout) -> Layout:
         """This layout extended by what ``stored`` has and it lacks (columns of an earlier run).
@@ -230,20 +268,37 @@ class Layout:
         if stored.keys != self.keys or stored.order != self.order:
             raise ArchiveError(f"table {self.table!r} is keyed {stored.keys} at HEALPix order {stored.order}; "
                                f"this stream asks for {self.keys} at order {self.order}")
-        mine = {c.name: c for c in self.columns}
-        for col in stored.columns:
-            have = mine.get(col.name)
-            if have is not None and (have.type != col.type or have.family != col.family):
-                raise ArchiveError(f"table {self.table!r} holds {col.qualifier.decode()} as {col.type}; "
-                                   f"this stream writes {have.qualifier.decode()} as {have.type}")
+        mine, theirs = self.placement(), stored.placement()
+        for name, cols in theirs.items():
+            have = mine.get(name)
+            if have is not None and have != cols:
+                raise ArchiveError(
+                    f"table {self.table!r} holds {name!r} as {', '.join(_describe(c) for c in cols)}; this stream "
+                    f"writes it as {', '.join(_describe(c) for c in have)}: use another table")
         fields = list(self.schema) + [f for f in stored.schema if f.name not in self.schema.names]
         return Layout(self.table, pa.schema(fields), self.added | stored.added, self.cutouts | stored.cutouts,
-                      self.keys, self.order, {**stored.avro, **self.avro})
+                      self.keys, self.order, {**stored.avro, **self.avro}, {**stored.groups, **self.groups})
+
+    def placement(self) -> dict[str, list[Column]]:
+        """Top-level column -> the cells that hold it (its group's cell for a group member)."""
+        out: dict[str, list[Column]] = {}
+        for col in self.columns:
+            names = self.groups.get(col.name) or (col.name.partition(".")[0],)
+            for name in names:
+                out.setdefault(name, []).append(col)
+        return out
 
     # -- encoding -----------------------------------------------------------------------------
 
     def values(self, table: pa.Table, path: str) -> pa.Array:
-        """The column ``path`` (``a`` or ``a.b``) of ``table``, nulls where its parent is null."""
+        """The column ``path`` (``a`` or ``a.b``) of ``table``, nulls where its parent is null.
+
+        A column of ``table`` named ``a.b`` is taken as it is (the stage adds the key fields
+        so, as it sends the structs already encoded).
+        """
+        if path in table.column_names:
+            arr = table.column(path).combine_chunks()
+            return arr if not isinstance(arr, pa.ChunkedArray) else pa.array([], arr.type)
         top, _, child = path.partition(".")
         arr = table.column(top).combine_chunks()
         if isinstance(arr, pa.ChunkedArray):  # an empty table
@@ -261,7 +316,11 @@ class Layout:
         if col.kind == "avro" and col.name in table.column_names \
                 and pa.types.is_binary(table.schema.field(col.name).type):
             return table.column(col.name).to_pylist()  # written by Spark's to_avro (fink.stages.archive)
-        arr = self.values(table, col.name)
+        if col.name in self.groups:
+            members = [table.column(m).combine_chunks() for m in self.groups[col.name]]
+            arr = pa.StructArray.from_arrays(members, fields=list(col.type))
+        else:
+            arr = self.values(table, col.name)
         if col.kind == "binary":
             return arr.cast(pa.binary()).to_pylist()
         if col.kind == "avro":
@@ -286,8 +345,9 @@ class Layout:
     def encode(self, table: pa.Table, keys: Sequence[bytes] | None = None) -> list[tuple[bytes, dict[bytes, bytes]]]:
         """The main table's rows for the alerts of ``table``: ``(row key, {qualifier: value})``."""
         keys = self.row_keys(table) if keys is None else keys
-        present = [c for c in self.columns if c.name in table.column_names
-                   or c.name.partition(".")[0] in table.column_names]
+        have = set(table.column_names)
+        present = [c for c in self.columns if c.name in have or c.name.partition(".")[0] in have
+                   or (c.name in self.groups and set(self.groups[c.name]) <= have)]
         quals = [c.qualifier for c in present]
         cells = [self._cells(table, c) for c in present]
         rows = []
@@ -349,15 +409,19 @@ class Layout:
         """
         wanted = list(columns) if columns is not None else self.schema.names
         arrays, fields = [], []
-        by_top: dict[str, list[Column]] = {}
-        for col in self.columns:
-            by_top.setdefault(col.name.partition(".")[0], []).append(col)
+        placed = self.placement()
+        groups: dict[str, pa.StructArray] = {}
         for name in wanted:
             if name not in self.schema.names:
                 raise ArchiveError(f"table {self.table!r} has no column {name!r}")
             field = self.schema.field(name)
-            cols = by_top[name]
-            if pa.types.is_struct(field.type):
+            cols = placed[name]
+            if name in self.member_of:  # one field of a group's cell
+                g = self.member_of[name]
+                if g not in groups:
+                    groups[g] = self._decode_cells(cols[0], [cells.get(cols[0].qualifier) for _, cells in rows])
+                arrays.append(pc.struct_field(groups[g], [groups[g].type.get_field_index(name)]))
+            elif "." in cols[0].name:  # a struct split into one cell per child
                 children = [self._decode_cells(c, [cells.get(c.qualifier) for _, cells in rows]) for c in cols]
                 present = [any(cells.get(c.qualifier) is not None for c in cols) for _, cells in rows]
                 mask = pa.array([not p for p in present], pa.bool_())
@@ -382,8 +446,12 @@ class Layout:
 
     def qualifiers(self, columns: Iterable[str]) -> list[bytes]:
         """The cells to fetch for the top-level ``columns``."""
-        wanted = set(columns)
-        return [c.qualifier for c in self.columns if c.name.partition(".")[0] in wanted]
+        placed = self.placement()
+        return list(dict.fromkeys(c.qualifier for name in columns for c in placed.get(name, [])))
+
+
+def _describe(col: Column) -> str:
+    return f"{col.qualifier.decode()} ({col.type}, {col.kind})"
 
 
 def _key_text(arr: pa.Array) -> list[str]:
@@ -443,7 +511,8 @@ class Writer:
     def _put(self, table: str, rows: Sequence[tuple[bytes, dict[bytes, bytes]]]) -> int:
         with self.pool.connection() as conn:
             try:
-                with conn.table(table).batch(batch_size=self.batch_size) as batch:
+                # one mutateRows call per chunk (happybase's batch_size counts cells, not rows)
+                with conn.table(table).batch() as batch:
                     for key, cells in rows:
                         batch.put(key, cells)
             except Exception:

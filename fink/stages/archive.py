@@ -22,9 +22,10 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from fink.config import ConfigError, FinkConfig, Validated
-from fink.filters.api import SELECTED, AlertFilter, load_filters
-from fink.hbase import DEFAULT_ORDER, INDEXES, Keys, Layout, Writer, connect, ensure_tables
-from fink.science.api import add_metrics
+from fink.filters.api import AlertFilter, FilterError, load_filters
+from fink.hbase import DEFAULT_ORDER, INDEXES, ArchiveError, Keys, Layout, Writer, connect, ensure_tables
+from fink.science.api import ScienceModuleError, add_metrics, check_inputs
+from fink.science.modules import BUILTIN
 from fink.streaming import observed
 
 if TYPE_CHECKING:
@@ -32,7 +33,6 @@ if TYPE_CHECKING:
     from pyspark.sql.streaming import DataStreamWriter
 
 QUERY_NAME = "archive"
-TAGS_METRICS = "archive_tags"
 CUTOUTS = ("cutoutScience", "cutoutTemplate", "cutoutDifference")
 
 DEFAULT_TAGS = {"early_snia": "fink.filters.builtin:early_snia",
@@ -55,6 +55,11 @@ class ArchiveConfig(Validated):
         Tag -> keyword parameters of its filter.
     healpix_order
         Order of the HEALPix pixel index (7: 27 arcmin pixels).
+    modules
+        Science modules (dotted paths) whose outputs are stored together, one Avro cell per
+        module (``d:lightcurve_features``); other added values get one cell each. HBase's
+        cost grows with the cells written: the 56 light-curve features as one cell double
+        the rate the local HBase takes.
     pool_size, batch_size
         Thrift connections writing in parallel, and rows per Thrift call.
     retry_for_s
@@ -69,7 +74,8 @@ class ArchiveConfig(Validated):
     tags: dict = dataclasses.field(default_factory=lambda: dict(DEFAULT_TAGS))
     tag_params: dict = dataclasses.field(default_factory=dict)
     healpix_order: int = DEFAULT_ORDER
-    pool_size: int = 4
+    modules: list = dataclasses.field(default_factory=lambda: list(BUILTIN))
+    pool_size: int = 2
     batch_size: int = 200
     retry_for_s: float = 600.0
     max_files_per_trigger: int = 8
@@ -95,6 +101,17 @@ class ArchiveConfig(Validated):
         return {"science": self.science_path or fink.data_uri("science"),
                 "checkpoint": self.checkpoint or fink.data_uri("checkpoints", "archive")}
 
+    def groups(self, added: list[str]) -> dict[str, list[str]]:
+        """Cell groups: per module of ``modules`` with two or more outputs among ``added``."""
+        from fink.science.api import load_modules
+
+        out = {}
+        for m in load_modules(self.modules):
+            members = [c for c in m.outputs if c in added]
+            if len(members) > 1:
+                out[m.key] = members
+        return out
+
     def load_tags(self) -> list[AlertFilter]:
         return load_filters(self.tags, self.tag_params)
 
@@ -115,75 +132,173 @@ def layout(spark: "SparkSession", cfg: ArchiveConfig, science_path: str) -> Layo
     raw = set(r2s.raw_schema(spark).fieldNames())
     added = [c for c in alert.columns if c not in raw]
     return Layout(cfg.table, alert.toArrow().schema, added=added, cutouts=[c for c in CUTOUTS if c in alert.columns],
-                  keys=Keys(), order=cfg.healpix_order)
+                  keys=Keys(), order=cfg.healpix_order, groups=cfg.groups(added))
 
 
-def tag(df: "DataFrame", tags: list[AlertFilter]) -> "DataFrame":
-    """Run the tag filters (:data:`SELECTED` per alert) and count alerts and tags in the metrics."""
-    from pyspark.sql import functions as F
-
-    from fink.filters.api import apply_filters
-
-    df = apply_filters(df, tags, observe_as=TAGS_METRICS)
-    counts = [F.sum(F.array_contains(F.col(SELECTED), k).cast("int")).alias(f"tag_{f.topic}")
-              for k, f in enumerate(tags)]
-    return df.observe(QUERY_NAME, F.count(F.lit(1)).alias("alerts"), *counts)
+def inputs_of(tags: list[AlertFilter]) -> list[str]:
+    """The columns the tag filters read, in order, each once."""
+    out: list[str] = []
+    for f in tags:
+        out += [c for c in f.module.inputs if c not in out]
+    return out
 
 
-def avro_cells(df: "DataFrame", layout: Layout) -> "DataFrame":
-    """Encode the nested columns (history arrays, maps) as their Avro cells in Spark: the
-    JVM executors do it in parallel, far faster than Python (see :mod:`fink.hbase`)."""
+def run_tags(table, tags: list[AlertFilter], columns: dict[str, str]) -> tuple[list[list[str]], dict[str, Any]]:
+    """Run the tag filters on an Arrow batch (in the writer task, on columns it already has):
+    per alert the tags that selected it, and the metrics of each filter (``<tag>_seconds``,
+    ``<tag>_errors``, ``<tag>_error``, as :func:`fink.science.api.add_metrics` sums them).
+
+    ``columns`` maps each input path to the batch column holding it. A filter that raises
+    tags nothing in the batch (its error is counted); a null answer does not select.
+    """
+    from fink.science.api import run_chain
+
+    n = table.num_rows
+    if not tags or not n:
+        return [[] for _ in range(n)], {}
+    series = {path: table.column(name).to_pandas() for path, name in columns.items()}
+    out = run_chain([f.module for f in tags], series)
+    metrics: dict[str, Any] = {}
+    selected = [[] for _ in range(n)]
+    for k, f in enumerate(tags):
+        flags = out[f"_sel{k}"].fillna(False).astype(bool).tolist()
+        for i in (i for i, hit in enumerate(flags) if hit):
+            selected[i].append(f.topic)
+        error = out[f"_error_{k}"].iloc[0]
+        metrics |= {f"{f.module.key}_seconds": float(out[f"_seconds_{k}"].sum()),
+                    f"{f.module.key}_errors": n if error is not None else 0, f"{f.module.key}_error": error}
+    return selected, metrics
+
+
+def extra_columns(layout: Layout, tag_inputs: list[str] = ()) -> dict[str, str]:
+    """Columns the writers need besides the encoded alert, by Spark-safe name: the key fields
+    inside structs (``{"_key_candidate_jd": "candidate.jd"}``: Spark reads a dot in a name as
+    a struct field) and the tag filters' inputs that the batch does not hold as they are."""
+    import dataclasses
+
+    out = {"_key_" + path.replace(".", "_"): path for path in dataclasses.astuple(layout.keys) if "." in path}
+    plain = {c.name for c in layout.columns if c.kind != "avro" and "." not in c.name}
+    out |= {"_in_" + path.replace(".", "_"): path for path in tag_inputs if path not in plain}
+    return out
+
+
+def cells(df: "DataFrame", layout: Layout, extra: dict[str, str]) -> "DataFrame":
+    """The batch as the writers take it: every nested column (structs, history arrays, maps)
+    already its Avro cell, encoded by Spark in the JVM (far faster than Python), and the key
+    fields that sit inside structs (``candidate.jd``, ``candidate.ra``...) and the tag
+    filters' inputs as top-level columns (``extra``, from :func:`extra_columns`)."""
     import json
 
     from pyspark.sql import functions as F
     from pyspark.sql.avro.functions import to_avro
 
-    cells = {}
+    nested = {}
     for col in layout.columns:
         if col.kind == "avro":
-            leaf = col.name.rpartition(".")[2]
-            cells[col.name] = to_avro(F.struct(F.col(col.name).alias(leaf)), json.dumps(layout.avro[col.name]))
-    top = [name for name in cells if "." not in name]
-    out = df.withColumns({name: value for name, value in cells.items() if name in top})
-    nested = {name: value for name, value in cells.items() if name not in top}
-    return out.select("*", *[value.alias(name) for name, value in nested.items()]) if nested else out
+            if "." in col.name:
+                raise ArchiveError(f"{col.name}: a nested value inside a struct is only archived inside its struct")
+            members = layout.groups.get(col.name)
+            value = F.struct(*[F.col(m) for m in members]) if members else F.col(col.name)
+            nested[col.name] = to_avro(F.struct(value.alias(col.name)), json.dumps(layout.avro[col.name]))
+    return df.select(*[nested.get(c, F.col(c)).alias(c) for c in df.columns if c not in layout.member_of],
+                     *[nested[g].alias(g) for g in layout.groups],
+                     *[F.col(path).alias(alias) for alias, path in extra.items()])
+
+
+#: what each writer task reports (``tags``: JSON of the tag counts and filter metrics)
+REPORT = ("alerts long, archived long, class long, pixel long, night long, retries long, encode_s double, "
+          "write_s double, tags string")
+
+
+def writer_task(layout: Layout, tags: list[AlertFilter], host: str, port: int, cfg: ArchiveConfig,
+                extra: dict[str, str]):
+    """The function each Spark task runs on its Arrow batches (``mapInArrow``): run the tag
+    filters, encode the rows and write them, main table first, through its own Thrift
+    connections; report counts and the filters' metrics."""
+    keys_of = {alias: path for alias, path in extra.items() if alias.startswith("_key_")}
+    inputs = {path: next((a for a, p in extra.items() if p == path and a.startswith("_in_")), path)
+              for path in inputs_of(tags)}
+
+    def write(batches):
+        import json
+
+        import pyarrow as pa
+
+        from fink.hbase import Writer
+        from fink.science.api import add_metrics
+
+        writer = Writer(host, port, pool_size=cfg.pool_size, batch_size=cfg.batch_size, retry_for=cfg.retry_for_s)
+        report = dict.fromkeys(("alerts", "archived", *INDEXES, "retries"), 0) | {"encode_s": 0.0, "write_s": 0.0}
+        counts, metrics = dict.fromkeys((f.topic for f in tags), 0), {}
+        try:
+            for rb in batches:
+                if not rb.num_rows:
+                    continue
+                t0 = time.perf_counter()
+                table = pa.Table.from_batches([rb])
+                tagged, batch_metrics = run_tags(table, tags, inputs)
+                add_metrics(metrics, batch_metrics)
+                for names in tagged:
+                    for name in names:
+                        counts[name] += 1
+                table = table.rename_columns([keys_of.get(n, n) for n in table.column_names])
+                keys = layout.row_keys(table)
+                main = layout.encode(table.drop_columns(["night"]), keys)
+                index = layout.index_rows(table, keys, tagged, table.column("night").to_pylist())
+                t1 = time.perf_counter()
+                report["archived"] += writer.write({layout.table: main})[layout.table]
+                written = writer.write({layout.index_table(i): index[i] for i in INDEXES})
+                for i in INDEXES:
+                    report[i] += written[layout.index_table(i)]
+                report["alerts"] += table.num_rows
+                report["encode_s"] += t1 - t0
+                report["write_s"] += time.perf_counter() - t1
+        finally:
+            writer.close()
+        report["retries"] = writer.retries
+        report["tags"] = json.dumps({"counts": counts, "filters": metrics})
+        yield pa.RecordBatch.from_pylist([report])
+
+    return write
 
 
 class Sink:
-    """The ``foreachBatch`` function: the batch's rows into the main table, then the indexes.
+    """The ``foreachBatch`` function: the Spark tasks write the batch's rows to HBase (the main
+    table, then the indexes), each with its own connections; the batch ends when all have.
 
-    ``written`` keeps, per batch id, the rows HBase accepted per table, and ``seconds`` the
-    time the writes took (retries included).
+    ``written`` keeps, per batch id, the alerts read, the rows HBase accepted per table, the
+    write retries and the times (``encode_s``, ``write_s``: summed over the tasks).
     """
 
-    def __init__(self, layout: Layout, tags: list[str], host: str, port: int, cfg: ArchiveConfig):
-        self.layout, self.tags, self.host, self.port, self.cfg = layout, tags, host, port, cfg
-        self.writer: Writer | None = None
+    def __init__(self, layout: Layout, tags: list[AlertFilter], host: str, port: int, cfg: ArchiveConfig):
+        self.layout = layout
+        self.extra = extra_columns(layout, inputs_of(tags))
+        self.task = writer_task(layout, tags, host, port, cfg, self.extra)
         self.written: dict[int, dict[str, Any]] = {}
 
     def __call__(self, batch: "DataFrame", batch_id: int) -> None:
-        if self.writer is None:
-            self.writer = Writer(self.host, self.port, pool_size=self.cfg.pool_size,
-                                 batch_size=self.cfg.batch_size, retry_for=self.cfg.retry_for_s)
+        import json
+
         t0 = time.perf_counter()
-        table = avro_cells(batch, self.layout).toArrow()
-        t1 = time.perf_counter()
-        record: dict[str, Any] = {"alerts": table.num_rows, "archived": 0, "rows": {}, "retries": 0}
-        if table.num_rows:
-            retries = self.writer.retries
-            keys = self.layout.row_keys(table)
-            main = self.layout.encode(table.drop_columns([SELECTED, "night"]), keys)
-            tags = [[self.tags[k] for k in sel or ()] for sel in table.column(SELECTED).to_pylist()]
-            index = self.layout.index_rows(table, keys, tags, table.column("night").to_pylist())
-            t2 = time.perf_counter()
-            record["rows"] = self.writer.write({self.layout.table: main})
-            record["rows"].update(self.writer.write({self.layout.index_table(i): index[i] for i in INDEXES}))
-            record["archived"] = record["rows"][self.layout.table]
-            record["retries"] = self.writer.retries - retries
-            record["encode_s"] = round(t2 - t1, 3)
-        record["collect_s"] = round(t1 - t0, 3)
-        record["seconds"] = round(time.perf_counter() - t0, 3)
-        self.written[batch_id] = record
+        reports = cells(batch, self.layout, self.extra).mapInArrow(self.task, REPORT).collect()
+        total = {key: sum(r[key] for r in reports) for key in REPORT_KEYS if key != "tags"}
+        tags: dict[str, int] = {}
+        filters: dict[str, dict[str, Any]] = {}
+        for r in reports:
+            found = json.loads(r["tags"])
+            for name, n in found["counts"].items():
+                tags[name] = tags.get(name, 0) + n
+            for name, m in found["filters"].items():
+                add_metrics(filters, {f"{name}_{k}": v for k, v in m.items()})
+        self.written[batch_id] = {
+            "alerts": total["alerts"], "archived": total["archived"], "retries": total["retries"],
+            "rows": {self.layout.table: total["archived"], **{self.layout.index_table(i): total[i] for i in INDEXES}},
+            "tags": tags, "filters": filters,
+            "encode_s": round(total["encode_s"], 3), "write_s": round(total["write_s"], 3),
+            "seconds": round(time.perf_counter() - t0, 3)}
+
+
+REPORT_KEYS = [part.split()[0] for part in REPORT.split(", ")]
 
 
 def build(spark: "SparkSession", cfg: ArchiveConfig, fink: FinkConfig) -> "DataStreamWriter":
@@ -192,6 +307,8 @@ def build(spark: "SparkSession", cfg: ArchiveConfig, fink: FinkConfig) -> "DataS
     The tables are created (or their recorded layout checked) here, before anything starts;
     an unreachable gateway is retried for ``retry_for_s`` like a write.
     """
+    from pyspark.sql import functions as F
+
     from fink.stages import distribution as dist
 
     paths = cfg.paths(fink)
@@ -211,8 +328,13 @@ def build(spark: "SparkSession", cfg: ArchiveConfig, fink: FinkConfig) -> "DataS
     probe.close()
     stream = dist.source(spark, dist.DistributionConfig(max_files_per_trigger=cfg.max_files_per_trigger),
                          paths["science"])
-    sink = Sink(lay, [f.topic for f in tags], host, port, cfg)
-    writer = (tag(stream, tags).writeStream.foreachBatch(sink)
+    try:
+        check_inputs([f.module for f in tags], stream.schema)
+    except ScienceModuleError as exc:  # a tag filter's input that is not a column of the alerts
+        raise FilterError(str(exc).replace("science module", "tag filter", 1)) from exc
+    sink = Sink(lay, tags, host, port, cfg)
+    counted = stream.observe(QUERY_NAME, F.count(F.lit(1)).alias("alerts"))
+    writer = (counted.writeStream.foreachBatch(sink)
               .option("checkpointLocation", paths["checkpoint"]).queryName(QUERY_NAME))
     writer.fink_sink = sink  # type: ignore[attr-defined]  # what each batch wrote, for reconcile
     return writer
@@ -238,12 +360,12 @@ def reconcile(progress: list[dict], written: dict[int, dict[str, Any]]) -> dict[
         balanced &= record.get("archived", 0) == int(values["alerts"])
         for table, n in record.get("rows", {}).items():
             totals["rows"][table] = totals["rows"].get(table, 0) + n
-        for key, n in values.items():
-            if key.startswith("tag_"):
-                totals["tags"][key[4:]] = totals["tags"].get(key[4:], 0) + int(n or 0)
+        for name, n in record.get("tags", {}).items():
+            totals["tags"][name] = totals["tags"].get(name, 0) + n
         totals["retries"] += record.get("retries", 0)
         totals["write_seconds"] += record.get("seconds", 0.0)
-        add_metrics(totals["filters"], observed(p, TAGS_METRICS))
+        for name, m in record.get("filters", {}).items():
+            add_metrics(totals["filters"], {f"{name}_{k}": v for k, v in m.items()})
     totals["balanced"] = balanced and totals["alerts"] == totals["archived"]
     totals["write_seconds"] = round(totals["write_seconds"], 2)
     return totals

@@ -154,8 +154,8 @@ def test_archive_notebook_defaults_are_the_stage_defaults():
 
     declared = papermill.inspect_notebook(str(ROOT / "notebooks" / "archive.ipynb"))
     defaults = ArchiveConfig()
-    for name in ("table", "tags", "tag_params", "healpix_order", "pool_size", "batch_size", "retry_for_s",
-                 "max_files_per_trigger"):
+    for name in ("table", "tags", "tag_params", "healpix_order", "modules", "pool_size", "batch_size",
+                 "retry_for_s", "max_files_per_trigger"):
         assert eval(declared[name]["default"]) == getattr(defaults, name), name
 
 

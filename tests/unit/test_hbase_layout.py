@@ -15,6 +15,7 @@ SCHEMA = pa.schema([
     ("prv_candidates", pa.list_(CANDIDATE)),
     ("cutoutScience", pa.struct([("fileName", pa.string()), ("stampData", pa.binary())])),
     ("processingEnd", pa.timestamp("us", tz="UTC")), ("snia_prob", pa.float64()), ("rb_ok", pa.bool_()),
+    ("rb", pa.float32()),
     ("fink_modules", pa.map_(pa.string(), pa.string())),
 ])
 
@@ -26,10 +27,10 @@ def alerts() -> pa.Table:
          "prv_candidates": [{**point, "jd": 2461370.25, "magpsf": None}, None, {**point, "magpsf": float("nan")}],
          "cutoutScience": {"fileName": "s.fits.gz", "stampData": b"\x1f\x8b\x00binary\xff"},
          "processingEnd": datetime(2026, 11, 27, 3, 4, 5, 123456, tzinfo=UTC), "snia_prob": 1e-300,
-         "rb_ok": True, "fink_modules": [("features", "1.0"), ("xmatch", "")]},
+         "rb_ok": True, "rb": 18.3, "fink_modules": [("features", "1.0"), ("xmatch", "")]},
         {"objectId": "ZTF26aaaaaab", "candid": 8, "candidate": {**point, "magpsf": 3.4028235e38, "isdiffpos": ""},
          "prv_candidates": [], "cutoutScience": None, "processingEnd": None, "snia_prob": None,
-         "rb_ok": False, "fink_modules": None},
+         "rb_ok": False, "rb": 3.4028235e38, "fink_modules": None},
         {"objectId": "ZTF26aaaaaaa", "candid": 9, "candidate": {**point, "jd": 2461371.9, "magpsf": 1.17549435e-38},
          "prv_candidates": None, "cutoutScience": {"fileName": None, "stampData": b""},
          "processingEnd": datetime(1970, 1, 1, tzinfo=UTC), "snia_prob": float("inf"), "rb_ok": None,
@@ -60,13 +61,38 @@ def test_cells_read_back_as_the_same_values_and_types():
     assert nan_equal(back.to_pylist(), table.to_pylist())
 
 
+def test_a_group_of_columns_is_one_cell_and_reads_back_as_columns():
+    lay = layout(groups={"scores": ["snia_prob", "fink_modules", "processingEnd"]})
+    rows = lay.encode(alerts())
+    assert all(b"d:snia_prob" not in cells and b"d:scores" in cells for _, cells in rows)
+    back = lay.decode(rows)
+    assert back.schema == SCHEMA and nan_equal(back.to_pylist(), alerts().to_pylist())
+    assert lay.decode(rows, ["objectId", "snia_prob"]).column("snia_prob").to_pylist() == [1e-300, None, float("inf")]
+    assert lay.qualifiers(["snia_prob", "processingEnd"]) == [b"d:scores"]
+    again = Layout.from_meta("t", lay.meta_cells())
+    assert again.groups == lay.groups and nan_equal(again.decode(rows).to_pylist(), alerts().to_pylist())
+    with pytest.raises(ArchiveError, match="this stream writes it as d:scores"):
+        lay.merged_with(layout())
+    with pytest.raises(ArchiveError, match="mixes added values"):
+        layout(groups={"bad": ["snia_prob", "rb"]})
+    with pytest.raises(ArchiveError, match="is a cutout"):
+        layout(groups={"bad": ["cutoutScience"]})
+
+
 def test_families_qualifiers_and_nulls():
     lay = layout()
     key, cells = lay.encode(alerts())[1]
     assert key == b"ZTF26aaaaaab_02461371.5000001_00000000000000000008"
-    assert cells[b"i:candidate.magpsf"] == b"3.4028235e+38"  # float32 shortest text
-    assert cells[b"i:candidate.isdiffpos"] == b""  # an empty string is a cell, a null is none
+    assert cells[b"i:rb"] == b"3.4028235e+38"  # float32 shortest text
+    assert cells[b"i:objectId"] == b"ZTF26aaaaaab" and cells[b"i:candid"] == b"8"
+    assert set(cells) >= {b"i:candidate", b"i:prv_candidates"}  # a struct, a list: one Avro cell each
+    assert b"i:fink_modules" not in cells and b"d:fink_modules" not in cells  # null: no cell
+    first = lay.encode(alerts())[0][1]
+    assert first[b"b:cutoutScience.stampData"] == b"\x1f\x8b\x00binary\xff"  # cutout bytes as they came
+    assert first[b"d:fink_modules"] and first[b"d:processingEnd"] == b"2026-11-27 03:04:05.123456Z"
     assert b"d:snia_prob" not in cells and b"b:cutoutScience.stampData" not in cells
+    empty = lay.encode(alerts())[2][1]
+    assert empty[b"b:cutoutScience.stampData"] == b"" and b"b:cutoutScience.fileName" not in empty
     assert cells[b"i:rb_ok"] == b"false"
     families = {q.split(b":")[0] for _, c in lay.encode(alerts()) for q in c}
     assert families == {b"i", b"d", b"b"}
@@ -110,7 +136,7 @@ def test_the_layout_survives_its_meta_row_and_clashes_are_named():
                     cutouts=["cutoutScience"]).merged_with(lay)
     assert "new_score" in merged.schema.names and "snia_prob" in merged.added
     clash = pa.schema([f if f.name != "snia_prob" else pa.field("snia_prob", pa.string()) for f in SCHEMA])
-    with pytest.raises(ArchiveError, match="d:snia_prob as double"):
+    with pytest.raises(ArchiveError, match=r"holds 'snia_prob' as d:snia_prob \(double, text\)"):
         Layout("t", clash, added=["snia_prob", "fink_modules", "processingEnd"],
                cutouts=["cutoutScience"]).merged_with(lay)
     with pytest.raises(ArchiveError, match="HEALPix order"):
