@@ -75,7 +75,7 @@ class ArchiveConfig(Validated):
     tag_params: dict = dataclasses.field(default_factory=dict)
     healpix_order: int = DEFAULT_ORDER
     modules: list = dataclasses.field(default_factory=lambda: list(BUILTIN))
-    pool_size: int = 2
+    pool_size: int = 4
     batch_size: int = 200
     retry_for_s: float = 600.0
     max_files_per_trigger: int = 8
