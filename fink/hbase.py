@@ -271,7 +271,7 @@ class Layout:
         mine, theirs = self.placement(), stored.placement()
         for name, cols in theirs.items():
             have = mine.get(name)
-            if have is not None and have != cols:
+            if have is not None and [_loose(c) for c in have] != [_loose(c) for c in cols]:
                 raise ArchiveError(
                     f"table {self.table!r} holds {name!r} as {', '.join(_describe(c) for c in cols)}; this stream "
                     f"writes it as {', '.join(_describe(c) for c in have)}: use another table")
@@ -448,6 +448,22 @@ class Layout:
         """The cells to fetch for the top-level ``columns``."""
         placed = self.placement()
         return list(dict.fromkeys(c.qualifier for name in columns for c in placed.get(name, [])))
+
+
+def _nullable(t: pa.DataType) -> pa.DataType:
+    """``t`` with every nested field nullable (Spark's schemas differ only in that, from
+    one source to another; the Avro cells are nullable everywhere)."""
+    if pa.types.is_struct(t):
+        return pa.struct([pa.field(f.name, _nullable(f.type)) for f in t])
+    if pa.types.is_list(t) or pa.types.is_large_list(t):
+        return pa.list_(_nullable(t.value_type))
+    if pa.types.is_map(t):
+        return pa.map_(_nullable(t.key_type), _nullable(t.item_type))
+    return t
+
+
+def _loose(col: Column) -> Column:
+    return dataclasses.replace(col, type=_nullable(col.type))
 
 
 def _describe(col: Column) -> str:

@@ -139,6 +139,11 @@ def test_the_layout_survives_its_meta_row_and_clashes_are_named():
     with pytest.raises(ArchiveError, match=r"holds 'snia_prob' as d:snia_prob \(double, text\)"):
         Layout("t", clash, added=["snia_prob", "fink_modules", "processingEnd"],
                cutouts=["cutoutScience"]).merged_with(lay)
+    strict = pa.schema([f if f.name != "fink_modules" else
+                        pa.field("fink_modules", pa.map_(pa.string(), pa.field("value", pa.string(), nullable=False)))
+                        for f in SCHEMA])
+    same = Layout("t", strict, added=["snia_prob", "fink_modules", "processingEnd"], cutouts=["cutoutScience"])
+    assert same.merged_with(lay).schema.names == SCHEMA.names  # nullability alone is no clash
     with pytest.raises(ArchiveError, match="HEALPix order"):
         layout(order=8).merged_with(lay)
     with pytest.raises(ArchiveError, match="layout 0"):
