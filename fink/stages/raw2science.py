@@ -225,6 +225,30 @@ def reconcile(spark: "SparkSession", progress: list[dict], science_path: str) ->
     return totals
 
 
+def fill_from_simulator(spark: "SparkSession", fink: FinkConfig, source: str, topic: str, science_path: str = "",
+                        duration: float = 600.0, stop_file: str = "") -> dict[str, Any]:
+    """Fill the science archive from a night replayed by the simulator: ``source`` (a folder
+    of alerts with its ``catalogue.csv``) into ``topic``, then stream2raw and raw2science with
+    every built-in module, each caught up (``availableNow``). For the notebooks of the stages
+    that read the science archive, run with ``simulator``."""
+    from pathlib import Path
+
+    from fink import streaming
+    from fink.science.modules import BUILTIN
+    from fink.simulator import SimulatorConfig, replay
+    from fink.stages import stream2raw
+
+    sent = replay(SimulatorConfig(source=source, topic=topic), fink.kafka_bootstrap, progress=False)
+    raw_stage = stream2raw.Stream2RawConfig(topic=topic)
+    catalogue = {"catalogue_path": str(Path(source) / "catalogue.csv")}
+    science_stage = Raw2ScienceConfig(modules=BUILTIN, science_path=science_path,
+                                      module_params={"fink.science.modules.xmatch:crossmatch": catalogue})
+    for make, conf, name in ((stream2raw.build, raw_stage, stream2raw.QUERY_NAME), (build, science_stage, QUERY_NAME)):
+        query = streaming.start(make(spark, conf, fink).trigger(availableNow=True), name)  # one after the other
+        streaming.run_until([query], duration=duration, stop_file=stop_file)
+    return {"alerts": sent["alerts"], "science": science_stage.paths(fink)["science"]}
+
+
 def read_science(spark: "SparkSession", path: str) -> "DataFrame":
     """The science archive as a table (one row per kept alert, partitioned by ``night``)."""
     return spark.read.parquet(path)

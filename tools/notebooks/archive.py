@@ -64,19 +64,10 @@ from fink.stages import archive
 spark = get_spark(cfg, app_name="fink-archive")
 streaming.stop_active(spark)  # a re-run of this cell must not leave a second query behind
 if simulator:
-    from fink.science.modules import BUILTIN
-    from fink.simulator import SimulatorConfig, replay
-    from fink.stages import raw2science, stream2raw
+    from fink.stages.raw2science import fill_from_simulator
 
-    sent = replay(SimulatorConfig(source="../datasim/sample_night", topic=topic), cfg.kafka_bootstrap, progress=False)
-    raw_stage = stream2raw.Stream2RawConfig(topic=topic)
-    science_stage = raw2science.Raw2ScienceConfig(
-        modules=BUILTIN, science_path=science_path,
-        module_params={"fink.science.modules.xmatch:crossmatch": {"catalogue_path": "../datasim/sample_night/catalogue.csv"}})
-    for module, conf in ((stream2raw, raw_stage), (raw2science, science_stage)):
-        streaming.run_until([streaming.start(module.build(spark, conf, cfg).trigger(availableNow=True), module.QUERY_NAME)],
-                            duration=duration, stop_file=stop_file)
-    print(f"simulator: {sent['alerts']} alerts -> raw -> science archive {science_stage.paths(cfg)['science']}")
+    filled = fill_from_simulator(spark, cfg, "../datasim/sample_night", topic, science_path, duration, stop_file)
+    print(f"simulator: {filled['alerts']} alerts -> raw -> science archive {filled['science']}")
 """),
 ("md", "## Tables, source, writer; start, watch the rows HBase accepted, end within `duration`"),
 ("code", """
