@@ -1,5 +1,5 @@
 # Two commands on a fresh machine (Python 3.11, Java 17, Maven):
-#   make demo   set everything up, then run the main job and print what it did
+#   make demo   set everything up, run the whole broker on the sample night, print and report it
 #   make test   set everything up, then run the whole test suite
 # Each step is skipped when already done, so a second run downloads nothing.
 
@@ -37,7 +37,9 @@ status: venv
 test: services
 	$(BIN)/pytest $(PYTEST_ARGS)
 
-demo: services
+# the demo starts the services it needs and stops them (and everything it started) at the end
+demo: jvm
+	@$(BIN)/fink init > /dev/null
 	$(BIN)/fink demo
 
 stop: venv

@@ -8,7 +8,7 @@ import logging
 import sys
 from pathlib import Path
 
-from fink import jvm, kafka, runner, services
+from fink import jvm, runner, services
 from fink.config import ServicesConfig, fink_home
 from fink.errors import FinkError
 from fink.log import logger
@@ -17,17 +17,17 @@ USAGE = """\
 Handle the alert stream received by Apache Spark (Kafka in, Kafka and HBase out)
 
  Usage:
-    fink init                                      create $FINK_HOME and its services.yaml
+    fink init [-c <conf>]                          create $FINK_HOME, services.yaml and the conf's folders
     fink services start|stop|status [NAME...]      local Kafka, HBase and Thrift [--json]
-    fink start <service> [-c <conf>] [--simulator] run notebooks/<service>.ipynb headless
+    fink start <service> [-c <conf>] [--simulator] run notebooks/<service>.ipynb headless [-p key=value]
     fink stop <service|all>                        stop a service cleanly (forced after a timeout)
-    fink show                                      list running services
+    fink show [--json]                             running services: pid, uptime, state, rates, last batch
     fink jvm fetch|versions                        resolve / list the pinned JVM artifacts
     fink datasim generate|download ...             simulate a night / fetch a real ZTF night
     fink checkstream <topic> [--from earliest]     watch a topic: counts, rates, lag, latest alerts
     fink compact <YYYYMMDD> [--raw PATH]           compact a finished night of the raw archive
     fink users add|grant|revoke|list|remove ...    users of the distribution topics (SCRAM, ACLs)
-    fink demo                                      the smoke pipeline on the local stack
+    fink demo                                      the whole broker on the sample night, then a report
 
  Services (notebooks/): {services}
  Configuration: conf/local.yaml (default), conf/ci.yaml, conf/cluster.yaml
@@ -46,15 +46,18 @@ def _usage() -> str:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fink", usage=argparse.SUPPRESS, add_help=False)
     sub = p.add_subparsers(dest="command")
-    sub.add_parser("init", help="create $FINK_HOME and a default services.yaml")
+    sub.add_parser("init", help="create $FINK_HOME, a default services.yaml and the folders of a conf").add_argument(
+        "-c", "--conf", help="parameters file whose data_dir and paths to create")
     st = sub.add_parser("start", help="run a service notebook headless in the background")
     st.add_argument("service")
     st.add_argument("-c", "--conf", help="papermill parameters file (conf/*.yaml)")
     st.add_argument("--simulator", action="store_true", help="read the simulator's stream")
+    st.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
+                    help="a notebook parameter (YAML value), over the conf file; repeatable")
     sp = sub.add_parser("stop", help="stop a service notebook")
     sp.add_argument("service", help="a service name, or 'all'")
     sp.add_argument("--timeout", type=float, default=60.0, help="seconds before forcing (default 60)")
-    sub.add_parser("show", help="list running services")
+    sub.add_parser("show", help="list running services").add_argument("--json", action="store_true")
     j = sub.add_parser("jvm", help="JVM artifacts")
     j.add_argument("action", choices=["fetch", "versions"])
     ds = sub.add_parser("datasim", help="simulated and real alert data")
@@ -90,8 +93,11 @@ def _parser() -> argparse.ArgumentParser:
         ug.add_argument("topic")
     usub.add_parser("list", help="users and the topics they may read").add_argument("--json", action="store_true")
     usub.add_parser("remove", help="delete a user and their grants").add_argument("name")
-    d = sub.add_parser("demo", help="run the smoke pipeline and print what it did")
+    d = sub.add_parser("demo", help="the whole broker on the sample night, then a report")
     d.add_argument("-c", "--conf", default=None, help="parameters file (default conf/local.yaml)")
+    d.add_argument("--keep-services", action="store_true", help="leave Kafka and HBase running at the end")
+    d.add_argument("--timeout", type=float, default=420.0, help="seconds to account for every alert")
+    d.add_argument("--rate", type=float, default=25.0, help="alerts/s the simulator publishes")
     return p
 
 
@@ -103,10 +109,30 @@ def _services_parser() -> argparse.ArgumentParser:
     return s
 
 
-def _init() -> int:
+def _init(conf: str | None = None) -> int:
+    import yaml
+
+    from fink.config import FinkConfig
+
     home = fink_home()
-    for sub in ("data", "logs", "runs", "run", "services"):
+    for sub in ("data", "logs", "runs", "run", "services", "metrics", "reports"):
         (home / sub).mkdir(parents=True, exist_ok=True)
+    params = {}
+    if conf:
+        try:
+            params = yaml.safe_load(Path(conf).read_text()) or {}
+        except OSError as exc:
+            raise FinkError(f"{conf}: cannot read parameters file ({exc.strerror})") from exc
+    cfg = FinkConfig.from_mapping({k: v for k, v in params.items() if k in FinkConfig.field_names()},
+                                  source=conf or "defaults")
+    folders = [cfg.data_uri(part) for part in ("raw", "quarantine", "science", "checkpoints")]
+    folders += [str(v) for k, v in params.items() if k.endswith("_path") and v]  # raw_path, science_path...
+    for folder in folders:
+        if "://" in folder and not folder.startswith("file://"):
+            print(f"not a local path, created by the stage that writes it: {folder}")
+            continue
+        Path(folder.removeprefix("file://")).mkdir(parents=True, exist_ok=True)
+        print(f"folder: {folder}")
     conf = home / "services.yaml"
     if not conf.exists():
         lines = ["# Local services of `fink services` (loopback only). Edit ports if taken."]
@@ -135,61 +161,36 @@ def _services(args: argparse.Namespace) -> int:
     return 0
 
 
-def _show() -> int:
-    runs = runner.running()
-    if not runs:
+def _show(as_json: bool = False) -> int:
+    rows = [runner.describe(r) for r in runner.running()]
+    if as_json:
+        print(json.dumps(rows, indent=1))
+        return 0
+    if not rows:
         print("no service running")
-    for r in runs:
-        print(f"{r.service:14s} pid={r.pid:<8d} started={r.started_at} run={r.run_dir}")
-    print("\n fink start <service> [-c conf/local.yaml]  |  fink stop <service|all>  |  fink show")
+    else:
+        print(f"{'service':14s} {'pid':>8s} {'started':19s} {'uptime':>8s} {'state':10s} {'in/s':>7s} "
+              f"{'batches':>7s} {'last batch':19s} {'lag':>6s}")
+    for r in rows:
+        uptime = f"{int(r['uptime_s']) // 3600}:{int(r['uptime_s']) % 3600 // 60:02d}:{int(r['uptime_s']) % 60:02d}"
+        print(f"{r['service']:14s} {r['pid']:8d} {r['started_at'][:19]:19s} {uptime:>8s} {r['state']:10s} "
+              f"{r.get('input_rate', '-')!s:>7s} {r.get('batches', '-')!s:>7s} {r.get('last_batch', '-'):19s} "
+              f"{r.get('lag') if r.get('lag') is not None else '-'!s:>6s}")
+    print("\n fink start <service> [-c conf/local.yaml]  |  fink stop <service|all>  |  fink show [--json]")
     return 0
 
 
-def _demo(conf: str | None) -> int:
-    """The smoke check, then the pipeline on the sample night: simulator -> Kafka -> stream2raw
-    -> raw2science (cuts and every built-in module), each run headless by papermill."""
-    import shutil
-    import uuid
+def _params(pairs: list[str]) -> dict:
+    """``-p key=value`` pairs, each value read as YAML (``-p trigger="2 seconds" -p duration=60``)."""
+    import yaml
 
-    import papermill
-
-    root = Path(__file__).resolve().parents[1]
-    conf_path = Path(conf) if conf else root / "conf" / "local.yaml"
-    out_dir = fink_home() / "runs" / "demo"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    # the demo's fresh topics are deleted at the end: repeated demos fill no disk
-    with kafka.temporary_topics(ServicesConfig.load().kafka_bootstrap):
-        for name, extra in (("smoke", {}), ("raw2science", {"simulator": True})):
-            notebook = runner.notebooks_dir() / f"{name}.ipynb"
-            params = runner.resolve_parameters(notebook, str(conf_path), simulator=False)
-            params.pop("stop_file", None)
-            if name == "raw2science":  # a fresh archive and topic each time: the demo shows one night
-                data = out_dir / "data"
-                shutil.rmtree(data, ignore_errors=True)
-                extra = {**extra, "data_dir": str(data), "topic": f"demo_{uuid.uuid4().hex[:8]}"}
-            out_nb = out_dir / f"{name}.ipynb"
-            print(f"running {notebook.name} with {conf_path.name} (executed notebook: {out_nb})")
-            papermill.execute_notebook(str(notebook), str(out_nb), parameters={**params, **extra}, progress_bar=True,
-                                       cwd=str(notebook.parent))
-    report = fink_home() / "reports" / "smoke"
-    summary = json.loads((report / "summary.json").read_text())
-    print("\nWhat the smoke pipeline did:")
-    for key, value in summary.items():
-        print(f"  {key:36s} {value}")
-    print(f"  {'figure':36s} {report / 'magnitudes.png'}")
-    report = fink_home() / "reports" / "raw2science"
-    summary = json.loads((report / "summary.json").read_text())
-    print("\nThe sample night through the broker (simulator -> Kafka -> stream2raw -> raw2science):")
-    print(f"  alerts {summary['alerts']}, kept {summary['kept']}, rejected by cut {summary['reasons']}, "
-          f"balanced {summary['balanced']}")
-    for module, cost in summary["modules"].items():
-        print(f"  module {module:22s} {1000 * cost['seconds'] / max(summary['kept'], 1):7.2f} ms/alert, "
-              f"{cost['errors']} errors")
-    print(f"  science archive: {summary['science']}")
-    print(f"  figure: {report / 'summary.png'}")
-    print("\nMost likely SN Ia (top_candidates.csv):")
-    print((report / "top_candidates.csv").read_text())
-    return 0
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise FinkError(f"-p {pair!r}: expected key=value")
+        out[key] = yaml.safe_load(value) if value else ""
+    return out
 
 
 def _datasim(args: argparse.Namespace) -> int:
@@ -297,18 +298,18 @@ def main(argv: list[str] | None = None) -> int:
         args = _parser().parse_args(argv)
     try:
         if args.command == "init":
-            return _init()
+            return _init(args.conf)
         if args.command == "services":
             return _services(args)
         if args.command == "start":
-            run = runner.start(args.service, args.conf, args.simulator)
+            run = runner.start(args.service, args.conf, args.simulator, params=_params(args.param))
             print(f"{run.service}: started (pid {run.pid}); executed notebook and log in {run.run_dir}")
             return 0
         if args.command == "stop":
             print(runner.stop(args.service, args.timeout))
             return 0
         if args.command == "show":
-            return _show()
+            return _show(args.json)
         if args.command == "jvm":
             if args.action == "fetch":
                 done = jvm.fetch()
@@ -319,7 +320,9 @@ def main(argv: list[str] | None = None) -> int:
                         print(f"{component:6s} {name} {version}")
             return 0
         if args.command == "demo":
-            return _demo(args.conf)
+            from fink import demo
+
+            return demo.run(args.conf, keep_services=args.keep_services, timeout=args.timeout, rate=args.rate)
         if args.command == "datasim":
             return _datasim(args)
         if args.command == "checkstream":

@@ -100,8 +100,13 @@ def resolve_parameters(notebook: Path, conf: str | None, simulator: bool) -> dic
     return params
 
 
-def start(service: str, conf: str | None = None, simulator: bool = False, home: Path | None = None) -> Run:
-    """Run ``notebooks/<service>.ipynb`` headless in the background; return its record."""
+def start(service: str, conf: str | None = None, simulator: bool = False, home: Path | None = None,
+          params: dict[str, Any] | None = None) -> Run:
+    """Run ``notebooks/<service>.ipynb`` headless in the background; return its record.
+
+    ``params`` override the parameters file (``fink start ... -p key=value``); every key
+    must be a parameter of the notebook.
+    """
     home = home or fink_home()
     notebook = notebooks_dir() / f"{service}.ipynb"
     if not notebook.exists():
@@ -111,7 +116,13 @@ def start(service: str, conf: str | None = None, simulator: bool = False, home: 
     if current is not None and current.alive():
         raise RunnerError(f"{service} is already running (pid {current.pid}, {current.run_dir}); "
                           f"`fink stop {service}` first")
-    params = resolve_parameters(notebook, conf, simulator)
+    if params_override := dict(params or {}):
+        declared = notebook_parameters(notebook)
+        unknown = sorted(set(params_override) - set(declared))
+        if unknown:
+            raise ConfigError(f"unknown parameter(s) {', '.join(unknown)} for {notebook.name} "
+                              f"(it declares: {', '.join(declared)})")
+    params = {**resolve_parameters(notebook, conf, simulator), **params_override}
     stamp = time.strftime("%Y%m%d-%H%M%S")
     run_dir = home / "runs" / service / stamp
     suffix = 1
@@ -124,7 +135,9 @@ def start(service: str, conf: str | None = None, simulator: bool = False, home: 
     with open(run_dir / "log.txt", "wb") as log:
         proc = subprocess.Popen([sys.executable, "-m", "fink.runner", str(notebook), str(run_dir)],
                                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True, env={**os.environ, "FINK_HOME": str(home)})
+                                start_new_session=True,
+                                env={**os.environ, "FINK_HOME": str(home), "FINK_SERVICE": service,
+                                     "FINK_RUN": f"{service}-{run_dir.name}", "FINK_RUN_DIR": str(run_dir)})
     run = Run(service, proc.pid, process_start_time(proc.pid) or 0, time.strftime("%Y-%m-%dT%H:%M:%S%z"),
               str(run_dir), str(notebook))
     state = _state_file(service, home)
@@ -144,6 +157,42 @@ def running(home: Path | None = None) -> list[Run]:
         else:
             state.unlink(missing_ok=True)
     return runs
+
+
+def describe(run: Run, store: Any = None) -> dict[str, Any]:
+    """What ``fink show`` says of a running service: process, uptime, state and its latest batch.
+
+    ``state`` is ``stopping`` (its stop file exists), ``starting`` (no batch yet),
+    ``processing`` (its latest batch read alerts) or ``waiting`` (its latest batch was empty).
+    """
+    from fink import metrics
+
+    store = store or metrics.Store(metrics.default_path(Path(run.run_dir).parents[2]))
+    try:
+        last = store.last_batch(f"{run.service}-{Path(run.run_dir).name}")
+    except Exception as exc:  # noqa: BLE001 - an unreadable store must not hide the running services
+        last, note = None, f"metrics unreadable: {exc}"
+    else:
+        note = None
+    started = time.mktime(time.strptime(run.started_at[:19], "%Y-%m-%dT%H:%M:%S"))
+    if run.stop_file.exists():
+        state = "stopping"
+    elif last is None:
+        state = "starting"
+    else:
+        idle_since_batch = (last["idle"] or 0) > last["time"] + (last["duration_s"] or 0)
+        state = "processing" if last["input_rows"] and not idle_since_batch else "waiting"
+    info: dict[str, Any] = {"service": run.service, "pid": run.pid, "started_at": run.started_at,
+                            "uptime_s": round(time.time() - started, 1), "state": state, "run_dir": run.run_dir}
+    if note:
+        info["note"] = note
+    if last is not None:
+        info.update(query=last["query"], batches=last["batches"], rows_in=last["rows"],
+                    input_rate=round(last["input_rate"], 1), processed_rate=round(last["processed_rate"], 1),
+                    last_batch=time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(last["time"])),
+                    last_batch_s=last["duration_s"], lag=last["lag"], latency_p50_s=last["latency_p50"],
+                    latency_p95_s=last["latency_p95"])
+    return info
 
 
 def stop(service: str, timeout: float = 60.0, home: Path | None = None) -> str:
@@ -169,6 +218,14 @@ def stop(service: str, timeout: float = 60.0, home: Path | None = None) -> str:
     return f"{service}: {how} (pid {run.pid}, {run.run_dir})"
 
 
+def wait(run: Run, timeout: float) -> bool:
+    """Wait until ``run``'s process ends (True) or ``timeout`` seconds pass (False)."""
+    ok = _wait(run, timeout)
+    if ok:
+        _state_file(run.service, Path(run.run_dir).parents[2]).unlink(missing_ok=True)
+    return ok
+
+
 def _wait(run: Run, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -186,10 +243,15 @@ def _execute(notebook: str, run_dir: str) -> int:
 
     # papermill logs each cell's output through its logger: into this run's log.txt
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    from fink import metrics
+
     out = Path(run_dir)
     params = yaml.safe_load((out / "parameters.yaml").read_text()) or {}
     t0 = time.time()
     status: dict[str, Any] = {"notebook": notebook, "started": t0}
+    service, run = metrics.run_identity(Path(notebook).stem)
+    store = metrics.Store()
+    store.begin_run(run, service, os.getpid(), run_dir, t0)
     try:
         papermill.execute_notebook(notebook, str(out / "output.ipynb"), parameters=params, log_output=True,
                                    progress_bar=False, cwd=str(Path(notebook).parent))
@@ -199,9 +261,28 @@ def _execute(notebook: str, run_dir: str) -> int:
         status.update(state="failed", error=f"{type(exc).__name__}: {exc}"[:2000])
         print(status["error"], file=sys.stderr)
         code = 1
+    if (out / "STOP").exists() and code == 0:
+        status["state"] = "stopped"
     status["seconds"] = round(time.time() - t0, 1)
+    try:  # a page a person can read without Jupyter: the executed notebook, its plots inline
+        export_html(out / "output.ipynb", out / "output.html")
+        status["html"] = str(out / "output.html")
+    except Exception as exc:  # noqa: BLE001 - the run's own outcome matters more than its page
+        print(f"HTML export failed: {exc}", file=sys.stderr)
     (out / "status.json").write_text(json.dumps(status, indent=1))
+    store.end_run(run, status["state"], status.get("error"))
     return code
+
+
+def export_html(executed: str | Path, html: str | Path) -> Path:
+    """Write an executed notebook as one self-contained HTML page (images embedded)."""
+    import nbconvert
+    import nbformat
+
+    nb = nbformat.read(str(executed), as_version=4)
+    body, _ = nbconvert.HTMLExporter(embed_images=True).from_notebook_node(nb)
+    Path(html).write_text(body)
+    return Path(html)
 
 
 if __name__ == "__main__":

@@ -65,10 +65,14 @@ def stop_active(spark: "SparkSession") -> int:
 def start(writer: "DataStreamWriter", name: str) -> "StreamingQuery":
     """Start ``writer`` as the query ``name`` (a name makes its metrics findable).
 
-    The query's jobs run in a scheduler pool of its own name: with Spark's FAIR mode (the
+    Its progress reports go to the metrics store (:func:`fink.metrics.attach`). The query's
+    jobs run in a scheduler pool of its own name: with Spark's FAIR mode (the
     default of :func:`fink.session.get_spark`), stages of a pipeline sharing one session take
     turns on the cores instead of one query's backlog holding the next one's batch back.
     """
+    from fink import metrics
+
+    metrics.attach(writer._spark)  # progress of every query into the metrics store (fink show, dashboard)
     sc = writer._spark.sparkContext  # the query thread inherits the caller's local properties
     previous = sc.getLocalProperty("spark.scheduler.pool")
     sc.setLocalProperty("spark.scheduler.pool", name)

@@ -8,12 +8,14 @@ shared services, which other tests and the developer's notebooks use.
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
-from fink import services
+from fink import metrics, services
 from fink.config import FinkConfig, ServicesConfig, fink_home
 from fink.streaming import stop_active
 
@@ -77,4 +79,57 @@ def shared_datasim() -> Path:
     path = SHARED / "datasim"
     if not path.is_dir():
         pytest.skip(f"real alert samples not found at {path} (set FINK_SHARED to the folder holding datasim/)")
+    return path
+
+
+# -- metrics (fink.metrics) ---------------------------------------------------------------
+
+def _progress(query, batch, rows, when, latency=None, observed=None, latest=None, end=None, duration_ms=2000):
+    """A progress report shaped as ``StreamingQueryProgress.json`` gives it."""
+    obs = dict(observed or {})
+    if latency is not None:
+        obs[metrics.LATENCY] = {"latency_s": latency}
+    source = {"description": "KafkaV2[Subscribe[t]]", "numInputRows": rows,
+              "metrics": {"maxOffsetsBehindLatest": "7"}}
+    if latest is not None:
+        source.update(latestOffset=latest, endOffset=end)
+    return {"id": "q-id", "runId": "r-id", "name": query, "batchId": batch, "numInputRows": rows,
+            "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(when)),
+            "inputRowsPerSecond": rows / 2.0, "processedRowsPerSecond": rows / 1.5,
+            "durationMs": {"triggerExecution": duration_ms}, "observedMetrics": obs, "sources": [source]}
+
+
+def _night_store(path):
+    """Two stages' batches on the night 20261128 and one batch the night before."""
+    store = metrics.Store(path)
+    t = pd.Timestamp("2026-11-28T01:00:00Z").timestamp()
+    store.begin_run("s2r", "stream2raw", started=t - 86400 - 60)  # running since the night before
+    store.begin_run("r2s", "raw2science", started=t - 60)
+    store.begin_run("sim", "simulator", started=t - 30)
+    store.add_note("sim", "simulator", 0, {"alerts": 130})
+    store.add_progress("s2r", _progress("stream2raw", 0, 30, t - 86400, observed={"stream2raw": {"messages": 30}}))
+    for b, (rows, lat) in enumerate([(100, [1.0, 2.0, 2.5]), (30, [3.0, 9.0, 9.5]), (0, None)]):
+        store.add_progress("s2r", _progress("stream2raw", b + 1, rows, t + 10 * b, latency=lat,
+                                           observed={"stream2raw": {"messages": rows}}))
+        store.add_note("s2r", "stream2raw", b + 1, {"archived": rows - (b == 1), "quarantined": int(b == 1)})
+    for b, rows in enumerate([99, 30]):
+        store.add_progress("r2s", _progress("raw2science", b, rows, t + 5 + 10 * b, latency=[5.0, 6.0, 7.0],
+                                           observed={"raw2science": {"alerts": rows, "rejected": 9}}))
+        store.add_note("r2s", "raw2science", b, {"alerts": rows - 9})
+    return store
+    return store
+
+
+@pytest.fixture
+def progress():
+    """Build a progress report shaped as ``StreamingQueryProgress.json`` gives it."""
+    return _progress
+
+
+@pytest.fixture
+def night_metrics(tmp_path) -> Path:
+    """A metrics store: stream2raw and raw2science batches of the night 20261128 (UTC), one the night
+    before, and the simulator's note of 130 alerts published."""
+    path = tmp_path / "night-metrics" / "metrics.db"
+    _night_store(path)
     return path

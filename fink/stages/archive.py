@@ -21,6 +21,7 @@ import dataclasses
 import time
 from typing import TYPE_CHECKING, Any
 
+from fink import metrics
 from fink.config import ConfigError, FinkConfig, Validated
 from fink.filters.api import AlertFilter, FilterError, load_filters
 from fink.hbase import DEFAULT_ORDER, INDEXES, ArchiveError, Keys, Layout, Writer, connect, ensure_tables
@@ -296,6 +297,7 @@ class Sink:
             "tags": tags, "filters": filters,
             "encode_s": round(total["encode_s"], 3), "write_s": round(total["write_s"], 3),
             "seconds": round(time.perf_counter() - t0, 3)}
+        metrics.note(QUERY_NAME, batch_id, self.written[batch_id])
 
 
 REPORT_KEYS = [part.split()[0] for part in REPORT.split(", ")]
@@ -333,7 +335,7 @@ def build(spark: "SparkSession", cfg: ArchiveConfig, fink: FinkConfig) -> "DataS
     except ScienceModuleError as exc:  # a tag filter's input that is not a column of the alerts
         raise FilterError(str(exc).replace("science module", "tag filter", 1)) from exc
     sink = Sink(lay, tags, host, port, cfg)
-    counted = stream.observe(QUERY_NAME, F.count(F.lit(1)).alias("alerts"))
+    counted = metrics.observe_latency(stream.observe(QUERY_NAME, F.count(F.lit(1)).alias("alerts")))
     writer = (counted.writeStream.foreachBatch(sink)
               .option("checkpointLocation", paths["checkpoint"]).queryName(QUERY_NAME))
     writer.fink_sink = sink  # type: ignore[attr-defined]  # what each batch wrote, for reconcile

@@ -22,7 +22,7 @@ import dataclasses
 import json
 from typing import TYPE_CHECKING, Any
 
-from fink import kafka
+from fink import kafka, metrics
 from fink.avro import avro_schema
 from fink.config import ConfigError, FinkConfig, Validated
 from fink.filters.api import SELECTED, AlertFilter, label, load_filters
@@ -186,8 +186,9 @@ def select(df: "DataFrame", filters: list[AlertFilter]) -> "DataFrame":
     df = apply_filters(df, filters, observe_as=FILTERS_METRICS)
     counts = [F.sum(F.array_contains(F.col(SELECTED), k).cast("int")).alias(f"selected_{f.module.key}")
               for k, f in enumerate(filters)]
-    return df.observe(QUERY_NAME, F.count(F.lit(1)).alias("alerts"),
-                      F.sum((F.size(F.col(SELECTED)) > 0).cast("int")).alias("selected"), *counts)
+    df = df.observe(QUERY_NAME, F.count(F.lit(1)).alias("alerts"),
+                    F.sum((F.size(F.col(SELECTED)) > 0).cast("int")).alias("selected"), *counts)
+    return metrics.observe_latency(df)  # Kafka timestamp -> start of the batch that sends it
 
 
 def messages(batch: "DataFrame", encs: list[Encoding]) -> "DataFrame":
@@ -252,6 +253,7 @@ class Sink:
         ks, values = table.column("_k").to_pylist(), table.column("value").to_pylist()
         out = ((self.topics[k], self.keys[k], v) for k, v in zip(ks, values, strict=True))
         self.delivered[batch_id] = self.publisher.publish(batch_id, out)
+        metrics.note(QUERY_NAME, batch_id, {"delivered": self.delivered[batch_id]})
 
 
 def build(spark: "SparkSession", cfg: DistributionConfig, fink: FinkConfig) -> "DataStreamWriter":

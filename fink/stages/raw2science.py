@@ -22,6 +22,7 @@ import dataclasses
 import time
 from typing import TYPE_CHECKING, Any
 
+from fink import metrics
 from fink.config import ConfigError, FinkConfig, Validated
 from fink.science.api import ScienceModule, add_metrics, apply_modules, load_modules, provenance
 from fink.streaming import observed
@@ -155,8 +156,9 @@ def transform(df: "DataFrame", cfg: Raw2ScienceConfig, modules: list[ScienceModu
                        stamp="processingEnd")
     versions = [F.lit(x) for name, version in provenance(modules).items() for x in (name, version)]
     fink_modules = F.create_map(*versions) if versions else F.create_map().cast("map<string,string>")
-    return df.select(*[c for c in df.columns if c != "processingEnd"], fink_modules.alias("fink_modules"),
-                     "processingEnd")
+    df = df.select(*[c for c in df.columns if c != "processingEnd"], fink_modules.alias("fink_modules"),
+                   "processingEnd")
+    return metrics.observe_latency(df, until="processingEnd")  # Kafka timestamp -> end of the modules
 
 
 def write_batch(batch: "DataFrame", batch_id: int, cfg: Raw2ScienceConfig, paths: dict[str, str]) -> dict[str, Any]:
@@ -176,6 +178,7 @@ def write_batch(batch: "DataFrame", batch_id: int, cfg: Raw2ScienceConfig, paths
     filestore.publish(spark, paths["science"], batch_id, folders)
     record = {"alerts": written, "seconds": round(time.perf_counter() - t0, 3)}
     filestore.commit(spark, paths["science"], batch_id, record)
+    metrics.note(QUERY_NAME, batch_id, record)
     return record
 
 

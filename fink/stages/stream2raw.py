@@ -24,7 +24,7 @@ import json
 import time
 from typing import TYPE_CHECKING, Any
 
-from fink import avro
+from fink import avro, metrics
 from fink.config import ConfigError, FinkConfig, Validated
 from fink.log import logger
 from fink.streaming import observed
@@ -248,7 +248,9 @@ def transform(df: "DataFrame", cfg: Stream2RawConfig) -> "DataFrame":
               F.sum(F.when(is_bad, 1).otherwise(0)).alias("quarantined")]
     counts += [F.sum(F.when(F.col("reason") == r, 1).otherwise(0)).alias(f"quarantined_{r}")
                for r in avro.REASONS if r != "duplicate"]
-    return out.observe(QUERY_NAME, *counts)
+    # latency: Kafka timestamp -> this batch's ingest time
+    return metrics.observe_latency(out.observe(QUERY_NAME, *counts), until="brokerIngestTimestamp",
+                                   since="timestamp")
 
 
 # -- writing -----------------------------------------------------------------------------
@@ -312,6 +314,7 @@ def write_batch(batch: "DataFrame", batch_id: int, cfg: Stream2RawConfig, paths:
               "seconds": clock.laps}
     logger.info("stream2raw: batch %d: %s", batch_id, record)
     filestore.commit(spark, paths["raw"], batch_id, record)
+    metrics.note(QUERY_NAME, batch_id, record)
     index.add(keys[keys["reason"].isna()])
     return record
 

@@ -37,6 +37,7 @@ stop_file: str = ""  # set by `fink start`, `fink stop` creates it to end the ru
 ("code", """
 import json
 
+from fink import metrics
 from fink.config import FinkConfig
 from fink.simulator import SimulatorConfig, load_messages, replay
 from fink.streaming import stop_requested
@@ -54,6 +55,7 @@ print(f"{len(messages)} alerts ready, {sum(map(len, messages)) / 1e6:.1f} MB")
 ("code", """
 report = replay(sim, cfg.kafka_bootstrap, messages=messages, progress=True,
                 stop=lambda: stop_requested(stop_file))
+metrics.process_recorder("simulator").note("simulator", 0, report)  # for the dashboard and `fink demo`
 print(json.dumps(report, indent=1))
 """),
 ("md", "## What was sent"),
