@@ -82,8 +82,26 @@ def start(writer: "DataStreamWriter", name: str) -> "StreamingQuery":
         sc.setLocalProperty("spark.scheduler.pool", previous)
 
 
+def stop_at_boundary(query: "StreamingQuery", timeout: float = 60.0) -> bool:
+    """Stop ``query`` between two micro-batches: wait up to ``timeout`` s for its batch to end.
+
+    Returns True if it stopped between batches, False if the batch was still running at the
+    timeout (Spark then interrupts it; the checkpoint and the exactly-once sinks replay it).
+    """
+    deadline = time.monotonic() + timeout
+    idle = False
+    while time.monotonic() < deadline and query.isActive:
+        if not query.status.get("isTriggerActive", False):
+            idle = True
+            break
+        time.sleep(0.1)
+    query.stop()
+    return idle
+
+
 def run_until(queries: Iterable["StreamingQuery"], duration: float, stop_file: str | Path | None = None,
-              poll: float = 1.0, on_poll: Callable[[list["StreamingQuery"]], None] | None = None) -> RunResult:
+              poll: float = 1.0, on_poll: Callable[[list["StreamingQuery"]], None] | None = None,
+              boundary_timeout: float = 60.0) -> RunResult:
     """Supervise ``queries`` until they finish, ``duration`` seconds pass, or a stop is requested.
 
     Parameters
@@ -98,6 +116,9 @@ def run_until(queries: Iterable["StreamingQuery"], duration: float, stop_file: s
         Seconds between checks.
     on_poll
         Called with the queries at each check (a live monitor's update).
+    boundary_timeout
+        At the end, seconds to wait for a running micro-batch to finish before stopping
+        its query (:func:`stop_at_boundary`).
 
     Raises
     ------
@@ -131,9 +152,9 @@ def run_until(queries: Iterable["StreamingQuery"], duration: float, stop_file: s
                 break
     finally:
         for q in queries:
-            progress[q.name or q.id] = list(q.recentProgress)
             if q.isActive:
-                q.stop()
+                stop_at_boundary(q, timeout=boundary_timeout)
+            progress[q.name or q.id] = list(q.recentProgress)
     elapsed = time.monotonic() - t0
     logger.info("run ended (%s) after %.1f s", reason, elapsed)
     return RunResult(reason, elapsed, progress)

@@ -2,7 +2,7 @@
 
 import pytest
 
-from fink.streaming import QueryFailed, run_until
+from fink.streaming import QueryFailed, run_until, stop_at_boundary
 
 
 class FakeQuery:
@@ -25,6 +25,27 @@ class FakeQuery:
         return not self.stopped and (self.finish_after is None or self.polls < self.finish_after)
 
     def stop(self):
+        self.stopped = True
+
+    @property
+    def status(self):
+        return {"isTriggerActive": False}
+
+
+class BusyQuery(FakeQuery):
+    """A query in a micro-batch for its first ``busy_checks`` status reads."""
+
+    def __init__(self, busy_checks):
+        super().__init__("busy")
+        self.checks, self.busy_checks, self.stopped_while_busy = 0, busy_checks, None
+
+    @property
+    def status(self):
+        self.checks += 1
+        return {"isTriggerActive": self.checks <= self.busy_checks}
+
+    def stop(self):
+        self.stopped_while_busy = self.checks <= self.busy_checks
         self.stopped = True
 
 
@@ -72,3 +93,19 @@ def test_stop_active_stops_every_running_query():
     session = SimpleNamespace(streams=SimpleNamespace(active=queries))
     assert stop_active(session) == 2
     assert all(q.stopped for q in queries)
+
+
+def test_a_stop_waits_for_the_running_micro_batch_to_end():
+    q = BusyQuery(busy_checks=5)
+    assert stop_at_boundary(q, timeout=10) is True
+    assert q.stopped and q.stopped_while_busy is False and q.checks == 6
+    stuck = BusyQuery(busy_checks=10**9)  # a batch longer than the timeout is interrupted
+    assert stop_at_boundary(stuck, timeout=0.3) is False and stuck.stopped
+
+
+def test_a_bounded_run_ends_its_queries_between_batches(tmp_path):
+    q = BusyQuery(busy_checks=3)
+    stop = tmp_path / "STOP"
+    stop.touch()
+    assert run_until([q], duration=60, stop_file=stop, poll=0.01).reason == "stop-file"
+    assert q.stopped and q.stopped_while_busy is False
