@@ -49,7 +49,10 @@ stop: venv
 notebooks: venv
 	$(BIN)/python tools/nbbuild.py
 
+# the end-to-end benchmark writes bench-results.json and bench-results.png (about 25 minutes);
+# the per-stage benchmarks follow
 bench: services
+	$(BIN)/python benchmarks/bench_e2e.py
 	$(BIN)/python benchmarks/bench_datasim.py
 	$(BIN)/python benchmarks/bench_stream2raw.py
 	$(BIN)/python benchmarks/bench_raw2science.py

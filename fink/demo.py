@@ -216,6 +216,9 @@ def _pipeline(conf_path: str, home: Path, t0: float, timeout: float, rate: float
             access.remove_user(svc.kafka_bootstrap, USER)
 
         _say("== fink stop <stage> (queries end at a batch boundary)")
+        for r in runs.values():  # all at once, then wait for each
+            if r.alive():
+                r.stop_file.touch()
         for name, r in runs.items():
             _say(f"  {runner.stop(name, timeout=90) if r.alive() else f'{name}: finished'}")
         ids = [_run_id(r) for r in runs.values()]

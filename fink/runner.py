@@ -198,11 +198,16 @@ def describe(run: Run, store: Any = None) -> dict[str, Any]:
 def stop(service: str, timeout: float = 60.0, home: Path | None = None) -> str:
     """Ask ``service`` to stop through its stop file; signal its process group after ``timeout``."""
     home = home or fink_home()
-    if service == "all":
-        return "\n".join(stop(r.service, timeout, home) for r in running(home)) or "no service running"
+    if service == "all":  # every stop file first: the services end together, not one after another
+        runs = running(home)
+        for r in runs:
+            r.stop_file.touch()
+        return "\n".join(stop(r.service, timeout, home) for r in runs) or "no service running"
     run = _load(service, home)
     if run is None or not run.alive():
         _state_file(service, home).unlink(missing_ok=True)
+        if run is not None and run.stop_file.exists():  # asked to stop (`fink stop all`), and it did
+            return f"{service}: stopped cleanly (pid {run.pid}, {run.run_dir})"
         return f"{service}: not running"
     run.stop_file.touch()
     how = "stopped cleanly"

@@ -19,6 +19,7 @@ from fink import kafka
 from fink.config import ConfigError, Validated
 from fink.datasim import NightConfig, faults, generate_night
 from fink.datasim.sources import read_messages
+from fink.datasim.stamp import PASS_OFFSET, Stamper
 from fink.log import logger
 
 
@@ -44,6 +45,12 @@ class SimulatorConfig(Validated):
         Stop after this many seconds (0: no limit).
     loop
         Start the source again when it runs out.
+    fresh_ids
+        With ``loop``, each pass after the first adds ``pass * 10**15`` to every ``candid``
+        (:mod:`fink.datasim.stamp`), so the broker sees new alerts, not duplicates.
+    first_pass
+        Count passes from here (a replay continuing an earlier one gives ``first_pass`` =
+        the earlier report's ``passes`` + 1, and its alerts are new too).
     faults
         Fraction of malformed messages of each kind (see :data:`fink.datasim.faults.KINDS`),
         sent in addition to the good alerts.
@@ -61,6 +68,8 @@ class SimulatorConfig(Validated):
     count: int = 0
     duration: float = 0.0
     loop: bool = False
+    fresh_ids: bool = True
+    first_pass: int = 0
     faults: dict = dataclasses.field(default_factory=dict)
 
     def validate(self, source: str = "configuration") -> None:
@@ -69,8 +78,8 @@ class SimulatorConfig(Validated):
                 raise ConfigError(f"{source}: unknown fault kind '{kind}' (known: {', '.join(faults.KINDS)})")
             if not isinstance(fraction, (int, float)) or not 0 <= fraction <= 1:
                 raise ConfigError(f"{source}: faults['{kind}'] must be a fraction in [0, 1], got {fraction!r}")
-        if self.rate < 0 or self.burst < 0 or self.count < 0 or self.duration < 0:
-            raise ConfigError(f"{source}: rate, burst, count and duration must not be negative")
+        if self.rate < 0 or self.burst < 0 or self.count < 0 or self.duration < 0 or self.first_pass < 0:
+            raise ConfigError(f"{source}: rate, burst, count, duration and first_pass must not be negative")
         if self.rate and self.burst:
             raise ConfigError(f"{source}: choose a steady 'rate' or survey-like 'burst', not both")
         if self.schema_version not in ("3.3", "4.02"):
@@ -143,14 +152,18 @@ def replay(config: SimulatorConfig, bootstrap: str, messages: list[bytes] | None
     sent: Counter[str] = Counter()
     nbytes, reason = 0, "source exhausted"
     t0 = time.perf_counter()
-    i = 0
+    i, passes = 0, config.first_pass
+    stampers: dict[int, Stamper] = {}
     try:
         while True:
             if i == len(plan):
                 if not config.loop:
                     break
-                i = 0
+                i, passes = 0, passes + 1
             kind, data = plan[i]
+            if passes and kind == "alert" and config.fresh_ids:
+                stamper = stampers.get(i) or stampers.setdefault(i, Stamper(data))
+                data = stamper.copy(stamper.candid + passes * PASS_OFFSET)
             i += 1
             if config.count and sent["alert"] >= config.count and kind == "alert":
                 reason = "count reached"
@@ -193,6 +206,7 @@ def replay(config: SimulatorConfig, bootstrap: str, messages: list[bytes] | None
         "messages": sent.total(), "bytes": nbytes, "seconds": round(seconds, 3),
         "alerts_per_s": round(sent["alert"] / seconds, 1) if seconds else None,
         "mb_per_s": round(nbytes / 1e6 / seconds, 2) if seconds else None, "stopped_because": reason,
+        "passes": passes,
     }
     logger.info("simulator: %s", report)
     return report

@@ -71,7 +71,7 @@ def test_start_show_stop_mid_stream_and_restart_lose_and_double_nothing(kafka_bo
     topic, bright = f"ops_{sfx}", f"ops_bright_{sfx}"
     kafka.ensure_topic(kafka_bootstrap, topic)
     common = [f"data_dir={data}", "trigger=2 seconds", "duration=500"]
-    params = {"stream2raw": [f"topic={topic}", "max_offsets_per_trigger=10"],  # many small batches
+    params = {"stream2raw": [f"topic={topic}", "max_offsets_per_trigger=5"],  # at most 2.5 alerts/s: mid-stream for 90 s
               "raw2science": ["max_files_per_trigger=1"],
               "distribution": [f"filters={{{bright}: 'fink.filters.builtin:bright'}}", "topic_options={}",
                                "max_files_per_trigger=1"]}
@@ -108,7 +108,7 @@ def test_start_show_stop_mid_stream_and_restart_lose_and_double_nothing(kafka_bo
         assert r["pid"] > 0 and r["uptime_s"] > 0 and r["started_at"]
         assert r["state"] in ("starting", "waiting", "processing")
     s2r = rows["stream2raw"]
-    assert s2r["batches"] >= 2 and s2r["rows_in"] >= 50 and s2r["last_batch"] and s2r["input_rate"] >= 0
+    assert s2r["batches"] >= 2 and s2r["rows_in"] >= 10 and s2r["last_batch"] and s2r["input_rate"] >= 0
     assert s2r["latency_p50_s"] is not None and s2r["lag"] is not None
     assert "stream2raw" in fink(env, "show").stdout
 

@@ -59,7 +59,12 @@ def test_start_show_stop_a_notebook_service(env, tmp_path):
     ticks, reason, sim = (run_dir / "ticks.txt").read_text().split()
     assert reason == "stop-file" and sim == "simulator=True" and int(ticks) > 0
     status = json.loads((run_dir / "status.json").read_text())
-    assert status["state"] == "finished"
+    assert status["state"] == "stopped"  # it ended by `fink stop`, cleanly
+    assert "<html" in (run_dir / "output.html").read_text()[:500].lower()  # the executed notebook as a page
+    from fink import metrics
+
+    (stored,) = metrics.Store(metrics.default_path(Path(env["FINK_HOME"]))).runs()
+    assert (stored["service"], stored["state"], stored["run_dir"]) == ("sleeper", "stopped", str(run_dir))
     params = (run_dir / "parameters.yaml").read_text()
     assert "duration: 120.0" in params and "stop_file:" in params
     executed = json.loads((run_dir / "output.ipynb").read_text())

@@ -74,6 +74,8 @@ def test_loop_and_duration(kafka_bootstrap, topic, sample_messages):
                     messages=sample_messages[:10], progress=False)
     assert report["stopped_because"] == "duration reached"
     assert report["alerts"] > 10  # it went round more than once
+    stats = checkstream.watch(kafka_bootstrap, topic, idle=2)  # each pass with new candids: no duplicate
+    assert stats.alerts == report["alerts"] and stats.rejected == {}
 
 
 def test_checkstream_from_an_offset_and_cli(kafka_bootstrap, topic, sample_messages):

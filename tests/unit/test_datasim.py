@@ -226,3 +226,26 @@ def test_avro_container_of_real_size_is_not_oversized(night):
     data = next(night.messages())
     assert len(data) < avro.MAX_ALERT_BYTES
     assert io.BytesIO(data).read(4) == avro.AVRO_MAGIC
+
+
+def _decoded(message: bytes) -> dict:
+    return next(fastavro.reader(io.BytesIO(message)))
+
+
+def test_fresh_copies_change_only_the_candids(shared_datasim):
+    from fink.datasim.stamp import PASS_OFFSET, fresh_copies, zigzag_varint
+
+    real = list(read_messages(next(shared_datasim.glob("ztf/native-4.02_*"))))[:5]
+    sample = list(read_messages(Path(__file__).resolve().parents[2] / "datasim" / "sample_night"))[:5]
+    for messages in (real, sample):
+        copies = list(fresh_copies(messages, 3 * len(messages)))
+        assert copies[: len(messages)] == messages  # the first pass is the source itself
+        for i, copy in enumerate(copies):
+            original, got = _decoded(messages[i % len(messages)]), _decoded(copy)
+            shift = (i // len(messages)) * PASS_OFFSET
+            assert got["candid"] == got["candidate"]["candid"] == original["candid"] + shift
+            got["candid"], got["candidate"]["candid"] = original["candid"], original["candidate"]["candid"]
+            same(got, original)  # every other field, history and cutouts included
+        assert len({_decoded(c)["candid"] for c in copies}) == len(copies)
+    assert [zigzag_varint(n) for n in (0, -1, 1, 64, 2**62)] == [
+        b"\x00", b"\x01", b"\x02", b"\x80\x01", b"\x80\x80\x80\x80\x80\x80\x80\x80\x80\x01"]

@@ -31,6 +31,7 @@ visit_seconds: float = 39.0  # time between two bursts
 count: int = 0  # stop after this many alerts, 0 means the whole source
 duration: float = 300.0  # stop after this many seconds, 0 means no limit
 loop: bool = False  # start the source again when it runs out
+fresh_ids: bool = True  # with loop, new candids on each pass (else the broker sees duplicates)
 faults: dict = {}  # fraction of malformed messages per kind, e.g. {"truncated": 0.05, "empty": 0.01}
 stop_file: str = ""  # set by `fink start`, `fink stop` creates it to end the run
 ''', ["parameters"]),
