@@ -71,7 +71,7 @@ def test_start_show_stop_mid_stream_and_restart_lose_and_double_nothing(kafka_bo
     topic, bright = f"ops_{sfx}", f"ops_bright_{sfx}"
     kafka.ensure_topic(kafka_bootstrap, topic)
     common = [f"data_dir={data}", "trigger=2 seconds", "duration=500"]
-    params = {"stream2raw": [f"topic={topic}", "max_offsets_per_trigger=5"],  # at most 2.5 alerts/s: mid-stream for 90 s
+    params = {"stream2raw": [f"topic={topic}", "max_offsets_per_trigger=5"],  # <= 2.5 alerts/s: mid-stream 90 s
               "raw2science": ["max_files_per_trigger=1"],
               "distribution": [f"filters={{{bright}: 'fink.filters.builtin:bright'}}", "topic_options={}",
                                "max_files_per_trigger=1"]}
