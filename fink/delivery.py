@@ -83,7 +83,9 @@ class BatchPublisher:
         kafka.ensure_topic(bootstrap, log_topic, config={"cleanup.policy": "compact"})
         self.producer = Producer(kafka.client_config(bootstrap, **{
             "transactional.id": f"fink-{writer}", "compression.type": "lz4", "linger.ms": 10,
-            "message.max.bytes": MAX_MESSAGE_BYTES, "transaction.timeout.ms": 120000}))
+            # a batch of 40,000 alerts takes minutes to send on a small machine: the broker must
+            # not abort its transaction meanwhile (a crashed writer's is fenced at its restart)
+            "message.max.bytes": MAX_MESSAGE_BYTES, "transaction.timeout.ms": 600000}))
         # fences an earlier instance with this id: Kafka aborts whatever it left open
         self.producer.init_transactions(timeout)
         self.last = last_delivered(bootstrap, writer, log_topic)

@@ -116,6 +116,8 @@ def start(service: str, conf: str | None = None, simulator: bool = False, home: 
     if current is not None and current.alive():
         raise RunnerError(f"{service} is already running (pid {current.pid}, {current.run_dir}); "
                           f"`fink stop {service}` first")
+    if current is not None:
+        _forget(current, home)
     if params_override := dict(params or {}):
         declared = notebook_parameters(notebook)
         unknown = sorted(set(params_override) - set(declared))
@@ -154,9 +156,25 @@ def running(home: Path | None = None) -> list[Run]:
         run = _load(state.stem, home)
         if run is not None and run.alive():
             runs.append(run)
+        elif run is not None:
+            _forget(run, home)
         else:
             state.unlink(missing_ok=True)
     return runs
+
+
+def _forget(run: Run, home: Path) -> None:
+    """Drop the record of a run whose process is gone; one that wrote no status was killed: say so."""
+    _state_file(run.service, home).unlink(missing_ok=True)
+    if not (Path(run.run_dir) / "status.json").exists():
+        from fink import metrics
+
+        try:
+            metrics.Store(metrics.default_path(home)).end_run(
+                f"{run.service}-{Path(run.run_dir).name}", "lost",
+                "the process ended without recording how (killed, or the machine stopped)")
+        except Exception:  # noqa: BLE001, S110 - the store is informative; the run is gone either way
+            pass
 
 
 def describe(run: Run, store: Any = None) -> dict[str, Any]:

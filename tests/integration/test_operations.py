@@ -3,6 +3,7 @@ a restart, and archives and topics complete without duplicates."""
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -17,6 +18,7 @@ from confluent_kafka import Consumer
 from fink import kafka, metrics
 from fink.client import decode
 from fink.config import ServicesConfig
+from fink.services.process import process_start_time
 from fink.simulator import SimulatorConfig, replay
 
 pytestmark = [pytest.mark.integration, pytest.mark.spark]
@@ -123,8 +125,26 @@ def test_start_show_stop_mid_stream_and_restart_lose_and_double_nothing(kafka_bo
         (run_dir,) = (home / "runs" / stage).iterdir()
         assert json.loads((run_dir / "status.json").read_text())["state"] == "stopped"
 
-    # restart from the checkpoints: every alert once in each archive and in the topic
+    # restart from the checkpoints
     start_all()
+
+    # kill -9 raw2science mid-stream (its process group: papermill, kernel, Spark driver, Python
+    # workers), then start it again: its checkpoint and the exactly-once archive absorb the crash
+    record = json.loads((home / "run" / "raw2science.json").read_text())
+    killed_run = f"raw2science-{Path(record['run_dir']).name}"
+
+    def r2s_busy():
+        df = store.batches(runs=[killed_run])
+        return len(df) and int((df["input_rows"] > 0).sum()) >= 1
+
+    wait_for(r2s_busy, 300, "a batch of the restarted raw2science")
+    assert len(candids(data / "raw")) < 229, "stream2raw finished before the kill: not mid-stream"
+    os.killpg(record["pid"], signal.SIGKILL)
+    wait_for(lambda: process_start_time(record["pid"]) is None, 30, "the killed run to go")
+    args = [a for p in common + params["raw2science"] for a in ("-p", p)]
+    assert fink(env, "start", "raw2science", "-c", str(ROOT / "conf" / "ci.yaml"), *args).returncode == 0
+
+    # every alert once in each archive and in the topic
     publisher.join(timeout=120)
     assert sent["alerts"] == 229
     wait_for(lambda: len(candids(data / "raw")) >= 229 and len(candids(data / "science")) >= 207, 400,
@@ -143,4 +163,6 @@ def test_start_show_stop_mid_stream_and_restart_lose_and_double_nothing(kafka_bo
     assert sum(n["value"]["archived"] for n in notes["stream2raw"]) == 229
     assert sum(n["value"]["alerts"] for n in notes["raw2science"]) == 207
     assert sum((n["value"]["delivered"] or {}).get(bright, 0) for n in notes["distribution"]) == len(expected)
-    assert len({r["run"] for r in store.runs()}) == 6
+    assert len({r["run"] for r in store.runs()}) == 7
+    (killed,) = [r for r in store.runs() if r["run"] == killed_run]
+    assert killed["state"] == "lost" and killed["error"].startswith("the process ended without recording")
