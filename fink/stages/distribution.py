@@ -251,7 +251,7 @@ class Sink:
             return
         # partition by partition into the transaction: a batch of any size never has to fit in the
         # driver at once (a whole 40,000-alert batch collected as Arrow ran a 2 GB driver out of heap)
-        rows = messages(batch, self.encs).select("_k", "value").toLocalIterator(prefetchPartitions=True)
+        rows = messages(batch, self.encs).select("_k", "value").toLocalIterator(prefetchPartitions=False)
         out = ((self.topics[r[0]], self.keys[r[0]], r[1]) for r in rows)
         self.delivered[batch_id] = self.publisher.publish(batch_id, out)
         metrics.note(QUERY_NAME, batch_id, {"delivered": self.delivered[batch_id]})
