@@ -49,7 +49,7 @@ stop: venv
 notebooks: venv
 	$(BIN)/python tools/nbbuild.py
 
-# the end-to-end benchmark writes bench-results.json and bench-results.png (about 25 minutes);
+# the end-to-end benchmark writes bench-results.json and bench-results.png (the phases plus their drains);
 # the per-stage benchmarks follow
 bench: services
 	$(BIN)/python benchmarks/bench_e2e.py
