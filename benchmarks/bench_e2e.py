@@ -110,7 +110,7 @@ class Receiver(threading.Thread):
 
 
 def accounts(store: metrics.Store, runs: dict[str, runner.Run]) -> dict:
-    ids = [f"{r.service}-{Path(r.run_dir).name}" for r in runs.values()]
+    ids = [r.run_id for r in runs.values()]
     return dashboard.summary(store.batches(runs=ids))
 
 
@@ -136,7 +136,7 @@ def wait_drained(store, runs, published: int, timeout: float) -> float:
 
 def stage_rates(store, runs, since: float, until: float) -> dict[str, float]:
     """Each stage's alerts per second of its busy batches between ``since`` and ``until``."""
-    ids = [f"{r.service}-{Path(r.run_dir).name}" for r in runs.values()]
+    ids = [r.run_id for r in runs.values()]
     df = store.batches(runs=ids)
     df = df[(df["time"] >= pd.Timestamp(since, unit="s", tz="UTC")) &
             (df["time"] <= pd.Timestamp(until, unit="s", tz="UTC")) & (df["input_rows"] > 0)]
@@ -227,8 +227,7 @@ def main() -> int:
                 runs[stage] = runner.start(stage, str(ROOT / "conf" / "local.yaml"),
                                            params={**common, **extra.get(stage, {})})
             deadline = time.monotonic() + 300
-            while not all(any(e["kind"] == "started" for e in store.events(f"{r.service}-{Path(r.run_dir).name}"))
-                          for r in runs.values()):
+            while not all(any(e["kind"] == "started" for e in store.events(r.run_id)) for r in runs.values()):
                 if time.monotonic() > deadline or not all(r.alive() for r in runs.values()):
                     raise RuntimeError(f"the stages did not start: see their log.txt under {fink_home() / 'runs'}")
                 time.sleep(1.0)

@@ -48,7 +48,7 @@ def _wait_started(runs: dict[str, runner.Run], store: metrics.Store, timeout: fl
         for service, run in list(pending.items()):
             if not run.alive():
                 raise DemoError(f"{service} ended while starting: see {run.run_dir}/log.txt")
-            if any(e["kind"] == "started" for e in store.events(_run_id(run))):
+            if any(e["kind"] == "started" for e in store.events(run.run_id)):
                 _say(f"  {service}: query started after {time.monotonic() - deadline + timeout:.0f} s")
                 del pending[service]
         time.sleep(1.0)
@@ -67,13 +67,9 @@ def _listening(port: int) -> bool:
         return False
 
 
-def _run_id(run: runner.Run) -> str:
-    return f"{run.service}-{Path(run.run_dir).name}"
-
-
 def accounts(store: metrics.Store, runs: dict[str, runner.Run]) -> dict[str, Any]:
     """Alerts published, and each stage's accounts so far (from the metrics store)."""
-    ids = [_run_id(r) for r in runs.values()]
+    ids = [r.run_id for r in runs.values()]
     published = sum(int(n["value"].get("alerts", 0)) for n in store.notes(ids, "simulator"))
     return {"published": published, "stages": dashboard.summary(store.batches(runs=ids))}
 
@@ -206,7 +202,7 @@ def _pipeline(conf_path: str, home: Path, t0: float, timeout: float, rate: float
 
         snia_topic = f"{prefix}_early_snia"
         delivered = sum(int((n["value"].get("delivered") or {}).get(snia_topic, 0))
-                        for n in store.notes([_run_id(runs["distribution"])], "distribution"))
+                        for n in store.notes([runs["distribution"].run_id], "distribution"))
         _say(f"== user client: {USER} reads {snia_topic} on the SASL listener ({delivered} alerts delivered)")
         access.add_user(svc.kafka_bootstrap, USER)
         access.grant(svc.kafka_bootstrap, USER, snia_topic)
@@ -221,7 +217,7 @@ def _pipeline(conf_path: str, home: Path, t0: float, timeout: float, rate: float
                 r.stop_file.touch()
         for name, r in runs.items():
             _say(f"  {runner.stop(name, timeout=90) if r.alive() else f'{name}: finished'}")
-        ids = [_run_id(r) for r in runs.values()]
+        ids = [r.run_id for r in runs.values()]
         runs["dashboard"] = board = runner.start("dashboard", conf_path,
                                                  params={"runs": ids, "report_dir": str(out)})
         if not runner.wait(board, timeout=180):

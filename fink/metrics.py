@@ -296,11 +296,6 @@ _ATTACHED: set[int] = set()
 _LOCK = threading.Lock()
 
 
-def recorder() -> Recorder | None:
-    """This process's recorder (None until a query was started through :func:`fink.streaming.start`)."""
-    return _RECORDER
-
-
 def note(query: str, batch: int, value: dict) -> None:
     """Record what a stage's sink did with one batch; nothing if no recorder (never raises)."""
     rec = _RECORDER

@@ -10,7 +10,9 @@ changing while the run cell blocks in :func:`fink.streaming.run_until`.
 
 from __future__ import annotations
 
+import threading
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from fink.log import logger
@@ -90,3 +92,32 @@ class QueryMonitor:
         table.attrs["title"] = self.title
         if not self._display(table):
             logger.info("%s\n%s", self.title, table.to_string())
+
+
+class Background:
+    """Run ``fn`` in a daemon thread, so that a notebook cell returns while a live view updates.
+
+    A later cell calls :meth:`join`: it waits, then returns ``fn``'s result or raises its
+    exception (widget updates reach JupyterLab while the thread runs; a blocked cell would
+    keep its callbacks from running).
+    """
+
+    def __init__(self, fn: Callable[[], Any], name: str):
+        self._result: Any = None
+        self._error: BaseException | None = None
+
+        def body() -> None:
+            try:
+                self._result = fn()
+            except Exception as exc:  # handed to join(), in the caller's cell
+                self._error = exc
+
+        self._thread = threading.Thread(target=body, name=name, daemon=True)
+        self._thread.start()
+
+    def join(self, timeout: float | None = None) -> Any:
+        """Wait up to ``timeout`` seconds; return the result, raise the error, or None if still running."""
+        self._thread.join(timeout)
+        if self._error is not None:
+            raise self._error
+        return None if self._thread.is_alive() else self._result

@@ -40,6 +40,11 @@ class Run:
     def stop_file(self) -> Path:
         return Path(self.run_dir) / "STOP"
 
+    @property
+    def run_id(self) -> str:
+        """The run's name in the metrics store (``FINK_RUN`` of its kernel)."""
+        return f"{self.service}-{Path(self.run_dir).name}"
+
     def alive(self) -> bool:
         return process_start_time(self.pid) == self.start_time
 
@@ -139,7 +144,8 @@ def start(service: str, conf: str | None = None, simulator: bool = False, home: 
                                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 start_new_session=True,
                                 env={**os.environ, "FINK_HOME": str(home), "FINK_SERVICE": service,
-                                     "FINK_RUN": f"{service}-{run_dir.name}", "FINK_RUN_DIR": str(run_dir)})
+                                     "FINK_RUN": f"{service}-{run_dir.name}",  # Run.run_id
+                                     "FINK_RUN_DIR": str(run_dir)})
     run = Run(service, proc.pid, process_start_time(proc.pid) or 0, time.strftime("%Y-%m-%dT%H:%M:%S%z"),
               str(run_dir), str(notebook))
     state = _state_file(service, home)
@@ -171,7 +177,7 @@ def _forget(run: Run, home: Path) -> None:
 
         try:
             metrics.Store(metrics.default_path(home)).end_run(
-                f"{run.service}-{Path(run.run_dir).name}", "lost",
+                run.run_id, "lost",
                 "the process ended without recording how (killed, or the machine stopped)")
         except Exception:  # noqa: BLE001, S110 - the store is informative; the run is gone either way
             pass
@@ -187,7 +193,7 @@ def describe(run: Run, store: Any = None) -> dict[str, Any]:
 
     store = store or metrics.Store(metrics.default_path(Path(run.run_dir).parents[2]))
     try:
-        last = store.last_batch(f"{run.service}-{Path(run.run_dir).name}")
+        last = store.last_batch(run.run_id)
     except Exception as exc:  # noqa: BLE001 - an unreadable store must not hide the running services
         last, note = None, f"metrics unreadable: {exc}"
     else:

@@ -48,11 +48,12 @@ import html
 import ipywidgets as widgets
 from IPython.display import display
 
+from fink.monitor import Background
+
 view = widgets.HTML(value="<pre>waiting for the first messages...</pre>")
 display(view)
 fallback = display("waiting for the first messages...", display_id=True)
 finished = threading.Event()
-outcome = {}
 
 
 def update(stats):
@@ -61,26 +62,15 @@ def update(stats):
     fallback.update(text)
 
 
-def run():
-    try:
-        outcome["stats"] = watch(cfg.kafka_bootstrap, topic, start=first, max_messages=max_messages, idle=idle,
-                                 duration=duration, on_update=update,
-                                 stop=lambda: finished.is_set() or stop_requested(stop_file))
-    except Exception as exc:  # handed to the next cell, which raises it
-        outcome["error"] = exc
-
-
-worker = threading.Thread(target=run, name="checkstream", daemon=True)
-worker.start()
+worker = Background(lambda: watch(cfg.kafka_bootstrap, topic, start=first, max_messages=max_messages, idle=idle,
+                                  duration=duration, on_update=update,
+                                  stop=lambda: finished.is_set() or stop_requested(stop_file)), "checkstream")
 """),
 ("md", "## Bounded wait"),
 ("code", """
 worker.join(timeout=duration + 30)
 finished.set()
-worker.join(timeout=30)
-if "error" in outcome:
-    raise outcome["error"]
-stats = outcome["stats"]
+stats = worker.join(timeout=30)  # raises what the watch raised
 summary = stats.summary()
 summary
 """),

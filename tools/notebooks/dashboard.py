@@ -31,7 +31,6 @@ report_dir: str = ""  # "" means $FINK_HOME/reports/dashboard/<night>
 stop_file: str = ""  # set by `fink start`, `fink stop` creates it to end the run
 ''', ["parameters"]),
 ("code", """
-import threading
 from pathlib import Path
 
 from fink import dashboard, metrics
@@ -49,28 +48,17 @@ The refresh runs in a thread, so this cell returns at once and you can keep work
 panels change. Colours: green processing, blue waiting for data, orange starting, purple stopping.
 """),
 ("code", """
+from fink.monitor import Background
+
 board = dashboard.Dashboard(store, night=night, services=services)
 display(board)
-outcome = {}
-
-
-def keep_updating():
-    try:
-        outcome["updates"] = board.run(duration, refresh=refresh, stop_file=stop_file)
-    except Exception as exc:  # handed to the next cell, which raises it
-        outcome["error"] = exc
-
-
-worker = threading.Thread(target=keep_updating, name="dashboard", daemon=True)
-worker.start()
+worker = Background(lambda: board.run(duration, refresh=refresh, stop_file=stop_file), "dashboard")
 """),
 ("md", "## Bounded wait, then the night's report"),
 ("code", """
-worker.join(timeout=duration + 120)
-if "error" in outcome:
-    raise outcome["error"]
+updates = worker.join(timeout=duration + 120)  # raises what the live view raised
 report = dashboard.write_report(store, out_dir, night=night, services=services, runs=runs or None)
-print(f"{outcome.get('updates', 0)} live updates; report of {report['batches']} batches in {out_dir}")
+print(f"{updates or 0} live updates; report of {report['batches']} batches in {out_dir}")
 """),
 ("md", "### Alerts in and out of each stage, and their latency (seconds since the alert entered Kafka)"),
 ("code", """
