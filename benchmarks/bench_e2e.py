@@ -40,7 +40,7 @@ import numpy as np
 import pandas as pd
 import psutil
 
-from fink import dashboard, kafka, metrics, runner, services
+from fink import demo, kafka, metrics, runner, services
 from fink.config import FinkConfig, ServicesConfig, fink_home
 from fink.datasim.sources import read_messages
 from fink.datasim.stamp import fresh_copies
@@ -109,11 +109,6 @@ class Receiver(threading.Thread):
         c.close()
 
 
-def accounts(store: metrics.Store, runs: dict[str, runner.Run]) -> dict:
-    ids = [r.run_id for r in runs.values()]
-    return dashboard.summary(store.batches(runs=ids))
-
-
 def drained(acc: dict, published: int) -> bool:
     if any(s not in acc for s in STAGES):
         return False
@@ -125,13 +120,14 @@ def drained(acc: dict, published: int) -> bool:
 def wait_drained(store, runs, published: int, timeout: float) -> float:
     t0 = time.monotonic()
     while time.monotonic() - t0 < timeout:
-        if drained(accounts(store, runs), published):
+        if drained(demo.accounts(store, runs)["stages"], published):
             return time.monotonic()
         dead = [s for s, r in runs.items() if not r.alive()]
         if dead:
             raise RuntimeError(f"stage(s) {dead} stopped: see their log.txt under {fink_home() / 'runs'}")
         time.sleep(1.0)
-    raise RuntimeError(f"not drained after {timeout:.0f} s: {json.dumps(accounts(store, runs))[:2000]}")
+    stages = demo.accounts(store, runs)["stages"]
+    raise RuntimeError(f"not drained after {timeout:.0f} s: {json.dumps(stages)[:2000]}")
 
 
 def stage_rates(store, runs, since: float, until: float) -> dict[str, float]:
