@@ -26,7 +26,7 @@ import socket
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +38,7 @@ from fink.log import logger
 if TYPE_CHECKING:
     import pandas as pd
     from pyspark.sql import Column, DataFrame, SparkSession
+    from pyspark.sql.streaming import StreamingQuery
 
 #: name of the observed metrics holding the latency percentiles of a batch
 LATENCY = "latency"
@@ -369,6 +370,26 @@ def attach(spark: "SparkSession", store: Store | None = None) -> Recorder:
             spark.streams.addListener(_listener_class()(rec))
             _ATTACHED.add(key)
         return rec
+
+
+def catch_up(queries: Iterable["StreamingQuery"]) -> int:
+    """Store the recent progress reports of ``queries`` (after they stop); return how many.
+
+    The listener gets its events asynchronously: a process that ends right after its query
+    would lose the last batches' reports. Storing a report twice rewrites the same row.
+    """
+    rec = _RECORDER
+    if rec is None:
+        return 0
+    stored = 0
+    for q in queries:
+        for report in q.recentProgress:
+            try:
+                rec.progress(json.loads(report.json) if hasattr(report, "json") else dict(report))
+                stored += 1
+            except Exception as exc:  # noqa: BLE001 - metrics must never stop a stage
+                logger.warning("metrics: could not record a progress report of %s: %s", q.name, exc)
+    return stored
 
 
 def observe_latency(df: "DataFrame", until: "Column | str | None" = None,

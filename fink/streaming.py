@@ -155,6 +155,9 @@ def run_until(queries: Iterable["StreamingQuery"], duration: float, stop_file: s
             if q.isActive:
                 stop_at_boundary(q, timeout=boundary_timeout)
             progress[q.name or q.id] = list(q.recentProgress)
+        from fink import metrics
+
+        metrics.catch_up(queries)  # the listener's last events may not have arrived yet
     elapsed = time.monotonic() - t0
     logger.info("run ended (%s) after %.1f s", reason, elapsed)
     return RunResult(reason, elapsed, progress)

@@ -153,3 +153,16 @@ def test_stopped_midstream_then_restarted_the_science_archive_has_each_alert_onc
     before = r2s.reconcile(fresh_spark, first.progress[r2s.QUERY_NAME], science)
     after = r2s.reconcile(fresh_spark, second.progress[r2s.QUERY_NAME], science)
     assert before["written"] + after["written"] == 229 and after["balanced"]
+
+
+def test_every_batch_of_a_query_that_just_ended_is_in_the_metrics_store(spark, sample_raw, tmp_path, monkeypatch):
+    from fink import metrics
+
+    # a recorder no listener writes to: what it holds came from run_until's catch-up alone
+    rec = metrics.Recorder(metrics.Store(tmp_path / "metrics.db"), "r2s-catch-up", "raw2science")
+    monkeypatch.setattr(metrics, "_RECORDER", rec)
+    _, totals = science(spark, tmp_path, max_files_per_trigger=1, raw_path=str(sample_raw / "raw"),
+                        checkpoint=str(tmp_path / "ck"))
+    batches = rec.store.batches(runs=["r2s-catch-up"])
+    assert len(batches) >= 2 and set(batches["query"]) == {r2s.QUERY_NAME}
+    assert batches["input_rows"].sum() == totals["alerts"] == 229
