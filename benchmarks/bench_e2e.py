@@ -1,7 +1,8 @@
 """`make bench`: the whole broker under load, as it is operated.
 
-The four stages run as services (`fink start`, one process and Spark driver each, 1 s
-triggers) against the local Kafka, HBase and Thrift. The simulator publishes real ZTF 4.02
+The four stages run as one service (`fink start pipeline`: four queries in one Spark driver,
+1 s triggers) or, with ``--services``, as four services (`fink start <stage>`, one process
+and Spark driver each), against the local Kafka, HBase and Thrift. The simulator publishes real ZTF 4.02
 alerts (``../shared/datasim/ztf/native-4.02_*``, looped with fresh candids) in phases: steady
 rates, then one burst published at once. A consumer of a distribution topic that selects
 every kept alert records when each one arrives. Measured:
@@ -17,7 +18,8 @@ every kept alert records when each one arrives. Measured:
 Writes ``bench-results.json`` (repository root, git-ignored) and ``bench-results.png``
 (rate and latency over time). Needs the services (`make services`)::
 
-    .venv/bin/python benchmarks/bench_e2e.py [--steady 300:300 --steady 1000:120] [--burst 40000] [--quick]
+    .venv/bin/python benchmarks/bench_e2e.py [--steady 300:300 --steady 1000:300] [--burst 40000] [--quick]
+                                             [--services]
 
 Disk: every alert is kept four times (raw and science Parquet, HBase, the input topic until
 its retention), about 200 KB in all; the data is deleted at the end.
@@ -148,7 +150,7 @@ def quantiles(values: list[float]) -> dict[str, float | None]:
     return {f"p{q}": (round(float(np.percentile(arr, q)), 2) if len(arr) else None) for q in (50, 95, 99)}
 
 
-def plot(arrivals: list[tuple[float, float]], phases: list[dict], path: Path) -> None:
+def plot(arrivals: list[tuple[float, float]], phases: list[dict], path: Path, title: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -176,7 +178,7 @@ def plot(arrivals: list[tuple[float, float]], phases: list[dict], path: Path) ->
     for ax in (ax1, ax2):
         ax.grid(alpha=0.3)
         ax.legend(loc="upper left", fontsize=8)
-    fig.suptitle("fink end to end: four stages as services on this machine")
+    fig.suptitle(f"fink end to end on this machine: {title}")
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
@@ -184,12 +186,15 @@ def plot(arrivals: list[tuple[float, float]], phases: list[dict], path: Path) ->
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steady", action="append", default=None, metavar="RATE:SECONDS",
-                        help="a steady phase (repeatable; default 300:300 and 1000:120)")
+                        help="a steady phase (repeatable; default 300:300 and 1000:300)")
     parser.add_argument("--burst", type=int, default=40000, help="alerts published at once (0: none)")
     parser.add_argument("--quick", action="store_true", help="60 s phases at 300 and 1000 alerts/s, 10,000 burst")
+    parser.add_argument("--services", action="store_true",
+                        help="each stage as its own service (own Spark driver) instead of `fink start pipeline`")
+    parser.add_argument("--driver-memory", default="6g", help="the pipeline's Spark driver heap")
     parser.add_argument("--out", default=str(ROOT / "bench-results.json"))
     args = parser.parse_args()
-    steady = args.steady or (["300:60", "1000:60"] if args.quick else ["300:300", "1000:120"])
+    steady = args.steady or (["300:60", "1000:60"] if args.quick else ["300:300", "1000:300"])
     phases_spec = [(float(r), float(s)) for r, s in (x.split(":") for x in steady)]
     burst = 10000 if args.quick and args.burst == 40000 else args.burst
     folders = sorted(SHARED.glob("native-4.02_*"))
@@ -207,11 +212,13 @@ def main() -> int:
     bench_id = uuid.uuid4().hex[:8]
     topic, out_topic, table = f"bench_in_{bench_id}", f"bench_all_{bench_id}", f"bench_{bench_id}"
     data = fink_home() / "bench" / bench_id
-    common = {"data_dir": str(data), "topic": topic, "trigger": "1 seconds", "duration": 7200.0}
-    extra = {"distribution": {"filters": {out_topic: "fink.filters.builtin:bright"},
+    common = {"data_dir": str(data), "trigger": "1 seconds", "duration": 7200.0}
+    extra = {"stream2raw": {"topic": topic, "max_offsets_per_trigger": 5000},
+             "distribution": {"filters": {out_topic: "fink.filters.builtin:bright"},
                               "filter_params": {out_topic: {"limit": 99.0}}, "topic_options": {},
                               "retention_ms": 600000},
              "archive": {"table": table}}
+    results["mode"] = "services" if args.services else "pipeline"
     store = metrics.Store()
     runs: dict[str, runner.Run] = {}
     receiver = Receiver(bootstrap, out_topic)
@@ -219,11 +226,19 @@ def main() -> int:
         # the input topic keeps what the stages have not read yet; older segments go
         kafka.ensure_topic(bootstrap, topic, config={"retention.bytes": str(8 << 30), "segment.bytes": str(256 << 20)})
         try:
-            for stage in STAGES:
-                runs[stage] = runner.start(stage, str(ROOT / "conf" / "local.yaml"),
-                                           params={**common, **extra.get(stage, {})})
+            conf = str(ROOT / "conf" / "local.yaml")
+            if args.services:
+                for stage in STAGES:
+                    runs[stage] = runner.start(stage, conf, params={**common, **extra.get(stage, {})})
+            else:
+                runs["pipeline"] = runner.start("pipeline", conf, params={
+                    **common, **extra, "topic": topic, "spark_conf": {"spark.driver.memory": args.driver_memory}})
             deadline = time.monotonic() + 300
-            while not all(any(e["kind"] == "started" for e in store.events(r.run_id)) for r in runs.values()):
+
+            def started() -> int:
+                return sum(e["kind"] == "started" for r in runs.values() for e in store.events(r.run_id))
+
+            while started() < len(STAGES):
                 if time.monotonic() > deadline or not all(r.alive() for r in runs.values()):
                     raise RuntimeError(f"the stages did not start: see their log.txt under {fink_home() / 'runs'}")
                 time.sleep(1.0)
@@ -295,7 +310,8 @@ def main() -> int:
     if "burst_40k_drain_s" not in results:
         results["burst_40k_drain_s"] = None  # the key the issue names, with a burst of another size
     Path(args.out).write_text(json.dumps(results, indent=1))
-    plot(receiver.arrivals, phases, Path(args.out).with_suffix(".png"))
+    plot(receiver.arrivals, phases, Path(args.out).with_suffix(".png"),
+         "four stages as services" if args.services else "four stages in one Spark driver (fink start pipeline)")
     print(json.dumps(results, indent=1))
     return 0
 

@@ -24,6 +24,10 @@ from fink.config import FinkConfig, fink_home
 from fink.errors import ConfigError, RunnerError
 from fink.services.process import process_start_time
 
+# the services this process started, by PID: kept (a Popen dropped while its child runs warns)
+# and reaped when they end (an unreaped child stays a zombie of this process)
+_CHILDREN: dict[int, subprocess.Popen] = {}
+
 
 @dataclass
 class Run:
@@ -46,6 +50,10 @@ class Run:
         return f"{self.service}-{Path(self.run_dir).name}"
 
     def alive(self) -> bool:
+        child = _CHILDREN.get(self.pid)
+        if child is not None and child.poll() is not None:
+            del _CHILDREN[self.pid]
+            return False
         return process_start_time(self.pid) == self.start_time
 
 
@@ -146,6 +154,7 @@ def start(service: str, conf: str | None = None, simulator: bool = False, home: 
                                 env={**os.environ, "FINK_HOME": str(home), "FINK_SERVICE": service,
                                      "FINK_RUN": f"{service}-{run_dir.name}",  # Run.run_id
                                      "FINK_RUN_DIR": str(run_dir)})
+    _CHILDREN[proc.pid] = proc
     run = Run(service, proc.pid, process_start_time(proc.pid) or 0, time.strftime("%Y-%m-%dT%H:%M:%S%z"),
               str(run_dir), str(notebook))
     state = _state_file(service, home)

@@ -1,0 +1,55 @@
+"""`fink start pipeline`: the four stages as queries of one Spark session, on the sample night."""
+
+import json
+import uuid
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from test_operations import candids, consume, hbase_candids, passes_cuts
+
+from fink import dashboard, hbase, metrics, runner
+
+pytestmark = [pytest.mark.integration, pytest.mark.spark]
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.timeout(900)
+def test_the_pipeline_service_runs_the_night_through_every_stage_in_one_driver(hbase_thrift, tmp_path):
+    home, data = tmp_path / "home", tmp_path / "data"
+    sfx = uuid.uuid4().hex[:6]
+    topic, bright, table = f"pipe_{sfx}", f"pipe_bright_{sfx}", f"pipe_{sfx}"
+    params = {"data_dir": str(data), "topic": topic, "duration": 600,
+              "raw2science": {"max_files_per_trigger": 2},
+              "distribution": {"filters": {bright: "fink.filters.builtin:bright"}, "topic_options": {}},
+              "archive": {"table": table}}
+    run = runner.start("pipeline", str(ROOT / "conf" / "ci.yaml"), simulator=True, home=home, params=params)
+    try:
+        assert runner.wait(run, timeout=600), f"the pipeline did not end: {run.run_dir}/log.txt"
+        status = json.loads((Path(run.run_dir) / "status.json").read_text())
+        assert status["state"] == "finished", (Path(run.run_dir) / "log.txt").read_text()[-3000:]
+        raw, science = candids(data / "raw"), candids(data / "science")
+        assert len(raw) == len(set(raw)) == 229
+        raw_rows = pq.read_table(str(data / "raw"), columns=["candid", "candidate"]).to_pylist()
+        assert sorted(science) == sorted(r["candid"] for r in raw_rows if passes_cuts(r["candidate"]))
+        assert sorted(hbase_candids(hbase_thrift, table)) == sorted(science)
+        rows = pq.read_table(str(data / "science"), columns=["candid", "candidate"]).to_pylist()
+        expected = sorted(r["candid"] for r in rows if r["candidate"]["magpsf"] < 18.0)
+        assert sorted(consume(bright, len(expected))) == expected and expected
+
+        # one process, one run: its four queries are in the metrics store, and they balance
+        store = metrics.Store(metrics.default_path(home))
+        (stored,) = [r for r in store.runs() if r["service"] == "pipeline"]
+        summary = dashboard.summary(store.batches(runs=[stored["run"]]))
+        assert list(summary) == ["stream2raw", "raw2science", "distribution", "archive"]
+        assert (summary["stream2raw"]["in"], summary["raw2science"]["in"], summary["raw2science"]["out"]) == (
+            229, 229, len(science))
+        assert summary["archive"]["out"] == len(science) and summary["distribution"]["in"] == len(science)
+        executed = (Path(run.run_dir) / "output.html").read_text()
+        assert "raw2science" in executed and "<img" in executed
+    finally:
+        conn = hbase.connect(*hbase_thrift)
+        try:
+            hbase.delete_tables(conn, table)
+        finally:
+            conn.close()

@@ -1,0 +1,124 @@
+"""Cells of notebooks/pipeline.ipynb (see tools/nbbuild.py)."""
+
+from nbbuild import COMMON_PARAMETERS
+
+NOTEBOOKS: dict[str, list[tuple]] = {}
+
+NOTEBOOKS["notebooks/pipeline.ipynb"] = [
+("md", """
+# pipeline: the four stages in one Spark session
+
+stream2raw, raw2science, distribution and archive as four streaming queries of one Spark
+session, each in its own scheduler pool: on a small machine one driver instead of four
+leaves the cores to the work. Same checkpoints and outputs as the stages' own notebooks
+(`stream2raw.ipynb`, ...): a deployment can switch between the two. Each stage's settings
+are the parameters of its notebook, given here as a mapping per stage.
+
+With a `"<N> seconds"` trigger the queries run side by side until `duration` or
+`fink stop pipeline`; with `availableNow` they run one after the other, each catching up
+with what the one before wrote.
+
+* **reads**: Kafka `topic`
+* **writes**: `<data_dir>/raw`, `quarantine`, `science`, the distribution topics, the HBase tables
+* **headless**: `fink start pipeline -c conf/local.yaml [--simulator]`
+"""),
+("code", COMMON_PARAMETERS + '''
+topic: str = "ztf_20261127_programid1"  # the survey topic stream2raw reads
+stages: list = ["stream2raw", "raw2science", "distribution", "archive"]  # which stages run here
+stream2raw: dict = {}  # stream2raw's parameters (see stream2raw.ipynb), e.g. {"max_offsets_per_trigger": 5000}
+raw2science: dict = {}  # raw2science's parameters (see raw2science.ipynb)
+distribution: dict = {}  # distribution's parameters (see distribution.ipynb), e.g. {"filters": {...}}
+archive: dict = {}  # archive's parameters (see archive.ipynb), e.g. {"table": "ztf_alerts"}
+trigger: str = "availableNow"  # availableNow (one after the other, then stop) | "<N> seconds" (side by side)
+duration: float = 600.0  # upper bound of the run, seconds
+simulator: bool = False  # publish the bundled sample night to the topic first (fink start --simulator)
+stop_file: str = ""  # set by `fink start`, `fink stop` creates it to end the run
+''', ["parameters"]),
+("code", """
+from fink import pipeline
+from fink.config import FinkConfig
+
+cfg = FinkConfig.from_namespace(globals())
+settings = {"stream2raw": stream2raw, "raw2science": raw2science, "distribution": distribution, "archive": archive}
+plan = pipeline.configure(stages, topic, settings)  # an unknown stage or parameter fails here, by name
+for name, where in pipeline.paths(plan, cfg).items():
+    print(f"{name:13s} {where}")
+"""),
+("code", """
+if simulator:
+    from fink.simulator import SimulatorConfig, replay
+
+    sent = replay(SimulatorConfig(source="../datasim/sample_night", topic=topic), cfg.kafka_bootstrap, progress=False)
+    print(f"simulator: {sent['alerts']} alerts published to {sent['topic']}")
+"""),
+("md", "## Session and writers (filters, modules, topics and tables are loaded here)"),
+("code", """
+from fink import streaming
+from fink.session import get_spark
+
+spark = get_spark(cfg, app_name="fink-pipeline")
+streaming.stop_active(spark)  # a re-run of this cell must not leave queries behind
+pipeline.build(spark, plan, cfg, trigger)
+print("built:", ", ".join(s.name for s in plan))
+"""),
+("md", "## Start, watch live, and end within `duration`"),
+("code", """
+import time
+
+from fink.monitor import QueryMonitor
+
+monitor = QueryMonitor("pipeline")  # per query: input and processed rows/s, batch time, lag
+progress, reasons, t0 = {}, {}, time.monotonic()
+waves = [[s] for s in plan] if trigger == "availableNow" else [plan]  # one after the other, or side by side
+for wave in waves:
+    left = duration - (time.monotonic() - t0)
+    if left <= 0:
+        break
+    queries = [streaming.start(s.writer, s.query_name) for s in wave]
+    result = streaming.run_until(queries, duration=left, stop_file=stop_file, poll=2.0, on_poll=monitor)
+    progress.update(result.progress)
+    reasons.update({s.name: result.reason for s in wave})
+    if result.reason == "stop-file":
+        break
+print(f"ended after {time.monotonic() - t0:.1f} s: {reasons}")
+"""),
+("md", "## Accounts: every alert in each stage processed or set aside with its reason"),
+("code", """
+import pandas as pd
+
+totals = {s.name: pipeline.reconcile(spark, s, progress.get(s.query_name, []), cfg) for s in plan}
+flow = pd.DataFrame(pipeline.flow(totals)).T.fillna(0).astype(int)
+unbalanced = [name for name, t in totals.items() if not t["balanced"]]
+if unbalanced:
+    raise RuntimeError(f"the accounts of {unbalanced} do not balance: {totals}")
+flow
+"""),
+("md", "## Summary"),
+("code", """
+import matplotlib.pyplot as plt
+
+fig, axes = plt.subplots(1, 2, figsize=(11, 3.4))
+for name, reports in progress.items():
+    busy = [p for p in reports if p.get("numInputRows")]
+    if busy:
+        axes[0].plot([p["timestamp"][11:19] for p in busy], [p.get("processedRowsPerSecond", 0) for p in busy],
+                     ".-", label=name)
+        axes[1].plot([p["timestamp"][11:19] for p in busy],
+                     [p["durationMs"].get("triggerExecution", 0) / 1000 for p in busy], ".-", label=name)
+axes[0].set_ylabel("alerts/s processed")
+axes[1].set_ylabel("batch duration (s)")
+for ax in axes:
+    ax.set_xlabel("batch time (UTC)")
+    ax.tick_params(axis="x", labelrotation=45, labelsize=7)
+    if ax.lines:
+        ax.legend(fontsize=8)
+fig.tight_layout()
+plt.show()
+
+summary = {"stopped_because": reasons, "flow": pipeline.flow(totals)}
+summary
+"""),
+("code", """
+streaming.stop_active(spark)
+"""),
+]
