@@ -35,7 +35,7 @@ status: venv
 	$(BIN)/fink services status
 
 test: services
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest --durations=20 $(PYTEST_ARGS)
 
 # the demo starts the services it needs and stops them (and everything it started) at the end
 demo: jvm

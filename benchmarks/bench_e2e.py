@@ -18,7 +18,7 @@ every kept alert records when each one arrives. Measured:
 Writes ``bench-results.json`` (repository root, git-ignored) and ``bench-results.png``
 (rate and latency over time). Needs the services (`make services`)::
 
-    .venv/bin/python benchmarks/bench_e2e.py [--steady 300:300 --steady 1000:300] [--burst 40000] [--quick]
+    .venv/bin/python benchmarks/bench_e2e.py [--steady 300:300 --steady 1000:120] [--burst 40000] [--quick]
                                              [--services]
 
 Disk: every alert is kept four times (raw and science Parquet, HBase, the input topic until
@@ -186,7 +186,7 @@ def plot(arrivals: list[tuple[float, float]], phases: list[dict], path: Path, ti
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steady", action="append", default=None, metavar="RATE:SECONDS",
-                        help="a steady phase (repeatable; default 300:300 and 1000:300)")
+                        help="a steady phase (repeatable; default 300:300 and 1000:120)")
     parser.add_argument("--burst", type=int, default=40000, help="alerts published at once (0: none)")
     parser.add_argument("--quick", action="store_true", help="60 s phases at 300 and 1000 alerts/s, 10,000 burst")
     parser.add_argument("--services", action="store_true",
@@ -194,7 +194,7 @@ def main() -> int:
     parser.add_argument("--driver-memory", default="6g", help="the pipeline's Spark driver heap")
     parser.add_argument("--out", default=str(ROOT / "bench-results.json"))
     args = parser.parse_args()
-    steady = args.steady or (["300:60", "1000:60"] if args.quick else ["300:300", "1000:300"])
+    steady = args.steady or (["300:60", "1000:60"] if args.quick else ["300:300", "1000:120"])
     phases_spec = [(float(r), float(s)) for r, s in (x.split(":") for x in steady)]
     burst = 10000 if args.quick and args.burst == 40000 else args.burst
     folders = sorted(SHARED.glob("native-4.02_*"))

@@ -12,6 +12,7 @@ import functools
 import hashlib
 import io
 import json
+import re
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -29,9 +30,13 @@ REASONS = {
     "truncated": "the Avro container ends early or is corrupt",
     "unknown_schema": "the writer schema is not a ZTF alert schema",
     "missing_identifiers": "the alert lacks its objectId or candid",
+    "bad_time": "the alert's candidate.jd is missing or not a plausible Julian date",
     "oversized": "the message is larger than the size limit",
     "duplicate": "an alert with this candid was already seen",
 }
+
+#: the Julian dates an observation may have (years 1858 to 2132): beyond them a night cannot be named
+JD_RANGE = (2400000.5, 2500000.5)
 
 #: ZTF alerts are 50-80 KB; a message above this is suspicious even if the broker accepts it
 MAX_ALERT_BYTES = 1 << 20
@@ -53,18 +58,20 @@ class SchemaError(FinkError, ValueError):
 @functools.cache
 def schema_versions(survey: str = "ztf") -> tuple[str, ...]:
     """Return the schema versions shipped for ``survey``, oldest first."""
-    files = resources.files("fink") / "schemas" / survey
-    return tuple(sorted((p.name[:-5] for p in files.iterdir() if p.name.endswith(".avsc")),
+    root = resources.files("fink") / "schemas"
+    surveys = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(("_", ".")))
+    if survey not in surveys:
+        raise FinkError(f"no schemas for survey {survey!r} (shipped: {', '.join(surveys)})")
+    return tuple(sorted((p.name[:-5] for p in (root / survey).iterdir() if p.name.endswith(".avsc")),
                         key=lambda v: tuple(int(x) for x in v.split("."))))
 
 
 @functools.cache
 def _schema_json(survey: str, version: str) -> str:
-    path = resources.files("fink") / "schemas" / survey / f"{version}.avsc"
-    try:
-        return path.read_text()
-    except FileNotFoundError as exc:
-        raise FinkError(f"no {survey} schema {version!r} (shipped: {', '.join(schema_versions(survey))})") from exc
+    # only a shipped version names a file: "../x", "4.02/" or a NUL byte never reach the file system
+    if version not in schema_versions(survey):
+        raise FinkError(f"no {survey} schema {version!r} (shipped: {', '.join(schema_versions(survey))})")
+    return (resources.files("fink") / "schemas" / survey / f"{version}.avsc").read_text()
 
 
 def load_schema(version: str = "4.02", survey: str = "ztf") -> dict[str, Any]:
@@ -107,7 +114,7 @@ def decode_container(data: bytes | None, max_bytes: int = MAX_ALERT_BYTES) -> De
     ------
     AlertDecodeError
         With ``reason`` ``empty``, ``not_avro``, ``truncated``, ``unknown_schema``,
-        ``missing_identifiers`` or ``oversized``.
+        ``missing_identifiers``, ``bad_time`` or ``oversized``.
     """
     if not data:
         raise AlertDecodeError("empty")
@@ -123,18 +130,33 @@ def decode_container(data: bytes | None, max_bytes: int = MAX_ALERT_BYTES) -> De
     if not records:
         raise AlertDecodeError("truncated", "the container holds no record")
     schema = reader.writer_schema
-    fields = {f["name"] for f in schema.get("fields", [])} if isinstance(schema, dict) else set()
+    if not isinstance(schema, dict):  # a primitive ("string") or a union (a list): not a record
+        raise AlertDecodeError("unknown_schema", f"writer schema {schema!r}"[:200])
+    fields = {f["name"] for f in schema.get("fields", [])}
     if schema.get("name") not in ("ztf.alert", "alert") or not {"objectId", "candid", "candidate"} <= fields:
         raise AlertDecodeError("unknown_schema", f"writer schema {schema.get('name')!r}")
     alert = records[0]
+    # the same rules, in the same order, as stream2raw's decoder in the JVM, so that checkstream
+    # and the quarantine give a message the same reason
+    candidate = alert["candidate"]
+    if not isinstance(candidate, dict):
+        raise AlertDecodeError("unknown_schema", f"candidate is {type(candidate).__name__}, not a record")
     if not alert.get("objectId") or not alert.get("candid"):
         raise AlertDecodeError("missing_identifiers",
                                f"objectId={alert.get('objectId')!r} candid={alert.get('candid')!r}")
+    if candidate.get("candid") != alert["candid"]:
+        raise AlertDecodeError("unknown_schema",
+                               f"candid={alert['candid']!r} but candidate.candid={candidate.get('candid')!r}")
+    jd = candidate.get("jd")
+    if not isinstance(jd, int | float) or not JD_RANGE[0] <= jd <= JD_RANGE[1]:  # NaN fails both
+        raise AlertDecodeError("bad_time", f"candidate.jd={jd!r}")
     return Decoded(alert, schema.get("version"), len(data))
 
 
 # -- the schema of distributed alerts, from their Spark type ------------------------------
 
+#: Avro's rule for the names of records and fields (Java's parser, which Spark's to_avro uses, enforces it)
+_AVRO_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _AVRO_PRIMITIVES = {"string": "string", "binary": "bytes", "boolean": "boolean", "int": "int", "bigint": "long",
                     "smallint": "int", "tinyint": "int", "float": "float", "double": "double"}
 
@@ -144,14 +166,33 @@ def avro_schema(struct: Any, name: str = "alert", namespace: str = "fink") -> di
     what a reader needs to decode the schemaless bytes.
 
     Every field is a union with ``null`` first (default null), so that a reader may see a
-    missing value anywhere; nested records are named after their path, so names never clash;
-    timestamps are ``long`` with the ``timestamp-micros`` logical type.
+    missing value anywhere; nested records are named after their path (with a number added
+    where two paths meet, as ``a.b_c`` and ``a_b.c`` do), so names never clash; timestamps
+    are ``long`` with the ``timestamp-micros`` logical type. A field name Avro does not
+    allow, or two fields of one name, raise :class:`SchemaError`.
     """
     from pyspark.sql.types import ArrayType, MapType, StructType, TimestampType
 
+    used: set[str] = set()
+
+    def record_name(path: str) -> str:
+        name, k = path, 1
+        while name in used:
+            k += 1
+            name = f"{path}_{k}"
+        used.add(name)
+        return name
+
     def convert(dtype: Any, path: str) -> Any:
         if isinstance(dtype, StructType):
-            return {"type": "record", "name": path,
+            names = dtype.fieldNames()
+            for f in names:
+                if not _AVRO_NAME.fullmatch(f):
+                    raise SchemaError(f"column '{path}_{f}': {f!r} is not a valid Avro name (letters, digits "
+                                      "and '_', not starting with a digit): rename or drop the column")
+                if names.count(f) > 1:
+                    raise SchemaError(f"column '{path}_{f}': {names.count(f)} fields named {f!r} in one record")
+            return {"type": "record", "name": record_name(path),
                     "fields": [{"name": f.name, "type": ["null", convert(f.dataType, f"{path}_{f.name}")],
                                 "default": None} for f in dtype.fields]}
         if isinstance(dtype, ArrayType):

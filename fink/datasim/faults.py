@@ -20,6 +20,7 @@ KINDS = {
     "empty": "empty",
     "foreign_schema": "unknown_schema",
     "oversized": "oversized",
+    "bad_time": "bad_time",
     "duplicate": "duplicate",
 }
 
@@ -49,6 +50,15 @@ def make(kind: str, good: bytes, rng: np.random.Generator) -> bytes:
         buf = io.BytesIO()
         fastavro.writer(buf, fastavro.parse_schema(reader.writer_schema), records,
                         metadata={"padding": "x" * (MAX_ALERT_BYTES + 1024)})
+        return buf.getvalue()
+    if kind == "bad_time":
+        # a well-formed alert whose observation time is NaN or absurd: no night to file it under
+        reader = fastavro.reader(io.BytesIO(good))
+        records = list(reader)
+        for r in records:
+            r["candidate"]["jd"] = [float("nan"), 1e20, -1e20, 0.0][int(rng.integers(0, 4))]
+        buf = io.BytesIO()
+        fastavro.writer(buf, fastavro.parse_schema(reader.writer_schema), records, codec=reader.codec)
         return buf.getvalue()
     if kind == "duplicate":
         return good

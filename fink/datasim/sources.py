@@ -26,8 +26,11 @@ def _split(data: bytes, name: str) -> Iterator[bytes]:
     """One message per record of a container file (the file itself if it holds one record)."""
     if not data.startswith(AVRO_MAGIC):
         raise SourceError(f"{name}: not an Avro container file")
-    reader = fastavro.reader(io.BytesIO(data))
-    records = list(reader)
+    try:
+        reader = fastavro.reader(io.BytesIO(data))
+        records = list(reader)
+    except Exception as exc:  # noqa: BLE001 - fastavro raises ValueError, EOFError, zlib.error...
+        raise SourceError(f"{name}: not a readable Avro container file ({type(exc).__name__}: {exc})") from exc
     if len(records) == 1 and reader.codec == "null":
         yield data
         return

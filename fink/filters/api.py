@@ -81,6 +81,12 @@ def alert_filter(inputs: Sequence[str], version: str = "1.0") -> Callable:
 def load_filters(filters: Mapping[str, str], params: Mapping[str, Mapping[str, Any]] | None = None
                  ) -> list[AlertFilter]:
     """Load ``{topic: dotted path}``; ``params`` maps a topic to its filter's keyword parameters."""
+    if not isinstance(filters, Mapping):
+        raise FilterError(f"filters must map each topic to a filter's 'package.module:function' path, "
+                          f"got {type(filters).__name__} {filters!r}")
+    if params is not None and not isinstance(params, Mapping):
+        raise FilterError(f"filter parameters must map a topic to its filter's parameters, "
+                          f"got {type(params).__name__} {params!r}")
     params = dict(params or {})
     stray = [t for t in params if t not in filters]
     if stray:

@@ -70,6 +70,9 @@ class ScienceModule:
 
     def bind(self, params: Mapping[str, Any] | None) -> ScienceModule:
         """This module with its keyword-only parameters set (unknown names are an error)."""
+        if params is not None and not isinstance(params, Mapping):
+            raise ScienceModuleError(f"science module {self.name}: parameters must be a mapping of name: value, "
+                                     f"got {type(params).__name__} {params!r}")
         params = dict(params or {})
         allowed = [p.name for p in inspect.signature(self.func).parameters.values() if p.kind is p.KEYWORD_ONLY]
         unknown = [k for k in params if k not in allowed]
@@ -120,15 +123,20 @@ def import_declared(path: str, kind: str = "science module", decorator: str = "@
     ``kind`` and ``decorator`` name what is loaded in the error messages (modules, filters).
     """
     error = error or ScienceModuleError
+    if not isinstance(path, str):
+        raise error(f"{kind} {path!r}: give it as a string 'package.module:function', not {type(path).__name__}")
     modname, sep, attr = path.partition(":")
     if not sep:
         modname, _, attr = path.rpartition(".")
-    if not modname or not attr:
+    # only dotted names reach the import system (".x" would be a relative import, a TypeError)
+    if not attr.isidentifier() or not all(part.isidentifier() for part in modname.split(".")):
         raise error(f"{kind} '{path}': give it as 'package.module:function'")
     try:
         mod = importlib.import_module(modname)
     except ImportError as exc:
         raise error(f"{kind} '{path}': cannot import '{modname}' ({exc})") from exc
+    except Exception as exc:  # the user's module raised while being imported: name it, chain the cause
+        raise error(f"{kind} '{path}': importing '{modname}' failed ({type(exc).__name__}: {exc})") from exc
     func = getattr(mod, attr, None)
     if func is None:
         raise error(f"{kind} '{path}': '{modname}' has no attribute '{attr}'")
@@ -145,6 +153,11 @@ def load_module(path: str, params: Mapping[str, Any] | None = None) -> ScienceMo
 
 def load_modules(paths: Sequence[str], params: Mapping[str, Mapping[str, Any]] | None = None) -> list[ScienceModule]:
     """Load every module of ``paths``; ``params`` maps a path to its keyword parameters."""
+    if not isinstance(paths, list | tuple) or not all(isinstance(p, str) for p in paths):
+        raise ScienceModuleError(f"science modules must be a list of 'package.module:function' paths, got {paths!r}")
+    if params is not None and not isinstance(params, Mapping):
+        raise ScienceModuleError("science module parameters must map a module's path to its parameters, "
+                                 f"got {type(params).__name__} {params!r}")
     params = dict(params or {})
     stray = [p for p in params if p not in paths]
     if stray:

@@ -190,7 +190,8 @@ def decode(df: "DataFrame") -> "DataFrame":
 
     A record the schema of its announced version cannot read, or that reads into
     inconsistent identifiers, is given the reason ``unknown_schema``; an alert without
-    ``objectId`` or ``candid`` the reason ``missing_identifiers``.
+    ``objectId`` or ``candid`` the reason ``missing_identifiers``; one whose ``candidate.jd``
+    is null, NaN or outside :data:`fink.avro.JD_RANGE` (no night to file it under) ``bad_time``.
     """
     from pyspark.sql import functions as F
     from pyspark.sql.avro.functions import from_avro
@@ -211,12 +212,16 @@ def decode(df: "DataFrame") -> "DataFrame":
     a = F.col("alert")
     consistent = a.isNotNull() & (a.getField("candid") == a.getField("candidate").getField("candid"))
     identified = (F.length(a.getField("objectId")) > 0) & a.getField("candid").isNotNull()
+    jd = a.getField("candidate").getField("jd")
+    timed = jd.isNotNull() & ~F.isnan(jd) & jd.between(*avro.JD_RANGE)
     df = df.withColumn("reason", F.when(F.col("reason").isNotNull(), F.col("reason"))
                        .when(a.isNull() | a.getField("candidate").isNull(), "unknown_schema")
                        .when(~identified, "missing_identifiers")
-                       .when(~consistent, "unknown_schema"))
-    jd = a.getField("candidate").getField("jd")
-    night = F.date_format(F.timestamp_seconds(((jd - 2440587.5) * 86400).cast("long")), "yyyyMMdd")
+                       .when(~consistent, "unknown_schema")
+                       .when(~timed, "bad_time"))
+    # only a plausible jd is turned into a night (Spark 4's ANSI casts fail the query on overflow)
+    seconds = F.when(F.col("reason").isNull(), ((jd - 2440587.5) * 86400).cast("long"))
+    night = F.date_format(F.timestamp_seconds(seconds), "yyyyMMdd")
     return df.withColumn("night", night).withColumn("brokerIngestTimestamp", F.current_timestamp())
 
 

@@ -231,7 +231,7 @@ def fink_cli(*args):
     subprocess.run([sys.executable, "-m", "fink.cli", *args], check=True, capture_output=True, timeout=300)
 
 
-def test_hbase_down_for_30_s_holds_the_stage_which_then_completes(spark, sample_science, tables, hbase_thrift):  # noqa: F811
+def test_hbase_down_for_60_s_holds_the_stage_which_then_completes(spark, sample_science, tables, hbase_thrift):  # noqa: F811
     table = tables()
     outage = {}
 
@@ -241,7 +241,7 @@ def test_hbase_down_for_30_s_holds_the_stage_which_then_completes(spark, sample_
             fink_cli("services", "stop", "hbase")  # as the operator would, from another process
 
             def back():
-                time.sleep(30)
+                time.sleep(60)
                 fink_cli("services", "start", "hbase")
                 outage["restarted"] = time.monotonic()
 

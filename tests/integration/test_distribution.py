@@ -26,6 +26,7 @@ from fink.stages import distribution as dist
 
 pytestmark = [pytest.mark.integration, pytest.mark.spark]
 CATALOGUE = str(Path(__file__).resolve().parents[2] / "datasim" / "sample_night" / "catalogue.csv")
+ROOT_NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
 
 
 @pytest.fixture(scope="module")
@@ -316,3 +317,56 @@ def test_fink_users_commands_never_print_the_password(capsys, sample_science, sp
         assert "no such user" in capsys.readouterr().err
     finally:
         assert main(["users", "remove", user]) == 0
+
+
+def test_a_users_password_is_in_no_executed_notebook_log_or_process_list(sample_science, spark, tmp_path):
+    import subprocess
+    import threading
+
+    import psutil
+
+    from fink.config import fink_home
+    from fink.runner import export_html
+
+    services = ServicesConfig.load()
+    sfx = uuid.uuid4().hex[:6]
+    user, topic = f"nb{sfx}", f"nb_{sfx}"
+    distribute(spark, sample_science, {topic: "fink.filters.builtin:bright"})
+    secret_file = access.add_user(services.kafka_bootstrap, user)
+    password = secret_file.read_text().strip()
+    access.grant(services.kafka_bootstrap, user, topic)
+    logs = [p for d in (fink_home() / "logs", fink_home() / "runs") for p in d.rglob("*") if p.is_file()]
+    offsets = {p: p.stat().st_size for p in logs}
+    seen_cmdlines: set[str] = set()
+    done = threading.Event()
+
+    def watch_processes():  # what `ps` shows while the notebook connects and reads
+        while not done.is_set():
+            for proc in psutil.process_iter(["cmdline"]):
+                seen_cmdlines.add(" ".join(proc.info["cmdline"] or []))
+            time.sleep(0.2)
+
+    watcher = threading.Thread(target=watch_processes, daemon=True)
+    watcher.start()
+    out = tmp_path / "client.ipynb"
+    try:
+        proc = subprocess.run([sys.executable, "-m", "papermill", str(ROOT_NOTEBOOKS / "client.ipynb"), str(out),
+                               "-p", "user", user, "-p", "password_file", str(secret_file), "-p", "max_alerts", "5",
+                               "-p", "idle", "5", "-p", "save_to", str(tmp_path / "saved"), "-y", f"topics: [{topic}]",
+                               "--cwd", str(ROOT_NOTEBOOKS)], capture_output=True, text=True, timeout=300)
+    finally:
+        done.set()
+        watcher.join()
+        access.remove_user(services.kafka_bootstrap, user)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    executed = out.read_text()
+    assert f"5 alerts from ['{topic}']" in executed  # the password was used: the user read the topic
+    html = export_html(out, tmp_path / "client.html").read_text()
+    assert password not in executed and password not in html
+    assert password not in proc.stdout and password not in proc.stderr
+    assert not [c for c in seen_cmdlines if password in c] and any("papermill" in c for c in seen_cmdlines)
+    grown = [p for p in (fink_home() / "logs", fink_home() / "runs") for p in p.rglob("*") if p.is_file()]
+    for path in grown:
+        with open(path, "rb") as f:
+            f.seek(offsets.get(path, 0))
+            assert password.encode() not in f.read(), path

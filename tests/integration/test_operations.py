@@ -1,5 +1,6 @@
 """Operating real stages with `fink start / show / stop`: metrics while they run, a stop mid-stream,
-a restart, and archives and topics complete without duplicates."""
+a restart, every stage killed at once (kill -9) and restarted, the Kafka broker stopped and
+restarted; the archives, the HBase table and the topic end complete, without duplicates."""
 
 import json
 import os
@@ -15,15 +16,15 @@ import pyarrow.parquet as pq
 import pytest
 from confluent_kafka import Consumer
 
-from fink import kafka, metrics
+from fink import hbase, kafka, metrics
 from fink.client import decode
 from fink.config import ServicesConfig
 from fink.services.process import process_start_time
 from fink.simulator import SimulatorConfig, replay
 
-pytestmark = [pytest.mark.integration, pytest.mark.spark]
+pytestmark = [pytest.mark.integration, pytest.mark.spark, pytest.mark.faults]
 ROOT = Path(__file__).resolve().parents[2]
-STAGES = ("stream2raw", "raw2science", "distribution")
+STAGES = ("stream2raw", "raw2science", "distribution", "archive")
 
 
 def fink(env, *args, timeout=300):
@@ -65,22 +66,63 @@ def consume(topic: str, expected: int, timeout: float = 120.0) -> list[int]:
     return out
 
 
-@pytest.mark.timeout(900)
-def test_start_show_stop_mid_stream_and_restart_lose_and_double_nothing(kafka_bootstrap, tmp_path):
+def hbase_candids(hbase_thrift, table: str) -> list[int]:
+    conn = hbase.connect(*hbase_thrift)
+    try:
+        if table.encode() not in conn.tables():
+            return []
+        return [int(cells[b"i:candid"]) for key, cells in conn.table(table).scan(columns=[b"i:candid"])
+                if key != b"~schema"]
+    finally:
+        conn.close()
+
+
+def kill_all(home: Path) -> list[str]:
+    """kill -9 the process group of every running stage at once; return the killed runs."""
+    records = [json.loads((home / "run" / f"{stage}.json").read_text()) for stage in STAGES]
+    for record in records:
+        os.killpg(record["pid"], signal.SIGKILL)
+    wait_for(lambda: all(process_start_time(r["pid"]) is None for r in records), 30, "the killed runs to go")
+    return [f"{stage}-{Path(r['run_dir']).name}" for stage, r in zip(STAGES, records, strict=True)]
+
+
+def passes_cuts(candidate) -> bool:
+    """Fink's default cuts, evaluated directly on a raw record."""
+    return candidate["nbad"] == 0 and candidate["rb"] is not None and candidate["rb"] >= 0.55 and candidate["fid"] != 3
+
+
+@pytest.mark.timeout(1200)
+def test_stop_restart_kill_all_and_a_kafka_restart_lose_and_double_nothing(kafka_bootstrap, hbase_thrift, tmp_path):
     home, data = tmp_path / "home", tmp_path / "data"
     env = {**os.environ, "FINK_HOME": str(home)}
     sfx = uuid.uuid4().hex[:6]
-    topic, bright = f"ops_{sfx}", f"ops_bright_{sfx}"
+    topic, bright, table = f"ops_{sfx}", f"ops_bright_{sfx}", f"ops_{sfx}"
     kafka.ensure_topic(kafka_bootstrap, topic)
-    common = [f"data_dir={data}", "trigger=2 seconds", "duration=500"]
-    params = {"stream2raw": [f"topic={topic}", "max_offsets_per_trigger=5"],  # <= 2.5 alerts/s: mid-stream 90 s
+    common = [f"data_dir={data}", "trigger=2 seconds", "duration=900"]
+    params = {"stream2raw": [f"topic={topic}", "max_offsets_per_trigger=4"],  # <= 2 alerts/s: mid-stream 115 s
               "raw2science": ["max_files_per_trigger=1"],
               "distribution": [f"filters={{{bright}: 'fink.filters.builtin:bright'}}", "topic_options={}",
-                               "max_files_per_trigger=1"]}
+                               "max_files_per_trigger=1"],
+              "archive": [f"table={table}", "max_files_per_trigger=1", "retry_for_s=300"]}
+    try:
+        _operate(env, home, data, topic, bright, table, common, params, kafka_bootstrap, hbase_thrift)
+    finally:
+        fink(env, "stop", "all", "--timeout", "60")
+        fink(os.environ, "services", "start", "kafka")
+        conn = hbase.connect(*hbase_thrift)
+        try:
+            hbase.delete_tables(conn, table)
+        finally:
+            conn.close()
 
-    def start_all():
+
+def _operate(env, home, data, topic, bright, table, common, params, kafka_bootstrap, hbase_thrift):
+    env_services = {**os.environ}  # the services are those of the test session's FINK_HOME
+
+    def start_all(faster=False):
         for stage in STAGES:
-            args = [a for p in common + params[stage] for a in ("-p", p)]
+            extra = ["max_offsets_per_trigger=20"] if faster and stage == "stream2raw" else []  # the rest: 10/s
+            args = [a for p in common + params[stage] + extra for a in ("-p", p)]
             started = fink(env, "start", stage, "-c", str(ROOT / "conf" / "ci.yaml"), *args)
             assert started.returncode == 0, started.stderr
             assert f"{stage}: started" in started.stdout
@@ -117,7 +159,7 @@ def test_start_show_stop_mid_stream_and_restart_lose_and_double_nothing(kafka_bo
     # stop mid-stream: each query ends at a batch boundary, cleanly, within the timeout
     stopped = fink(env, "stop", "all", "--timeout", "120")
     assert stopped.returncode == 0
-    assert stopped.stdout.count("stopped cleanly") == 3, stopped.stdout
+    assert stopped.stdout.count("stopped cleanly") == 4, stopped.stdout
     assert json.loads(fink(env, "show", "--json").stdout) == []
     raw_at_stop = len(candids(data / "raw"))
     assert 0 < raw_at_stop < 229, f"the stop did not come mid-stream ({raw_at_stop} archived)"
@@ -128,41 +170,55 @@ def test_start_show_stop_mid_stream_and_restart_lose_and_double_nothing(kafka_bo
     # restart from the checkpoints
     start_all()
 
-    # kill -9 raw2science mid-stream (its process group: papermill, kernel, Spark driver, Python
-    # workers), then start it again: its checkpoint and the exactly-once archive absorb the crash
-    record = json.loads((home / "run" / "raw2science.json").read_text())
-    killed_run = f"raw2science-{Path(record['run_dir']).name}"
-
-    def r2s_busy():
-        df = store.batches(runs=[killed_run])
+    # kill -9 every stage at once, mid-stream (each process group: papermill, kernel, Spark driver,
+    # Python workers), then start them all again: checkpoints and exactly-once sinks absorb the crash
+    def restarted_busy(query):
+        record = json.loads((home / "run" / f"{query}.json").read_text())
+        df = store.batches(runs=[f"{query}-{Path(record['run_dir']).name}"])
         return len(df) and int((df["input_rows"] > 0).sum()) >= 1
 
-    wait_for(r2s_busy, 300, "a batch of the restarted raw2science")
+    wait_for(lambda: restarted_busy("raw2science") and restarted_busy("stream2raw"), 300,
+             "a batch of the restarted raw2science")
     assert len(candids(data / "raw")) < 229, "stream2raw finished before the kill: not mid-stream"
-    os.killpg(record["pid"], signal.SIGKILL)
-    wait_for(lambda: process_start_time(record["pid"]) is None, 30, "the killed run to go")
-    args = [a for p in common + params["raw2science"] for a in ("-p", p)]
-    assert fink(env, "start", "raw2science", "-c", str(ROOT / "conf" / "ci.yaml"), *args).returncode == 0
+    killed_runs = kill_all(home)
+    start_all(faster=True)
 
-    # every alert once in each archive and in the topic
+    # the Kafka broker stopped for 15 s, then started again, while the stages run
+    wait_for(lambda: restarted_busy("stream2raw"), 300, "a batch of stream2raw after the kill")
+    assert len(candids(data / "raw")) < 229, "stream2raw finished before the broker stop: not mid-stream"
+    assert fink(env_services, "services", "stop", "kafka").returncode == 0  # as the operator would
+    time.sleep(15)
+    assert fink(env_services, "services", "start", "kafka").returncode == 0
+    for stage in STAGES:  # each stage rode out the outage
+        record = json.loads((home / "run" / f"{stage}.json").read_text())
+        assert process_start_time(record["pid"]) is not None, f"{stage} ended during the broker outage"
+
+    # every alert once in each archive, in HBase and in the topic
     publisher.join(timeout=120)
     assert sent["alerts"] == 229
-    wait_for(lambda: len(candids(data / "raw")) >= 229 and len(candids(data / "science")) >= 207, 400,
-             "the archives complete")
+    wait_for(lambda: len(candids(data / "raw")) >= 229 and len(candids(data / "science")) >= 207
+             and len(hbase_candids(hbase_thrift, table)) >= 207, 500, "the archives complete")
     raw, science = candids(data / "raw"), candids(data / "science")
-    table = pq.read_table(str(data / "science"), columns=["candid", "candidate"]).to_pylist()
-    expected = sorted(r["candid"] for r in table if r["candidate"]["magpsf"] < 18.0)
+    table_rows = pq.read_table(str(data / "science"), columns=["candid", "candidate"]).to_pylist()
+    expected = sorted(r["candid"] for r in table_rows if r["candidate"]["magpsf"] < 18.0)
     delivered = consume(bright, len(expected))
-    assert fink(env, "stop", "all", "--timeout", "120").stdout.count("stopped cleanly") == 3
+    archived = hbase_candids(hbase_thrift, table)
+    assert fink(env, "stop", "all", "--timeout", "120").stdout.count("stopped cleanly") == 4
     assert len(raw) == len(set(raw)) == 229
     assert len(science) == len(set(science)) == 207
+    raw_rows = pq.read_table(str(data / "raw"), columns=["candid", "candidate"]).to_pylist()
+    assert sorted(science) == sorted(r["candid"] for r in raw_rows if passes_cuts(r["candidate"]))
+    assert sorted(archived) == sorted(science)
     assert sorted(delivered) == expected and len(expected) > 0
 
-    # both runs of each stage are in the store: what each sink wrote adds up to the archives
-    notes = {q: store.notes(query=q) for q in STAGES}
-    assert sum(n["value"]["archived"] for n in notes["stream2raw"]) == 229
-    assert sum(n["value"]["alerts"] for n in notes["raw2science"]) == 207
-    assert sum((n["value"]["delivered"] or {}).get(bright, 0) for n in notes["distribution"]) == len(expected)
-    assert len({r["run"] for r in store.runs()}) == 7
-    (killed,) = [r for r in store.runs() if r["run"] == killed_run]
-    assert killed["state"] == "lost" and killed["error"].startswith("the process ended without recording")
+    # every run of each stage is in the store: what each sink wrote adds up to the archives (a
+    # batch replayed after the kill is noted again by the next run under the same batch id)
+    latest = {q: {n["batch"]: n["value"] for n in sorted(store.notes(query=q), key=lambda n: n["time"])}
+              for q in STAGES}
+    assert sum(v["archived"] for v in latest["stream2raw"].values()) == 229
+    assert sum(v["alerts"] for v in latest["raw2science"].values()) == 207
+    assert sum((v["delivered"] or {}).get(bright, 0) for v in latest["distribution"].values()) == len(expected)
+    assert len({r["run"] for r in store.runs()}) == 12
+    states = {r["run"]: r for r in store.runs()}
+    for run in killed_runs:
+        assert states[run]["state"] == "lost" and states[run]["error"].startswith("the process ended without")
