@@ -319,6 +319,7 @@ def test_fink_users_commands_never_print_the_password(capsys, sample_science, sp
         assert main(["users", "remove", user]) == 0
 
 
+@pytest.mark.timeout(600)
 def test_a_users_password_is_in_no_executed_notebook_log_or_process_list(sample_science, spark, tmp_path):
     import subprocess
     import threading
@@ -353,7 +354,8 @@ def test_a_users_password_is_in_no_executed_notebook_log_or_process_list(sample_
         proc = subprocess.run([sys.executable, "-m", "papermill", str(ROOT_NOTEBOOKS / "client.ipynb"), str(out),
                                "-p", "user", user, "-p", "password_file", str(secret_file), "-p", "max_alerts", "5",
                                "-p", "idle", "5", "-p", "save_to", str(tmp_path / "saved"), "-y", f"topics: [{topic}]",
-                               "--cwd", str(ROOT_NOTEBOOKS)], capture_output=True, text=True, timeout=300)
+                               "--cwd", str(ROOT_NOTEBOOKS), "--execution-timeout", "120"],
+                              capture_output=True, text=True, timeout=280)
     finally:
         done.set()
         watcher.join()
