@@ -260,7 +260,13 @@ def main() -> int:
                 end_publish = time.time()
                 print(f"{name}: published {sent['alerts']} in {sent['seconds']} s ({sent['alerts_per_s']}/s)",
                       flush=True)
-                drained_at = wait_drained(store, runs, published, timeout=3600)
+                try:
+                    drained_at = wait_drained(store, runs, published, timeout=3600)
+                except RuntimeError as exc:  # the figures so far are still written, with the failure
+                    print(f"{name}: {exc}", flush=True)
+                    phases.append({"name": name, "rate": rate, "alerts": sent["alerts"], "error": str(exc),
+                                   "stage_alerts_per_s": stage_rates(store, runs, start, time.time())})
+                    break
                 end = time.time() - (time.monotonic() - drained_at)
                 phase = {"name": name, "rate": rate, "alerts": sent["alerts"], "start": start,
                          "published_s": round(end_publish - start, 1), "end": end,
@@ -291,6 +297,8 @@ def main() -> int:
                 conn.close()
             shutil.rmtree(data, ignore_errors=True)
 
+    failed = [p for p in phases if "error" in p]
+    phases = [p for p in phases if "error" not in p]
     steady_phases = [p for p in phases if p["rate"]]
     at300 = next((p for p in steady_phases if p["rate"] == 300), steady_phases[0] if steady_phases else None)
     fastest = max(steady_phases, key=lambda p: p["rate"]) if steady_phases else None
@@ -304,6 +312,7 @@ def main() -> int:
         "peak_rss_mb": {k: round(v) for k, v in sampler.peak.items()},
         "peak_rss_total_mb": round(sampler.total_peak),
         "phases": [{k: v for k, v in p.items() if k not in ("start", "end")} for p in phases],
+        "failed_phases": failed,
         "targets": {"e2e_alerts_per_s": ">= 1000", "latency_p50_s": "<= 5 (at 300/s)",
                     "latency_p99_s": "<= 15 (at 300/s)", "burst_40k_drain_s": "<= 60"},
     })

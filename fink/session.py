@@ -35,6 +35,17 @@ DEFAULTS: dict[str, str] = {
     # (cache) rows would hold hundreds of MB each and drown the driver in garbage collection
     "spark.sql.parquet.columnarReaderBatchSize": "256",
     "spark.sql.inMemoryColumnarStorage.batchSize": "256",
+    # Parquet row groups of 32 MB (about 450 alerts) read as partitions of at most 32 MB: a
+    # task, and what distribution fetches into the driver per partition, stays that small
+    # however large the micro-batch (a 350 MB partition ran a 6 GB driver out of heap)
+    "spark.hadoop.parquet.block.size": str(32 << 20),
+    "spark.sql.files.maxPartitionBytes": str(32 << 20),
+    # the status store keeps every SQL execution's plan (from_avro's schemas make them large):
+    # a long-running stream keeps the last few only
+    "spark.sql.ui.retainedExecutions": "50",
+    "spark.ui.retainedJobs": "200",
+    "spark.ui.retainedStages": "200",
+    "spark.sql.streaming.ui.retainedProgressUpdates": "100",
     # a partitioned write (by night) would otherwise sort whole alert rows by partition
     # first; with a few nights per batch, one open file per night is cheaper
     "spark.sql.optimizer.plannedWrite.enabled": "false",
