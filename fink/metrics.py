@@ -26,7 +26,7 @@ import socket
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +38,6 @@ from fink.log import logger
 if TYPE_CHECKING:
     import pandas as pd
     from pyspark.sql import Column, DataFrame, SparkSession
-    from pyspark.sql.streaming import StreamingQuery
 
 #: name of the observed metrics holding the latency percentiles of a batch
 LATENCY = "latency"
@@ -173,13 +172,14 @@ class Store:
             db.execute("UPDATE runs SET ended = ?, state = ?, error = ? WHERE run = ?",
                        (time.time(), state, error, run))
 
-    def add_progress(self, run: str, progress: dict) -> None:
-        """Store one progress report of a query of ``run``."""
-        row = flatten(progress)
-        row["report"] = json.dumps(progress, default=str)
+    def add_progress(self, run: str, *reports: dict) -> None:
+        """Store progress reports of queries of ``run`` (several: in one transaction)."""
         with self._db() as db:
-            db.execute(f"INSERT OR REPLACE INTO progress (run, {', '.join(row)}) VALUES (?{', ?' * len(row)})",
-                       (run, *row.values()))
+            for progress in reports:
+                row = flatten(progress)
+                row["report"] = json.dumps(progress, default=str)
+                db.execute(f"INSERT OR REPLACE INTO progress (run, {', '.join(row)}) VALUES (?{', ?' * len(row)})",
+                           (run, *row.values()))
 
     def add_note(self, run: str, query: str, batch: int, value: dict) -> None:
         """Store what a sink did with one batch (archived, delivered, written...)."""
@@ -372,24 +372,24 @@ def attach(spark: "SparkSession", store: Store | None = None) -> Recorder:
         return rec
 
 
-def catch_up(queries: Iterable["StreamingQuery"]) -> int:
-    """Store the recent progress reports of ``queries`` (after they stop); return how many.
+def catch_up(progress: Mapping[str, Iterable[Mapping[str, Any]]]) -> int:
+    """Store the recent progress reports of stopped queries (``{query: reports}``, as
+    :func:`fink.streaming.run_until` gathers them), in one transaction; return how many.
 
     The listener gets its events asynchronously: a process that ends right after its query
     would lose the last batches' reports. Storing a report twice rewrites the same row.
     """
     rec = _RECORDER
-    if rec is None:
+    # pyspark 4's StreamingQueryProgress is a dict of objects (Row, SourceProgress): its JSON is the report
+    reports = [json.loads(r.json) if hasattr(r, "json") else dict(r) for reports in progress.values() for r in reports]
+    if rec is None or not reports:
         return 0
-    stored = 0
-    for q in queries:
-        for report in q.recentProgress:
-            try:
-                rec.progress(json.loads(report.json) if hasattr(report, "json") else dict(report))
-                stored += 1
-            except Exception as exc:  # noqa: BLE001 - metrics must never stop a stage
-                logger.warning("metrics: could not record a progress report of %s: %s", q.name, exc)
-    return stored
+    try:
+        rec.store.add_progress(rec.run, *reports)
+    except Exception as exc:  # noqa: BLE001 - metrics must never stop a stage
+        logger.warning("metrics: could not record the last progress reports of %s: %s", ", ".join(progress), exc)
+        return 0
+    return len(reports)
 
 
 def observe_latency(df: "DataFrame", until: "Column | str | None" = None,

@@ -64,8 +64,10 @@ def configure(stages: list[str], topic: str, settings: dict[str, dict] | None = 
     ``topic`` is stream2raw's input topic (unless its settings name one). An unknown stage,
     or a parameter its configuration does not have, is an error naming it.
     """
+    if isinstance(stages, str) or not all(isinstance(s, str) for s in stages):
+        raise ConfigError(f"pipeline: stages must be a list of stage names, got {stages!r}")
     settings = dict(settings or {})
-    unknown = sorted(set(stages) - set(STAGES)) + sorted(set(settings) - set(STAGES))
+    unknown = sorted((set(stages) | set(settings)) - set(STAGES))
     if unknown:
         raise ConfigError(f"pipeline: unknown stage(s) {', '.join(unknown)} (stages: {', '.join(STAGES)})")
     out = []
@@ -85,21 +87,28 @@ def paths(stages: list[Stage], fink: FinkConfig) -> dict[str, dict[str, str]]:
     return {s.name: s.config.paths(fink) for s in stages}
 
 
+def input_topic(stages: list[Stage], default: str) -> str:
+    """The (first) topic stream2raw reads in this plan: where a simulator should publish."""
+    s2r = next((s.config for s in stages if s.name == "stream2raw"), None)
+    return (s2r.topic.split(",")[0] if s2r is not None and s2r.topic else "") or default
+
+
 def build(spark: "SparkSession", stages: list[Stage], fink: FinkConfig, trigger: str) -> list[Stage]:
     """Each stage's unstarted writer, with ``trigger`` (``availableNow`` or ``"<N> seconds"``).
 
     Loading errors (filters, modules, tables, topics) are raised here, before any query starts.
+    distribution and archive take the science archive's schema from this plan's raw2science
+    (its modules), not from the built-in modules, while the archive is still empty.
     """
     if trigger != "availableNow" and not trigger.endswith("seconds"):
         raise ConfigError(f"trigger must be 'availableNow' or '<N> seconds', got {trigger!r}")
+    producer = next((s.config for s in stages if s.name == "raw2science"), None)
     for s in stages:
-        writer = _module(s.name).build(spark, s.config, fink)
-        sink = getattr(writer, "fink_sink", None)
-        writer = writer.trigger(availableNow=True) if trigger == "availableNow" else writer.trigger(
-            processingTime=trigger)
-        if sink is not None:
-            writer.fink_sink = sink  # type: ignore[attr-defined]
-        s.writer = writer
+        module = _module(s.name)
+        writer = (module.build(spark, s.config, fink, producer) if s.name in ("distribution", "archive")
+                  else module.build(spark, s.config, fink))
+        s.writer = writer.trigger(availableNow=True) if trigger == "availableNow" else writer.trigger(
+            processingTime=trigger)  # trigger() returns the same writer: its fink_sink stays
     return stages
 
 

@@ -131,6 +131,7 @@ def start(service: str, conf: str | None = None, simulator: bool = False, home: 
                           f"`fink stop {service}` first")
     if current is not None:
         _forget(current, home)
+    _refuse_sharing(service, home)
     if params_override := dict(params or {}):
         declared = notebook_parameters(notebook)
         unknown = sorted(set(params_override) - set(declared))
@@ -161,6 +162,19 @@ def start(service: str, conf: str | None = None, simulator: bool = False, home: 
     state.parent.mkdir(parents=True, exist_ok=True)
     state.write_text(json.dumps(asdict(run)))
     return run
+
+
+def _refuse_sharing(service: str, home: Path) -> None:
+    """The pipeline service and the stage services share checkpoints: never both at once."""
+    from fink.pipeline import STAGES
+
+    if service != "pipeline" and service not in STAGES:
+        return
+    clash = [r.service for r in running(home)
+             if (service == "pipeline" and r.service in STAGES) or (service in STAGES and r.service == "pipeline")]
+    if clash:
+        raise RunnerError(f"{service} would share checkpoints and outputs with {', '.join(clash)}, which is "
+                          f"running; `fink stop {' '.join(clash)}` first")
 
 
 def running(home: Path | None = None) -> list[Run]:

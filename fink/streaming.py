@@ -157,7 +157,7 @@ def run_until(queries: Iterable["StreamingQuery"], duration: float, stop_file: s
             progress[q.name or q.id] = list(q.recentProgress)
         from fink import metrics
 
-        metrics.catch_up(queries)  # the listener's last events may not have arrived yet
+        metrics.catch_up(progress)  # the listener's last events may not have arrived yet
     elapsed = time.monotonic() - t0
     logger.info("run ended (%s) after %.1f s", reason, elapsed)
     return RunResult(reason, elapsed, progress)

@@ -99,8 +99,9 @@ def load_filters(filters: Mapping[str, str], params: Mapping[str, Mapping[str, A
         try:
             declared = import_declared(path, KIND, "@fink.filters.alert_filter", FilterError)
             bound = declared.bind(params.get(topic))
-        except ScienceModuleError as exc:
-            raise FilterError(f"filter of topic '{topic}': {str(exc).replace('science module ', '', 1)}") from exc
+        except (ScienceModuleError, FilterError) as exc:  # the path's error, or its parameters'
+            detail = str(exc).removeprefix("science module ").removeprefix(f"{KIND} ")
+            raise FilterError(f"filter of topic '{topic}': {detail}") from exc
         # each filter writes its own column; metrics are named after its topic
         loaded.append(AlertFilter(topic, dataclasses.replace(bound, outputs={f"_sel{k}": "boolean"},
                                                              label=label(topic))))

@@ -122,13 +122,13 @@ def thrift_address(fink: FinkConfig) -> tuple[str, int]:
     return host, int(port)
 
 
-def layout(spark: "SparkSession", cfg: ArchiveConfig, science_path: str) -> Layout:
+def layout(spark: "SparkSession", cfg: ArchiveConfig, science_path: str, producer: Any = None) -> Layout:
     """The table layout for the science alerts: their Arrow schema as batches deliver it,
     the columns modules added (family ``d``: not in the raw archive) and the cutouts."""
     from fink.stages import distribution as dist
     from fink.stages import raw2science as r2s
 
-    schema = dist.science_schema(spark, science_path)
+    schema = dist.science_schema(spark, science_path, producer)
     alert = spark.createDataFrame([], schema).drop("night")
     raw = set(r2s.raw_schema(spark).fieldNames())
     added = [c for c in alert.columns if c not in raw]
@@ -303,11 +303,12 @@ class Sink:
 REPORT_KEYS = [part.split()[0] for part in REPORT.split(", ")]
 
 
-def build(spark: "SparkSession", cfg: ArchiveConfig, fink: FinkConfig) -> "DataStreamWriter":
+def build(spark: "SparkSession", cfg: ArchiveConfig, fink: FinkConfig, producer: Any = None) -> "DataStreamWriter":
     """The stage's unstarted writer: science archive -> tags -> HBase (main table and indexes).
 
     The tables are created (or their recorded layout checked) here, before anything starts;
-    an unreachable gateway is retried for ``retry_for_s`` like a write.
+    an unreachable gateway is retried for ``retry_for_s`` like a write. ``producer``: the
+    raw2science configuration that writes the science archive (see ``distribution.science_schema``).
     """
     from pyspark.sql import functions as F
 
@@ -316,7 +317,7 @@ def build(spark: "SparkSession", cfg: ArchiveConfig, fink: FinkConfig) -> "DataS
     paths = cfg.paths(fink)
     tags = cfg.load_tags()
     host, port = thrift_address(fink)
-    lay = layout(spark, cfg, paths["science"])
+    lay = layout(spark, cfg, paths["science"], producer)
     probe = Writer(host, port, pool_size=1, retry_for=cfg.retry_for_s)
 
     def create() -> Layout:
@@ -329,7 +330,7 @@ def build(spark: "SparkSession", cfg: ArchiveConfig, fink: FinkConfig) -> "DataS
     lay = probe.retried(f"creating the archive tables {cfg.table}", create)
     probe.close()
     stream = dist.source(spark, dist.DistributionConfig(max_files_per_trigger=cfg.max_files_per_trigger),
-                         paths["science"])
+                         paths["science"], producer)
     try:
         check_inputs([f.module for f in tags], stream.schema)
     except ScienceModuleError as exc:  # a tag filter's input that is not a column of the alerts

@@ -98,9 +98,10 @@ class DistributionConfig(Validated):
 
 # -- the science archive as a stream ---------------------------------------------------------
 
-def science_schema(spark: "SparkSession", science_path: str) -> "StructType":
+def science_schema(spark: "SparkSession", science_path: str, producer: Any = None) -> "StructType":
     """The science archive's schema: from its files if it has any, else what raw2science
-    writes with the built-in modules (so the stages may start in any order)."""
+    writes with ``producer`` (its :class:`~fink.stages.raw2science.Raw2ScienceConfig`; by
+    default the built-in modules), so that the stages may start in any order."""
     from pyspark.sql.types import StringType, StructField, StructType
 
     from fink.filestore import FileStore
@@ -115,18 +116,19 @@ def science_schema(spark: "SparkSession", science_path: str) -> "StructType":
         from fink.stages import raw2science as r2s
 
         raw = spark.createDataFrame([], r2s.raw_schema(spark))
-        cfg = r2s.Raw2ScienceConfig(modules=list(BUILTIN))
+        cfg = producer or r2s.Raw2ScienceConfig(modules=list(BUILTIN))
         schema = r2s.transform(raw, cfg).schema
     return StructType([f for f in schema.fields if f.name != "night"] + [StructField("night", StringType())])
 
 
-def source(spark: "SparkSession", cfg: DistributionConfig, science_path: str) -> "DataFrame":
-    """The science archive as a stream of new files (its folder created if absent)."""
+def source(spark: "SparkSession", cfg: DistributionConfig, science_path: str, producer: Any = None) -> "DataFrame":
+    """The science archive as a stream of new files (its folder created if absent; its schema
+    from :func:`science_schema`)."""
     from fink.filestore import FileStore
 
     store = FileStore(spark, science_path)
     store.fs.mkdirs(store.path())
-    reader = spark.readStream.schema(science_schema(spark, science_path)).option("basePath", science_path)
+    reader = spark.readStream.schema(science_schema(spark, science_path, producer)).option("basePath", science_path)
     if cfg.max_files_per_trigger:
         reader = reader.option("maxFilesPerTrigger", cfg.max_files_per_trigger)
     return reader.parquet(science_path)
@@ -257,15 +259,18 @@ class Sink:
         metrics.note(QUERY_NAME, batch_id, {"delivered": self.delivered[batch_id]})
 
 
-def build(spark: "SparkSession", cfg: DistributionConfig, fink: FinkConfig) -> "DataStreamWriter":
+def build(spark: "SparkSession", cfg: DistributionConfig, fink: FinkConfig,
+          producer: Any = None) -> "DataStreamWriter":
     """The stage's unstarted writer: science archive -> filters -> one Kafka topic per filter.
 
     Filter loading errors and bad topic options are raised here; the topics exist when it returns.
+    ``producer``: the raw2science configuration that writes the science archive, for its
+    schema while the archive is still empty (:func:`science_schema`).
     """
     paths = cfg.paths(fink)
     filters = cfg.load_filters()
     topics = [f.topic for f in filters]
-    stream = source(spark, cfg, paths["science"])
+    stream = source(spark, cfg, paths["science"], producer)
     encs = encodings(alert_columns(stream).schema, cfg, topics)
     prepare_topics(fink.kafka_bootstrap, cfg, encs, topics)
     sink = Sink(fink.kafka_bootstrap, topics, encs, paths["checkpoint"])

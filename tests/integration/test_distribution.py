@@ -336,8 +336,10 @@ def test_a_users_password_is_in_no_executed_notebook_log_or_process_list(sample_
     secret_file = access.add_user(services.kafka_bootstrap, user)
     password = secret_file.read_text().strip()
     access.grant(services.kafka_bootstrap, user, topic)
-    logs = [p for d in (fink_home() / "logs", fink_home() / "runs") for p in d.rglob("*") if p.is_file()]
-    offsets = {p: p.stat().st_size for p in logs}
+    def log_files():
+        return [p for d in (fink_home() / "logs", fink_home() / "runs") for p in d.rglob("*") if p.is_file()]
+
+    offsets = {p: p.stat().st_size for p in log_files()}
     seen_cmdlines: set[str] = set()
     done = threading.Event()
 
@@ -367,8 +369,7 @@ def test_a_users_password_is_in_no_executed_notebook_log_or_process_list(sample_
     assert password not in executed and password not in html
     assert password not in proc.stdout and password not in proc.stderr
     assert not [c for c in seen_cmdlines if password in c] and any("papermill" in c for c in seen_cmdlines)
-    grown = [p for p in (fink_home() / "logs", fink_home() / "runs") for p in p.rglob("*") if p.is_file()]
-    for path in grown:
+    for path in log_files():  # what was written during the run: from where each file ended before
         with open(path, "rb") as f:
             f.seek(offsets.get(path, 0))
             assert password.encode() not in f.read(), path

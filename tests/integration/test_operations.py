@@ -15,6 +15,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 from confluent_kafka import Consumer
+from test_raw2science import passes
 
 from fink import hbase, kafka, metrics
 from fink.client import decode
@@ -84,11 +85,6 @@ def kill_all(home: Path) -> list[str]:
         os.killpg(record["pid"], signal.SIGKILL)
     wait_for(lambda: all(process_start_time(r["pid"]) is None for r in records), 30, "the killed runs to go")
     return [f"{stage}-{Path(r['run_dir']).name}" for stage, r in zip(STAGES, records, strict=True)]
-
-
-def passes_cuts(candidate) -> bool:
-    """Fink's default cuts, evaluated directly on a raw record."""
-    return candidate["nbad"] == 0 and candidate["rb"] is not None and candidate["rb"] >= 0.55 and candidate["fid"] != 3
 
 
 @pytest.mark.timeout(1200)
@@ -207,7 +203,7 @@ def _operate(env, home, data, topic, bright, table, common, params, kafka_bootst
     assert len(raw) == len(set(raw)) == 229
     assert len(science) == len(set(science)) == 207
     raw_rows = pq.read_table(str(data / "raw"), columns=["candid", "candidate"]).to_pylist()
-    assert sorted(science) == sorted(r["candid"] for r in raw_rows if passes_cuts(r["candidate"]))
+    assert sorted(science) == sorted(r["candid"] for r in raw_rows if passes(r["candidate"]))
     assert sorted(archived) == sorted(science)
     assert sorted(delivered) == expected and len(expected) > 0
 

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from test_operations import candids, consume, hbase_candids, passes_cuts
+from test_operations import candids, consume, hbase_candids
+from test_raw2science import passes
 
 from fink import dashboard, hbase, metrics, runner
 
@@ -31,7 +32,7 @@ def test_the_pipeline_service_runs_the_night_through_every_stage_in_one_driver(h
         raw, science = candids(data / "raw"), candids(data / "science")
         assert len(raw) == len(set(raw)) == 229
         raw_rows = pq.read_table(str(data / "raw"), columns=["candid", "candidate"]).to_pylist()
-        assert sorted(science) == sorted(r["candid"] for r in raw_rows if passes_cuts(r["candidate"]))
+        assert sorted(science) == sorted(r["candid"] for r in raw_rows if passes(r["candidate"]))
         assert sorted(hbase_candids(hbase_thrift, table)) == sorted(science)
         rows = pq.read_table(str(data / "science"), columns=["candid", "candidate"]).to_pylist()
         expected = sorted(r["candid"] for r in rows if r["candidate"]["magpsf"] < 18.0)
@@ -48,6 +49,8 @@ def test_the_pipeline_service_runs_the_night_through_every_stage_in_one_driver(h
         executed = (Path(run.run_dir) / "output.html").read_text()
         assert "raw2science" in executed and "<img" in executed
     finally:
+        if run.alive():  # a failed wait or assertion must not leave a Spark driver behind
+            runner.stop("pipeline", timeout=60, home=home)
         conn = hbase.connect(*hbase_thrift)
         try:
             hbase.delete_tables(conn, table)

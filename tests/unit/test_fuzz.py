@@ -503,7 +503,15 @@ def _imports_something_new(path) -> bool:
 
 
 def _names_the_input(message: str, *inputs) -> bool:
-    return bool(message) and any(str(x) in message or repr(x) in message for x in inputs)
+    """The message shows one of ``inputs`` (as str or repr). A string shorter than two
+    characters (``t``, the empty string) would match by chance: only its quoted repr counts;
+    when the inputs other than None have no countable form, any message will do."""
+    def forms(x) -> set[str]:
+        return {f for f in (str(x), repr(x)) if len(f) >= 2 or not isinstance(x, str)}
+
+    shown = set().union(*(forms(x) for x in inputs))
+    countable = any(forms(x) for x in inputs if x is not None)
+    return bool(message) and (not countable or any(f in message for f in shown))
 
 
 @FUZZ

@@ -30,6 +30,36 @@ def test_unknown_stages_and_parameters_are_refused_by_name():
         pipeline.configure(["archive"], "t", {"archive": {"tabel": "x"}})
     with pytest.raises(ConfigError, match="no stage"):
         pipeline.configure([], "t")
+    with pytest.raises(ConfigError, match="a list of stage names, got 'archive'"):
+        pipeline.configure("archive", "t")  # not split into letters
+
+
+def test_the_simulator_publishes_where_stream2raw_reads():
+    assert pipeline.input_topic(pipeline.configure(["stream2raw"], "a", {"stream2raw": {"topic": "b,c"}}), "a") == "b"
+    assert pipeline.input_topic(pipeline.configure(["stream2raw"], "a"), "z") == "a"
+    assert pipeline.input_topic(pipeline.configure(["archive"], "a"), "z") == "z"
+
+
+def test_the_pipeline_and_a_stage_service_never_run_at_once(tmp_path):
+    import json
+    import os
+
+    from fink import runner
+    from fink.errors import RunnerError
+    from fink.services.process import process_start_time
+
+    home = tmp_path / "home"
+    (home / "run").mkdir(parents=True)
+    me = {"pid": os.getpid(), "start_time": process_start_time(os.getpid()), "started_at": "now",
+          "run_dir": str(tmp_path / "r"), "notebook": "x.ipynb"}  # a live process stands for the service
+    (home / "run" / "stream2raw.json").write_text(json.dumps({"service": "stream2raw", **me}))
+    with pytest.raises(RunnerError, match="pipeline would share checkpoints and outputs with stream2raw"):
+        runner.start("pipeline", home=home)
+    (home / "run" / "stream2raw.json").unlink()
+    (home / "run" / "pipeline.json").write_text(json.dumps({"service": "pipeline", **me}))
+    with pytest.raises(RunnerError, match="archive would share checkpoints and outputs with pipeline"):
+        runner.start("archive", home=home)
+    assert not (home / "runs").exists()  # refused before anything started
 
 
 def test_a_trigger_that_is_neither_available_now_nor_seconds_is_refused():

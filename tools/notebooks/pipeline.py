@@ -48,7 +48,8 @@ for name, where in pipeline.paths(plan, cfg).items():
 if simulator:
     from fink.simulator import SimulatorConfig, replay
 
-    sent = replay(SimulatorConfig(source="../datasim/sample_night", topic=topic), cfg.kafka_bootstrap, progress=False)
+    sent = replay(SimulatorConfig(source="../datasim/sample_night", topic=pipeline.input_topic(plan, topic)),
+                  cfg.kafka_bootstrap, progress=False)
     print(f"simulator: {sent['alerts']} alerts published to {sent['topic']}")
 """),
 ("md", "## Session and writers (filters, modules, topics and tables are loaded here)"),
