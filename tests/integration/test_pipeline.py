@@ -10,9 +10,11 @@ from test_operations import candids, consume, hbase_candids
 from test_raw2science import passes
 
 from fink import dashboard, hbase, metrics, runner
+from fink.science.modules import BUILTIN
 
 pytestmark = [pytest.mark.integration, pytest.mark.spark]
 ROOT = Path(__file__).resolve().parents[2]
+XMATCH = "fink.science.modules.xmatch:crossmatch"
 
 
 @pytest.mark.timeout(900)
@@ -21,7 +23,9 @@ def test_the_pipeline_service_runs_the_night_through_every_stage_in_one_driver(h
     sfx = uuid.uuid4().hex[:6]
     topic, bright, table = f"pipe_{sfx}", f"pipe_bright_{sfx}", f"pipe_{sfx}"
     params = {"data_dir": str(data), "topic": topic, "duration": 600,
-              "raw2science": {"max_files_per_trigger": 2},
+              "raw2science": {"max_files_per_trigger": 2, "modules": BUILTIN,
+                              "module_params": {XMATCH: {"catalogue_path": str(ROOT / "datasim" / "sample_night" /
+                                                                               "catalogue.csv")}}},
               "distribution": {"filters": {bright: "fink.filters.builtin:bright"}, "topic_options": {}},
               "archive": {"table": table}}
     run = runner.start("pipeline", str(ROOT / "conf" / "ci.yaml"), simulator=True, home=home, params=params)
@@ -34,6 +38,8 @@ def test_the_pipeline_service_runs_the_night_through_every_stage_in_one_driver(h
         raw_rows = pq.read_table(str(data / "raw"), columns=["candid", "candidate"]).to_pylist()
         assert sorted(science) == sorted(r["candid"] for r in raw_rows if passes(r["candidate"]))
         assert sorted(hbase_candids(hbase_thrift, table)) == sorted(science)
+        scores = pq.read_table(str(data / "science"), columns=["snia_prob", "lc_amplitude_g"]).to_pylist()
+        assert any(r["snia_prob"] is not None for r in scores)  # the science modules ran in the pipeline
         rows = pq.read_table(str(data / "science"), columns=["candid", "candidate"]).to_pylist()
         expected = sorted(r["candid"] for r in rows if r["candidate"]["magpsf"] < 18.0)
         assert sorted(consume(bright, len(expected))) == expected and expected
