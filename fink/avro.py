@@ -13,6 +13,7 @@ import hashlib
 import io
 import json
 import re
+from collections import Counter
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -185,13 +186,13 @@ def avro_schema(struct: Any, name: str = "alert", namespace: str = "fink") -> di
 
     def convert(dtype: Any, path: str) -> Any:
         if isinstance(dtype, StructType):
-            names = dtype.fieldNames()
-            for f in names:
+            counts = Counter(dtype.fieldNames())
+            for f, n in counts.items():
                 if not _AVRO_NAME.fullmatch(f):
                     raise SchemaError(f"column '{path}_{f}': {f!r} is not a valid Avro name (letters, digits "
                                       "and '_', not starting with a digit): rename or drop the column")
-                if names.count(f) > 1:
-                    raise SchemaError(f"column '{path}_{f}': {names.count(f)} fields named {f!r} in one record")
+                if n > 1:
+                    raise SchemaError(f"column '{path}_{f}': {n} fields named {f!r} in one record")
             return {"type": "record", "name": record_name(path),
                     "fields": [{"name": f.name, "type": ["null", convert(f.dataType, f"{path}_{f.name}")],
                                 "default": None} for f in dtype.fields]}

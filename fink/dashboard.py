@@ -14,12 +14,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fink import metrics, runner
+from fink.pipeline import STAGES
 
 if TYPE_CHECKING:
     import pandas as pd
 
 #: the stages in pipeline order (the report lists them so)
-STAGES = ("stream2raw", "raw2science", "distribution", "archive")
 
 #: where each stage's accounts are: (``observed`` metrics name, key) or (``note``, key)
 ACCOUNTS: dict[str, dict[str, tuple[str, ...]]] = {

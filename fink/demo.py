@@ -26,8 +26,8 @@ from typing import Any
 from fink import dashboard, kafka, metrics, runner, services
 from fink.config import FinkConfig, ServicesConfig, fink_home
 from fink.errors import FinkError
+from fink.pipeline import STAGES
 
-STAGES = ("stream2raw", "raw2science", "distribution", "archive")
 TABLE = "demo_ztf_alerts"
 USER = "demo"
 
