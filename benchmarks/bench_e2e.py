@@ -46,6 +46,7 @@ from fink import demo, kafka, metrics, runner, services
 from fink.config import FinkConfig, ServicesConfig, fink_home
 from fink.datasim.sources import read_messages
 from fink.datasim.stamp import fresh_copies
+from fink.science.modules import BUILTIN
 from fink.simulator import SimulatorConfig, replay
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -213,7 +214,12 @@ def main() -> int:
     topic, out_topic, table = f"bench_in_{bench_id}", f"bench_all_{bench_id}", f"bench_{bench_id}"
     data = fink_home() / "bench" / bench_id
     common = {"data_dir": str(data), "trigger": "1 seconds", "duration": 7200.0}
-    extra = {"stream2raw": {"topic": topic, "max_offsets_per_trigger": 5000},
+    catalogue = ROOT / "datasim" / "sample_night" / "catalogue.csv"  # every built-in module runs
+    # every stage's batch is bounded: a backlog (at 1,000/s or in the burst) is read in steps, so
+    # the rows a batch holds for its Python workers stay within the driver's heap
+    extra = {"stream2raw": {"topic": topic, "max_offsets_per_trigger": 3000},
+             "raw2science": {"max_files_per_trigger": 4, "modules": BUILTIN, "module_params": {
+                 "fink.science.modules.xmatch:crossmatch": {"catalogue_path": str(catalogue)}}},
              "distribution": {"filters": {out_topic: "fink.filters.builtin:bright"},
                               "filter_params": {out_topic: {"limit": 99.0}}, "topic_options": {},
                               "retention_ms": 600000},

@@ -21,17 +21,20 @@ from typing import Any
 import fastavro
 
 from fink.errors import FinkError
+from fink.survey import Survey, get_path
+from fink.survey import load as load_survey
 
 AVRO_MAGIC = b"Obj\x01"
 
 #: why a message is not an alert (stable strings: they are stored in quarantine tables)
 REASONS = {
     "empty": "the message has no bytes",
-    "not_avro": "the message is not an Avro container file (no 'Obj\\x01' magic)",
-    "truncated": "the Avro container ends early or is corrupt",
-    "unknown_schema": "the writer schema is not a ZTF alert schema",
-    "missing_identifiers": "the alert lacks its objectId or candid",
-    "bad_time": "the alert's candidate.jd is missing or not a plausible Julian date",
+    "not_avro": "the message is not in the survey's Avro framing (a container file's 'Obj\\x01' magic, "
+                "or the wire format's zero byte)",
+    "truncated": "the Avro record ends early or is corrupt",
+    "unknown_schema": "the writer schema (or schema id) is not a known alert schema of the survey",
+    "missing_identifiers": "the alert lacks its object's or its own identifier (ZTF objectId, candid)",
+    "bad_time": "the alert's observation time (ZTF candidate.jd) is missing or not a plausible date",
     "oversized": "the message is larger than the size limit",
     "duplicate": "an alert with this candid was already seen",
 }
@@ -108,8 +111,8 @@ class Decoded:
     size: int
 
 
-def decode_container(data: bytes | None, max_bytes: int = MAX_ALERT_BYTES) -> Decoded:
-    """Decode one container-file message into its alert.
+def decode_container(data: bytes | None, max_bytes: int = MAX_ALERT_BYTES, survey: Survey | None = None) -> Decoded:
+    """Decode one container-file message into its alert (of ``survey``, by default ZTF).
 
     Raises
     ------
@@ -117,6 +120,7 @@ def decode_container(data: bytes | None, max_bytes: int = MAX_ALERT_BYTES) -> De
         With ``reason`` ``empty``, ``not_avro``, ``truncated``, ``unknown_schema``,
         ``missing_identifiers``, ``bad_time`` or ``oversized``.
     """
+    survey = survey or load_survey("ztf")
     if not data:
         raise AlertDecodeError("empty")
     if not data.startswith(AVRO_MAGIC):
@@ -133,25 +137,36 @@ def decode_container(data: bytes | None, max_bytes: int = MAX_ALERT_BYTES) -> De
     schema = reader.writer_schema
     if not isinstance(schema, dict):  # a primitive ("string") or a union (a list): not a record
         raise AlertDecodeError("unknown_schema", f"writer schema {schema!r}"[:200])
-    fields = {f["name"] for f in schema.get("fields", [])}
-    if schema.get("name") not in ("ztf.alert", "alert") or not {"objectId", "candid", "candidate"} <= fields:
+    fields = {f.get("name") for f in schema.get("fields", []) if isinstance(f, dict)}
+    if schema.get("name") not in survey.record_names or not survey.required_fields() <= fields:
         raise AlertDecodeError("unknown_schema", f"writer schema {schema.get('name')!r}")
+    check_alert(records[0], survey)
     alert = records[0]
-    # the same rules, in the same order, as stream2raw's decoder in the JVM, so that checkstream
-    # and the quarantine give a message the same reason
-    candidate = alert["candidate"]
-    if not isinstance(candidate, dict):
-        raise AlertDecodeError("unknown_schema", f"candidate is {type(candidate).__name__}, not a record")
-    if not alert.get("objectId") or not alert.get("candid"):
-        raise AlertDecodeError("missing_identifiers",
-                               f"objectId={alert.get('objectId')!r} candid={alert.get('candid')!r}")
-    if candidate.get("candid") != alert["candid"]:
-        raise AlertDecodeError("unknown_schema",
-                               f"candid={alert['candid']!r} but candidate.candid={candidate.get('candid')!r}")
-    jd = candidate.get("jd")
-    if not isinstance(jd, int | float) or not JD_RANGE[0] <= jd <= JD_RANGE[1]:  # NaN fails both
-        raise AlertDecodeError("bad_time", f"candidate.jd={jd!r}")
     return Decoded(alert, schema.get("version"), len(data))
+
+
+def check_alert(alert: dict[str, Any], survey: Survey) -> None:
+    """Raise :class:`AlertDecodeError` if a decoded record is not a usable alert of ``survey``.
+
+    The same rules, in the same order, as stream2raw's decoder in the JVM, so that
+    checkstream and the quarantine give a message the same reason: the survey's main
+    records present (``unknown_schema``), its identities set (``missing_identifiers``),
+    the identity's copy equal to it (``unknown_schema``), a plausible time (``bad_time``).
+    """
+    for path in (survey.alert_id, survey.alert_id_check, survey.time["path"]):
+        head, _, rest = path.partition(".")
+        if rest and not isinstance(alert.get(head), dict):
+            raise AlertDecodeError("unknown_schema", f"{head} is {type(alert.get(head)).__name__}, not a record")
+    key, obj = survey.alert_key(alert), survey.object_key(alert)
+    if not key or not obj:
+        shown = " ".join(f"{p}={get_path(alert, p)!r}" for p in (*survey.object_id, survey.alert_id))
+        raise AlertDecodeError("missing_identifiers", shown)
+    if survey.alert_id_check and get_path(alert, survey.alert_id_check) != key:
+        raise AlertDecodeError("unknown_schema", f"{survey.alert_id}={key!r} but "
+                                                 f"{survey.alert_id_check}={get_path(alert, survey.alert_id_check)!r}")
+    jd = survey.jd(alert)
+    if jd is None or not JD_RANGE[0] <= jd <= JD_RANGE[1]:
+        raise AlertDecodeError("bad_time", f"{survey.time['path']}={get_path(alert, survey.time['path'])!r}")
 
 
 # -- the schema of distributed alerts, from their Spark type ------------------------------
