@@ -10,12 +10,13 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
 
 from fink import kafka
+from fink import survey as surveys
 from fink.config import ConfigError, Validated
 from fink.datasim import NightConfig, faults, generate_night
 from fink.datasim.sources import read_messages
@@ -33,8 +34,11 @@ class SimulatorConfig(Validated):
         ``generator``, or the path of a folder of ``.avro`` files, an ``.avro`` file or a ``.tar.gz``.
     topic
         Kafka topic; empty means ZTF's naming, ``ztf_<night>_programid1``.
+    survey
+        A shipped survey (``ztf``, ``rubin``) or a description file: what the generator
+        writes, and the topic's default name.
     night, seed, n_objects, schema_version
-        For the generator.
+        For the generator (``schema_version`` empty: the survey's default, ZTF 4.02, Rubin 10.0).
     rate
         Steady alerts per second; 0 means as fast as possible.
     burst
@@ -61,7 +65,7 @@ class SimulatorConfig(Validated):
     night: str = "20261127"
     seed: int = 42
     n_objects: int = 120
-    schema_version: str = "4.02"
+    schema_version: str = ""
     rate: float = 0.0
     burst: int = 0
     visit_seconds: float = 39.0
@@ -71,6 +75,7 @@ class SimulatorConfig(Validated):
     fresh_ids: bool = True
     first_pass: int = 0
     faults: dict = dataclasses.field(default_factory=dict)
+    survey: str = "ztf"
 
     def validate(self, source: str = "configuration") -> None:
         for kind, fraction in self.faults.items():
@@ -82,25 +87,43 @@ class SimulatorConfig(Validated):
             raise ConfigError(f"{source}: rate, burst, count, duration and first_pass must not be negative")
         if self.rate and self.burst:
             raise ConfigError(f"{source}: choose a steady 'rate' or survey-like 'burst', not both")
-        if self.schema_version not in ("3.3", "4.02"):
-            raise ConfigError(f"{source}: the generator writes schema 3.3 or 4.02, not {self.schema_version!r}")
+        writes = self.description().simulator.get("versions", [])
+        if self.schema_version and self.schema_version not in writes:
+            raise ConfigError(f"{source}: the generator writes {self.survey} schema {' or '.join(writes)}, "
+                              f"not {self.schema_version!r}")
+
+    def description(self) -> surveys.Survey:
+        return surveys.load(self.survey)
+
+    @property
+    def version(self) -> str:
+        """The schema version the generator writes."""
+        return self.schema_version or self.description().simulator["schema_version"]
 
     @property
     def topic_name(self) -> str:
-        return self.topic or f"ztf_{self.night}_programid1"
+        return self.topic or self.description().topic_for(self.night)
 
 
 def load_messages(config: SimulatorConfig, progress: bool = False) -> list[bytes]:
     """Encode (generator) or read (files) every message of the source, in order."""
     if config.source == "generator":
         night = generate_night(NightConfig(night=config.night, seed=config.seed, n_objects=config.n_objects))
-        messages = night.messages(config.schema_version)
+        messages = _generator(config.description())(night, config.version)
         if progress:
             from tqdm.auto import tqdm
 
             messages = tqdm(messages, total=len(night.alerts), desc="encoding alerts", unit="alert")
         return list(messages)
     return list(read_messages(config.source))
+
+
+def _generator(survey: surveys.Survey) -> Callable[..., Iterator[bytes]]:
+    """The survey's generator function (``simulator.generator``, ``module:function``)."""
+    import importlib
+
+    module, _, name = survey.simulator["generator"].partition(":")
+    return getattr(importlib.import_module(module), name)
 
 
 def _plan(good: list[bytes], config: SimulatorConfig, fault_seed: int) -> list[tuple[str, bytes]]:

@@ -66,6 +66,13 @@ class Survey(Validated):
         Default quality cuts: name -> Spark SQL condition that keeps an alert.
     topic, topic_pattern
         The survey's topic naming (``{night}`` is ``YYYYMMDD``) and a regex of its topics.
+    simulator
+        ``{"generator": "module:function", "schema_version": default, "versions": [...]}``:
+        the function writing a simulated night (:class:`fink.datasim.Night`, a version) as
+        wire messages, and the versions it can write.
+    folder
+        Where the stages keep this survey's archives under ``data_dir`` ("" for the root),
+        so that two surveys run side by side in one deployment.
     """
 
     name: str = ""
@@ -86,6 +93,8 @@ class Survey(Validated):
     cuts: dict = dataclasses.field(default_factory=dict)
     topic: str = ""
     topic_pattern: str = ""
+    folder: str = ""
+    simulator: dict = dataclasses.field(default_factory=dict)
 
     def validate(self, source: str = "configuration") -> None:
         if not self.name or not self.alert_id or not self.object_id or not self.band or not self.ra or not self.dec:

@@ -129,6 +129,11 @@ class Night:
         return paths
 
 
+def wire_messages(night: Night, version: str = "4.02") -> Iterator[bytes]:
+    """The night as ZTF sends it (the survey description's ``simulator.generator``)."""
+    return night.messages(version)
+
+
 def conform(record: dict[str, Any], version: str = "4.02") -> dict[str, Any]:
     """Shape a record to a schema version: keep its fields, drop the others (e.g. ``fp_hists`` for 3.x)."""
     names = {f["name"] for f in avro.load_schema(version)["fields"]}

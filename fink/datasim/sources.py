@@ -1,8 +1,10 @@
 """Where replayed alerts come from: the generator, a folder of ``.avro`` files, or a ZTF tarball.
 
-Every source yields ZTF wire messages (one Avro container file per alert). A file that
-already holds one alert is replayed byte for byte; a file holding many records (the
-committed sample night) gives one message per record, encoded with that file's schema.
+Every source yields wire messages as the survey sends them. A ZTF file that already holds
+one alert (an Avro container file) is replayed byte for byte; a file holding many records
+(the committed sample night) gives one message per record, encoded with that file's
+schema. A Rubin file (a zero byte, a schema id, the schemaless body: the Confluent wire
+format) is one message, replayed byte for byte.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import fastavro
 
 from fink.avro import AVRO_MAGIC, sync_marker
 from fink.errors import FinkError
+from fink.wire import HEADER_BYTES as WIRE_HEADER_BYTES
+from fink.wire import MAGIC as WIRE_MAGIC
 
 
 class SourceError(FinkError, ValueError):
@@ -23,9 +27,13 @@ class SourceError(FinkError, ValueError):
 
 
 def _split(data: bytes, name: str) -> Iterator[bytes]:
-    """One message per record of a container file (the file itself if it holds one record)."""
+    """One message per record of a container file (the file itself if it holds one record, or
+    if it is one wire-format message)."""
+    if data[:1] == WIRE_MAGIC and len(data) > WIRE_HEADER_BYTES:
+        yield data
+        return
     if not data.startswith(AVRO_MAGIC):
-        raise SourceError(f"{name}: not an Avro container file")
+        raise SourceError(f"{name}: neither an Avro container file nor a wire-format message (zero byte, schema id)")
     try:
         reader = fastavro.reader(io.BytesIO(data))
         records = list(reader)

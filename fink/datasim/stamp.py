@@ -8,6 +8,9 @@ alert costs about a millisecond; :class:`Stamper` instead encodes the alert once
 sentinel ``candid``, keeps the bytes around the two places it lands (the alert's ``candid``
 and ``candidate.candid``), and splices in the new value's zig-zag varint: a few
 microseconds per copy. Every other byte is the original alert's.
+
+A Rubin message (Confluent wire format) is stamped the same way: every field holding the
+alert's ``diaSourceId`` (the top-level copy, ``diaSource``'s, ``ssSource``'s) gets the new value.
 """
 
 from __future__ import annotations
@@ -34,10 +37,36 @@ def zigzag_varint(n: int) -> bytes:
     return bytes(out)
 
 
-class Stamper:
-    """One alert (an Avro container file with one record) whose ``candid`` can be changed cheaply."""
+def _mark(record, old: int):
+    """``record`` with every integer equal to ``old`` replaced by :data:`SENTINEL`."""
+    if isinstance(record, dict):
+        return {k: _mark(v, old) for k, v in record.items()}
+    if isinstance(record, list):
+        return [_mark(v, old) for v in record]
+    return SENTINEL if isinstance(record, int) and not isinstance(record, bool) and record == old else record
 
-    def __init__(self, message: bytes):
+
+class Stamper:
+    """One alert whose identifier can be changed cheaply: an Avro container file with one
+    record (ZTF ``candid``), or a wire-format message (Rubin ``diaSourceId``, its schema from
+    ``resolver``, by default the packaged Rubin schemas)."""
+
+    def __init__(self, message: bytes, resolver=None):
+        from fink import wire
+
+        if message[:1] == wire.MAGIC:
+            resolver = resolver or wire.SchemaResolver(_rubin())
+            decoded = resolver.decode(message)
+            self.candid = int(resolver.survey.alert_key(decoded.alert))
+            schema_id = int.from_bytes(message[1:wire.HEADER_BYTES], "big")
+            buf = io.BytesIO()
+            fastavro.schemaless_writer(buf, resolver.schema(schema_id), _mark(decoded.alert, self.candid))
+            self.header, self.sync = message[:wire.HEADER_BYTES], None
+            parts = buf.getvalue().split(zigzag_varint(SENTINEL))
+            if len(parts) < 2:
+                raise ValueError("the alert's diaSourceId was not found in its encoding")
+            self.parts = parts
+            return
         reader = fastavro.reader(io.BytesIO(message))
         schema = fastavro.parse_schema(reader.writer_schema)
         record = next(reader)
@@ -61,10 +90,19 @@ class Stamper:
         self.parts = parts
 
     def copy(self, candid: int) -> bytes:
-        """The alert with ``candid`` (and ``candidate.candid``) set to ``candid``."""
+        """The alert with its identifier (ZTF ``candid`` and ``candidate.candid``; Rubin every
+        copy of ``diaSourceId``) set to ``candid``."""
         value = zigzag_varint(candid)
         payload = value.join(self.parts)
+        if self.sync is None:  # wire format: the header, then the body
+            return self.header + payload
         return b"".join((self.header, b"\x02", zigzag_varint(len(payload)), payload, self.sync))
+
+
+def _rubin():
+    from fink import survey
+
+    return survey.load("rubin")
 
 
 def fresh_copies(messages: list[bytes], count: int) -> Iterator[bytes]:

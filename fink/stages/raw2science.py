@@ -95,9 +95,7 @@ def raw_schema(spark: "SparkSession") -> "StructType":
     """The raw archive's schema (what stream2raw writes), without reading the archive."""
     from fink.stages import stream2raw as s2r
 
-    kafka = spark.createDataFrame([], "key binary, value binary, topic string, partition int, offset long, "
-                                      "timestamp timestamp, timestampType int")
-    return s2r.raw_columns(s2r.decode(s2r.parse(kafka))).schema
+    return s2r.raw_schema(spark)
 
 
 def source(spark: "SparkSession", cfg: Raw2ScienceConfig, raw_path: str) -> "DataFrame":

@@ -1,5 +1,9 @@
 """stream2raw: the survey's Kafka stream into a decoded, exactly-once raw archive.
 
+What the survey sends is read from its description (:mod:`fink.survey`): how messages
+are framed (:data:`PARSERS`), which schemas they may carry, where the alert's identity
+and time are. ZTF and Rubin run through the same code.
+
 Notes
 -----
 Decoding happens in the JVM. A ZTF message is an Avro container file holding one
@@ -8,8 +12,12 @@ marker), one block (record count, byte size, the record) and the sync marker aga
 Spark's ``from_avro`` reads schemaless records, so :func:`parse` locates the record with
 SQL functions alone (the sync marker is the message's last 16 bytes and ends the header
 too), reads the schema version from the header, and :func:`decode` applies ``from_avro``
-with the project's schema of that version. Every version is then laid out as the newest
-one, fields a version lacks being null. No Python runs per row.
+with the project's schema of that version. A Rubin message (Confluent wire format) is a
+zero byte, a 4-byte schema id and the schemaless record: :func:`parse_confluent` reads the
+id with SQL functions and :func:`decode` applies the schema of that id
+(:class:`fink.wire.SchemaResolver`). Every version is then laid out in one layout, the
+union of all versions the stage knows, newest first (:func:`union_type`), fields a
+version lacks being null. No Python runs per row.
 
 A message that is not an alert gets a ``reason`` (:data:`fink.avro.REASONS`) instead, and
 :func:`write_batch` sends it to the quarantine table with its raw bytes. Each micro-batch
@@ -25,6 +33,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from fink import avro, metrics
+from fink import survey as surveys
 from fink.config import ConfigError, FinkConfig, Validated
 from fink.log import logger
 from fink.streaming import observed
@@ -32,7 +41,9 @@ from fink.streaming import observed
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame, SparkSession
     from pyspark.sql.streaming import DataStreamWriter
-    from pyspark.sql.types import DataType
+    from pyspark.sql.types import DataType, StructType
+
+    from fink.wire import SchemaResolver
 
 QUERY_NAME = "stream2raw"
 LATEST = "4.02"
@@ -63,6 +74,11 @@ class Stream2RawConfig(Validated):
     min_partitions
         Spark tasks per micro-batch at least (0: Spark's default parallelism). A ZTF night is
         often one Kafka partition; splitting its offsets lets every core decode.
+    survey
+        A shipped survey (``ztf``, ``rubin``) or the path of a description YAML file.
+    schema_registry_url, schema_dir
+        Where schema ids come from besides the packaged schemas (wire-format surveys): a
+        Confluent-compatible registry, a folder of ``.avsc`` files (:class:`fink.wire.SchemaResolver`).
     """
 
     topic: str = ""
@@ -75,17 +91,48 @@ class Stream2RawConfig(Validated):
     checkpoint: str = ""
     max_alert_bytes: int = avro.MAX_ALERT_BYTES
     min_partitions: int = 0
+    survey: str = "ztf"
+    schema_registry_url: str = ""
+    schema_dir: str = ""
 
     def validate(self, source: str = "configuration") -> None:
         if bool(self.topic) == bool(self.topic_pattern):
             raise ConfigError(f"{source}: give exactly one of 'topic' and 'topic_pattern'")
         if self.max_offsets_per_trigger < 0 or self.files_per_batch < 1 or self.max_alert_bytes < 1:
             raise ConfigError(f"{source}: max_offsets_per_trigger >= 0, files_per_batch >= 1, max_alert_bytes >= 1")
+        self.description()  # an unknown survey fails here, by name
+
+    def description(self) -> surveys.Survey:
+        """The survey's description (:func:`fink.survey.load`)."""
+        return surveys.load(self.survey)
 
     def paths(self, fink: FinkConfig) -> dict[str, str]:
-        return {"raw": self.raw_path or fink.data_uri("raw"),
-                "quarantine": self.quarantine_path or fink.data_uri("quarantine"),
-                "checkpoint": self.checkpoint or fink.data_uri("checkpoints", "stream2raw")}
+        """Where the stage writes; a survey with a ``folder`` keeps its archives under it."""
+        home = [p for p in (self.description().folder,) if p]
+        return {"raw": self.raw_path or fink.data_uri(*home, "raw"),
+                "quarantine": self.quarantine_path or fink.data_uri(*home, "quarantine"),
+                "checkpoint": self.checkpoint or fink.data_uri(*home, "checkpoints", "stream2raw")}
+
+    def schemas(self) -> dict[str, str]:
+        """Version label -> writer schema (JSON text): every version this stage decodes."""
+        return schema_texts(self.description(), self.resolver())
+
+    def resolver(self) -> "SchemaResolver | None":
+        """The schema-id resolver of a wire-format survey (None for container files)."""
+        from fink.wire import SchemaResolver
+
+        survey = self.description()
+        if survey.wire != "confluent":
+            return None
+        return SchemaResolver(survey, registry_url=self.schema_registry_url, schema_dir=self.schema_dir)
+
+
+def schema_texts(survey: surveys.Survey, resolver: "SchemaResolver | None" = None) -> dict[str, str]:
+    """Version label -> writer schema text, oldest first, for every version of ``survey``
+    the stage can decode: the shipped files, or every id ``resolver`` knows (``major.minor``)."""
+    if resolver is None:
+        return {v: json.dumps(avro.load_schema(v, survey.name)) for v in avro.schema_versions(survey.name)}
+    return {"{}.{}".format(*divmod(i, 100)): resolver.schema_json(i) for i in resolver.known_ids()}
 
 
 # -- source ------------------------------------------------------------------------------
@@ -113,8 +160,9 @@ def _byte(value: "Column", pos: "Column") -> "Column":
     return F.conv(F.hex(F.substring(value, pos, 1)), 16, 10).cast("int")
 
 
-def parse(df: "DataFrame", max_alert_bytes: int = avro.MAX_ALERT_BYTES) -> "DataFrame":
-    """Add ``version``, ``payload`` (the schemaless record) and ``reason`` (null when fine)."""
+def parse_container(df: "DataFrame", versions: list[str], max_alert_bytes: int = avro.MAX_ALERT_BYTES) -> "DataFrame":
+    """Messages that are Avro container files: add ``version`` (the writer schema's ``version``
+    property, one of ``versions``), ``payload`` (the schemaless record) and ``reason`` (null when fine)."""
     from pyspark.sql import functions as F
 
     v = F.col("value")
@@ -145,7 +193,7 @@ def parse(df: "DataFrame", max_alert_bytes: int = avro.MAX_ALERT_BYTES) -> "Data
               .when(~well_formed, "truncated")
               .when(_byte(v, F.col("_block")) != 2, "truncated"))  # a record count of 1 (zig-zag 2)
     df = df.withColumn("_version", version)
-    reason = reason.when(~F.col("_version").isin(*avro.schema_versions("ztf")), "unknown_schema")
+    reason = reason.when(~F.col("_version").isin(*versions), "unknown_schema")
     return (df.withColumn("reason", reason)
             .withColumn("version", F.when(F.col("reason").isNull(), F.col("_version")))
             .withColumn("payload", F.when(F.col("reason").isNull(),
@@ -153,15 +201,75 @@ def parse(df: "DataFrame", max_alert_bytes: int = avro.MAX_ALERT_BYTES) -> "Data
             .drop("_n", "_hl", "_block", "_version"))
 
 
-# -- decoding every version into the newest layout ---------------------------------------
+def parse_confluent(df: "DataFrame", versions: list[str], max_alert_bytes: int = avro.MAX_ALERT_BYTES) -> "DataFrame":
+    """Messages in the Confluent wire format: add ``version`` (``major.minor`` of the schema id,
+    one of ``versions``), ``payload`` (the bytes after the 5-byte header) and ``reason``."""
+    from pyspark.sql import functions as F
 
-def alert_type(spark: "SparkSession", version: str = LATEST) -> "DataType":
-    """The Spark type ``from_avro`` gives for a schema version."""
+    v = F.col("value")
+    n = F.length(v)
+    sid = F.conv(F.hex(F.substring(v, 2, 4)), 16, 10).cast("long")
+    version = F.concat_ws(".", (sid / 100).cast("long").cast("string"), (sid % 100).cast("string"))
+    df = df.withColumn("_n", n).withColumn("_version", version)
+    reason = (F.when(v.isNull() | (F.col("_n") == 0), "empty")
+              .when(F.substring(v, 1, 1) != F.lit(b"\x00"), "not_avro")
+              .when(F.col("_n") > max_alert_bytes, "oversized")
+              .when(F.col("_n") <= 5, "truncated")
+              .when(~F.col("_version").isin(*versions), "unknown_schema"))
+    return (df.withColumn("reason", reason)
+            .withColumn("version", F.when(F.col("reason").isNull(), F.col("_version")))
+            .withColumn("payload", F.when(F.col("reason").isNull(), F.substring(v, 6, F.col("_n") - 5)))
+            .drop("_n", "_version"))
+
+
+#: the survey description's ``wire`` -> how its messages are split into version and record
+PARSERS = {"container": parse_container, "confluent": parse_confluent}
+
+
+# -- decoding every version into one layout ----------------------------------------------
+
+def alert_type(spark: "SparkSession", schema: str) -> "DataType":
+    """The Spark type ``from_avro`` gives for a writer schema (JSON text)."""
     from pyspark.sql import functions as F
     from pyspark.sql.avro.functions import from_avro
 
-    schema = json.dumps(avro.load_schema(version))
     return spark.range(0).select(from_avro(F.lit(b"").cast("binary"), schema).alias("a")).schema["a"].dataType
+
+
+#: types a field may widen to when two versions disagree (int -> long, float -> double)
+_WIDER = {frozenset({"int", "bigint"}): "bigint", frozenset({"float", "double"}): "double",
+          frozenset({"int", "double"}): "double", frozenset({"bigint", "double"}): "double",
+          frozenset({"int", "float"}): "double"}
+
+
+def union_type(types: list["DataType"], path: str = "alert") -> "DataType":
+    """One type that holds every one of ``types`` (newest first): a struct has the newest
+    version's fields in its order, then the fields only older versions have; a field two
+    versions type differently takes the wider numeric type.
+
+    Raises
+    ------
+    avro.SchemaError
+        Two versions give a field types no single type holds (the field is named).
+    """
+    from pyspark.sql.types import ArrayType, StructField, StructType, _parse_datatype_string
+
+    first = types[0]
+    if all(t == first for t in types):
+        return first
+    if all(isinstance(t, StructType) for t in types):
+        names: list[str] = []
+        for t in types:
+            names += [f for f in t.fieldNames() if f not in names]
+        return StructType([StructField(name, union_type([t[name].dataType for t in types if name in t.fieldNames()],
+                                                        f"{path}.{name}"), True) for name in names])
+    if all(isinstance(t, ArrayType) for t in types):
+        return ArrayType(union_type([t.elementType for t in types], f"{path}[]"), True)
+    kinds = frozenset(t.simpleString() for t in types)
+    if kinds in _WIDER:
+        return _parse_datatype_string(_WIDER[kinds])
+    raise avro.SchemaError(f"field {path}: the schema versions disagree on its type "
+                           f"({', '.join(sorted(kinds))}) and no single type holds them all")
 
 
 def _align(col: "Column", have: "DataType", want: "DataType") -> "Column":
@@ -173,9 +281,10 @@ def _align(col: "Column", have: "DataType", want: "DataType") -> "Column":
         return col
     if isinstance(want, StructType):
         present = {f.name: f.dataType for f in have.fields}
-        return F.struct(*[
+        fields = F.struct(*[
             (_align(col.getField(f.name), present[f.name], f.dataType) if f.name in present
              else F.lit(None).cast(f.dataType)).alias(f.name) for f in want.fields])
+        return F.when(col.isNotNull(), fields)  # a null record (Rubin's ssSource) stays null
     if isinstance(want, ArrayType) and isinstance(want.elementType, StructType):
         return F.transform(col, lambda x: _align(x, have.elementType, want.elementType))
     return col if have == want else col.cast(want)
@@ -185,39 +294,59 @@ def _tmp(version: str) -> str:
     return "_v" + version.replace(".", "_")
 
 
-def decode(df: "DataFrame") -> "DataFrame":
-    """Decode ``payload`` by ``version`` into the columns of the newest alert schema.
+def decode(df: "DataFrame", schemas: dict[str, str], survey: surveys.Survey | None = None) -> "DataFrame":
+    """Decode ``payload`` by ``version`` (a key of ``schemas``, version -> writer schema text)
+    into one ``alert`` column laid out as :func:`union_type` of every version.
 
     A record the schema of its announced version cannot read, or that reads into
-    inconsistent identifiers, is given the reason ``unknown_schema``; an alert without
-    ``objectId`` or ``candid`` the reason ``missing_identifiers``; one whose ``candidate.jd``
+    inconsistent identifiers, is given the reason ``unknown_schema``; an alert without the
+    survey's alert or object identity the reason ``missing_identifiers``; one whose time
     is null, NaN or outside :data:`fink.avro.JD_RANGE` (no night to file it under) ``bad_time``.
     """
     from pyspark.sql import functions as F
     from pyspark.sql.avro.functions import from_avro
 
+    survey = survey or surveys.load("ztf")
     spark = df.sparkSession
-    want = alert_type(spark, LATEST)
-    versions = avro.schema_versions("ztf")
+    types = {v: alert_type(spark, text) for v, text in schemas.items()}
+    versions = list(schemas)
+    want = union_type([types[v] for v in reversed(versions)])
     # one decode per row (only its version's column is computed), then the layout in a second
     # projection: referencing from_avro once per field in one projection would decode again each time
-    for version in versions:
-        schema = json.dumps(avro.load_schema(version))
+    for version, text in schemas.items():
         df = df.withColumn(_tmp(version), F.when(F.col("version") == version,
-                                                  from_avro(F.col("payload"), schema, {"mode": "PERMISSIVE"})))
+                                                  from_avro(F.col("payload"), text, {"mode": "PERMISSIVE"})))
     # F.struct of null fields is not null: guard each layout so coalesce picks the decoded one
-    decoded = F.coalesce(*[F.when(F.col(_tmp(v)).isNotNull(), _align(F.col(_tmp(v)), alert_type(spark, v), want))
+    decoded = F.coalesce(*[F.when(F.col(_tmp(v)).isNotNull(), _align(F.col(_tmp(v)), types[v], want))
                            for v in versions])
     df = df.withColumn("alert", decoded).drop("payload", *[_tmp(v) for v in versions])
     a = F.col("alert")
-    consistent = a.isNotNull() & (a.getField("candid") == a.getField("candidate").getField("candid"))
-    identified = (F.length(a.getField("objectId")) > 0) & a.getField("candid").isNotNull()
-    jd = a.getField("candidate").getField("jd")
+
+    def at(path: str) -> "Column":
+        col = a
+        for part in path.split("."):
+            col = col.getField(part)
+        return col
+
+    # the records holding the identity and the time must be there (a container's schema says
+    # nothing of a record that is null)
+    heads = {p.split(".")[0] for p in (survey.alert_id, survey.alert_id_check, survey.time["path"]) if "." in p}
+    present = a.isNotNull()
+    for head in sorted(heads):
+        present = present & a.getField(head).isNotNull()
+    key = at(survey.alert_id)
+    consistent = key == at(survey.alert_id_check) if survey.alert_id_check else F.lit(True)
+    objects = [at(p) for p in survey.object_id]
+    has_object = F.lit(False)
+    for obj in objects:
+        has_object = has_object | (F.coalesce(obj.cast("string"), F.lit("")).isin("", "0") == F.lit(False))
+    identified = key.isNotNull() & has_object
+    jd = at(survey.time["path"]).cast("double") + F.lit(float(survey.time.get("to_jd", 0.0)))
     timed = jd.isNotNull() & ~F.isnan(jd) & jd.between(*avro.JD_RANGE)
     df = df.withColumn("reason", F.when(F.col("reason").isNotNull(), F.col("reason"))
-                       .when(a.isNull() | a.getField("candidate").isNull(), "unknown_schema")
+                       .when(~present, "unknown_schema")
                        .when(~identified, "missing_identifiers")
-                       .when(~consistent, "unknown_schema")
+                       .when(~F.coalesce(consistent, F.lit(False)), "unknown_schema")
                        .when(~timed, "bad_time"))
     # only a plausible jd is turned into a night (Spark 4's ANSI casts fail the query on overflow)
     seconds = F.when(F.col("reason").isNull(), ((jd - 2440587.5) * 86400).cast("long"))
@@ -234,6 +363,14 @@ def raw_columns(df: "DataFrame") -> "DataFrame":
                      "brokerIngestTimestamp", F.col("version").alias("schema_version"), "night")
 
 
+def raw_schema(spark: "SparkSession", cfg: Stream2RawConfig | None = None) -> "StructType":
+    """The raw archive's schema for ``cfg``'s survey (ZTF by default), without reading anything."""
+    cfg = cfg or Stream2RawConfig(topic="-")
+    kafka = spark.createDataFrame([], "key binary, value binary, topic string, partition int, offset long, "
+                                      "timestamp timestamp, timestampType int")
+    return raw_columns(transform(kafka, cfg)).schema
+
+
 def quarantine_columns(df: "DataFrame") -> "DataFrame":
     """The quarantine's rows: where the message was, why it was set aside, its bytes."""
     from pyspark.sql import functions as F
@@ -242,11 +379,16 @@ def quarantine_columns(df: "DataFrame") -> "DataFrame":
                      F.date_format("brokerIngestTimestamp", "yyyyMMdd").alias("ingest_night"))
 
 
-def transform(df: "DataFrame", cfg: Stream2RawConfig) -> "DataFrame":
-    """Kafka rows to decoded rows with ``reason``; observed counts land in the query's metrics."""
+def transform(df: "DataFrame", cfg: Stream2RawConfig, schemas: dict[str, str] | None = None) -> "DataFrame":
+    """Kafka rows to decoded rows with ``reason``; observed counts land in the query's metrics.
+
+    ``schemas`` (version -> writer schema text) defaults to :meth:`Stream2RawConfig.schemas`.
+    """
     from pyspark.sql import functions as F
 
-    out = decode(parse(df, cfg.max_alert_bytes))
+    survey = cfg.description()
+    schemas = cfg.schemas() if schemas is None else schemas
+    out = decode(PARSERS[survey.wire](df, list(schemas), cfg.max_alert_bytes), schemas, survey)
     is_bad = F.col("reason").isNotNull()
     counts = [F.count(F.lit(1)).alias("messages"),
               F.sum(F.when(~is_bad, 1).otherwise(0)).alias("decoded"),
@@ -294,9 +436,10 @@ def write_batch(batch: "DataFrame", batch_id: int, cfg: Stream2RawConfig, paths:
                                         .otherwise(F.concat(F.lit(SET_ASIDE), reason))))
     folders = filestore.stage(rows, paths["raw"], batch_id, "night", cfg.files_per_batch, ARCHIVE_OPTIONS)
     clock.lap("decode_write")
-    keys = _staged_keys(spark, paths["raw"], batch_id, folders)
+    key = cfg.description().alert_id
+    keys = _staged_keys(spark, paths["raw"], batch_id, folders, key)
     alerts = keys[keys["reason"].isna()]
-    index = index or ArchivedCandids(spark, paths["raw"])
+    index = index or ArchivedCandids(spark, paths["raw"], key)
     dups = find_duplicates(alerts, index)
     if len(dups):
         folders = _restage_without(spark, paths["raw"], batch_id, folders, dups, cfg)
@@ -346,9 +489,10 @@ def _is_set_aside(folder: str) -> bool:
     return folder.startswith(f"night={SET_ASIDE}")
 
 
-def _staged_keys(spark: "SparkSession", root: str, batch_id: int, folders: dict[str, list[str]]):
-    """Every staged message as a pandas frame: topic, partition, offset, Kafka timestamp, candid,
-    night, reason, ingest time."""
+def _staged_keys(spark: "SparkSession", root: str, batch_id: int, folders: dict[str, list[str]],
+                 key: str = "candid"):
+    """Every staged message as a pandas frame: topic, partition, offset, Kafka timestamp, the
+    alert's id (column ``candid``, from the field path ``key``), night, reason, ingest time."""
     import pandas as pd
     from pyspark.sql import functions as F
 
@@ -361,7 +505,7 @@ def _staged_keys(spark: "SparkSession", root: str, batch_id: int, folders: dict[
                                      "night", "reason"])
     keys = spark.read.parquet(*files).select(
         F.col("kafka_topic").alias("topic"), F.col("kafka_partition").alias("partition"),
-        F.col("kafka_offset").alias("offset"), F.coalesce("candid", F.lit(-1)).alias("candid"),
+        F.col("kafka_offset").alias("offset"), F.coalesce(F.col(key), F.lit(-1)).alias("candid"),
         F.col("kafka_timestamp").alias("timestamp"), "brokerIngestTimestamp",
         F.regexp_extract(F.col("_metadata.file_path"), r"night=([^/]*)/", 1).alias("night")).toPandas()
     keys = keys.sort_values(["topic", "partition", "offset"]).reset_index(drop=True)
@@ -372,18 +516,21 @@ def _staged_keys(spark: "SparkSession", root: str, batch_id: int, folders: dict[
 
 
 class ArchivedCandids:
-    """The ``candid`` of every archived alert, by night: what a new alert must not repeat.
+    """The id of every archived alert (ZTF ``candid``; the field path ``key``), by night: what
+    a new alert must not repeat.
 
     A night is read from the archive (its ``candid`` column alone) the first time a batch
     holds it, then kept up to date with what each committed batch adds, so the query does
     not re-read its own output every batch. A fresh instance (a restart) reads again.
     """
 
-    def __init__(self, spark: "SparkSession", raw_path: str):
-        self.spark, self.raw_path = spark, raw_path
+    def __init__(self, spark: "SparkSession", raw_path: str, key: str = "candid"):
+        self.spark, self.raw_path, self.key = spark, raw_path, key
         self.nights: dict[str, set[int]] = {}
 
     def night(self, night: str) -> set[int]:
+        from pyspark.sql import functions as F
+
         from fink.filestore import FileStore
 
         if night not in self.nights:
@@ -391,7 +538,7 @@ class ArchivedCandids:
             seen: set[int] = set()
             if store.files(f"night={night}"):
                 table = self.spark.read.option("basePath", store.root).parquet(f"{store.root}/night={night}")
-                seen = set(table.select("candid").toPandas()["candid"].tolist())
+                seen = set(table.select(F.col(self.key).alias("id")).toPandas()["id"].tolist())
             self.nights[night] = seen
         return self.nights[night]
 
@@ -479,7 +626,7 @@ def build(spark: "SparkSession", cfg: Stream2RawConfig, fink: FinkConfig) -> "Da
     paths = cfg.paths(fink)
     rows = transform(source(spark, cfg, fink.kafka_bootstrap), cfg)
 
-    index = ArchivedCandids(spark, paths["raw"])
+    index = ArchivedCandids(spark, paths["raw"], cfg.description().alert_id)
 
     def sink(batch, batch_id):
         write_batch(batch, batch_id, cfg, paths, fink.kafka_bootstrap, index)

@@ -20,11 +20,12 @@ reports the rate it achieved.
 """),
 ("code", COMMON_PARAMETERS + '''
 source: str = "../datasim/sample_night"  # generator | folder of .avro | .avro file | .tar.gz
-topic: str = ""  # "" means ztf_<night>_programid1
+survey: str = "ztf"  # ztf | rubin | a survey description file: what the generator writes, the topic naming
+topic: str = ""  # "" means the survey's topic of the night (ztf_<night>_programid1, lsst_<night>)
 night: str = "20261127"  # night of the generator (and of the default topic name), YYYYMMDD
 seed: int = 42  # seed of the generator
 n_objects: int = 120  # objects drawn by the generator
-schema_version: str = "4.02"  # schema the generator writes: 4.02 | 3.3
+schema_version: str = ""  # schema the generator writes ("": ZTF 4.02, Rubin 10.0): ZTF 4.02 | 3.3, Rubin 7.4 to 11.1
 rate: float = 0.0  # steady alerts/s, 0 means as fast as possible
 burst: int = 0  # if > 0: this many alerts every visit_seconds (survey-like visits)
 visit_seconds: float = 39.0  # time between two bursts

@@ -9,7 +9,8 @@ NOTEBOOKS["notebooks/stream2raw.ipynb"] = [
 # stream2raw: the survey stream into the raw archive
 
 Reads the survey's Kafka topic(s) with Spark's Kafka source, decodes every alert in the JVM
-(ZTF schemas 3.1 to 4.02, mixed; each message an Avro container file), adds the ingest
+(ZTF schemas 3.1 to 4.02, mixed, each message an Avro container file; or Rubin schemas 7.0
+onwards in the Confluent wire format, with `survey = "rubin"`), adds the ingest
 metadata, and archives the alerts as Parquet partitioned by observing night, exactly once.
 Messages that are not alerts go to the quarantine table with their reason and bytes; every
 micro-batch reconciles (messages = archived + quarantined) in the query's metrics.
@@ -21,6 +22,9 @@ micro-batch reconciles (messages = archived + quarantined) in the query's metric
 ("code", COMMON_PARAMETERS + '''
 topic: str = "ztf_20261127_programid1"  # topic(s) to read, comma-separated (or use topic_pattern)
 topic_pattern: str = ""  # a regular expression of topics, e.g. ztf_.*_programid1
+survey: str = "ztf"  # ztf | rubin | a survey description file (what the messages are, see fink/data/surveys)
+schema_registry_url: str = ""  # wire-format surveys: a Confluent-compatible schema registry, if any
+schema_dir: str = ""  # wire-format surveys: a folder of .avsc files read before the packaged schemas
 starting_offsets: str = "earliest"  # earliest | latest | Spark's JSON offsets (first start only)
 max_offsets_per_trigger: int = 20000  # upper bound of messages per micro-batch
 files_per_batch: int = 1  # Parquet files per night and micro-batch
@@ -47,7 +51,8 @@ print(f"{stage.topic or stage.topic_pattern} on {cfg.kafka_bootstrap} -> {paths}
 if simulator:
     from fink.simulator import SimulatorConfig, replay
 
-    sent = replay(SimulatorConfig(source="../datasim/sample_night", topic=stage.topic.split(",")[0]),
+    sample = stage.description().simulator["sample"]  # the bundled night, in the survey's format
+    sent = replay(SimulatorConfig(source=sample, survey=stage.survey, topic=stage.topic.split(",")[0]),
                   cfg.kafka_bootstrap, progress=False)
     print(f"simulator: {sent['alerts']} alerts published to {sent['topic']}")
 """),
