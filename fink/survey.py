@@ -64,6 +64,15 @@ class Survey(Validated):
         The alert's history arrays and its image cutouts (top-level fields).
     cuts
         Default quality cuts: name -> Spark SQL condition that keeps an alert.
+    modules
+        The built-in science modules on this survey's columns, by dotted path, in order
+        (``builtin`` in raw2science's module list).
+    filters, tags
+        Distribution's default topics (topic -> filter) and the archive's default class
+        tags (tag -> filter), by dotted path.
+    table, keys
+        The archive's main HBase table, and the fields (or Spark SQL expressions) keying its
+        rows: ``object_id``, ``time``, ``alert_id``, ``ra``, ``dec`` (:class:`fink.hbase.Keys`).
     topic, topic_pattern
         The survey's topic naming (``{night}`` is ``YYYYMMDD``) and a regex of its topics.
     simulator
@@ -91,6 +100,11 @@ class Survey(Validated):
     history: list = dataclasses.field(default_factory=list)
     cutouts: list = dataclasses.field(default_factory=list)
     cuts: dict = dataclasses.field(default_factory=dict)
+    modules: list = dataclasses.field(default_factory=list)
+    filters: dict = dataclasses.field(default_factory=dict)
+    tags: dict = dataclasses.field(default_factory=dict)
+    table: str = ""
+    keys: dict = dataclasses.field(default_factory=dict)
     topic: str = ""
     topic_pattern: str = ""
     folder: str = ""
@@ -149,6 +163,15 @@ def get_path(record: Any, path: str) -> Any:
             return None
         record = record.get(part)
     return record
+
+
+def detect(alert: dict[str, Any]) -> Survey:
+    """The shipped survey whose identity and time fields a decoded alert has."""
+    for name in shipped():
+        survey = load(name)
+        if survey.required_fields() <= set(alert) and survey.alert_key(alert) is not None:
+            return survey
+    raise ConfigError(f"an alert with fields {sorted(alert)[:8]}... matches no shipped survey ({', '.join(shipped())})")
 
 
 def shipped() -> tuple[str, ...]:

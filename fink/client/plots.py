@@ -1,9 +1,12 @@
 """One-call matplotlib plots of an alert: its light curve and its three cutouts.
 
-The light curve merges the alert's detection with its history, per band, with error bars;
-the history's non-detections are drawn as upper limits (the 5-sigma limiting magnitude,
-``diffmaglim``). Cutouts are gzipped FITS stamps: each is shown with percentile clipping
-and an asinh stretch, the usual way to see both a faint transient and a bright host.
+The light curve merges the alert's detection with its history, per band, with error bars.
+A ZTF alert is drawn in magnitudes, the history's non-detections as upper limits (the
+5-sigma limiting magnitude, ``diffmaglim``); a Rubin alert in difference flux (nJy), its
+previous sources filled and its forced photometry open. Which one is read from the
+survey description whose fields the alert has (:func:`fink.survey.detect`). Cutouts are
+FITS stamps (gzipped for ZTF): each is shown with percentile clipping and an asinh
+stretch, the usual way to see both a faint transient and a bright host.
 """
 
 from __future__ import annotations
@@ -40,9 +43,68 @@ def light_curve(alert: dict[str, Any]):
 
 
 def plot_lightcurve(alert: dict[str, Any], ax=None, upper_limits: bool = True):
-    """Magnitude against MJD per band, error bars on detections, triangles for upper limits."""
-    return plot_points(light_curve(alert), ax=ax, upper_limits=upper_limits,
-                       title=f"{alert.get('objectId', '')}  candid {alert.get('candid', '')}")
+    """The alert's light curve as its survey measures it: ZTF magnitudes against MJD per band
+    (error bars on detections, triangles for upper limits), Rubin fluxes (:func:`plot_fluxes`)."""
+    from fink import survey as surveys
+
+    desc = surveys.detect(alert)
+    title = f"{desc.object_key(alert) or ''}  alert {desc.alert_key(alert) or ''}"
+    if desc.photometry["kind"] == "flux":
+        return plot_fluxes(flux_curve(alert, desc), ax=ax, title=title)
+    return plot_points(light_curve(alert), ax=ax, upper_limits=upper_limits, title=title)
+
+
+#: Rubin's bands and their colours
+FLUX_BANDS = {"u": "tab:purple", "g": "tab:green", "r": "tab:red", "i": "tab:orange", "z": "tab:brown",
+              "y": "black"}
+
+
+def flux_curve(alert: dict[str, Any], survey=None):
+    """A flux survey's points as a DataFrame: ``mjd``, ``band``, ``flux``, ``err``, ``kind``
+    (``source``: the alert's and its previous detections; ``forced``: forced photometry).
+
+    Field names come from the survey description: the time, band and photometry paths give
+    the fields of each point, its ``history`` the arrays of previous sources (first) and of
+    forced photometry (second).
+    """
+    import pandas as pd
+
+    from fink import survey as surveys
+
+    desc = survey or surveys.detect(alert)
+    leaf = {k: path.rsplit(".", 1)[-1] for k, path in (("time", desc.time["path"]), ("band", desc.band),
+                                                       ("flux", desc.photometry["value"]),
+                                                       ("err", desc.photometry["error"]))}
+    offset = float(desc.time.get("to_jd", 0.0)) - MJD_OFFSET
+    current = surveys.get_path(alert, desc.time["path"].rsplit(".", 1)[0]) if "." in desc.time["path"] else alert
+    groups = [("source", alert.get(desc.history[0]) if desc.history else None), ("source", [current]),
+              ("forced", alert.get(desc.history[1]) if len(desc.history) > 1 else None)]
+    rows = [{"mjd": p[leaf["time"]] + offset, "band": p.get(leaf["band"]), "flux": p.get(leaf["flux"]),
+             "err": p.get(leaf["err"]), "kind": kind}
+            for kind, points in groups for p in (points or []) if p and p.get(leaf["time"]) is not None]
+    lc = pd.DataFrame(rows, columns=["mjd", "band", "flux", "err", "kind"])
+    return lc.drop_duplicates(subset=["mjd", "band", "kind"], keep="last").sort_values("mjd").reset_index(drop=True)
+
+
+def plot_fluxes(lc, ax=None, title: str = ""):
+    """Plot a flux light curve (:func:`flux_curve`): per band, detections filled, forced photometry open."""
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(7, 4))
+    for band, colour in FLUX_BANDS.items():
+        for kind, face in (("source", colour), ("forced", "none")):
+            pts = lc[(lc["band"] == band) & (lc["kind"] == kind) & lc["flux"].notna()]
+            if len(pts):
+                ax.errorbar(pts["mjd"], pts["flux"], yerr=pts["err"].astype(float), fmt="o", color=colour,
+                            mfc=face, capsize=2, ms=5, label=f"{band} {kind} ({len(pts)})")
+    ax.axhline(0.0, color="grey", lw=0.5)
+    ax.set_xlabel("MJD")
+    ax.set_ylabel("difference flux (nJy)")
+    ax.set_title(title)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7, ncol=2)
+    return ax
 
 
 def plot_points(lc, ax=None, upper_limits: bool = True, title: str = ""):
@@ -94,7 +156,8 @@ def plot_cutouts(alert: dict[str, Any], axes=None, percentiles: tuple[float, flo
         ax.set_xticks([])
         ax.set_yticks([])
         ax.set_title(name.replace("cutout", ""))
-        img = cutout_image((alert.get(name) or {}).get("stampData"))
+        value = alert.get(name)  # ZTF: a record with the gzipped stamp; Rubin: the FITS bytes
+        img = cutout_image(value.get("stampData") if isinstance(value, dict) else value)
         if img is None or not np.isfinite(img).any():
             ax.text(0.5, 0.5, "no stamp", ha="center", va="center", transform=ax.transAxes)
             continue

@@ -17,6 +17,14 @@ def early_snia(prob: pd.Series, ndethist: pd.Series, *, threshold: float = 0.5, 
     return (prob > threshold) & (ndethist <= max_detections)
 
 
+@alert_filter(inputs=["snia_prob", "prvDiaSources.diaSourceId"], version="1.0")
+def early_snia_rubin(prob: pd.Series, previous: pd.Series, *, threshold: float = 0.5, max_detections: int = 20
+                     ) -> pd.Series:
+    """:func:`early_snia` on Rubin alerts: the detections are the alert and its ``prvDiaSources``."""
+    detections = previous.map(lambda p: 1 + (len(p) if p is not None else 0))
+    return (prob > threshold) & (detections <= max_detections)
+
+
 @alert_filter(inputs=["roid"], version="1.0")
 def solar_system(roid: pd.Series) -> pd.Series:
     """Alerts associated with a known solar-system object (``roid`` 3)."""

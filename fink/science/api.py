@@ -152,17 +152,20 @@ def load_module(path: str, params: Mapping[str, Any] | None = None) -> ScienceMo
 
 
 def load_modules(paths: Sequence[str], params: Mapping[str, Mapping[str, Any]] | None = None) -> list[ScienceModule]:
-    """Load every module of ``paths``; ``params`` maps a path to its keyword parameters."""
+    """Load every module of ``paths``; ``params`` maps a path (or a function's name) to its keyword parameters."""
     if not isinstance(paths, list | tuple) or not all(isinstance(p, str) for p in paths):
         raise ScienceModuleError(f"science modules must be a list of 'package.module:function' paths, got {paths!r}")
     if params is not None and not isinstance(params, Mapping):
         raise ScienceModuleError("science module parameters must map a module's path to its parameters, "
                                  f"got {type(params).__name__} {params!r}")
     params = dict(params or {})
-    stray = [p for p in params if p not in paths]
+    # a module's parameters are keyed by its path, or by its function's name alone ("crossmatch"),
+    # which serves a survey's own version of the module as well
+    short = {p: p.replace(":", ".").rsplit(".", 1)[-1] for p in paths}
+    stray = [p for p in params if p not in paths and p not in short.values()]
     if stray:
         raise ScienceModuleError(f"science module parameters given for '{stray[0]}', which is not in the module list")
-    mods = [load_module(p, params.get(p)) for p in paths]
+    mods = [load_module(p, params.get(p, params.get(short[p]))) for p in paths]
     seen: dict[str, str] = {}
     for m in mods:
         for col in m.outputs:

@@ -22,11 +22,11 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from fink import metrics
+from fink import survey as surveys
 from fink.config import ConfigError, FinkConfig, Validated
 from fink.filters.api import AlertFilter, FilterError, load_filters
 from fink.hbase import DEFAULT_ORDER, INDEXES, ArchiveError, Keys, Layout, Writer, connect, ensure_tables
 from fink.science.api import ScienceModuleError, add_metrics, check_inputs
-from fink.science.modules import BUILTIN
 from fink.streaming import observed
 
 if TYPE_CHECKING:
@@ -34,12 +34,6 @@ if TYPE_CHECKING:
     from pyspark.sql.streaming import DataStreamWriter
 
 QUERY_NAME = "archive"
-CUTOUTS = ("cutoutScience", "cutoutTemplate", "cutoutDifference")
-
-DEFAULT_TAGS = {"early_snia": "fink.filters.builtin:early_snia",
-                "sso": "fink.filters.builtin:solar_system",
-                "catalogued": "fink.filters.builtin:catalogued"}
-
 
 @dataclasses.dataclass(frozen=True)
 class ArchiveConfig(Validated):
@@ -49,9 +43,10 @@ class ArchiveConfig(Validated):
     ----------
     table
         The main HBase table; the indexes are ``<table>_class``, ``_pixel`` and ``_night``.
+        Empty: the survey's (``ztf_alerts``, ``rubin_alerts``).
     tags
         Tag (class) -> filter by dotted path: an alert the filter selects is in the class
-        index under that tag.
+        index under that tag. Empty: the survey description's tags.
     tag_params
         Tag -> keyword parameters of its filter.
     healpix_order
@@ -68,28 +63,32 @@ class ArchiveConfig(Validated):
     max_files_per_trigger
         Science archive files read per micro-batch at most (0: all new files).
     science_path, checkpoint
-        Empty means under ``data_dir``: ``science``, ``checkpoints/archive``.
+        Empty means under ``data_dir`` (and the survey's folder): ``science``, ``checkpoints/archive``.
+    survey
+        A shipped survey (``ztf``, ``rubin``) or a description file: the science layout, the
+        row keys, the default table, tags and modules (``builtin``).
     """
 
-    table: str = "ztf_alerts"
-    tags: dict = dataclasses.field(default_factory=lambda: dict(DEFAULT_TAGS))
+    table: str = ""
+    tags: dict = dataclasses.field(default_factory=dict)
     tag_params: dict = dataclasses.field(default_factory=dict)
     healpix_order: int = DEFAULT_ORDER
-    modules: list = dataclasses.field(default_factory=lambda: list(BUILTIN))
+    modules: list = dataclasses.field(default_factory=lambda: ["builtin"])
     pool_size: int = 4
     batch_size: int = 200
     retry_for_s: float = 600.0
     max_files_per_trigger: int = 8
     science_path: str = ""
     checkpoint: str = ""
+    survey: str = "ztf"
 
     def validate(self, source: str = "configuration") -> None:
         import re
 
-        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", self.table or ""):
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", self.table_name() or ""):
             raise ConfigError(f"{source}: 'table' must be an HBase table name (letters, digits, _ . -), "
-                              f"got {self.table!r}")
-        for tag in self.tags:
+                              f"got {self.table_name()!r}")
+        for tag in self.class_tags():
             if not re.fullmatch(r"[A-Za-z0-9.-][A-Za-z0-9_.-]*", str(tag)):
                 raise ConfigError(f"{source}: tag {tag!r} must be letters, digits, _ . - (not starting with _)")
         if not 0 <= self.healpix_order <= 29:
@@ -98,23 +97,39 @@ class ArchiveConfig(Validated):
             raise ConfigError(f"{source}: pool_size >= 1, batch_size >= 1, retry_for_s > 0 and "
                               f"max_files_per_trigger >= 0")
 
+    def description(self) -> surveys.Survey:
+        return surveys.load(self.survey)
+
+    def table_name(self) -> str:
+        return self.table or self.description().table
+
+    def class_tags(self) -> dict[str, str]:
+        """Tag -> filter: the configured ones, or the survey's."""
+        return dict(self.tags or self.description().tags)
+
+    def keys(self) -> Keys:
+        """The fields (or expressions) keying and placing the rows: the survey's."""
+        return Keys(**self.description().keys)
+
     def paths(self, fink: FinkConfig) -> dict[str, str]:
-        return {"science": self.science_path or fink.data_uri("science"),
-                "checkpoint": self.checkpoint or fink.data_uri("checkpoints", "archive")}
+        home = [p for p in (self.description().folder,) if p]
+        return {"science": self.science_path or fink.data_uri(*home, "science"),
+                "checkpoint": self.checkpoint or fink.data_uri(*home, "checkpoints", "archive")}
 
     def groups(self, added: list[str]) -> dict[str, list[str]]:
         """Cell groups: per module of ``modules`` with two or more outputs among ``added``."""
         from fink.science.api import load_modules
 
+        paths = [p for m in self.modules for p in (self.description().modules if m == "builtin" else [m])]
         out = {}
-        for m in load_modules(self.modules):
+        for m in load_modules(paths):
             members = [c for c in m.outputs if c in added]
             if len(members) > 1:
                 out[m.key] = members
         return out
 
     def load_tags(self) -> list[AlertFilter]:
-        return load_filters(self.tags, self.tag_params)
+        return load_filters(self.class_tags(), self.tag_params)
 
 
 def thrift_address(fink: FinkConfig) -> tuple[str, int]:
@@ -128,12 +143,13 @@ def layout(spark: "SparkSession", cfg: ArchiveConfig, science_path: str, produce
     from fink.stages import distribution as dist
     from fink.stages import raw2science as r2s
 
-    schema = dist.science_schema(spark, science_path, producer)
+    schema = dist.science_schema(spark, science_path, producer, cfg.survey)
     alert = spark.createDataFrame([], schema).drop("night")
-    raw = set(r2s.raw_schema(spark).fieldNames())
+    raw = set(r2s.raw_schema(spark, cfg.survey).fieldNames())
     added = [c for c in alert.columns if c not in raw]
-    return Layout(cfg.table, alert.toArrow().schema, added=added, cutouts=[c for c in CUTOUTS if c in alert.columns],
-                  keys=Keys(), order=cfg.healpix_order, groups=cfg.groups(added))
+    cutouts = [c for c in cfg.description().cutouts if c in alert.columns]
+    return Layout(cfg.table_name(), alert.toArrow().schema, added=added, cutouts=cutouts,
+                  keys=cfg.keys(), order=cfg.healpix_order, groups=cfg.groups(added))
 
 
 def inputs_of(tags: list[AlertFilter]) -> list[str]:
@@ -176,10 +192,15 @@ def extra_columns(layout: Layout, tag_inputs: list[str] = ()) -> dict[str, str]:
     inside structs (``{"_key_candidate_jd": "candidate.jd"}``: Spark reads a dot in a name as
     a struct field) and the tag filters' inputs that the batch does not hold as they are."""
     import dataclasses
+    import re
 
-    out = {"_key_" + path.replace(".", "_"): path for path in dataclasses.astuple(layout.keys) if "." in path}
+    def alias(prefix: str, path: str) -> str:
+        return prefix + re.sub(r"\W+", "_", path).strip("_")
+
+    # a key may be a field inside a struct, or a Spark SQL expression (Rubin's object id)
+    out = {alias("_key_", path): path for path in dataclasses.astuple(layout.keys) if not path.isidentifier()}
     plain = {c.name for c in layout.columns if c.kind != "avro" and "." not in c.name}
-    out |= {"_in_" + path.replace(".", "_"): path for path in tag_inputs if path not in plain}
+    out |= {alias("_in_", path): path for path in tag_inputs if path not in plain}
     return out
 
 
@@ -203,7 +224,7 @@ def cells(df: "DataFrame", layout: Layout, extra: dict[str, str]) -> "DataFrame"
             nested[col.name] = to_avro(F.struct(value.alias(col.name)), json.dumps(layout.avro[col.name]))
     return df.select(*[nested.get(c, F.col(c)).alias(c) for c in df.columns if c not in layout.member_of],
                      *[nested[g].alias(g) for g in layout.groups],
-                     *[F.col(path).alias(alias) for alias, path in extra.items()])
+                     *[F.expr(path).alias(alias) for alias, path in extra.items()])
 
 
 #: what each writer task reports (``tags``: JSON of the tag counts and filter metrics)
@@ -327,7 +348,7 @@ def build(spark: "SparkSession", cfg: ArchiveConfig, fink: FinkConfig, producer:
         finally:
             conn.close()
 
-    lay = probe.retried(f"creating the archive tables {cfg.table}", create)
+    lay = probe.retried(f"creating the archive tables {cfg.table_name()}", create)
     probe.close()
     stream = dist.source(spark, dist.DistributionConfig(max_files_per_trigger=cfg.max_files_per_trigger),
                          paths["science"], producer)

@@ -23,6 +23,7 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from fink import kafka, metrics
+from fink import survey as surveys
 from fink.avro import avro_schema
 from fink.config import ConfigError, FinkConfig, Validated
 from fink.filters.api import SELECTED, AlertFilter, label, load_filters
@@ -40,11 +41,6 @@ CUTOUTS = ("cutoutScience", "cutoutTemplate", "cutoutDifference")
 #: columns of the science archive that are not part of a distributed alert
 INTERNAL = ("night", SELECTED)
 
-DEFAULT_FILTERS = {"fink_early_snia": "fink.filters.builtin:early_snia",
-                   "fink_sso": "fink.filters.builtin:solar_system",
-                   "fink_catalogued": "fink.filters.builtin:catalogued"}
-
-
 @dataclasses.dataclass(frozen=True)
 class DistributionConfig(Validated):
     """Settings of the stage (the notebook's parameters of the same names).
@@ -52,7 +48,8 @@ class DistributionConfig(Validated):
     Parameters
     ----------
     filters
-        Topic -> filter by dotted path (``package.module:function``).
+        Topic -> filter by dotted path (``package.module:function``); empty: the survey
+        description's topics and filters.
     filter_params
         Topic -> keyword parameters of its filter.
     topic_options
@@ -63,10 +60,14 @@ class DistributionConfig(Validated):
     max_files_per_trigger
         Science archive files read per micro-batch at most (0: all new files).
     science_path, checkpoint
-        Empty means under ``data_dir``: ``science``, ``checkpoints/distribution``.
+        Empty means under ``data_dir`` (and the survey's folder): ``science``,
+        ``checkpoints/distribution``.
+    survey
+        A shipped survey (``ztf``, ``rubin``) or a description file: the science archive's
+        layout and the default filters.
     """
 
-    filters: dict = dataclasses.field(default_factory=lambda: dict(DEFAULT_FILTERS))
+    filters: dict = dataclasses.field(default_factory=dict)
     filter_params: dict = dataclasses.field(default_factory=dict)
     topic_options: dict = dataclasses.field(default_factory=dict)
     partitions: int = 1
@@ -74,12 +75,13 @@ class DistributionConfig(Validated):
     max_files_per_trigger: int = 8
     science_path: str = ""
     checkpoint: str = ""
+    survey: str = "ztf"
 
     def validate(self, source: str = "configuration") -> None:
-        if not self.filters:
-            raise ConfigError(f"{source}: 'filters' is empty: map at least one topic to a filter")
+        if not self.topic_filters():
+            raise ConfigError(f"{source}: no filter: map at least one topic to a filter")
         for topic, opts in self.topic_options.items():
-            if topic not in self.filters:
+            if topic not in self.topic_filters():
                 raise ConfigError(f"{source}: topic_options for '{topic}', which has no filter")
             if not isinstance(opts, dict) or set(opts) - {"cutouts", "fields"}:
                 raise ConfigError(f"{source}: topic_options['{topic}'] takes only 'cutouts' and 'fields'")
@@ -88,20 +90,28 @@ class DistributionConfig(Validated):
         if self.partitions < 1 or self.retention_ms < 1 or self.max_files_per_trigger < 0:
             raise ConfigError(f"{source}: partitions >= 1, retention_ms >= 1 and max_files_per_trigger >= 0")
 
+    def description(self) -> surveys.Survey:
+        return surveys.load(self.survey)
+
+    def topic_filters(self) -> dict[str, str]:
+        """Topic -> filter: the configured ones, or the survey's."""
+        return dict(self.filters or self.description().filters)
+
     def paths(self, fink: FinkConfig) -> dict[str, str]:
-        return {"science": self.science_path or fink.data_uri("science"),
-                "checkpoint": self.checkpoint or fink.data_uri("checkpoints", "distribution")}
+        home = [p for p in (self.description().folder,) if p]
+        return {"science": self.science_path or fink.data_uri(*home, "science"),
+                "checkpoint": self.checkpoint or fink.data_uri(*home, "checkpoints", "distribution")}
 
     def load_filters(self) -> list[AlertFilter]:
-        return load_filters(self.filters, self.filter_params)
+        return load_filters(self.topic_filters(), self.filter_params)
 
 
 # -- the science archive as a stream ---------------------------------------------------------
 
-def science_schema(spark: "SparkSession", science_path: str, producer: Any = None) -> "StructType":
+def science_schema(spark: "SparkSession", science_path: str, producer: Any = None, survey: str = "ztf") -> "StructType":
     """The science archive's schema: from its files if it has any, else what raw2science
     writes with ``producer`` (its :class:`~fink.stages.raw2science.Raw2ScienceConfig`; by
-    default the built-in modules), so that the stages may start in any order."""
+    default ``survey``'s built-in modules), so that the stages may start in any order."""
     from pyspark.sql.types import StringType, StructField, StructType
 
     from fink.filestore import FileStore
@@ -112,11 +122,10 @@ def science_schema(spark: "SparkSession", science_path: str, producer: Any = Non
     if files:
         schema = spark.read.parquet(f"{store.root}/{files[0]}").schema
     else:
-        from fink.science.modules import BUILTIN
         from fink.stages import raw2science as r2s
 
-        raw = spark.createDataFrame([], r2s.raw_schema(spark))
-        cfg = producer or r2s.Raw2ScienceConfig(modules=list(BUILTIN))
+        cfg = producer or r2s.Raw2ScienceConfig(modules=["builtin"], survey=survey)
+        raw = spark.createDataFrame([], r2s.raw_schema(spark, cfg.survey))
         schema = r2s.transform(raw, cfg).schema
     return StructType([f for f in schema.fields if f.name != "night"] + [StructField("night", StringType())])
 
@@ -128,7 +137,8 @@ def source(spark: "SparkSession", cfg: DistributionConfig, science_path: str, pr
 
     store = FileStore(spark, science_path)
     store.fs.mkdirs(store.path())
-    reader = spark.readStream.schema(science_schema(spark, science_path, producer)).option("basePath", science_path)
+    reader = spark.readStream.schema(science_schema(spark, science_path, producer, cfg.survey)) \
+        .option("basePath", science_path)
     if cfg.max_files_per_trigger:
         reader = reader.option("maxFilesPerTrigger", cfg.max_files_per_trigger)
     return reader.parquet(science_path)

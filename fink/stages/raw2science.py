@@ -8,12 +8,13 @@ duplicates, and it moves each batch's files into the archive whole, so a file st
 only complete alerts, each once. Reading Kafka again would decode every alert twice for a
 latency gain smaller than one stream2raw trigger.
 
-Quality cuts are configuration: named SQL conditions over alert columns (default Fink's
-``nbad == 0``, ``rb >= 0.55``, ``fid != 3``). An alert failing one is rejected with the
-first failing cut's name as reason (a null value fails), and counted per reason in the
-query's observed metrics; the raw archive keeps it. Kept alerts go through the science
-modules (:mod:`fink.science`) and land in the science archive, exactly once, with their
-provenance: module versions, and the times of ingest, processing start and end.
+Quality cuts are configuration: named SQL conditions over alert columns (by default the
+survey description's: for ZTF Fink's ``nbad == 0``, ``rb >= 0.55``, ``fid != 3``). An
+alert failing one is rejected with the first failing cut's name as reason (a null value
+fails), and counted per reason in the query's observed metrics; the raw archive keeps it.
+Kept alerts go through the science modules (:mod:`fink.science`) and land in the science
+archive, exactly once, with their provenance: module versions, and the times of ingest,
+processing start and end.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from fink import metrics
+from fink import survey as surveys
 from fink.config import ConfigError, FinkConfig, Validated
 from fink.science.api import ScienceModule, add_metrics, apply_modules, load_modules, provenance
 from fink.streaming import observed
@@ -35,12 +37,6 @@ if TYPE_CHECKING:
 QUERY_NAME = "raw2science"
 MODULES_METRICS = "raw2science_modules"
 
-#: Fink's quality cuts on ZTF alerts: no bad pixel nearby (nbad == 0), real-bogus score
-#: rb >= 0.55, not the i band (fid != 3). Written without '=' so that they fit on a papermill
-#: parameter line (papermill drops a line with '=' in its value)
-DEFAULT_CUTS = {"nbad": "candidate.nbad IN (0)", "rb": "NOT candidate.rb < 0.55", "fid": "candidate.fid <> 3"}
-
-
 @dataclasses.dataclass(frozen=True)
 class Raw2ScienceConfig(Validated):
     """Settings of the stage (the notebook's parameters of the same names).
@@ -49,10 +45,13 @@ class Raw2ScienceConfig(Validated):
     ----------
     cuts
         Name -> Spark SQL condition an alert must satisfy; the name is the rejection reason.
+        Empty: the survey description's cuts (``{"keep_all": "true"}`` for no cut at all).
     modules
-        Science modules by dotted path, applied in order.
+        Science modules by dotted path, applied in order; the entry ``builtin`` stands for
+        the survey description's built-in modules.
     module_params
-        Dotted path -> keyword parameters of that module (e.g. the cross-match catalogue).
+        Dotted path (or function name) -> keyword parameters of that module (e.g. the
+        cross-match catalogue).
     fail_on_module_error
         Stop the query when a module raises, instead of nulls plus an error count.
     max_files_per_trigger
@@ -60,10 +59,14 @@ class Raw2ScienceConfig(Validated):
     files_per_batch
         Parquet files written per night and micro-batch.
     raw_path, science_path, checkpoint
-        Empty means under ``data_dir``: ``raw``, ``science``, ``checkpoints/raw2science``.
+        Empty means under ``data_dir`` (and the survey's folder): ``raw``, ``science``,
+        ``checkpoints/raw2science``.
+    survey
+        A shipped survey (``ztf``, ``rubin``) or a description file: the raw archive's
+        layout, the default cuts and the built-in modules.
     """
 
-    cuts: dict = dataclasses.field(default_factory=lambda: dict(DEFAULT_CUTS))
+    cuts: dict = dataclasses.field(default_factory=dict)
     modules: list = dataclasses.field(default_factory=list)
     module_params: dict = dataclasses.field(default_factory=dict)
     fail_on_module_error: bool = False
@@ -72,8 +75,10 @@ class Raw2ScienceConfig(Validated):
     raw_path: str = ""
     science_path: str = ""
     checkpoint: str = ""
+    survey: str = "ztf"
 
     def validate(self, source: str = "configuration") -> None:
+        self.description()  # an unknown survey fails here, by name
         for name, cond in self.cuts.items():
             if not isinstance(name, str) or not name.isidentifier() or not isinstance(cond, str) or not cond.strip():
                 raise ConfigError(f"{source}: cut {name!r} must be a name mapped to a SQL condition")
@@ -82,20 +87,32 @@ class Raw2ScienceConfig(Validated):
         if self.max_files_per_trigger < 0 or self.files_per_batch < 1:
             raise ConfigError(f"{source}: max_files_per_trigger >= 0 and files_per_batch >= 1")
 
+    def description(self) -> surveys.Survey:
+        return surveys.load(self.survey)
+
+    def quality_cuts(self) -> dict[str, str]:
+        """The cuts applied: the configured ones, or the survey's."""
+        return dict(self.cuts or self.description().cuts)
+
+    def module_paths(self) -> list[str]:
+        """The modules' dotted paths, ``builtin`` expanded to the survey's built-in modules."""
+        return [p for m in self.modules for p in (self.description().modules if m == "builtin" else [m])]
+
     def paths(self, fink: FinkConfig) -> dict[str, str]:
-        return {"raw": self.raw_path or fink.data_uri("raw"),
-                "science": self.science_path or fink.data_uri("science"),
-                "checkpoint": self.checkpoint or fink.data_uri("checkpoints", "raw2science")}
+        home = [p for p in (self.description().folder,) if p]
+        return {"raw": self.raw_path or fink.data_uri(*home, "raw"),
+                "science": self.science_path or fink.data_uri(*home, "science"),
+                "checkpoint": self.checkpoint or fink.data_uri(*home, "checkpoints", "raw2science")}
 
     def load_modules(self) -> list[ScienceModule]:
-        return load_modules(self.modules, self.module_params)
+        return load_modules(self.module_paths(), self.module_params)
 
 
-def raw_schema(spark: "SparkSession") -> "StructType":
-    """The raw archive's schema (what stream2raw writes), without reading the archive."""
+def raw_schema(spark: "SparkSession", survey: str = "ztf") -> "StructType":
+    """The raw archive's schema (what stream2raw writes for ``survey``), without reading the archive."""
     from fink.stages import stream2raw as s2r
 
-    return s2r.raw_schema(spark)
+    return s2r.raw_schema(spark, s2r.Stream2RawConfig(topic="-", survey=survey))
 
 
 def source(spark: "SparkSession", cfg: Raw2ScienceConfig, raw_path: str) -> "DataFrame":
@@ -107,7 +124,7 @@ def source(spark: "SparkSession", cfg: Raw2ScienceConfig, raw_path: str) -> "Dat
 
     store = FileStore(spark, raw_path)
     store.fs.mkdirs(store.path())
-    reader = spark.readStream.schema(raw_schema(spark)).option("basePath", raw_path)
+    reader = spark.readStream.schema(raw_schema(spark, cfg.survey)).option("basePath", raw_path)
     if cfg.max_files_per_trigger:
         reader = reader.option("maxFilesPerTrigger", cfg.max_files_per_trigger)
     return reader.parquet(raw_path)
@@ -146,7 +163,7 @@ def transform(df: "DataFrame", cfg: Raw2ScienceConfig, modules: list[ScienceModu
     from pyspark.sql import functions as F
 
     modules = cfg.load_modules() if modules is None else modules
-    df = apply_cuts(df, cfg.cuts, observe_as=QUERY_NAME)
+    df = apply_cuts(df, cfg.quality_cuts(), observe_as=QUERY_NAME)
     df = df.withColumn("processingStart", F.current_timestamp())
     # processingEnd is stamped by the modules' own UDF: a second Python UDF would hold every
     # row (cutouts included) in the JVM once more while it runs
@@ -226,24 +243,23 @@ def reconcile(spark: "SparkSession", progress: list[dict], science_path: str) ->
     return totals
 
 
-def fill_from_simulator(spark: "SparkSession", fink: FinkConfig, source: str, topic: str, science_path: str = "",
-                        duration: float = 600.0, stop_file: str = "") -> dict[str, Any]:
-    """Fill the science archive from a night replayed by the simulator: ``source`` (a folder
-    of alerts with its ``catalogue.csv``) into ``topic``, then stream2raw and raw2science with
-    every built-in module, each caught up (``availableNow``). For the notebooks of the stages
-    that read the science archive, run with ``simulator``."""
-    from pathlib import Path
-
+def fill_from_simulator(spark: "SparkSession", fink: FinkConfig, topic: str, science_path: str = "",
+                        duration: float = 600.0, stop_file: str = "", survey: str = "ztf") -> dict[str, Any]:
+    """Fill the science archive from the survey's bundled night replayed by the simulator
+    (the description's ``simulator.sample``, relative to ``notebooks/``, and its catalogue)
+    into ``topic``, then stream2raw and raw2science with every built-in module, each caught
+    up (``availableNow``). For the notebooks of the stages that read the science archive,
+    run with ``simulator``."""
     from fink import streaming
-    from fink.science.modules import BUILTIN
     from fink.simulator import SimulatorConfig, replay
     from fink.stages import stream2raw
 
-    sent = replay(SimulatorConfig(source=source, topic=topic), fink.kafka_bootstrap, progress=False)
-    raw_stage = stream2raw.Stream2RawConfig(topic=topic)
-    catalogue = {"catalogue_path": str(Path(source) / "catalogue.csv")}
-    science_stage = Raw2ScienceConfig(modules=BUILTIN, science_path=science_path,
-                                      module_params={"fink.science.modules.xmatch:crossmatch": catalogue})
+    sample = surveys.load(survey).simulator
+    sent = replay(SimulatorConfig(source=sample["sample"], topic=topic, survey=survey), fink.kafka_bootstrap,
+                  progress=False)
+    raw_stage = stream2raw.Stream2RawConfig(topic=topic, survey=survey)
+    science_stage = Raw2ScienceConfig(modules=["builtin"], science_path=science_path, survey=survey,
+                                      module_params={"crossmatch": {"catalogue_path": sample["catalogue"]}})
     for make, conf, name in ((stream2raw.build, raw_stage, stream2raw.QUERY_NAME), (build, science_stage, QUERY_NAME)):
         query = streaming.start(make(spark, conf, fink).trigger(availableNow=True), name)  # one after the other
         streaming.run_until([query], duration=duration, stop_file=stop_file)

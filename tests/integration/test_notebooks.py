@@ -181,7 +181,7 @@ def test_archive_notebook_defaults_are_the_stage_defaults():
 
     declared = papermill.inspect_notebook(str(ROOT / "notebooks" / "archive.ipynb"))
     defaults = ArchiveConfig()
-    for name in ("table", "tags", "tag_params", "healpix_order", "modules", "pool_size", "batch_size",
+    for name in ("survey", "table", "tags", "tag_params", "healpix_order", "modules", "pool_size", "batch_size",
                  "retry_for_s", "max_files_per_trigger"):
         assert eval(declared[name]["default"]) == getattr(defaults, name), name
 
@@ -189,18 +189,26 @@ def test_archive_notebook_defaults_are_the_stage_defaults():
 def test_distribution_notebook_defaults_are_the_stage_defaults():
     import papermill
 
-    from fink.stages.distribution import DEFAULT_FILTERS
+    from fink.stages.distribution import DistributionConfig
 
     declared = papermill.inspect_notebook(str(ROOT / "notebooks" / "distribution.ipynb"))
-    assert eval(declared["filters"]["default"]) == DEFAULT_FILTERS
+    stage = DistributionConfig(filters=eval(declared["filters"]["default"]), survey=eval(declared["survey"]["default"]))
+    assert stage.topic_filters() == {"fink_early_snia": "fink.filters.builtin:early_snia",
+                                     "fink_sso": "fink.filters.builtin:solar_system",
+                                     "fink_catalogued": "fink.filters.builtin:catalogued"}
 
 
 def test_raw2science_notebook_defaults_are_the_stage_defaults():
     import papermill
 
+    from fink import survey
     from fink.science.modules import BUILTIN
-    from fink.stages.raw2science import DEFAULT_CUTS
+    from fink.stages.raw2science import Raw2ScienceConfig
 
     declared = papermill.inspect_notebook(str(ROOT / "notebooks" / "raw2science.ipynb"))
-    assert eval(declared["cuts"]["default"]) == DEFAULT_CUTS  # a literal: the parameters cell holds no code
-    assert sorted(eval(declared["modules"]["default"])) == sorted(BUILTIN)
+    # literals (the parameters cell holds no code): the survey's cuts and its built-in modules
+    stage = Raw2ScienceConfig(cuts=eval(declared["cuts"]["default"]), modules=eval(declared["modules"]["default"]),
+                              survey=eval(declared["survey"]["default"]))
+    fink_cuts = {"nbad": "candidate.nbad == 0", "rb": "candidate.rb >= 0.55", "fid": "candidate.fid != 3"}
+    assert stage.quality_cuts() == survey.load("ztf").cuts == fink_cuts
+    assert stage.module_paths() == BUILTIN

@@ -80,7 +80,7 @@ def test_builtin_modules_add_their_columns_and_provenance(fresh_spark, sample_ra
     raw = s2r.read_raw(fresh_spark, str(sample_raw / "raw")).select("candidate.ra", "candidate.dec", "objectId")
     rows = raw.limit(20).collect()
     catalogue.write_text("ra,dec,id,type\n" + "".join(f"{r.ra},{r.dec},{r.objectId}-cat,Star\n" for r in rows))
-    cfg = {"modules": BUILTIN, "cuts": {},
+    cfg = {"modules": BUILTIN, "cuts": {"keep_all": "true"},
            "module_params": {"fink.science.modules.xmatch:crossmatch": {"catalogue_path": str(catalogue)}},
            "raw_path": str(sample_raw / "raw"), "checkpoint": str(tmp_path / "ck")}
     paths, totals = science(fresh_spark, tmp_path, **cfg)
@@ -116,7 +116,8 @@ def faulty(monkeypatch):
 
 
 def test_a_module_that_raises_does_not_stop_the_stream_and_is_reported(fresh_spark, sample_raw, tmp_path, faulty):
-    cfg = {"modules": [faulty], "cuts": {}, "raw_path": str(sample_raw / "raw"), "checkpoint": str(tmp_path / "ck")}
+    cfg = {"modules": [faulty], "cuts": {"keep_all": "true"}, "raw_path": str(sample_raw / "raw"),
+           "checkpoint": str(tmp_path / "ck")}
     paths, totals = science(fresh_spark, tmp_path, **cfg)
     assert totals["balanced"] and totals["written"] == 229
     assert totals["modules"]["fragile"]["errors"] == 229
@@ -134,7 +135,7 @@ def test_loading_errors_are_raised_before_anything_starts(fresh_spark, tmp_path)
 
 def test_stopped_midstream_then_restarted_the_science_archive_has_each_alert_once(fresh_spark, sample_raw, tmp_path):
     fink = FinkConfig(data_dir=str(tmp_path))
-    cfg = r2s.Raw2ScienceConfig(modules=["fink.science.modules.sso:solar_system"], cuts={},
+    cfg = r2s.Raw2ScienceConfig(modules=["fink.science.modules.sso:solar_system"], cuts={"keep_all": "true"},
                                 max_files_per_trigger=2, raw_path=str(sample_raw / "raw"))
     query = streaming.start(r2s.build(fresh_spark, cfg, fink).trigger(processingTime="1 second"), r2s.QUERY_NAME)
 

@@ -11,14 +11,19 @@ from __future__ import annotations
 import datetime
 import io
 import json
+import time
+import uuid
 from pathlib import Path
 
 import fastavro
+import light_curve as lc
+import numpy as np
 import pytest
 
 from fink import streaming, wire
 from fink.config import FinkConfig
 from fink.simulator import SimulatorConfig, load_messages, replay
+from fink.stages import raw2science as r2s
 from fink.stages import stream2raw as s2r
 
 pytestmark = [pytest.mark.integration, pytest.mark.spark, pytest.mark.shared]
@@ -66,17 +71,50 @@ def same(got, want, path):
         assert got == want, path
 
 
-def test_every_rubin_schema_version_is_archived_as_fastavro_decodes_it(fresh_spark, kafka_bootstrap, topic, tmp_path,
-                                                                      shared_datasim):
+BAD = {"unknown_schema": lambda good: [wire.frame(99999, good[0][5:]), wire.frame(602, good[0][5:])],
+       "not_avro": lambda good: [b"\x01" + good[1][1:], b"Obj\x01" + good[0][5:105]],
+       "truncated": lambda good: [b"\x00\x00\x00\x03"],
+       "empty": lambda good: [b""]}
+
+
+@pytest.fixture(scope="module")
+def rubin_night(spark, kafka_bootstrap, tmp_path_factory, shared_datasim):
+    """The real Rubin alerts (and broken frames) through stream2raw, then raw2science with
+    the survey's cuts and built-in modules: (data dir, stage totals, expected records, catalogue subset)."""
     expected = rubin_messages(shared_datasim)
-    replay(SimulatorConfig(topic=topic), kafka_bootstrap, messages=[d for _, _, d in expected.values()],
-           progress=False)
-    fink = FinkConfig(kafka_bootstrap=kafka_bootstrap, data_dir=str(tmp_path))
-    cfg = s2r.Stream2RawConfig(topic=topic, survey="rubin")
-    totals = run(fresh_spark, cfg, fink)
-    assert totals["balanced"] and totals["quarantined"] == 0 and totals["archived"] == len(expected)
-    assert cfg.paths(fink)["raw"].startswith(str(tmp_path / "rubin"))  # the survey's own folder
-    rows = s2r.read_raw(fresh_spark, cfg.paths(fink)["raw"]).collect()
+    good = [d for _, _, d in expected.values()]
+    bad = {reason: make(good) for reason, make in BAD.items()}
+    messages = good[:10] + [m for ms in bad.values() for m in ms] + good[10:]
+    topic = f"lsst_test_{uuid.uuid4().hex[:8]}"
+    replay(SimulatorConfig(topic=topic), kafka_bootstrap, messages=messages, progress=False)
+    tmp = tmp_path_factory.mktemp("rubin")
+    fink = FinkConfig(kafka_bootstrap=kafka_bootstrap, data_dir=str(tmp))
+    raw_cfg = s2r.Stream2RawConfig(topic=topic, survey="rubin", max_offsets_per_trigger=100)
+    raw_totals = run(spark, raw_cfg, fink)
+    records = {k: r for k, (_, r, _) in expected.items()}
+    some = list(records)[::7]
+    catalogue = tmp / "catalogue.csv"
+    catalogue.write_text("ra,dec,id,type\n" + "".join(
+        f"{records[k]['diaSource']['ra']},{records[k]['diaSource']['dec']},cat-{k},Star\n" for k in some))
+    science_cfg = r2s.Raw2ScienceConfig(survey="rubin", modules=["builtin"],
+                                        module_params={"crossmatch": {"catalogue_path": str(catalogue)}})
+    query = streaming.start(r2s.build(spark, science_cfg, fink).trigger(availableNow=True), r2s.QUERY_NAME)
+    result = streaming.run_until([query], duration=300.0, poll=0.5)
+    science_totals = r2s.reconcile(spark, result.progress[r2s.QUERY_NAME], science_cfg.paths(fink)["science"])
+    return {"dir": tmp, "fink": fink, "raw": raw_cfg.paths(fink), "science": science_cfg.paths(fink)["science"],
+            "raw_totals": raw_totals, "science_totals": science_totals, "expected": expected, "records": records,
+            "messages": messages, "bad": bad, "catalogued": set(some)}
+
+
+def test_every_rubin_version_is_archived_as_fastavro_decodes_it_and_bad_frames_quarantined(spark, rubin_night):
+    night = rubin_night
+    totals, expected, bad = night["raw_totals"], night["expected"], night["bad"]
+    assert totals["balanced"] and totals["messages"] == len(night["messages"]) and totals["archived"] == len(expected)
+    assert totals["reasons"] == {reason: len(ms) for reason, ms in bad.items()}
+    assert night["raw"]["raw"].startswith(str(night["dir"] / "rubin"))  # the survey's own folder
+    quarantine = spark.read.parquet(night["raw"]["quarantine"]).collect()
+    assert sorted(bytes(r["raw"]) for r in quarantine) == sorted(m for ms in bad.values() for m in ms)
+    rows = s2r.read_raw(spark, night["raw"]["raw"]).collect()
     assert len(rows) == len(expected)
     versions = set()
     for row in rows:
@@ -92,24 +130,136 @@ def test_every_rubin_schema_version_is_archived_as_fastavro_decodes_it(fresh_spa
     assert versions == {"7.4", "9.0", "10.0"}
 
 
-def test_unknown_ids_and_broken_frames_are_quarantined_and_the_rest_archived(fresh_spark, kafka_bootstrap, topic,
-                                                                           tmp_path, shared_datasim):
-    good = [d for _, _, d in rubin_messages(shared_datasim).values()][:30]
-    body = good[0][5:]
-    bad = {"unknown_schema": [wire.frame(99999, body), wire.frame(602, body)],
-           "not_avro": [b"\x01" + good[1][1:], b"Obj\x01" + body[:100]],
-           "truncated": [b"\x00\x00\x00\x03"],
-           "empty": [b""]}
-    messages = good[:10] + [m for ms in bad.values() for m in ms] + good[10:]
-    replay(SimulatorConfig(topic=topic), kafka_bootstrap, messages=messages, progress=False)
-    fink = FinkConfig(kafka_bootstrap=kafka_bootstrap, data_dir=str(tmp_path))
-    cfg = s2r.Stream2RawConfig(topic=topic, survey="rubin", max_offsets_per_trigger=15)
-    totals = run(fresh_spark, cfg, fink)
-    assert totals["balanced"] and totals["messages"] == len(messages)
-    assert totals["archived"] == 30
-    assert totals["reasons"] == {reason: len(ms) for reason, ms in bad.items()}
-    quarantine = fresh_spark.read.parquet(cfg.paths(fink)["quarantine"]).collect()
-    assert sorted(bytes(r["raw"]) for r in quarantine) == sorted(m for ms in bad.values() for m in ms)
+def test_raw2science_applies_the_rubin_cuts_and_modules(spark, rubin_night):
+    records, totals = rubin_night["records"], rubin_night["science_totals"]
+    assert totals["balanced"] and totals["alerts"] == len(records)
+    assert all(m["errors"] == 0 for m in totals["modules"].values()) and len(totals["modules"]) == 4
+    out = {r["diaSource"]["diaSourceId"]: r.asDict(recursive=True)
+           for r in r2s.read_science(spark, rubin_night["science"])
+           .select("diaSource", "roid", "sso_name", "xm_id", "snia_prob", "lc_amplitude_g", "lc_amplitude_r",
+                   "lc_stetson_k_i", "lc_linear_trend_r", "lc_observation_count_g").collect()}
+    assert set(out) == {k for k, r in records.items() if rubin_cuts_keep(r["diaSource"])}
+    assert 0 < len(out) < len(records)
+    for key, row in out.items():
+        record = records[key]
+        ss = record["diaSource"]["ssObjectId"]
+        assert (row["roid"] == 3) == bool(ss) and row["sso_name"] == (str(ss) if ss else None)
+        assert row["xm_id"] == (f"cat-{key}" if key in rubin_night["catalogued"] else None)
+        for band, feature, column in (("g", lc.Amplitude(), "lc_amplitude_g"),
+                                      ("r", lc.Amplitude(), "lc_amplitude_r"),
+                                      ("i", lc.StetsonK(), "lc_stetson_k_i"),
+                                      ("r", lc.LinearTrend(), "lc_linear_trend_r")):
+            assert row[column] == pytest.approx(direct(feature, *points(record, band)), rel=1e-9, nan_ok=True), \
+                (key, column)
+        assert row["lc_observation_count_g"] == pytest.approx(len(points(record, "g")[0]) or float("nan"), nan_ok=True)
+    assert any(row["snia_prob"] == row["snia_prob"] for row in out.values())  # the classifier ran on some
+
+
+def test_distribution_sends_what_the_rubin_filters_select_in_the_client_format(spark, rubin_night):
+    from fink.stages import distribution as dist
+
+    science = {r["diaSource"]["diaSourceId"]: r.asDict(recursive=True)
+               for r in r2s.read_science(spark, rubin_night["science"]).collect()}
+    sfx = uuid.uuid4().hex[:6]
+    filters = {f"lsst_sso_{sfx}": "fink.filters.builtin:solar_system",
+               f"lsst_catalogued_{sfx}": "fink.filters.builtin:catalogued",
+               f"lsst_early_{sfx}": "fink.filters.builtin:early_snia_rubin"}
+    cfg = dist.DistributionConfig(survey="rubin", filters=filters, filter_params={
+        f"lsst_early_{sfx}": {"threshold": 0.0}}, checkpoint=str(rubin_night["dir"] / f"ck_{sfx}"))
+    writer = dist.build(spark, cfg, rubin_night["fink"])
+    result = streaming.run_until([streaming.start(writer.trigger(availableNow=True), dist.QUERY_NAME)], duration=300)
+    totals = dist.reconcile(result.progress[dist.QUERY_NAME], writer.fink_sink.delivered)
+    assert totals["balanced"] and totals["alerts"] == len(science)
+    direct = {f"lsst_sso_{sfx}": {k for k, r in science.items() if r["roid"] == 3},
+              f"lsst_catalogued_{sfx}": {k for k, r in science.items() if r["xm_type"] is not None},
+              f"lsst_early_{sfx}": {k for k, r in science.items() if (r["snia_prob"] or 0) > 0.0
+                                    and 1 + len(r["prvDiaSources"] or []) <= 20}}
+    assert all(direct.values())
+    got = consume_decoded(list(filters))
+    for topic, keys in direct.items():
+        assert sorted(a["diaSource"]["diaSourceId"] for a in got[topic]) == sorted(keys), topic
+    for alert in got[f"lsst_sso_{sfx}"]:  # the values as the science archive holds them
+        want = science[alert["diaSource"]["diaSourceId"]]
+        assert alert["diaSource"] == want["diaSource"] and alert["roid"] == 3
+
+
+def consume_decoded(topics):
+    """Every alert of ``topics``, decoded as the community client does (the schema in the key)."""
+    from confluent_kafka import Consumer
+
+    from fink.config import ServicesConfig
+
+    c = Consumer({"bootstrap.servers": ServicesConfig.load().kafka_bootstrap, "auto.offset.reset": "earliest",
+                  "group.id": f"t-{uuid.uuid4().hex}", "isolation.level": "read_committed"})
+    c.subscribe(topics)
+    out, idle, deadline = {t: [] for t in topics}, 0, time.monotonic() + 90
+    while idle < 10 and time.monotonic() < deadline:
+        msg = c.poll(0.5)
+        if msg is None:
+            idle += 1
+            continue
+        idle = 0
+        schema = fastavro.parse_schema(json.loads(msg.key()))
+        out[msg.topic()].append(fastavro.schemaless_reader(io.BytesIO(msg.value()), schema, None))
+    c.close()
+    return out
+
+
+def test_the_archive_keys_rubin_alerts_by_object_and_time(spark, rubin_night, hbase_thrift):
+    from fink.client.archive import Archive
+    from fink.hbase import connect, delete_tables
+    from fink.stages import archive
+
+    science = {r["diaSource"]["diaSourceId"]: r.asDict(recursive=True)
+               for r in r2s.read_science(spark, rubin_night["science"]).collect()}
+    table = f"test_rubin_{uuid.uuid4().hex[:8]}"
+    cfg = archive.ArchiveConfig(survey="rubin", table=table, checkpoint=str(rubin_night["dir"] / f"ck_{table}"))
+    try:
+        writer = archive.build(spark, cfg, rubin_night["fink"])
+        result = streaming.run_until([streaming.start(writer.trigger(availableNow=True), archive.QUERY_NAME)],
+                                     duration=300)
+        totals = archive.reconcile(result.progress[archive.QUERY_NAME], writer.fink_sink.written)
+        assert totals["balanced"] and totals["archived"] == len(science)
+        assert totals["tags"]["sso"] == sum(r["roid"] == 3 for r in science.values())
+        with Archive(f"{hbase_thrift[0]}:{hbase_thrift[1]}", table) as a:
+            assert a.count() == len(science)
+            for key, r in list(science.items())[:20]:
+                obj = r["diaSource"]["diaObjectId"] or r["diaSource"]["ssObjectId"]
+                alerts = a.alerts(str(obj), columns=["diaSource"])
+                assert key in {d["diaSourceId"] for d in alerts["diaSource"]}, (obj, key)
+            pixel = a.cone(r["diaSource"]["ra"], r["diaSource"]["dec"], 1.0, columns=["diaSource"])
+            assert key in {d["diaSourceId"] for d in pixel["diaSource"]}
+    finally:
+        conn = connect(*hbase_thrift)
+        delete_tables(conn, table)
+        conn.close()
+
+
+def direct(feature, t, m, e) -> float:
+    """``light-curve``'s value of ``feature`` on these points, NaN where it needs more."""
+    try:
+        return float(feature(t, m, e, sorted=True)[0])
+    except ValueError:
+        return float("nan")
+
+
+def rubin_cuts_keep(src: dict) -> bool:
+    """The Rubin description's cuts, evaluated directly on a fastavro record."""
+    reliability = src.get("reliability")
+    return (1.0 if reliability is None else reliability) >= 0.5 and not src.get("isDipole") \
+        and not src.get("pixelFlags_bad")
+
+
+def points(record: dict, band: str):
+    """(t, mag, err) of one band: the alert's and its previous sources' positive fluxes, as AB
+    magnitudes, one point per time, sorted (independent of the module's code)."""
+    seen = {}
+    for src in [*(record.get("prvDiaSources") or []), record["diaSource"]]:
+        flux, err = src["psfFlux"], src["psfFluxErr"]
+        if src["band"] == band and flux is not None and err is not None and flux > 0 and err > 0:
+            seen.setdefault(src["midpointMjdTai"], (31.4 - 2.5 * np.log10(flux), 2.5 / np.log(10) * err / flux))
+    t = np.array(sorted(seen))
+    return t, np.array([seen[x][0] for x in t]), np.array([seen[x][1] for x in t])
 
 
 def test_ztf_and_rubin_run_side_by_side_in_one_session(fresh_spark, kafka_bootstrap, topic, tmp_path, shared_datasim):

@@ -88,3 +88,24 @@ def test_a_file_that_is_neither_format_is_named(tmp_path: Path):
     path.write_bytes(b"\x07garbage")
     with pytest.raises(Exception, match="neither an Avro container file nor a wire-format message"):
         list(read_messages(path))
+
+
+def test_a_rubin_alert_is_plotted_in_flux_with_its_cutouts(resolver):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from fink.client import plots
+
+    night = generate_night(NightConfig(n_objects=12, seed=7))  # with cutouts
+    alerts = [resolver.decode(m).alert for m in rubin_sim.messages(night)]
+    alert = next(a for a in alerts if a["prvDiaForcedSources"] and a["cutoutScience"])
+    assert survey.detect(alert).name == "rubin"
+    lc = plots.flux_curve(alert)
+    sources = {(s["midpointMjdTai"], s["band"]) for s in [*(alert["prvDiaSources"] or []), alert["diaSource"]]}
+    forced = {(s["midpointMjdTai"], s["band"]) for s in alert["prvDiaForcedSources"]}
+    assert len(lc[lc["kind"] == "source"]) == len(sources) and len(lc[lc["kind"] == "forced"]) == len(forced)
+    assert lc["mjd"].is_monotonic_increasing
+    fig = plots.plot_alert(alert)
+    curve, *stamps = fig.axes
+    assert curve.get_ylabel() == "difference flux (nJy)"
+    assert all(ax.images for ax in stamps)  # the three stamps drawn, none "no stamp"

@@ -25,11 +25,12 @@ the alert, so a batch replayed after a crash writes the same cells.
 * **queries**: `archive_explorer.ipynb`, or `fink.client.archive.Archive`
 """),
 ("code", COMMON_PARAMETERS + '''
-table: str = "ztf_alerts"  # main HBase table; the indexes are <table>_class, _pixel, _night
-tags: dict = {"early_snia": "fink.filters.builtin:early_snia", "sso": "fink.filters.builtin:solar_system", "catalogued": "fink.filters.builtin:catalogued"}  # tag (class): filter (dotted path)
+survey: str = "ztf"  # ztf | rubin | a survey description file: the science layout, row keys, default table and tags
+table: str = ""  # main HBase table ("": the survey's, ztf_alerts | rubin_alerts); the indexes are <table>_class, _pixel, _night
+tags: dict = {}  # tag (class): filter (dotted path); {} means the survey's (early_snia, sso, catalogued)
 tag_params: dict = {}  # tag: keyword parameters of its filter
 healpix_order: int = 7  # HEALPix order of the pixel index (7: 27 arcmin pixels)
-modules: list = ["fink.science.modules.features:lightcurve_features", "fink.science.modules.classifier:snia_classifier", "fink.science.modules.sso:solar_system", "fink.science.modules.xmatch:crossmatch"]  # science modules whose outputs share one cell each (d:<module>)
+modules: list = ["builtin"]  # science modules whose outputs share one cell each (d:<module>); "builtin": the survey's
 pool_size: int = 4  # Thrift connections per writer task (Spark runs one task per core)
 batch_size: int = 200  # rows per Thrift call
 retry_for_s: float = 600.0  # how long a batch waits for an unavailable HBase before the query fails
@@ -52,7 +53,7 @@ paths = stage.paths(cfg)
 if trigger != "availableNow" and not trigger.endswith("seconds"):
     raise ValueError(f"trigger must be 'availableNow' or '<N> seconds', got {trigger!r}")
 tag_filters = stage.load_tags()  # a missing filter or a wrong declaration fails here, by name
-print(f"{paths['science']} -> HBase {cfg.hbase_thrift} table {table!r}, tags {[f.topic for f in tag_filters]}")
+print(f"{paths['science']} -> HBase {cfg.hbase_thrift} table {stage.table_name()!r}, tags {[f.topic for f in tag_filters]}")
 """),
 ("md", "## Session (and, with `simulator`, a science archive of the sample night)"),
 ("code", """
@@ -66,7 +67,7 @@ streaming.stop_active(spark)  # a re-run of this cell must not leave a second qu
 if simulator:
     from fink.stages.raw2science import fill_from_simulator
 
-    filled = fill_from_simulator(spark, cfg, "../datasim/sample_night", topic, science_path, duration, stop_file)
+    filled = fill_from_simulator(spark, cfg, topic, science_path, duration, stop_file, survey=stage.survey)
     print(f"simulator: {filled['alerts']} alerts -> raw -> science archive {filled['science']}")
 """),
 ("md", "## Tables, source, writer; start, watch the rows HBase accepted, end within `duration`"),
@@ -119,7 +120,7 @@ report = fink_home() / "reports" / "archive"
 report.mkdir(parents=True, exist_ok=True)
 fig.savefig(report / "summary.png", dpi=100)
 plt.show()
-summary = {"stopped_because": result.reason, "table": table, **totals, **paths}
+summary = {"stopped_because": result.reason, "table": stage.table_name(), **totals, **paths}
 (report / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
 streaming.stop_active(spark)
 summary

@@ -20,13 +20,14 @@ the first write. Users read them on the SASL listener with the grants of `fink u
 * **headless**: `fink start distribution -c conf/local.yaml [--simulator]`
 """),
 ("code", COMMON_PARAMETERS + '''
-filters: dict = {"fink_early_snia": "fink.filters.builtin:early_snia", "fink_sso": "fink.filters.builtin:solar_system", "fink_catalogued": "fink.filters.builtin:catalogued"}  # topic: filter (dotted path)
+survey: str = "ztf"  # ztf | rubin | a survey description file: the science layout, the default filters
+filters: dict = {}  # topic: filter (dotted path); {} means the survey's (ZTF: fink_early_snia, fink_sso, fink_catalogued)
 filter_params: dict = {}  # topic: keyword parameters of its filter
-topic_options: dict = {"fink_catalogued": {"cutouts": False}}  # topic: {"cutouts": false} and/or {"fields": [...]}
+topic_options: dict = {"fink_catalogued": {"cutouts": False}}  # topic: {"cutouts": false} and/or {"fields": [...]} (Rubin: {})
 partitions: int = 1  # partitions of each topic created
 retention_ms: int = 604800000  # retention of each topic created (7 days)
 max_files_per_trigger: int = 8  # science files per micro-batch, 0 means all new files
-science_path: str = ""  # "" means <data_dir>/science
+science_path: str = ""  # "" means <data_dir>/science (Rubin: <data_dir>/rubin/science)
 checkpoint: str = ""  # "" means <data_dir>/checkpoints/distribution
 trigger: str = "availableNow"  # availableNow (catch up, then stop) | "<N> seconds"
 duration: float = 600.0  # upper bound of the run, seconds
@@ -58,7 +59,7 @@ streaming.stop_active(spark)  # a re-run of this cell must not leave a second qu
 if simulator:
     from fink.stages.raw2science import fill_from_simulator
 
-    filled = fill_from_simulator(spark, cfg, "../datasim/sample_night", topic, science_path, duration, stop_file)
+    filled = fill_from_simulator(spark, cfg, topic, science_path, duration, stop_file, survey=stage.survey)
     print(f"simulator: {filled['alerts']} alerts -> raw -> science archive {filled['science']}")
 """),
 ("md", "## Source, filters, writer; start, watch the alerts out per topic, end within `duration`"),

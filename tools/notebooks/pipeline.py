@@ -26,7 +26,7 @@ with what the one before wrote.
 topic: str = "ztf_20261127_programid1"  # the survey topic stream2raw reads
 stages: list = ["stream2raw", "raw2science", "distribution", "archive"]  # which stages run here
 stream2raw: dict = {}  # stream2raw's parameters (see stream2raw.ipynb), e.g. {"max_offsets_per_trigger": 5000}
-raw2science: dict = {"modules": ["fink.science.modules.features:lightcurve_features", "fink.science.modules.classifier:snia_classifier", "fink.science.modules.sso:solar_system", "fink.science.modules.xmatch:crossmatch"], "module_params": {"fink.science.modules.xmatch:crossmatch": {"catalogue_path": "../datasim/sample_night/catalogue.csv", "radius_arcsec": 1.5}}}  # raw2science's parameters (see raw2science.ipynb), by default its notebook's modules
+raw2science: dict = {"modules": ["builtin"], "module_params": {"crossmatch": {"catalogue_path": "../datasim/sample_night/catalogue.csv", "radius_arcsec": 1.5}}}  # raw2science's parameters (see raw2science.ipynb), by default its notebook's modules
 distribution: dict = {}  # distribution's parameters (see distribution.ipynb), e.g. {"filters": {...}}
 archive: dict = {}  # archive's parameters (see archive.ipynb), e.g. {"table": "ztf_alerts"}
 trigger: str = "availableNow"  # availableNow (one after the other, then stop) | "<N> seconds" (side by side)

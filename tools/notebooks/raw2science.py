@@ -19,9 +19,10 @@ module of yours), and writes the science archive by night, exactly once, with pr
 * **headless**: `fink start raw2science -c conf/local.yaml [--simulator]`
 """),
 ("code", COMMON_PARAMETERS + '''
-cuts: dict = {"nbad": "candidate.nbad IN (0)", "rb": "NOT candidate.rb < 0.55", "fid": "candidate.fid <> 3"}  # name: SQL condition an alert must meet
-modules: list = ["fink.science.modules.features:lightcurve_features", "fink.science.modules.classifier:snia_classifier", "fink.science.modules.sso:solar_system", "fink.science.modules.xmatch:crossmatch"]  # dotted paths, applied in order
-module_params: dict = {"fink.science.modules.xmatch:crossmatch": {"catalogue_path": "../datasim/sample_night/catalogue.csv", "radius_arcsec": 1.5}}  # keyword parameters per module
+survey: str = "ztf"  # ztf | rubin | a survey description file: the raw layout, default cuts, built-in modules
+cuts: dict = {}  # name: SQL condition an alert must meet; {} means the survey's (ZTF: nbad, rb, fid)
+modules: list = ["builtin"]  # dotted paths, applied in order; "builtin" is the survey's built-in modules
+module_params: dict = {"crossmatch": {"catalogue_path": "../datasim/sample_night/catalogue.csv", "radius_arcsec": 1.5}}  # keyword parameters per module (by path or function name)
 fail_on_module_error: bool = False  # stop on a module error instead of null columns and an error count
 max_files_per_trigger: int = 0  # raw files per micro-batch, 0 means all new files
 files_per_batch: int = 1  # Parquet files per night and micro-batch
@@ -44,7 +45,7 @@ paths = stage.paths(cfg)
 if trigger != "availableNow" and not trigger.endswith("seconds"):
     raise ValueError(f"trigger must be 'availableNow' or '<N> seconds', got {trigger!r}")
 science_modules = stage.load_modules()  # a missing module or a wrong declaration fails here, by name
-print(f"{paths['raw']} -> {paths['science']}; cuts {list(stage.cuts)}; modules {[m.key for m in science_modules]}")
+print(f"{paths['raw']} -> {paths['science']}; cuts {list(stage.quality_cuts())}; modules {[m.key for m in science_modules]}")
 """),
 ("md", "## Session (and, with `simulator`, a raw archive of the sample night)"),
 ("code", """
@@ -59,8 +60,10 @@ if simulator:
     from fink.simulator import SimulatorConfig, replay
     from fink.stages import stream2raw
 
-    sent = replay(SimulatorConfig(source="../datasim/sample_night", topic=topic), cfg.kafka_bootstrap, progress=False)
-    raw_stage = stream2raw.Stream2RawConfig(topic=topic, raw_path=raw_path)
+    sample = stage.description().simulator["sample"]  # the bundled night, in the survey's format
+    sent = replay(SimulatorConfig(source=sample, survey=stage.survey, topic=topic), cfg.kafka_bootstrap,
+                  progress=False)
+    raw_stage = stream2raw.Stream2RawConfig(topic=topic, raw_path=raw_path, survey=stage.survey)
     raw_run = streaming.run_until([streaming.start(stream2raw.build(spark, raw_stage, cfg).trigger(availableNow=True),
                                                    stream2raw.QUERY_NAME)], duration=duration, stop_file=stop_file)
     print(f"simulator: {sent['alerts']} alerts -> raw archive:",
