@@ -46,20 +46,28 @@ from fink import demo, kafka, metrics, runner, services
 from fink.config import FinkConfig, ServicesConfig, fink_home
 from fink.datasim.sources import read_messages
 from fink.datasim.stamp import fresh_copies
-from fink.science.modules import BUILTIN
 from fink.simulator import SimulatorConfig, replay
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "datasim" / "ztf"
+SHARED = ROOT.parent / "shared" / "datasim"
 STAGES = ("stream2raw", "raw2science", "distribution", "archive")
 
 
 def decode_limit(messages: list[bytes], count: int = 3000) -> float:
-    """Alerts/s of a plain fastavro loop over the same bytes (one core, no Spark, no Kafka)."""
+    """Alerts/s of a plain fastavro loop over the same bytes (one core, no Spark, no Kafka):
+    container files read with their header's schema, wire-format messages with their id's."""
+    from fink import survey, wire
+
     batch = list(fresh_copies(messages, count))
+    resolver = wire.SchemaResolver(survey.load("rubin"))
+    schemas = {int.from_bytes(m[1:5], "big"): resolver.schema(int.from_bytes(m[1:5], "big"))
+               for m in batch if m[:1] == wire.MAGIC}
     t0 = time.perf_counter()
     for m in batch:
-        next(fastavro.reader(io.BytesIO(m)))
+        if m[:1] == wire.MAGIC:
+            fastavro.schemaless_reader(io.BytesIO(m[5:]), schemas[int.from_bytes(m[1:5], "big")], None)
+        else:
+            next(fastavro.reader(io.BytesIO(m)))
     return round(count / (time.perf_counter() - t0), 1)
 
 
@@ -193,20 +201,23 @@ def main() -> int:
     parser.add_argument("--services", action="store_true",
                         help="each stage as its own service (own Spark driver) instead of `fink start pipeline`")
     parser.add_argument("--driver-memory", default="6g", help="the pipeline's Spark driver heap")
+    parser.add_argument("--survey", default="ztf", choices=("ztf", "rubin"),
+                        help="real alerts of which survey (../shared/datasim/ztf/native-4.02_* or rubin/)")
     parser.add_argument("--out", default=str(ROOT / "bench-results.json"))
     args = parser.parse_args()
     steady = args.steady or (["300:60", "1000:60"] if args.quick else ["300:300", "1000:120"])
     phases_spec = [(float(r), float(s)) for r, s in (x.split(":") for x in steady)]
     burst = 10000 if args.quick and args.burst == 40000 else args.burst
-    folders = sorted(SHARED.glob("native-4.02_*"))
+    folders = sorted(SHARED.glob("ztf/native-4.02_*")) if args.survey == "ztf" else \
+        sorted({p.parent for p in SHARED.glob("rubin/*/*/*.avro")})
     if not folders:
-        print(f"bench_e2e: no real ZTF alerts under {SHARED} (../shared/datasim/ztf/native-4.02_*)", file=sys.stderr)
+        print(f"bench_e2e: no real {args.survey} alerts under {SHARED}", file=sys.stderr)
         return 2
     messages = [m for f in folders for m in read_messages(f)]
     svc = ServicesConfig.load()
     bootstrap = svc.kafka_bootstrap
     machine = {"cpus": psutil.cpu_count(), "memory_gb": round(psutil.virtual_memory().total / 2**30, 1)}
-    results: dict = {"machine": machine, "source_alerts": len(messages)}
+    results: dict = {"machine": machine, "survey": args.survey, "source_alerts": len(messages)}
     results["decode_limit_alerts_per_s"] = decode_limit(messages)
     print(f"decode limit (fastavro, one core): {results['decode_limit_alerts_per_s']} alerts/s", flush=True)
 
@@ -217,13 +228,13 @@ def main() -> int:
     catalogue = ROOT / "datasim" / "sample_night" / "catalogue.csv"  # every built-in module runs
     # every stage's batch is bounded: a backlog (at 1,000/s or in the burst) is read in steps, so
     # the rows a batch holds for its Python workers stay within the driver's heap
-    extra = {"stream2raw": {"topic": topic, "max_offsets_per_trigger": 3000},
-             "raw2science": {"max_files_per_trigger": 4, "modules": BUILTIN, "module_params": {
-                 "fink.science.modules.xmatch:crossmatch": {"catalogue_path": str(catalogue)}}},
-             "distribution": {"filters": {out_topic: "fink.filters.builtin:bright"},
-                              "filter_params": {out_topic: {"limit": 99.0}}, "topic_options": {},
-                              "retention_ms": 600000},
-             "archive": {"table": table}}
+    survey = {"survey": args.survey}
+    extra = {"stream2raw": {**survey, "topic": topic, "max_offsets_per_trigger": 3000},
+             "raw2science": {**survey, "max_files_per_trigger": 4, "modules": ["builtin"], "module_params": {
+                 "crossmatch": {"catalogue_path": str(catalogue)}}},
+             "distribution": {**survey, "filters": {out_topic: "fink.filters.builtin:everything"},
+                              "topic_options": {}, "retention_ms": 600000},
+             "archive": {**survey, "table": table}}
     results["mode"] = "services" if args.services else "pipeline"
     store = metrics.Store()
     runs: dict[str, runner.Run] = {}

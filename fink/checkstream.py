@@ -1,7 +1,8 @@
 """Watch a Kafka topic: counts, rates, lag, the latest alerts, and every undecodable message.
 
 :func:`watch` consumes a topic from a chosen offset without joining a consumer group's
-commits (it only reads), decodes each message as a ZTF alert, and keeps a
+commits (it only reads), decodes each message as an alert of its survey (ZTF by default,
+Rubin with ``survey="rubin"``: :func:`fink.wire.decoder`), and keeps a
 :class:`StreamStats` that the CLI prints and the notebook shows live. A message that is
 not an alert is counted under its reason and never stops the watch.
 """
@@ -17,9 +18,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fink import kafka
-from fink.avro import AlertDecodeError, decode_container
+from fink import survey as surveys
+from fink.avro import AlertDecodeError, Decoded
 from fink.datasim.generator import JD_UNIX_EPOCH
 
+#: ZTF's filter ids; other surveys name their bands
 BANDS = {1: "g", 2: "r", 3: "i"}
 
 
@@ -29,7 +32,8 @@ def jd_to_iso(jd: float) -> str:
 
 @dataclass
 class StreamStats:
-    """What a watch has seen so far."""
+    """What a watch has seen so far (``latest`` rows: the survey's object and alert ids as
+    ``objectId`` and ``candid``, time, band, brightness in the survey's unit)."""
 
     topic: str
     messages: int = 0
@@ -41,6 +45,14 @@ class StreamStats:
     lag: int | None = None
     started: float = field(default_factory=time.monotonic)
     seen: set = field(default_factory=set, repr=False)
+    survey: str = "ztf"
+    decode: Callable[[bytes | None], Decoded] | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        from fink import wire
+
+        self.description = surveys.load(self.survey)
+        self.decode = self.decode or wire.decoder(self.description)
 
     @property
     def seconds(self) -> float:
@@ -53,22 +65,25 @@ class StreamStats:
     def add(self, data: bytes | None, partition: int, offset: int) -> None:
         self.messages += 1
         self.bytes += len(data or b"")
+        desc = self.description
         try:
-            decoded = decode_container(data)
-            candid = decoded.alert["candid"]
+            decoded = self.decode(data)
+            candid = desc.alert_key(decoded.alert)
             if candid in self.seen:
-                raise AlertDecodeError("duplicate", f"candid {candid}")
+                raise AlertDecodeError("duplicate", f"{desc.alert_id} {candid}")
         except AlertDecodeError as exc:
             self.rejected[exc.reason] += 1
             self.examples.append((partition, offset, exc.reason, exc.detail[:120]))
             return
         self.seen.add(candid)
         self.alerts += 1
-        cand = decoded.alert["candidate"]
-        self.latest.append({"objectId": decoded.alert["objectId"], "candid": candid,
-                            "time": jd_to_iso(cand["jd"]), "band": BANDS.get(cand["fid"], str(cand["fid"])),
-                            "magpsf": round(cand["magpsf"], 3), "schema": decoded.schema_version,
-                            "offset": offset})
+        alert = decoded.alert
+        band = surveys.get_path(alert, desc.band)
+        value = surveys.get_path(alert, desc.photometry["value"])
+        self.latest.append({"objectId": desc.object_key(alert), "candid": candid, "time": jd_to_iso(desc.jd(alert)),
+                            "band": BANDS.get(band, str(band)),
+                            "brightness": round(value, 3) if isinstance(value, float) else value,
+                            "schema": decoded.schema_version, "offset": offset})
 
     def summary(self) -> dict[str, Any]:
         return {"topic": self.topic, "messages": self.messages, "alerts": self.alerts,
@@ -82,14 +97,15 @@ class StreamStats:
         for reason, n in sorted(self.rejected.items()):
             lines.append(f"  rejected {reason:20s} {n}")
         for row in list(self.latest)[-5:]:
-            lines.append(f"  {row['objectId']} {row['candid']} {row['time']} {row['band']} {row['magpsf']:.2f}")
+            lines.append(f"  {row['objectId']} {row['candid']} {row['time']} {row['band']} {row['brightness']}")
         return "\n".join(lines)
 
 
 def watch(bootstrap: str, topic: str, start: str | int = "earliest", max_messages: int = 0, idle: float = 10.0,
           duration: float = 0.0, on_update: Callable[[StreamStats], None] | None = None, every: float = 1.0,
-          stop: Callable[[], bool] | None = None) -> StreamStats:
-    """Consume ``topic`` from ``start`` (``earliest``, ``latest`` or an offset for every partition).
+          stop: Callable[[], bool] | None = None, survey: str = "ztf") -> StreamStats:
+    """Consume ``topic`` from ``start`` (``earliest``, ``latest`` or an offset for every partition),
+    decoding ``survey``'s messages (a shipped survey or a description file).
 
     Stops after ``max_messages`` (0: no limit), after ``idle`` seconds without a message
     once the end is reached (0: never), after ``duration`` seconds (0: never), or when
@@ -100,7 +116,7 @@ def watch(bootstrap: str, topic: str, start: str | int = "earliest", max_message
     consumer = Consumer(kafka.client_config(bootstrap, **{
         "group.id": f"fink-checkstream-{uuid.uuid4().hex[:8]}", "enable.auto.commit": False,
         "fetch.message.max.bytes": 10 << 20, "max.partition.fetch.bytes": 10 << 20}))
-    stats = StreamStats(topic)
+    stats = StreamStats(topic, survey=survey)
     try:
         waited = time.monotonic()
         while True:  # a watch may start before the topic's first message: wait for it up to `idle`

@@ -78,6 +78,7 @@ def _parser() -> argparse.ArgumentParser:
     cs.add_argument("--max", type=int, default=0, help="stop after this many messages")
     cs.add_argument("--idle", type=float, default=10.0, help="stop after this many seconds without a message")
     cs.add_argument("--json", action="store_true", help="print the final summary as JSON")
+    cs.add_argument("--survey", default="ztf", help="ztf | rubin | a survey description file (what the messages are)")
     cp = sub.add_parser("compact", help="compact a finished night of the raw archive")
     cp.add_argument("night", help="YYYYMMDD")
     cp.add_argument("--raw", default="", help="raw archive (default: $FINK_HOME/data/raw)")
@@ -222,7 +223,7 @@ def _checkstream(args: argparse.Namespace) -> int:
         print(stats.text(), flush=True)
 
     stats = checkstream.watch(args.bootstrap, args.topic, start=start, max_messages=args.max, idle=args.idle,
-                              on_update=None if args.json else show, every=2.0)
+                              on_update=None if args.json else show, every=2.0, survey=args.survey)
     if args.json:
         print(json.dumps(stats.summary(), indent=1))
     else:

@@ -35,6 +35,10 @@ DEFAULTS: dict[str, str] = {
     # (cache) rows would hold hundreds of MB each and drown the driver in garbage collection
     "spark.sql.parquet.columnarReaderBatchSize": "256",
     "spark.sql.inMemoryColumnarStorage.batchSize": "256",
+    # and so would Arrow's 10000-row batches for the Python UDFs (modules, filters) and the
+    # archive's mapInArrow: 700 MB per batch, twice over while a UDF's input rows wait in the
+    # JVM for its results (a 6 GB driver ran out of heap behind a backlog at 1,000 alerts/s)
+    "spark.sql.execution.arrow.maxRecordsPerBatch": "256",
     # Parquet row groups of 32 MB (about 450 alerts) read as partitions of at most 32 MB: a
     # task, and what distribution fetches into the driver per partition, stays that small
     # however large the micro-batch (a 350 MB partition ran a 6 GB driver out of heap)

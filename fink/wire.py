@@ -24,6 +24,7 @@ import re
 import threading
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -261,3 +262,13 @@ def decode(data: bytes | None, resolver: SchemaResolver, max_bytes: int = MAX_AL
     check_alert(alert, resolver.survey)
     major, minor = divmod(schema_id, 100)
     return Decoded(alert, f"{major}.{minor}", size)
+
+
+def decoder(survey: Survey, registry_url: str = "", schema_dir: str = "") -> Callable[[bytes | None], Decoded]:
+    """The function decoding one of ``survey``'s messages into a :class:`~fink.avro.Decoded`
+    (or raising :class:`~fink.avro.AlertDecodeError`), as its description's ``wire`` says."""
+    from fink.avro import decode_container
+
+    if survey.wire == "confluent":
+        return SchemaResolver(survey, registry_url=registry_url, schema_dir=schema_dir).decode
+    return functools.partial(decode_container, survey=survey)

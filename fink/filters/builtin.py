@@ -41,3 +41,9 @@ def catalogued(xm_type: pd.Series, *, types: tuple = ()) -> pd.Series:
 def bright(magpsf: pd.Series, *, limit: float = 18.0) -> pd.Series:
     """Alerts brighter than ``limit`` (magnitude)."""
     return magpsf < limit
+
+
+@alert_filter(inputs=["brokerIngestTimestamp"], version="1.0")
+def everything(ingested: pd.Series) -> pd.Series:
+    """Every alert, whatever its survey (a full copy of the stream; benchmarks measure with it)."""
+    return pd.Series(True, index=ingested.index)

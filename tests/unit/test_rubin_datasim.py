@@ -109,3 +109,18 @@ def test_a_rubin_alert_is_plotted_in_flux_with_its_cutouts(resolver):
     curve, *stamps = fig.axes
     assert curve.get_ylabel() == "difference flux (nJy)"
     assert all(ax.images for ax in stamps)  # the three stamps drawn, none "no stamp"
+
+
+def test_checkstream_counts_rubin_alerts_and_names_what_is_not_one(night):
+    from fink.checkstream import StreamStats
+
+    stats = StreamStats("lsst_test", survey="rubin")
+    messages = list(rubin_sim.messages(night))
+    for i, m in enumerate([*messages, messages[0], wire.frame(99999, messages[1][5:]), b"\x00\x00"]):
+        stats.add(m, 0, i)
+    assert stats.alerts == len(messages)
+    assert dict(stats.rejected) == {"duplicate": 1, "unknown_schema": 1, "truncated": 1}
+    row = stats.latest[-1]
+    last = night.alerts[-1]
+    assert row["candid"] == last["candid"] and row["band"] in "gr" and row["time"].startswith("2026-11-2")
+    assert row["schema"] == "10.0" and row["brightness"] != 0

@@ -9,7 +9,7 @@ NOTEBOOKS["notebooks/checkstream.ipynb"] = [
 # checkstream: watch a Kafka topic
 
 Consumes any topic from a chosen offset and shows, live, the counts, the rate, the lag and the
-latest alerts (objectId, candid, time, band, magnitude). A message that is not an alert is
+latest alerts (object and alert ids, time, band, brightness). A message that is not an alert is
 counted under its reason (empty, not Avro, truncated, unknown schema, missing identifiers,
 oversized, duplicate) and never stops the watch.
 
@@ -18,6 +18,7 @@ oversized, duplicate) and never stops the watch.
 """),
 ("code", COMMON_PARAMETERS + '''
 topic: str = "ztf_20261127_programid1"  # topic to watch (the simulator's default)
+survey: str = "ztf"  # ztf | rubin | a survey description file: how to decode the messages
 start: str = "earliest"  # earliest | latest | an offset for every partition
 max_messages: int = 0  # stop after this many messages, 0 means no limit
 idle: float = 15.0  # stop after this many seconds without a message, 0 means never
@@ -63,7 +64,7 @@ def update(stats):
 
 
 worker = Background(lambda: watch(cfg.kafka_bootstrap, topic, start=first, max_messages=max_messages, idle=idle,
-                                  duration=duration, on_update=update,
+                                  duration=duration, on_update=update, survey=survey,
                                   stop=lambda: finished.is_set() or stop_requested(stop_file)), "checkstream")
 """),
 ("md", "## Bounded wait"),
