@@ -58,11 +58,13 @@ class Stage:
         return getattr(self.writer, "fink_sink", None)
 
 
-def configure(stages: list[str], topic: str, settings: dict[str, dict] | None = None) -> list[Stage]:
+def configure(stages: list[str], topic: str, settings: dict[str, dict] | None = None,
+              survey: str = "ztf") -> list[Stage]:
     """The stages' typed configurations, in pipeline order: ``settings[stage]`` are its parameters.
 
-    ``topic`` is stream2raw's input topic (unless its settings name one). An unknown stage,
-    or a parameter its configuration does not have, is an error naming it.
+    ``topic`` is stream2raw's input topic (unless its settings name one), ``survey`` every
+    stage's survey (unless its settings name one). An unknown stage, or a parameter its
+    configuration does not have, is an error naming it.
     """
     if isinstance(stages, str) or not all(isinstance(s, str) for s in stages):
         raise ConfigError(f"pipeline: stages must be a list of stage names, got {stages!r}")
@@ -75,6 +77,7 @@ def configure(stages: list[str], topic: str, settings: dict[str, dict] | None = 
         if name not in stages:
             continue
         values = dict(settings.get(name) or {})
+        values.setdefault("survey", survey)
         if name == "stream2raw" and not values.get("topic_pattern"):
             values.setdefault("topic", topic)
         out.append(Stage(name, _config_class(name).from_mapping(values, source=f"pipeline {name} settings")))

@@ -139,35 +139,48 @@ def test_stream2raw_headless_with_each_conf(conf, kafka_bootstrap, tmp_path):
     assert len(list((tmp_path / "data" / "raw" / "night=20261127").glob("*.parquet"))) >= 1
 
 
-@pytest.mark.parametrize("conf", ["local.yaml", "ci.yaml"])
-def test_raw2science_headless_with_each_conf(conf, kafka_bootstrap, tmp_path):
-    text = run_headless("raw2science", conf, tmp_path)
+#: the stages after stream2raw run headless once per survey, each with another conf file
+#: (local.yaml also runs every stage as a service in test_operations and make demo)
+PER_SURVEY = [pytest.param("ci.yaml", "ztf", id="ztf-ci.yaml"),
+              pytest.param("local.yaml", "rubin", id="rubin-local.yaml")]
+
+
+def science_folder(tmp_path: Path, survey: str) -> Path:
+    return tmp_path / "data" / ("rubin/science" if survey == "rubin" else "science") / "night=20261127"
+
+
+@pytest.mark.parametrize("conf, survey", PER_SURVEY)
+def test_raw2science_headless(conf, survey, kafka_bootstrap, tmp_path):
+    text = run_headless("raw2science", conf, tmp_path, survey=survey)
     assert "'alerts': 229" in text and "'balanced': True" in text
     assert "without values" not in text  # no module failed
-    assert list((tmp_path / "data" / "science" / "night=20261127").glob("*.parquet"))
+    assert list(science_folder(tmp_path, survey).glob("*.parquet"))
 
 
-@pytest.mark.parametrize("conf", ["local.yaml", "ci.yaml"])
-def test_distribution_headless_with_each_conf(conf, kafka_bootstrap, tmp_path):
-    text = run_headless("distribution", conf, tmp_path)
+@pytest.mark.parametrize("conf, survey", PER_SURVEY)
+def test_distribution_headless(conf, survey, kafka_bootstrap, tmp_path):
+    extra = {"topic_options": {}} if survey == "rubin" else {}  # the default names a ZTF topic
+    text = run_headless("distribution", conf, tmp_path, survey=survey, **extra)
     assert "'alerts': 207" in text and "'balanced': True" in text  # the 229 minus the quality cuts
     assert "not evaluated" not in text  # no filter failed
+    assert ("fink_lsst_sso" in text) == (survey == "rubin")
 
 
-@pytest.mark.parametrize("conf", ["local.yaml", "ci.yaml"])
-def test_archive_headless_with_each_conf(conf, hbase_thrift, tmp_path):
+@pytest.mark.parametrize("conf, survey", PER_SURVEY)
+def test_archive_headless(conf, survey, hbase_thrift, tmp_path):
     from fink.hbase import connect, delete_tables
 
     table = f"test_nb_{uuid.uuid4().hex[:8]}"
     try:
-        text = run_headless("archive", conf, tmp_path, table=table)
+        text = run_headless("archive", conf, tmp_path, table=table, survey=survey)
         assert "'alerts': 207" in text and "'archived': 207" in text and "'balanced': True" in text
-        papermill_explorer = tmp_path / "explorer.ipynb"
-        import papermill
+        if survey == "ztf":  # the explorer draws ZTF light curves
+            papermill_explorer = tmp_path / "explorer.ipynb"
+            import papermill
 
-        papermill.execute_notebook(str(ROOT / "notebooks" / "archive_explorer.ipynb"), str(papermill_explorer),
-                                   parameters={"table": table}, progress_bar=False, cwd=str(ROOT / "notebooks"))
-        assert "207 alerts" in papermill_explorer.read_text()
+            papermill.execute_notebook(str(ROOT / "notebooks" / "archive_explorer.ipynb"), str(papermill_explorer),
+                                       parameters={"table": table}, progress_bar=False, cwd=str(ROOT / "notebooks"))
+            assert "207 alerts" in papermill_explorer.read_text()
     finally:
         conn = connect(*hbase_thrift)
         delete_tables(conn, table)

@@ -76,3 +76,21 @@ def test_flow_reads_each_stages_accounts():
     assert flow["stream2raw"] == {"in": 230, "out": 229, "quarantined": 1}
     assert flow["raw2science"] == {"in": 229, "out": 207, "rejected": 22}
     assert flow["distribution"] == {"in": 207, "out": 150} and flow["archive"] == {"in": 207, "out": 207}
+
+
+def test_one_survey_for_every_stage_unless_a_stage_names_its_own(tmp_path):
+    from fink.config import FinkConfig
+
+    plan = pipeline.configure(list(pipeline.STAGES), "lsst_night", {"archive": {"survey": "ztf"}}, survey="rubin")
+    assert [s.config.survey for s in plan] == ["rubin", "rubin", "rubin", "ztf"]
+    paths = pipeline.paths(plan, FinkConfig(data_dir=str(tmp_path)))
+    assert paths["stream2raw"]["raw"] == paths["raw2science"]["raw"] == str(tmp_path / "rubin" / "raw")
+    assert paths["distribution"]["science"] == str(tmp_path / "rubin" / "science")
+    # each stage's defaults are the survey's: cuts, built-in modules, topics, table, keys
+    r2s, dist = plan[1].config, plan[2].config
+    assert "reliability" in r2s.quality_cuts() and r2s.module_paths() == []
+    assert set(dist.topic_filters()) == {"fink_lsst_early_snia", "fink_lsst_sso", "fink_lsst_catalogued"}
+    rubin_archive = pipeline.configure(["archive"], "t", survey="rubin")[0].config
+    assert rubin_archive.table_name() == "rubin_alerts"
+    assert rubin_archive.keys().object_id == "coalesce(diaSource.diaObjectId, diaSource.ssObjectId)"
+    assert plan[3].config.table_name() == "ztf_alerts" and plan[3].config.keys().alert_id == "candid"

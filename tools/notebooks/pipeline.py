@@ -24,6 +24,7 @@ with what the one before wrote.
 """),
 ("code", COMMON_PARAMETERS + '''
 topic: str = "ztf_20261127_programid1"  # the survey topic stream2raw reads
+survey: str = "ztf"  # ztf | rubin | a survey description file: every stage's (unless its settings name one)
 stages: list = ["stream2raw", "raw2science", "distribution", "archive"]  # which stages run here
 stream2raw: dict = {}  # stream2raw's parameters (see stream2raw.ipynb), e.g. {"max_offsets_per_trigger": 5000}
 raw2science: dict = {"modules": ["builtin"], "module_params": {"crossmatch": {"catalogue_path": "../datasim/sample_night/catalogue.csv", "radius_arcsec": 1.5}}}  # raw2science's parameters (see raw2science.ipynb), by default its notebook's modules
@@ -40,7 +41,7 @@ from fink.config import FinkConfig
 
 cfg = FinkConfig.from_namespace(globals())
 settings = {"stream2raw": stream2raw, "raw2science": raw2science, "distribution": distribution, "archive": archive}
-plan = pipeline.configure(stages, topic, settings)  # an unknown stage or parameter fails here, by name
+plan = pipeline.configure(stages, topic, settings, survey)  # an unknown stage or parameter fails here, by name
 for name, where in pipeline.paths(plan, cfg).items():
     print(f"{name:13s} {where}")
 """),
@@ -48,7 +49,10 @@ for name, where in pipeline.paths(plan, cfg).items():
 if simulator:
     from fink.simulator import SimulatorConfig, replay
 
-    sent = replay(SimulatorConfig(source="../datasim/sample_night", topic=pipeline.input_topic(plan, topic)),
+    from fink import survey as surveys
+
+    sample = surveys.load(survey).simulator["sample"]  # the bundled night, in the survey's format
+    sent = replay(SimulatorConfig(source=sample, survey=survey, topic=pipeline.input_topic(plan, topic)),
                   cfg.kafka_bootstrap, progress=False)
     print(f"simulator: {sent['alerts']} alerts published to {sent['topic']}")
 """),
