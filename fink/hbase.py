@@ -44,6 +44,7 @@ import functools
 import io
 import json
 import logging
+import re
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -207,8 +208,9 @@ class Layout:
                 self.columns += [_leaf(f"{field.name}.{child.name}", family, child.type) for child in field.type]
             else:
                 self.columns.append(_leaf(field.name, family, field.type))
-        for path in dataclasses.astuple(keys):
-            self.field_type(path)  # raises if a key column is missing
+        for key in dataclasses.astuple(keys):
+            for path in _fields_of(key):
+                self.field_type(path)  # raises if a key column is missing
         avro = dict(avro or {})
         self.avro = {c.name: avro.get(c.name) or cell_schema(c.name, c.type) for c in self.columns if c.kind == "avro"}
         self._parsed: dict[str, Any] = {}
@@ -336,6 +338,13 @@ class Layout:
                 out.append(buf.getvalue())
             return out
         return arr.cast(pa.string()).cast(pa.binary()).to_pylist()
+
+    def object_key(self, object_id: str | int) -> str:
+        """An object's id as its row keys start (integer ids zero-padded, as :func:`_key_text` writes them)."""
+        t = self.field_type(_fields_of(self.keys.object_id)[0])  # an expression: its first column's type
+        if pa.types.is_integer(t):
+            return _key_text(pa.array([int(object_id)], pa.int64()))[0]
+        return str(object_id)
 
     def row_keys(self, table: pa.Table) -> list[bytes]:
         k = self.keys
@@ -468,6 +477,14 @@ def _loose(col: Column) -> Column:
 
 def _describe(col: Column) -> str:
     return f"{col.qualifier.decode()} ({col.type}, {col.kind})"
+
+
+def _fields_of(key: str) -> list[str]:
+    """The columns a key reads: itself (``candid``, ``candidate.jd``), or the dotted paths of a
+    Spark SQL expression (``coalesce(diaSource.diaObjectId, diaSource.ssObjectId)``)."""
+    if re.fullmatch(r"\w+(\.\w+)*", key):
+        return [key]
+    return re.findall(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)+", key)
 
 
 def _key_text(arr: pa.Array) -> list[str]:

@@ -39,6 +39,10 @@ DEFAULTS: dict[str, str] = {
     # archive's mapInArrow: 700 MB per batch, twice over while a UDF's input rows wait in the
     # JVM for its results (a 6 GB driver ran out of heap behind a backlog at 1,000 alerts/s)
     "spark.sql.execution.arrow.maxRecordsPerBatch": "256",
+    # Tungsten pages of 4 MB rather than 64 MB: with G1's 16 MB regions (the driver's Java
+    # options) a page is an ordinary object, where a 64 MB one needs 16 free regions in a row;
+    # behind a backlog the heap was fragmented enough to fail that with 1 GB free
+    "spark.buffer.pageSize": "4m",
     # Parquet row groups of 32 MB (about 450 alerts) read as partitions of at most 32 MB: a
     # task, and what distribution fetches into the driver per partition, stays that small
     # however large the micro-batch (a 350 MB partition ran a 6 GB driver out of heap)
@@ -81,7 +85,7 @@ def spark_conf(config: FinkConfig | None = None, app_name: str = "fink",
     conf["spark.app.name"] = app_name
     conf["spark.jars"] = ",".join(str(p) for p in jvm.jars("spark"))
     log4j = resources.files("fink") / "data" / "log4j2-spark.properties"
-    conf["spark.driver.extraJavaOptions"] = f"-Dlog4j.configurationFile={log4j}"
+    conf["spark.driver.extraJavaOptions"] = f"-Dlog4j.configurationFile={log4j} -XX:G1HeapRegionSize=16m"
     conf["spark.sql.warehouse.dir"] = str(fink_home() / "spark-warehouse")
     conf.update({k: str(v) for k, v in config.spark_conf.items()})
     conf.update({k: str(v) for k, v in (overrides or {}).items()})

@@ -87,7 +87,8 @@ class Archive:
     def alerts(self, object_id: str, columns: Iterable[str] | None = None) -> pd.DataFrame:
         """Every alert of ``object_id``, oldest first (a prefix scan of the main table)."""
         qualifiers = self.layout.qualifiers(columns) if columns is not None else None
-        rows = list(self.conn.table(self.layout.table).scan(row_prefix=f"{object_id}_".encode(),
+        prefix = f"{self.layout.object_key(object_id)}_".encode()
+        rows = list(self.conn.table(self.layout.table).scan(row_prefix=prefix,
                                                             columns=qualifiers))
         return self._frame(rows, columns)
 
