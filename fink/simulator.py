@@ -25,7 +25,7 @@ from fink.log import logger
 
 
 @dataclasses.dataclass(frozen=True)
-class SimulatorConfig(Validated):
+class SimulatorConfig(surveys.OfSurvey, Validated):
     """How to replay.
 
     Parameters
@@ -92,8 +92,6 @@ class SimulatorConfig(Validated):
             raise ConfigError(f"{source}: the generator writes {self.survey} schema {' or '.join(writes)}, "
                               f"not {self.schema_version!r}")
 
-    def description(self) -> surveys.Survey:
-        return surveys.load(self.survey)
 
     @property
     def version(self) -> str:

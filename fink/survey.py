@@ -155,6 +155,24 @@ class Survey(Validated):
         """The survey's topic of a night (``YYYYMMDD``)."""
         return self.topic.format(night=night)
 
+    def data_uri(self, fink: Any, *parts: str) -> str:
+        """A location under ``fink``'s archive root and this survey's ``folder``."""
+        return fink.data_uri(*[p for p in (self.folder, *parts) if p])
+
+    def module_paths(self, modules: list[str]) -> list[str]:
+        """``modules`` with each ``builtin`` entry replaced by this survey's built-in modules."""
+        return [p for m in modules for p in (self.modules if m == "builtin" else [m])]
+
+
+class OfSurvey:
+    """For a stage's configuration with a ``survey`` field (a shipped name or a description file)."""
+
+    survey: str
+
+    def description(self) -> Survey:
+        """The survey's description (:func:`load`)."""
+        return load(self.survey)
+
 
 def get_path(record: Any, path: str) -> Any:
     """The value at a dotted ``path`` of a nested dict, or None where a part is missing."""

@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 QUERY_NAME = "archive"
 
 @dataclasses.dataclass(frozen=True)
-class ArchiveConfig(Validated):
+class ArchiveConfig(surveys.OfSurvey, Validated):
     """Settings of the stage (the notebook's parameters of the same names).
 
     Parameters
@@ -97,8 +97,6 @@ class ArchiveConfig(Validated):
             raise ConfigError(f"{source}: pool_size >= 1, batch_size >= 1, retry_for_s > 0 and "
                               f"max_files_per_trigger >= 0")
 
-    def description(self) -> surveys.Survey:
-        return surveys.load(self.survey)
 
     def table_name(self) -> str:
         return self.table or self.description().table
@@ -112,17 +110,16 @@ class ArchiveConfig(Validated):
         return Keys(**self.description().keys)
 
     def paths(self, fink: FinkConfig) -> dict[str, str]:
-        home = [p for p in (self.description().folder,) if p]
-        return {"science": self.science_path or fink.data_uri(*home, "science"),
-                "checkpoint": self.checkpoint or fink.data_uri(*home, "checkpoints", "archive")}
+        survey = self.description()
+        return {"science": self.science_path or survey.data_uri(fink, "science"),
+                "checkpoint": self.checkpoint or survey.data_uri(fink, "checkpoints", "archive")}
 
     def groups(self, added: list[str]) -> dict[str, list[str]]:
         """Cell groups: per module of ``modules`` with two or more outputs among ``added``."""
         from fink.science.api import load_modules
 
-        paths = [p for m in self.modules for p in (self.description().modules if m == "builtin" else [m])]
         out = {}
-        for m in load_modules(paths):
+        for m in load_modules(self.description().module_paths(self.modules)):
             members = [c for c in m.outputs if c in added]
             if len(members) > 1:
                 out[m.key] = members

@@ -42,7 +42,7 @@ CUTOUTS = ("cutoutScience", "cutoutTemplate", "cutoutDifference")
 INTERNAL = ("night", SELECTED)
 
 @dataclasses.dataclass(frozen=True)
-class DistributionConfig(Validated):
+class DistributionConfig(surveys.OfSurvey, Validated):
     """Settings of the stage (the notebook's parameters of the same names).
 
     Parameters
@@ -90,17 +90,15 @@ class DistributionConfig(Validated):
         if self.partitions < 1 or self.retention_ms < 1 or self.max_files_per_trigger < 0:
             raise ConfigError(f"{source}: partitions >= 1, retention_ms >= 1 and max_files_per_trigger >= 0")
 
-    def description(self) -> surveys.Survey:
-        return surveys.load(self.survey)
 
     def topic_filters(self) -> dict[str, str]:
         """Topic -> filter: the configured ones, or the survey's."""
         return dict(self.filters or self.description().filters)
 
     def paths(self, fink: FinkConfig) -> dict[str, str]:
-        home = [p for p in (self.description().folder,) if p]
-        return {"science": self.science_path or fink.data_uri(*home, "science"),
-                "checkpoint": self.checkpoint or fink.data_uri(*home, "checkpoints", "distribution")}
+        survey = self.description()
+        return {"science": self.science_path or survey.data_uri(fink, "science"),
+                "checkpoint": self.checkpoint or survey.data_uri(fink, "checkpoints", "distribution")}
 
     def load_filters(self) -> list[AlertFilter]:
         return load_filters(self.topic_filters(), self.filter_params)

@@ -38,7 +38,7 @@ QUERY_NAME = "raw2science"
 MODULES_METRICS = "raw2science_modules"
 
 @dataclasses.dataclass(frozen=True)
-class Raw2ScienceConfig(Validated):
+class Raw2ScienceConfig(surveys.OfSurvey, Validated):
     """Settings of the stage (the notebook's parameters of the same names).
 
     Parameters
@@ -87,8 +87,6 @@ class Raw2ScienceConfig(Validated):
         if self.max_files_per_trigger < 0 or self.files_per_batch < 1:
             raise ConfigError(f"{source}: max_files_per_trigger >= 0 and files_per_batch >= 1")
 
-    def description(self) -> surveys.Survey:
-        return surveys.load(self.survey)
 
     def quality_cuts(self) -> dict[str, str]:
         """The cuts applied: the configured ones, or the survey's."""
@@ -96,13 +94,13 @@ class Raw2ScienceConfig(Validated):
 
     def module_paths(self) -> list[str]:
         """The modules' dotted paths, ``builtin`` expanded to the survey's built-in modules."""
-        return [p for m in self.modules for p in (self.description().modules if m == "builtin" else [m])]
+        return self.description().module_paths(self.modules)
 
     def paths(self, fink: FinkConfig) -> dict[str, str]:
-        home = [p for p in (self.description().folder,) if p]
-        return {"raw": self.raw_path or fink.data_uri(*home, "raw"),
-                "science": self.science_path or fink.data_uri(*home, "science"),
-                "checkpoint": self.checkpoint or fink.data_uri(*home, "checkpoints", "raw2science")}
+        survey = self.description()
+        return {"raw": self.raw_path or survey.data_uri(fink, "raw"),
+                "science": self.science_path or survey.data_uri(fink, "science"),
+                "checkpoint": self.checkpoint or survey.data_uri(fink, "checkpoints", "raw2science")}
 
     def load_modules(self) -> list[ScienceModule]:
         return load_modules(self.module_paths(), self.module_params)

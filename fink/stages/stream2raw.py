@@ -46,12 +46,11 @@ if TYPE_CHECKING:
     from fink.wire import SchemaResolver
 
 QUERY_NAME = "stream2raw"
-LATEST = "4.02"
 KAFKA_COLUMNS = ["topic", "partition", "offset", "timestamp"]
 
 
 @dataclasses.dataclass(frozen=True)
-class Stream2RawConfig(Validated):
+class Stream2RawConfig(surveys.OfSurvey, Validated):
     """Settings of the stage (the notebook's parameters of the same names).
 
     Parameters
@@ -102,16 +101,13 @@ class Stream2RawConfig(Validated):
             raise ConfigError(f"{source}: max_offsets_per_trigger >= 0, files_per_batch >= 1, max_alert_bytes >= 1")
         self.description()  # an unknown survey fails here, by name
 
-    def description(self) -> surveys.Survey:
-        """The survey's description (:func:`fink.survey.load`)."""
-        return surveys.load(self.survey)
 
     def paths(self, fink: FinkConfig) -> dict[str, str]:
         """Where the stage writes; a survey with a ``folder`` keeps its archives under it."""
-        home = [p for p in (self.description().folder,) if p]
-        return {"raw": self.raw_path or fink.data_uri(*home, "raw"),
-                "quarantine": self.quarantine_path or fink.data_uri(*home, "quarantine"),
-                "checkpoint": self.checkpoint or fink.data_uri(*home, "checkpoints", "stream2raw")}
+        survey = self.description()
+        return {"raw": self.raw_path or survey.data_uri(fink, "raw"),
+                "quarantine": self.quarantine_path or survey.data_uri(fink, "quarantine"),
+                "checkpoint": self.checkpoint or survey.data_uri(fink, "checkpoints", "stream2raw")}
 
     def schemas(self) -> dict[str, str]:
         """Version label -> writer schema (JSON text): every version this stage decodes."""
@@ -252,7 +248,7 @@ def union_type(types: list["DataType"], path: str = "alert") -> "DataType":
     avro.SchemaError
         Two versions give a field types no single type holds (the field is named).
     """
-    from pyspark.sql.types import ArrayType, StructField, StructType, _parse_datatype_string
+    from pyspark.sql.types import ArrayType, DoubleType, LongType, StructField, StructType
 
     first = types[0]
     if all(t == first for t in types):
@@ -267,7 +263,7 @@ def union_type(types: list["DataType"], path: str = "alert") -> "DataType":
         return ArrayType(union_type([t.elementType for t in types], f"{path}[]"), True)
     kinds = frozenset(t.simpleString() for t in types)
     if kinds in _WIDER:
-        return _parse_datatype_string(_WIDER[kinds])
+        return {"bigint": LongType(), "double": DoubleType()}[_WIDER[kinds]]
     raise avro.SchemaError(f"field {path}: the schema versions disagree on its type "
                            f"({', '.join(sorted(kinds))}) and no single type holds them all")
 

@@ -239,3 +239,26 @@ def test_a_schema_that_is_not_a_rubin_alert_is_unknown(tmp_path):
     resolver = wire.SchemaResolver(RUBIN, schema_dir=str(tmp_path), packaged=False)
     with pytest.raises(AlertDecodeError, match="not a rubin alert"):
         resolver.schema(1000)
+
+
+def test_the_union_layout_keeps_every_field_of_every_version():
+    from pyspark.sql.types import ArrayType, DoubleType, FloatType, IntegerType, LongType, StringType, StructField
+    from pyspark.sql.types import StructType as S
+
+    from fink.avro import SchemaError
+    from fink.stages.stream2raw import union_type
+
+    def st(*fields):
+        return S([StructField(n, t) for n, t in fields])
+
+    newest = st(("diaSourceId", LongType()), ("diaSource", st(("flux", DoubleType()), ("band", StringType()))),
+                ("prv", ArrayType(st(("flux", DoubleType())))))
+    oldest = st(("alertId", LongType()), ("diaSource", st(("flux", FloatType()), ("old", IntegerType()))),
+                ("prv", ArrayType(st(("flux", FloatType()), ("snr", FloatType())))))
+    union = union_type([newest, oldest])
+    assert union.fieldNames() == ["diaSourceId", "diaSource", "prv", "alertId"]  # newest first, then the rest
+    assert union["diaSource"].dataType == st(("flux", DoubleType()), ("band", StringType()), ("old", IntegerType()))
+    assert union["prv"].dataType.elementType.fieldNames() == ["flux", "snr"]
+    assert union_type([newest]) == newest
+    with pytest.raises(SchemaError, match=r"field alert\.diaSource\.band: .*no single type"):
+        union_type([newest, st(("diaSource", st(("band", IntegerType()),)))])
