@@ -110,6 +110,12 @@ def _local_files(folder: Path) -> dict[int, Path]:
 
 
 @functools.cache
+def _load(path: Path) -> dict[str, Any]:
+    """A schema file parsed once per process (every stage's resolver reads the same files)."""
+    return fastavro.schema.load_schema(str(path))
+
+
+@functools.cache
 def _packaged() -> dict[int, Path]:
     root = lsst_alert_packet_root()
     return _local_files(root) if root else {}
@@ -182,7 +188,7 @@ class SchemaResolver:
     def _find(self, schema_id: int) -> dict[str, Any]:
         path = self.files.get(schema_id)
         if path is not None:
-            schema = fastavro.schema.load_schema(str(path))
+            schema = _load(path)
         elif self.registry_url:
             schema = fastavro.parse_schema(self._ask_registry(schema_id))
         else:

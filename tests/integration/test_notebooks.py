@@ -161,11 +161,10 @@ def test_raw2science_headless(conf, survey, kafka_bootstrap, tmp_path):
 
 @pytest.mark.parametrize("conf, survey", ZTF_ONLY)
 def test_distribution_headless(conf, survey, kafka_bootstrap, tmp_path):
-    extra = {"topic_options": {}} if survey == "rubin" else {}  # the default names a ZTF topic
-    text = run_headless("distribution", conf, tmp_path, survey=survey, **extra)
+    text = run_headless("distribution", conf, tmp_path, survey=survey)
     assert "'alerts': 207" in text and "'balanced': True" in text  # the 229 minus the quality cuts
     assert "not evaluated" not in text  # no filter failed
-    assert ("fink_lsst_sso" in text) == (survey == "rubin")
+    assert "fink_sso" in text and "fink_lsst_sso" not in text  # the survey's own topics
 
 
 @pytest.mark.parametrize("conf, survey", ZTF_ONLY)
