@@ -257,10 +257,13 @@ def union_type(types: list["DataType"], path: str = "alert") -> "DataType":
         names: list[str] = []
         for t in types:
             names += [f for f in t.fieldNames() if f not in names]
-        return StructType([StructField(name, union_type([t[name].dataType for t in types if name in t.fieldNames()],
-                                                        f"{path}.{name}"), True) for name in names])
+        # a field keeps its nullability when every version has it alike: the newest version is
+        # then already in the layout when it has every field, and is written as it was decoded
+        return StructType([StructField(
+            name, union_type([t[name].dataType for t in types if name in t.fieldNames()], f"{path}.{name}"),
+            any(name not in t.fieldNames() or t[name].nullable for t in types)) for name in names])
     if all(isinstance(t, ArrayType) for t in types):
-        return ArrayType(union_type([t.elementType for t in types], f"{path}[]"), True)
+        return ArrayType(union_type([t.elementType for t in types], f"{path}[]"), any(t.containsNull for t in types))
     kinds = frozenset(t.simpleString() for t in types)
     if kinds in _WIDER:
         return {"bigint": LongType(), "double": DoubleType()}[_WIDER[kinds]]
@@ -268,12 +271,24 @@ def union_type(types: list["DataType"], path: str = "alert") -> "DataType":
                            f"({', '.join(sorted(kinds))}) and no single type holds them all")
 
 
+def _same(have: "DataType", want: "DataType") -> bool:
+    """``have`` is ``want`` but for fields ``want`` allows to be null that ``have`` never leaves null."""
+    from pyspark.sql.types import ArrayType, StructType
+
+    if isinstance(have, StructType) and isinstance(want, StructType):
+        return have.fieldNames() == want.fieldNames() and all(
+            (w.nullable or not h.nullable) and _same(h.dataType, w.dataType) for h, w in zip(have.fields, want.fields))
+    if isinstance(have, ArrayType) and isinstance(want, ArrayType):
+        return (want.containsNull or not have.containsNull) and _same(have.elementType, want.elementType)
+    return have == want
+
+
 def _align(col: "Column", have: "DataType", want: "DataType") -> "Column":
     """Lay ``col`` (of type ``have``) out as ``want``: same fields in order, missing ones null."""
     from pyspark.sql import functions as F
     from pyspark.sql.types import ArrayType, StructType
 
-    if have == want:  # the newest version: already in the layout
+    if _same(have, want):  # the newest version: already in the layout
         return col
     if isinstance(want, StructType):
         present = {f.name: f.dataType for f in have.fields}

@@ -262,3 +262,23 @@ def test_the_union_layout_keeps_every_field_of_every_version():
     assert union_type([newest]) == newest
     with pytest.raises(SchemaError, match=r"field alert\.diaSource\.band: .*no single type"):
         union_type([newest, st(("diaSource", st(("band", IntegerType()),)))])
+
+def test_the_newest_version_is_already_in_the_union_layout_when_older_ones_add_nothing():
+    """Decoded non-null fields keep their nullability: the newest version is written as it was
+    decoded, without re-laying out every alert's history arrays (a per-element SQL transform)."""
+    from pyspark.sql.types import ArrayType, DoubleType, FloatType, LongType, StructField
+    from pyspark.sql.types import StructType as S
+
+    from fink.stages.stream2raw import _same, union_type
+
+    item = S([StructField("jd", DoubleType(), False), StructField("mag", FloatType(), True)])
+    newest = S([StructField("candid", LongType(), False), StructField("prv", ArrayType(item, False), True)])
+    older = S([StructField("candid", LongType(), False),
+               StructField("prv", ArrayType(S([StructField("jd", DoubleType(), True)]), True), True)])
+    union = union_type([newest, older])
+    assert not union["candid"].nullable  # non-null in every version
+    assert union["prv"].dataType.containsNull and union["prv"].dataType.elementType["jd"].nullable
+    assert _same(newest, union_type([newest, S([StructField("candid", LongType(), True)])]))
+    assert _same(newest, union) and not _same(older, union)
+    assert not _same(union, newest)  # a nullable field does not fit a non-null one
+
