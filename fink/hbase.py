@@ -481,7 +481,7 @@ def _describe(col: Column) -> str:
 
 def _fields_of(key: str) -> list[str]:
     """The columns a key reads: itself (``candid``, ``candidate.jd``), or the dotted paths of a
-    Spark SQL expression (``coalesce(diaSource.diaObjectId, diaSource.ssObjectId)``)."""
+    Spark SQL expression (``coalesce(nullif(diaSource.diaObjectId, 0), diaSource.ssObjectId)``)."""
     if re.fullmatch(r"\w+(\.\w+)*", key):
         return [key]
     return re.findall(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)+", key)

@@ -85,7 +85,12 @@ def spark_conf(config: FinkConfig | None = None, app_name: str = "fink",
     conf["spark.app.name"] = app_name
     conf["spark.jars"] = ",".join(str(p) for p in jvm.jars("spark"))
     log4j = resources.files("fink") / "data" / "log4j2-spark.properties"
-    conf["spark.driver.extraJavaOptions"] = f"-Dlog4j.configurationFile={log4j} -XX:G1HeapRegionSize=16m"
+    # JDK 17's G1 gives up on an allocation after waiting twice for JNI critical sections (zstd
+    # and snappy compression hold them) and throws OutOfMemoryError with the heap half free:
+    # a burst on Rubin's stream died so ("Retried waiting for GCLocker too often")
+    conf["spark.driver.extraJavaOptions"] = (f"-Dlog4j.configurationFile={log4j} -XX:G1HeapRegionSize=16m "
+                                             "-XX:+IgnoreUnrecognizedVMOptions -XX:+UnlockDiagnosticVMOptions "
+                                             "-XX:GCLockerRetryAllocationCount=100")
     conf["spark.sql.warehouse.dir"] = str(fink_home() / "spark-warehouse")
     conf.update({k: str(v) for k, v in config.spark_conf.items()})
     conf.update({k: str(v) for k, v in (overrides or {}).items()})

@@ -132,7 +132,7 @@ def _plan(good: list[bytes], config: SimulatorConfig, fault_seed: int) -> list[t
         plan.append(("alert", data))
         for kind, fraction in sorted(config.faults.items()):
             if fraction and rng.random() < fraction:
-                plan.append((kind, faults.make(kind, data, rng)))
+                plan.append((kind, faults.make(kind, data, rng, config.survey)))
     return plan
 
 

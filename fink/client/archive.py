@@ -9,10 +9,14 @@
     archive.latest("early_snia", limit=20)       # newest alerts of a class
     archive.cone(ra=150.1, dec=2.2, radius_arcsec=30)
     archive.plot_cutouts("ZTF26aaaaabc")         # the three stamps of its latest alert
+    archive.identify(archive.latest("sso", columns=archive.key_columns))  # ids, jd, ra, dec
 
 Every query reads the layout recorded in the table (:mod:`fink.hbase`) and returns the
 columns of the science archive with their types, so results compare equal to a direct
-computation over the science Parquet.
+computation over the science Parquet. The survey (its description: :mod:`fink.survey`)
+is the shipped one whose identity and time fields the table has, unless named: it says
+where an alert's ids, time, position and photometry are (ZTF: magnitudes with upper
+limits; Rubin: fluxes in nJy with forced photometry).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from fink import survey as surveys
 from fink.hbase import ArchiveError, Layout, connect, read_layout, time_key
 
 if TYPE_CHECKING:
@@ -38,9 +43,13 @@ class Archive:
         The gateway, ``host:port``.
     table
         The main table (what the archive stage's ``table`` parameter named).
+    survey
+        A shipped survey's name or a description file; empty: the shipped survey whose
+        identity and time fields the table's columns hold (:func:`table_survey`).
     """
 
-    def __init__(self, thrift: str = "127.0.0.1:9090", table: str = "ztf_alerts", timeout_ms: int = 30000):
+    def __init__(self, thrift: str = "127.0.0.1:9090", table: str = "ztf_alerts", timeout_ms: int = 30000,
+                 survey: str = ""):
         host, _, port = thrift.rpartition(":")
         self.table_name = table
         try:
@@ -50,6 +59,28 @@ class Archive:
             raise
         except Exception as exc:
             raise ArchiveError(f"cannot read the archive {table!r} through {thrift}: {exc}") from exc
+        self.survey: surveys.Survey = surveys.load(survey) if survey else table_survey(self.layout)
+
+    @property
+    def key_columns(self) -> list[str]:
+        """The top-level columns holding an alert's ids, time and position (what :meth:`identify` reads)."""
+        paths = [self.survey.alert_id, *self.survey.object_id, self.survey.time["path"], self.survey.ra,
+                 self.survey.dec]
+        return list(dict.fromkeys(p.split(".")[0] for p in paths))
+
+    def identify(self, alerts: pd.DataFrame) -> pd.DataFrame:
+        """``alerts`` (with :attr:`key_columns`) with the survey's ``object_id``, ``alert_id``,
+        ``jd``, ``ra`` and ``dec`` in front, whatever the survey calls them."""
+        import pandas as pd
+
+        records = alerts.to_dict("records")
+        s = self.survey
+        ids = pd.DataFrame({"object_id": [s.object_key(r) for r in records],
+                            "alert_id": pd.array([s.alert_key(r) for r in records], dtype="Int64"),
+                            "jd": [s.jd(r) for r in records],
+                            "ra": [surveys.get_path(r, s.ra) for r in records],
+                            "dec": [surveys.get_path(r, s.dec) for r in records]}, index=alerts.index)
+        return pd.concat([ids, alerts.drop(columns=[c for c in ids.columns if c in alerts.columns])], axis=1)
 
     def close(self) -> None:
         self.conn.close()
@@ -94,10 +125,18 @@ class Archive:
 
     def light_curve(self, object_id: str) -> pd.DataFrame:
         """The object's light curve: the points of all its alerts and of their histories,
-        each (``jd``, ``fid``) once (the latest alert's copy), in time order, with ``mjd``
-        and ``detected`` (a magnitude was measured; otherwise ``diffmaglim`` is an upper limit).
+        each once (the latest alert's copy), in time order, with ``mjd`` and ``detected``.
+
+        A magnitude survey (ZTF) gives the candidate fields (``jd``, ``fid``, ``magpsf``...),
+        ``detected`` False for an upper limit (``diffmaglim``); a flux survey (Rubin) gives
+        :func:`fink.client.plots.flux_curve`'s ``mjd``, ``band``, ``flux``, ``err``, ``kind``,
+        ``detected`` False for forced photometry.
         """
-        alerts = self.alerts(object_id, columns=["objectId", "candidate", "prv_candidates"])
+        s = self.survey
+        heads = [p.split(".")[0] for p in (*s.object_id, s.time["path"])]
+        alerts = self.alerts(object_id, columns=list(dict.fromkeys([*heads, *s.history])))
+        if s.photometry.get("kind") == "flux":
+            return merge_fluxes(alerts.to_dict("records"), s)
         return merge_points(alerts.to_dict("records"))
 
     def latest(self, tag: str, start: float | None = None, stop: float | None = None, limit: int = 100,
@@ -155,12 +194,15 @@ class Archive:
         return frame
 
     def cutouts(self, object_id: str, candid: int | None = None) -> dict[str, bytes | None]:
-        """The cutouts (gzipped FITS bytes) of one alert of the object: ``candid``, or its latest."""
-        frame = self.alerts(object_id, columns=["candid", *sorted(self.layout.cutouts)])
+        """The cutouts (FITS bytes, gzipped for ZTF) of one alert of the object: the one whose
+        id (``candid``, Rubin's ``diaSourceId``) is ``candid``, or its latest."""
+        head = self.survey.alert_id.split(".")[0]
+        frame = self.alerts(object_id, columns=list(dict.fromkeys([head, *sorted(self.layout.cutouts)])))
         if candid is not None:
-            frame = frame[frame["candid"] == candid]
+            ids = [self.survey.alert_key(r) for r in frame[[head]].to_dict("records")]
+            frame = frame[[i == candid for i in ids]]
         if frame.empty:
-            raise ArchiveError(f"no alert {object_id} {'candid ' + str(candid) if candid else ''} in "
+            raise ArchiveError(f"no alert {object_id} {'with id ' + str(candid) if candid else ''} in "
                                f"{self.layout.table}")
         row = frame.iloc[-1]
         return {name: _stamp(row[name]) for name in sorted(self.layout.cutouts)}
@@ -169,11 +211,13 @@ class Archive:
 
     def plot_lightcurve(self, object_id: str, ax=None, upper_limits: bool = True):
         """The object's merged light curve, per band, with error bars and upper limits."""
-        from fink.client.plots import plot_points
+        from fink.client.plots import plot_fluxes, plot_points
 
         lc = self.light_curve(object_id)
-        return plot_points(lc, ax=ax, upper_limits=upper_limits,
-                           title=f"{object_id}  ({int(lc['detected'].sum())} detections)")
+        title = f"{object_id}  ({int(lc['detected'].sum())} detections)"
+        if self.survey.photometry.get("kind") == "flux":
+            return plot_fluxes(lc, ax=ax, title=title)
+        return plot_points(lc, ax=ax, upper_limits=upper_limits, title=title)
 
     def plot_cutouts(self, object_id: str, candid: int | None = None, axes=None):
         """The science, template and difference stamps of one of the object's alerts."""
@@ -181,6 +225,17 @@ class Archive:
 
         stamps = self.cutouts(object_id, candid)
         return plot_cutouts({name: {"stampData": data} for name, data in stamps.items()}, axes=axes)
+
+
+def table_survey(layout: Layout) -> surveys.Survey:
+    """The shipped survey whose identity and time fields are columns of the table."""
+    columns = set(layout.schema.names)
+    for name in surveys.shipped():
+        survey = surveys.load(name)
+        if survey.required_fields() <= columns:
+            return survey
+    raise ArchiveError(f"the table {layout.table} matches no shipped survey ({', '.join(surveys.shipped())}): "
+                       "name its survey (Archive(..., survey=...))")
 
 
 def frame(table) -> pd.DataFrame:
@@ -236,4 +291,22 @@ def merge_points(alerts: Iterable[dict]) -> pd.DataFrame:
     lc = lc.drop_duplicates(subset=["jd", "fid"], keep="last").sort_values(["jd", "fid"], kind="stable")
     lc.insert(1, "mjd", lc["jd"] - MJD_OFFSET)
     lc["detected"] = lc["magpsf"].notna()
+    return lc.reset_index(drop=True)
+
+
+def merge_fluxes(alerts: Iterable[dict], survey: surveys.Survey) -> pd.DataFrame:
+    """The flux light curve of alerts of one object, in the order given (oldest first): each
+    alert's points (:func:`fink.client.plots.flux_curve`); a point (``mjd``, ``band``,
+    ``kind``) seen again keeps the latest copy; ``detected`` False for forced photometry."""
+    import numpy as np
+    import pandas as pd
+
+    from fink.client.plots import flux_curve
+
+    # Arrow lists arrive as numpy arrays: as lists, a history reads like a decoded alert's
+    curves = [flux_curve({k: list(v) if isinstance(v, np.ndarray) else v for k, v in alert.items()}, survey)
+              for alert in alerts]
+    lc = pd.concat(curves, ignore_index=True) if curves else flux_curve({}, survey)
+    lc = lc.drop_duplicates(subset=["mjd", "band", "kind"], keep="last").sort_values(["mjd", "band"], kind="stable")
+    lc["detected"] = lc["kind"] == "source"
     return lc.reset_index(drop=True)

@@ -1,7 +1,9 @@
 """Malformed messages of each kind, for the reliability work (quarantine, checkstream).
 
-Each kind maps to the reason :func:`fink.avro.decode_container` (or a duplicate check)
-gives for it, so a test can send a known mix and expect exact counts back.
+Each kind maps to the reason :func:`fink.avro.decode_container` or
+:func:`fink.wire.decode` (or a duplicate check) gives for it, so a test can send a known
+mix and expect exact counts back. A kind is built in the good message's own format: an
+Avro container (ZTF) or the Confluent wire format (Rubin).
 """
 
 from __future__ import annotations
@@ -29,8 +31,15 @@ FOREIGN_SCHEMA = fastavro.parse_schema({
     "fields": [{"name": "station", "type": "string"}, {"name": "temperature", "type": "double"}]})
 
 
-def make(kind: str, good: bytes, rng: np.random.Generator) -> bytes:
-    """A malformed message of ``kind``, built from the good message ``good`` where it helps."""
+#: a schema id no survey publishes (major 999): unknown locally and to any registry
+FOREIGN_SCHEMA_ID = 99_999
+
+
+def make(kind: str, good: bytes, rng: np.random.Generator, survey: str = "ztf") -> bytes:
+    """A malformed message of ``kind``, built from the good message ``good`` where it helps
+    (``survey``: whose schemas a wire-format message's id refers to)."""
+    if good[:1] == b"\x00" and kind not in ("random", "empty", "duplicate"):
+        return _make_framed(kind, good, rng, survey)
     if kind == "truncated":
         return good[: int(rng.integers(16, len(good) - 1))]
     if kind == "random":
@@ -62,4 +71,29 @@ def make(kind: str, good: bytes, rng: np.random.Generator) -> bytes:
         return buf.getvalue()
     if kind == "duplicate":
         return good
+    raise ValueError(f"unknown fault kind {kind!r} (known: {', '.join(KINDS)})")
+
+
+def _make_framed(kind: str, good: bytes, rng: np.random.Generator, survey: str) -> bytes:
+    """:func:`make` for a message in the Confluent wire format (zero byte, schema id, body)."""
+    from fink import survey as surveys
+    from fink import wire
+
+    if kind == "truncated":  # the body cut short: its schema cannot read it to the end
+        return good[: int(rng.integers(6, len(good) - 1))]
+    if kind == "foreign_schema":
+        return wire.frame(FOREIGN_SCHEMA_ID, good[5:])
+    if kind == "oversized":  # a valid alert followed by padding beyond the limit
+        return good + bytes(MAX_ALERT_BYTES + 1024 - len(good))
+    if kind == "bad_time":
+        desc = surveys.load(survey)
+        schema_id, body = wire.unframe(good)
+        schema = wire.SchemaResolver(desc).schema(schema_id)
+        record = fastavro.schemaless_reader(io.BytesIO(body), schema, None)
+        *parents, leaf = desc.time["path"].split(".")
+        holder = record
+        for part in parents:
+            holder = holder[part]
+        holder[leaf] = [float("nan"), 1e20, -1e20, -2e6][int(rng.integers(0, 4))]
+        return wire.encode(record, schema_id, schema)
     raise ValueError(f"unknown fault kind {kind!r} (known: {', '.join(KINDS)})")

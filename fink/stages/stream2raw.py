@@ -220,6 +220,10 @@ def parse_confluent(df: "DataFrame", versions: list[str], max_alert_bytes: int =
 
 #: the survey description's ``wire`` -> how its messages are split into version and record
 PARSERS = {"container": parse_container, "confluent": parse_confluent}
+#: the survey description's ``wire`` -> the reason for a record its announced schema cannot
+#: read (as :mod:`fink.avro` and :mod:`fink.wire` say): a container's blocks were checked
+#: whole, so its record is in a foreign layout; a wire-format body is cut short or corrupt
+UNDECODABLE = {"container": "unknown_schema", "confluent": "truncated"}
 
 
 # -- decoding every version into one layout ----------------------------------------------
@@ -277,7 +281,8 @@ def _same(have: "DataType", want: "DataType") -> bool:
 
     if isinstance(have, StructType) and isinstance(want, StructType):
         return have.fieldNames() == want.fieldNames() and all(
-            (w.nullable or not h.nullable) and _same(h.dataType, w.dataType) for h, w in zip(have.fields, want.fields))
+            (w.nullable or not h.nullable) and _same(h.dataType, w.dataType)
+            for h, w in zip(have.fields, want.fields, strict=True))
     if isinstance(have, ArrayType) and isinstance(want, ArrayType):
         return (want.containsNull or not have.containsNull) and _same(have.elementType, want.elementType)
     return have == want
@@ -309,8 +314,9 @@ def decode(df: "DataFrame", schemas: dict[str, str], survey: surveys.Survey | No
     """Decode ``payload`` by ``version`` (a key of ``schemas``, version -> writer schema text)
     into one ``alert`` column laid out as :func:`union_type` of every version.
 
-    A record the schema of its announced version cannot read, or that reads into
-    inconsistent identifiers, is given the reason ``unknown_schema``; an alert without the
+    A record the schema of its announced version cannot read is given the reason
+    :data:`UNDECODABLE` says for the survey's wire format; one that reads into inconsistent
+    identifiers, or without its identity records, ``unknown_schema``; an alert without the
     survey's alert or object identity the reason ``missing_identifiers``; one whose time
     is null, NaN or outside :data:`fink.avro.JD_RANGE` (no night to file it under) ``bad_time``.
     """
@@ -342,6 +348,11 @@ def decode(df: "DataFrame", schemas: dict[str, str], survey: surveys.Survey | No
     # the records holding the identity and the time must be there (a container's schema says
     # nothing of a record that is null)
     heads = {p.split(".")[0] for p in (survey.alert_id, survey.alert_id_check, survey.time["path"]) if "." in p}
+    # from_avro's PERMISSIVE mode gives a record it cannot read as a struct of nulls
+    all_null = F.lit(True)
+    for name in want.fieldNames():
+        all_null = all_null & a.getField(name).isNull()
+    undecodable = a.isNull() | all_null
     present = a.isNotNull()
     for head in sorted(heads):
         present = present & a.getField(head).isNotNull()
@@ -355,6 +366,7 @@ def decode(df: "DataFrame", schemas: dict[str, str], survey: surveys.Survey | No
     jd = at(survey.time["path"]).cast("double") + F.lit(float(survey.time.get("to_jd", 0.0)))
     timed = jd.isNotNull() & ~F.isnan(jd) & jd.between(*avro.JD_RANGE)
     df = df.withColumn("reason", F.when(F.col("reason").isNotNull(), F.col("reason"))
+                       .when(undecodable, UNDECODABLE[survey.wire])
                        .when(~present, "unknown_schema")
                        .when(~identified, "missing_identifiers")
                        .when(~F.coalesce(consistent, F.lit(False)), "unknown_schema")

@@ -92,5 +92,5 @@ def test_one_survey_for_every_stage_unless_a_stage_names_its_own(tmp_path):
     assert set(dist.topic_filters()) == {"fink_lsst_early_snia", "fink_lsst_sso", "fink_lsst_catalogued"}
     rubin_archive = pipeline.configure(["archive"], "t", survey="rubin")[0].config
     assert rubin_archive.table_name() == "rubin_alerts"
-    assert rubin_archive.keys().object_id == "coalesce(diaSource.diaObjectId, diaSource.ssObjectId)"
+    assert rubin_archive.keys().object_id == "coalesce(nullif(diaSource.diaObjectId, 0), diaSource.ssObjectId)"
     assert plan[3].config.table_name() == "ztf_alerts" and plan[3].config.keys().alert_id == "candid"

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import math
+from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from fink import survey, wire
+from fink.avro import AlertDecodeError
 from fink.config import ConfigError
-from fink.datasim import NightConfig, generate_night
+from fink.datasim import NightConfig, faults, generate_night
 from fink.datasim import rubin as rubin_sim
 from fink.datasim.sources import read_messages
 from fink.datasim.stamp import PASS_OFFSET, Stamper
@@ -124,3 +127,33 @@ def test_checkstream_counts_rubin_alerts_and_names_what_is_not_one(night):
     last = night.alerts[-1]
     assert row["candid"] == last["candid"] and row["band"] in "gr" and row["time"].startswith("2026-11-2")
     assert row["schema"] == "10.0" and row["brightness"] != 0
+
+
+@pytest.mark.parametrize("kind", sorted(faults.KINDS))
+def test_each_fault_kind_is_made_in_the_wire_format_and_reported_as_such(night, resolver, kind):
+    """The simulator's malformed messages of a Rubin stream are wire-format frames (a checkstream
+    or quarantine reason per kind, as for ZTF's containers)."""
+    good = next(iter(rubin_sim.messages(night)))
+    bad = faults.make(kind, good, np.random.default_rng(3), "rubin")
+    if kind == "duplicate":
+        assert bad == good
+        return
+    with pytest.raises(AlertDecodeError) as info:
+        resolver.decode(bad)
+    assert info.value.reason == faults.KINDS[kind]
+    if kind in ("truncated", "foreign_schema", "bad_time"):
+        assert bad[:1] == wire.MAGIC  # still a frame: its reason comes from what follows
+
+
+def test_the_simulator_mixes_rubin_faults_and_checkstream_counts_them(night):
+    from fink.checkstream import StreamStats
+    from fink.simulator import _plan
+
+    cfg = SimulatorConfig(source="generator", survey="rubin", faults={k: 0.2 for k in faults.KINDS})
+    plan = _plan(list(rubin_sim.messages(night)), cfg, fault_seed=5)
+    stats = StreamStats("lsst_test", survey="rubin")
+    for i, (_, data) in enumerate(plan):
+        stats.add(data, 0, i)
+    made = Counter(kind for kind, _ in plan if kind != "alert")
+    assert stats.alerts == len(night.alerts) and set(made) == set(faults.KINDS)
+    assert dict(stats.rejected) == {faults.KINDS[k]: n for k, n in made.items()}
