@@ -235,6 +235,30 @@ def test_stop_crash_and_restart_deliver_each_alert_once(spark, sample_science):
     assert candids == direct(rows, lambda r: r["candidate"]["magpsf"] < 18.0)  # each once, none lost
 
 
+def test_the_outbox_and_the_driver_path_deliver_the_same_alerts_and_leave_nothing(spark, sample_science,
+                                                                                    monkeypatch):
+    """A local checkpoint: messages go through ``<checkpoint>/outbox``, deleted after each
+    commit; a remote one (the outbox path unavailable): through the driver, partition by
+    partition. Both topics hold exactly what the filter selects."""
+    sfx = uuid.uuid4().hex[:6]
+    rows, _ = science_rows(spark, sample_science)
+    want = direct(rows, lambda r: r["candidate"]["magpsf"] < 18.0)
+    checkpoint = sample_science / f"ck_outbox_{sfx}"
+    totals, _ = distribute(spark, sample_science, {f"outbox_{sfx}": "fink.filters.builtin:bright"}, str(checkpoint),
+                           max_files_per_trigger=1)
+    assert totals["balanced"] and totals["batches"] >= 3
+    assert not any((checkpoint / "outbox").iterdir())  # each batch's outbox went with its commit
+    monkeypatch.setattr(dist, "_outbox", lambda checkpoint, batch_id: None)
+    totals, _ = distribute(spark, sample_science, {f"driver_{sfx}": "fink.filters.builtin:bright"},
+                           max_files_per_trigger=1)
+    assert totals["balanced"]
+    from fink.client import decode
+
+    got = consume([f"outbox_{sfx}", f"driver_{sfx}"])
+    for topic in (f"outbox_{sfx}", f"driver_{sfx}"):
+        assert sorted(decode(k, v)["candid"] for k, v in got[topic]) == want, topic
+
+
 @pytest.fixture
 def faulty_filter(monkeypatch):
     from pyspark import cloudpickle

@@ -123,3 +123,24 @@ def test_the_avro_schema_of_an_alert_round_trips_through_fastavro():
 def test_a_type_without_avro_counterpart_is_named():
     with pytest.raises(SchemaError, match="column 'alert_price': no Avro type for Spark type decimal"):
         avro_schema(StructType([StructField("price", DecimalType(10, 2))]))
+
+
+def test_the_outbox_is_under_a_local_checkpoint_and_reads_back_a_few_rows_at_a_time(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from fink.stages.distribution import _outbox, read_outbox
+
+    assert _outbox(str(tmp_path / "ck"), 7) == tmp_path / "ck" / "outbox" / "7"
+    assert _outbox(f"file://{tmp_path}/ck", 7) == tmp_path / "ck" / "outbox" / "7"
+    assert _outbox("hdfs://namenode:8020/fink/ck", 7) is None  # Python cannot read it: through the driver
+    folder = tmp_path / "ck" / "outbox" / "7"
+    folder.mkdir(parents=True)
+    values = [bytes([i % 256]) * (1000 + i) for i in range(300)]
+    for part in range(2):  # as Spark writes them: part files, plus files that are not Parquet
+        chunk = slice(part * 150, (part + 1) * 150)
+        pq.write_table(pa.table({"_k": pa.array([i % 3 for i in range(300)][chunk], pa.int32()),
+                                 "value": pa.array(values[chunk], pa.binary())}), folder / f"part-{part}.parquet")
+    (folder / "_SUCCESS").write_text("")
+    got = list(read_outbox(folder, rows_per_read=7))
+    assert got == [(i % 3, v) for i, v in enumerate(values)]
