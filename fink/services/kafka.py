@@ -35,6 +35,18 @@ Configuration:
 """
 
 
+def cluster_id(random_bytes=lambda: uuid.uuid4().bytes) -> str:
+    """A new KRaft cluster id: 16 random bytes in URL-safe base64, as Kafka's own ``Uuid``.
+
+    Like Kafka's, never one that starts with "-": the storage tool's argument parser would
+    take it for an option ("argument --cluster-id/-t: expected one argument"), one time in 64.
+    """
+    while True:
+        text = base64.urlsafe_b64encode(random_bytes()).decode().rstrip("=")
+        if not text.startswith("-"):
+            return text
+
+
 class KafkaService(Service):
     """Kafka 4.x in KRaft mode, listening on loopback only.
 
@@ -99,8 +111,7 @@ class KafkaService(Service):
         (self.run_dir / "log4j2.yaml").write_text(LOG4J2)
         if not (self.data_dir / "meta.properties").exists():
             self.data_dir.mkdir(parents=True, exist_ok=True)
-            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
-            self._run_tool(["kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(conf)])
+            self._run_tool(["kafka.tools.StorageTool", "format", "-t", cluster_id(), "-c", str(conf)])
 
     def _run_tool(self, args: list[str]) -> None:
         cmd = [java_executable(), "-Xmx256m", f"-Dlog4j2.configurationFile={self.run_dir / 'log4j2.yaml'}",

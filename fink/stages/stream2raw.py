@@ -221,8 +221,8 @@ def parse_confluent(df: "DataFrame", versions: list[str], max_alert_bytes: int =
 #: the survey description's ``wire`` -> how its messages are split into version and record
 PARSERS = {"container": parse_container, "confluent": parse_confluent}
 #: the survey description's ``wire`` -> the reason for a record its announced schema cannot
-#: read (as :mod:`fink.avro` and :mod:`fink.wire` say): a container's blocks were checked
-#: whole, so its record is in a foreign layout; a wire-format body is cut short or corrupt
+#: read: a wire-format body is cut short or corrupt (as :mod:`fink.wire` says); a container's
+#: blocks were checked whole before, so its record is in a foreign layout
 UNDECODABLE = {"container": "unknown_schema", "confluent": "truncated"}
 
 

@@ -1,5 +1,6 @@
 """Process control of a service, on a real (tiny) JVM standing in for Kafka or HBase."""
 
+import base64
 import json
 import os
 import socket
@@ -130,3 +131,17 @@ def test_failed_start_shows_log_tail_and_where_the_rest_is(service):
     assert "cannot bind: bad config" in message
     assert f"(full log: {service.log_file})" in message
     assert service.status().state == "stopped"
+
+
+def test_a_kafka_cluster_id_never_starts_with_a_dash():
+    """An id starting with "-" made the storage tool's format fail, one time in 64."""
+    from fink.services.kafka import cluster_id
+
+    draws = iter([b"\xfb" + bytes(15), b"\xf8" + bytes(15)])  # base64 "-w..." first, then "-A..."
+    assert base64.urlsafe_b64encode(b"\xfb" + bytes(15)).decode().startswith("-")
+    with pytest.raises(StopIteration):
+        cluster_id(lambda: next(draws))  # both refused: it keeps drawing
+    draws = iter([b"\xfb" + bytes(15), bytes(16)])
+    assert cluster_id(lambda: next(draws)) == "AAAAAAAAAAAAAAAAAAAAAA"
+    ids = {cluster_id() for _ in range(2000)}
+    assert len(ids) == 2000 and not any(i.startswith("-") for i in ids) and all(len(i) == 22 for i in ids)
