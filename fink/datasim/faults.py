@@ -8,6 +8,7 @@ Avro container (ZTF) or the Confluent wire format (Rubin).
 
 from __future__ import annotations
 
+import functools
 import io
 
 import fastavro
@@ -74,6 +75,15 @@ def make(kind: str, good: bytes, rng: np.random.Generator, survey: str = "ztf") 
     raise ValueError(f"unknown fault kind {kind!r} (known: {', '.join(KINDS)})")
 
 
+@functools.cache
+def _resolver(survey: str):
+    """One schema resolver per survey for every fault made (ids resolved once)."""
+    from fink import survey as surveys
+    from fink import wire
+
+    return wire.SchemaResolver(surveys.load(survey))
+
+
 def _make_framed(kind: str, good: bytes, rng: np.random.Generator, survey: str) -> bytes:
     """:func:`make` for a message in the Confluent wire format (zero byte, schema id, body)."""
     from fink import survey as surveys
@@ -86,14 +96,11 @@ def _make_framed(kind: str, good: bytes, rng: np.random.Generator, survey: str) 
     if kind == "oversized":  # a valid alert followed by padding beyond the limit
         return good + bytes(MAX_ALERT_BYTES + 1024 - len(good))
     if kind == "bad_time":
-        desc = surveys.load(survey)
-        schema_id, body = wire.unframe(good)
-        schema = wire.SchemaResolver(desc).schema(schema_id)
-        record = fastavro.schemaless_reader(io.BytesIO(body), schema, None)
-        *parents, leaf = desc.time["path"].split(".")
-        holder = record
-        for part in parents:
-            holder = holder[part]
+        resolver = _resolver(survey)
+        schema_id, _ = wire.unframe(good)
+        record = resolver.decode(good).alert
+        *parents, leaf = resolver.survey.time["path"].split(".")
+        holder = surveys.get_path(record, ".".join(parents)) if parents else record
         holder[leaf] = [float("nan"), 1e20, -1e20, -2e6][int(rng.integers(0, 4))]
-        return wire.encode(record, schema_id, schema)
+        return wire.encode(record, schema_id, resolver.schema(schema_id))
     raise ValueError(f"unknown fault kind {kind!r} (known: {', '.join(KINDS)})")
