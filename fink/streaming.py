@@ -82,21 +82,32 @@ def start(writer: "DataStreamWriter", name: str) -> "StreamingQuery":
         sc.setLocalProperty("spark.scheduler.pool", previous)
 
 
+def _last_batch(query: "StreamingQuery") -> int:
+    last = query.lastProgress
+    return int(last["batchId"]) if last else -1
+
+
 def stop_at_boundary(query: "StreamingQuery", timeout: float = 60.0) -> bool:
     """Stop ``query`` between two micro-batches: wait up to ``timeout`` s for its batch to end.
 
-    Returns True if it stopped between batches, False if the batch was still running at the
-    timeout (Spark then interrupts it; the checkpoint and the exactly-once sinks replay it).
+    Behind a backlog the next batch starts as soon as one ends, so the query may never be seen
+    idle: once the batch that was running has ended (its progress is reported after its sink
+    and its offsets are committed), the query is stopped at once. The batch that has just
+    begun is interrupted before it has done much, and the checkpoint replays it on restart.
+
+    Returns True if the batch that was running ended before the stop, False if it was still
+    running at the timeout (Spark then interrupts it; the exactly-once sinks replay it).
     """
     deadline = time.monotonic() + timeout
-    idle = False
+    running = _last_batch(query)
+    ended = False
     while time.monotonic() < deadline and query.isActive:
-        if not query.status.get("isTriggerActive", False):
-            idle = True
+        if not query.status.get("isTriggerActive", False) or _last_batch(query) != running:
+            ended = True
             break
-        time.sleep(0.1)
+        time.sleep(0.05)
     query.stop()
-    return idle
+    return ended
 
 
 def run_until(queries: Iterable["StreamingQuery"], duration: float, stop_file: str | Path | None = None,

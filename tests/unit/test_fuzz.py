@@ -507,7 +507,10 @@ def _names_the_input(message: str, *inputs) -> bool:
     characters (``t``, the empty string) would match by chance: only its quoted repr counts;
     when the inputs other than None have no countable form, any message will do."""
     def forms(x) -> set[str]:
-        return {f for f in (str(x), repr(x)) if len(f) >= 2 or not isinstance(x, str)}
+        # a string is also shown between quotes as it is: repr escapes a character Python
+        # does not know as printable ('\U00018d09'), where the message holds the character
+        quoted = (f"'{x}'",) if isinstance(x, str) else ()
+        return {f for f in (str(x), repr(x), *quoted) if len(f) >= 2 or not isinstance(x, str)}
 
     shown = set().union(*(forms(x) for x in inputs))
     countable = any(forms(x) for x in inputs if x is not None)
@@ -542,6 +545,7 @@ def test_any_module_path_is_loaded_or_refused_by_name(path, params):
                                                 max_size=1), _PARAMS)))
 @example(paths="fink.science.modules.template:brightening", params=None)  # found: loaded letter by letter
 @example(paths=[["x"]], params={})  # found: TypeError (unhashable list)
+@example(paths=["\U00018d09"], params={})  # found: the check missed a character repr escapes
 def test_any_module_list_is_loaded_or_refused_by_name(paths, params):
     if any(_imports_something_new(p) for p in (paths if isinstance(paths, list) else [paths])):
         return

@@ -6,6 +6,7 @@ from fink.streaming import QueryFailed, run_until, stop_at_boundary
 
 
 class FakeQuery:
+    lastProgress = None  # no batch has ended yet
     def __init__(self, name, finish_after=None, fail_after=None):
         self.name, self.id = name, name
         self.polls, self.finish_after, self.fail_after = 0, finish_after, fail_after
@@ -101,6 +102,27 @@ def test_a_stop_waits_for_the_running_micro_batch_to_end():
     assert q.stopped and q.stopped_while_busy is False and q.checks == 6
     stuck = BusyQuery(busy_checks=10**9)  # a batch longer than the timeout is interrupted
     assert stop_at_boundary(stuck, timeout=0.3) is False and stuck.stopped
+
+
+class BackloggedQuery(BusyQuery):
+    """Behind a backlog: never idle; the batch running at first ends after ``busy_checks`` reads."""
+
+    @property
+    def status(self):
+        self.checks += 1
+        return {"isTriggerActive": True}
+
+    @property
+    def lastProgress(self):
+        return {"batchId": 7 if self.checks <= self.busy_checks else 8}
+
+
+def test_behind_a_backlog_a_stop_comes_as_soon_as_the_running_batch_ends():
+    q = BackloggedQuery(busy_checks=4)
+    assert stop_at_boundary(q, timeout=10) is True
+    assert q.stopped and q.checks == 5  # the first read after batch 7's progress was reported
+    never = BackloggedQuery(busy_checks=10**9)
+    assert stop_at_boundary(never, timeout=0.3) is False and never.stopped
 
 
 def test_a_bounded_run_ends_its_queries_between_batches(tmp_path):
