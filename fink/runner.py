@@ -160,7 +160,10 @@ def start(service: str, conf: str | None = None, simulator: bool = False, home: 
               str(run_dir), str(notebook))
     state = _state_file(service, home)
     state.parent.mkdir(parents=True, exist_ok=True)
-    state.write_text(json.dumps(asdict(run)))
+    # written whole, then renamed: a `fink start` or `fink show` running at the same time never reads half of it
+    partial = state.with_name(f".{state.name}.{os.getpid()}.tmp")
+    partial.write_text(json.dumps(asdict(run)))
+    os.replace(partial, state)
     return run
 
 
