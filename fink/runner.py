@@ -162,8 +162,11 @@ def start(service: str, conf: str | None = None, simulator: bool = False, home: 
     state.parent.mkdir(parents=True, exist_ok=True)
     # written whole, then renamed: a `fink start` or `fink show` running at the same time never reads half of it
     partial = state.with_name(f".{state.name}.{os.getpid()}.tmp")
-    partial.write_text(json.dumps(asdict(run)))
-    os.replace(partial, state)
+    try:
+        partial.write_text(json.dumps(asdict(run)))
+        os.replace(partial, state)
+    finally:
+        partial.unlink(missing_ok=True)
     return run
 
 

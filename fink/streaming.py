@@ -82,27 +82,35 @@ def start(writer: "DataStreamWriter", name: str) -> "StreamingQuery":
         sc.setLocalProperty("spark.scheduler.pool", previous)
 
 
-def _last_batch(query: "StreamingQuery") -> int:
+def _last_batch(query: "StreamingQuery") -> tuple[int, str] | None:
+    """The id and time of the latest progress report of a micro-batch that ran, or None (a
+    trigger that found no data reports too, under the next batch's id: it does not count)."""
     last = query.lastProgress
-    return int(last["batchId"]) if last else -1
+    if not last or "addBatch" not in (last.get("durationMs") or {}):
+        return None
+    return int(last["batchId"]), str(last["timestamp"])
 
 
 def stop_at_boundary(query: "StreamingQuery", timeout: float = 60.0) -> bool:
     """Stop ``query`` between two micro-batches: wait up to ``timeout`` s for its batch to end.
 
     Behind a backlog the next batch starts as soon as one ends, so the query may never be seen
-    idle: once the batch that was running has ended (its progress is reported after its sink
-    and its offsets are committed), the query is stopped at once. The batch that has just
+    idle: once a batch has reported its progress (after its sink and its offsets are
+    committed) since the stop was asked, the query is stopped at once. The batch that has just
     begun is interrupted before it has done much, and the checkpoint replays it on restart.
 
     Returns True if the batch that was running ended before the stop, False if it was still
     running at the timeout (Spark then interrupts it; the exactly-once sinks replay it).
     """
     deadline = time.monotonic() + timeout
-    running = _last_batch(query)
+    before = _last_batch(query)
     ended = False
     while time.monotonic() < deadline and query.isActive:
-        if not query.status.get("isTriggerActive", False) or _last_batch(query) != running:
+        if not query.status.get("isTriggerActive", False):
+            ended = True
+            break
+        latest = _last_batch(query)
+        if latest is not None and latest != before:
             ended = True
             break
         time.sleep(0.05)

@@ -298,14 +298,17 @@ def _literal(text: str) -> str:
 
 def _ddl(dt: "DataType") -> str:
     """``dt`` as SQL type text, field names quoted."""
-    from pyspark.sql.types import ArrayType, MapType, StructType
+    from pyspark.sql.types import ArrayType, MapType, StructType, TimestampType
 
-    if isinstance(dt, StructType):
-        return "struct<" + ",".join(f"{_quote(f.name)}:{_ddl(f.dataType)}" for f in dt.fields) + ">"
+    if isinstance(dt, StructType):  # (an array's or a map's null elements cannot be said in type text)
+        return "struct<" + ",".join(f"{_quote(f.name)}:{_ddl(f.dataType)}{'' if f.nullable else ' NOT NULL'}"
+                                    for f in dt.fields) + ">"
     if isinstance(dt, ArrayType):
         return f"array<{_ddl(dt.elementType)}>"
     if isinstance(dt, MapType):
         return f"map<{_ddl(dt.keyType)},{_ddl(dt.valueType)}>"
+    if isinstance(dt, TimestampType):  # "timestamp" alone reads as spark.sql.timestampType says
+        return "timestamp_ltz"
     return dt.simpleString()
 
 
@@ -326,7 +329,7 @@ def _align(expr: str, have: "DataType", want: "DataType", depth: int = 0) -> str
             for f in want.fields)
         # a null record (Rubin's ssSource) stays null
         return f"CASE WHEN {expr} IS NOT NULL THEN named_struct({fields}) END"
-    if isinstance(want, ArrayType) and isinstance(want.elementType, StructType):
+    if isinstance(want, ArrayType) and isinstance(have, ArrayType):
         x = f"_e{depth}"
         return f"transform({expr}, {x} -> {_align(x, have.elementType, want.elementType, depth + 1)})"
     return expr if have == want else f"CAST({expr} AS {_ddl(want)})"

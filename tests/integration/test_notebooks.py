@@ -132,8 +132,9 @@ def run_headless(stage: str, conf: str, tmp_path: Path, **extra) -> str:
                    for c in executed["cells"] for o in c.get("outputs", []))
 
 
-@pytest.mark.parametrize("conf", ["local.yaml", "ci.yaml"])
-def test_stream2raw_headless_with_each_conf(conf, kafka_bootstrap, tmp_path):
+#: with ci.yaml: `make demo` (test_demo.py) runs every stage's notebook headless with local.yaml
+@pytest.mark.parametrize("conf", ["ci.yaml"])
+def test_stream2raw_headless(conf, kafka_bootstrap, tmp_path):
     text = run_headless("stream2raw", conf, tmp_path)
     assert "'archived': 229" in text and "'balanced': True" in text
     assert len(list((tmp_path / "data" / "raw" / "night=20261127").glob("*.parquet"))) >= 1

@@ -148,3 +148,48 @@ def test_compaction_keeps_every_row_in_fewer_files(fresh_spark, kafka_bootstrap,
     after = fresh_spark.read.parquet(paths["raw"])
     assert sorted(r.candid for r in after.select("candid").collect()) == sorted(r.candid for r in before)
     assert [r.night for r in after.select("night").distinct().collect()] == [20261127]
+
+
+def test_an_older_version_is_laid_out_as_the_union_with_its_types_and_nulls(spark):
+    """The layout of one version in the union (``_align``): fields in the union's order, the
+    missing ones null with the union's type and nullability, numbers widened, arrays of
+    records (and of arrays of records) laid out element by element, a null record null."""
+    from pyspark.sql import functions as F
+    from pyspark.sql.types import (
+        ArrayType,
+        DoubleType,
+        FloatType,
+        IntegerType,
+        LongType,
+        StringType,
+        StructField,
+        StructType,
+        TimestampType,
+    )
+
+    old_item = StructType([StructField("b", IntegerType(), False)])
+    new_item = StructType([StructField("b", LongType(), False), StructField("c", StringType(), True)])
+    sub_old = StructType([StructField("x", FloatType(), True)])
+    sub_new = StructType([StructField("x", DoubleType(), True), StructField("t", TimestampType(), True),
+                          StructField("n", IntegerType(), False)])
+    old = StructType([StructField("id", IntegerType(), False), StructField("items", ArrayType(old_item), True),
+                      StructField("nested", ArrayType(ArrayType(old_item)), True), StructField("sub", sub_old, True)])
+    new = StructType([StructField("id", LongType(), False), StructField("weird`name's", sub_new, True),
+                      StructField("items", ArrayType(new_item), True),
+                      StructField("nested", ArrayType(ArrayType(new_item)), True), StructField("sub", sub_new, True)])
+    rows = [(1, [(2,), (3,)], [[(4,)], []], (1.5,)), (2, None, None, None)]
+    df = spark.createDataFrame(rows, old).select(F.struct("*").alias("_v1"))
+    aligned = df.select(F.expr(s2r._align("`_v1`", df.schema["_v1"].dataType, new)).alias("a"))
+    got = aligned.schema["a"].dataType
+    assert got.fieldNames() == new.fieldNames()
+    assert got["weird`name's"].dataType == sub_new  # a missing record keeps its fields' nullability
+    def fields(struct):  # (a field of an array's element is nullable: the element may be null)
+        return [(f.name, f.dataType) for f in struct.fields]
+
+    assert fields(got["items"].dataType.elementType) == fields(new_item)
+    assert fields(got["nested"].dataType.elementType.elementType) == fields(new_item)
+    assert got["sub"].dataType["x"].dataType == DoubleType()
+    first, second = [r["a"].asDict(recursive=True) for r in aligned.collect()]
+    assert first == {"id": 1, "weird`name's": None, "items": [{"b": 2, "c": None}, {"b": 3, "c": None}],
+                     "nested": [[{"b": 4, "c": None}], []], "sub": {"x": 1.5, "t": None, "n": None}}
+    assert second == {"id": 2, "weird`name's": None, "items": None, "nested": None, "sub": None}

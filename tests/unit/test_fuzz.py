@@ -503,7 +503,7 @@ def _imports_something_new(path) -> bool:
 
 
 def _names_the_input(message: str, *inputs) -> bool:
-    """The message shows one of ``inputs`` (as str or repr). A string shorter than two
+    """The message shows one of ``inputs`` (as str, repr or, for a string, between quotes). A string shorter than two
     characters (``t``, the empty string) would match by chance: only its quoted repr counts;
     when the inputs other than None have no countable form, any message will do."""
     def forms(x) -> set[str]:

@@ -105,7 +105,12 @@ def test_a_stop_waits_for_the_running_micro_batch_to_end():
 
 
 class BackloggedQuery(BusyQuery):
-    """Behind a backlog: never idle; the batch running at first ends after ``busy_checks`` reads."""
+    """Behind a backlog: never idle; batch 8 runs and reports its progress after ``busy_checks``
+    status reads (before it, the latest report is ``first``)."""
+
+    def __init__(self, busy_checks, first):
+        super().__init__(busy_checks)
+        self.first = first
 
     @property
     def status(self):
@@ -114,14 +119,22 @@ class BackloggedQuery(BusyQuery):
 
     @property
     def lastProgress(self):
-        return {"batchId": 7 if self.checks <= self.busy_checks else 8}
+        if self.checks <= self.busy_checks:
+            return self.first
+        return {"batchId": 8, "timestamp": "2026-11-28T20:00:09.000Z", "durationMs": {"addBatch": 900}}
 
 
-def test_behind_a_backlog_a_stop_comes_as_soon_as_the_running_batch_ends():
-    q = BackloggedQuery(busy_checks=4)
+BATCH_7 = {"batchId": 7, "timestamp": "2026-11-28T20:00:05.000Z", "durationMs": {"addBatch": 800}}
+#: a trigger that found no data reports under the next batch's id, with no addBatch
+IDLE_8 = {"batchId": 8, "timestamp": "2026-11-28T20:00:07.000Z", "durationMs": {"latestOffset": 3}}
+
+
+@pytest.mark.parametrize("first", [None, BATCH_7, IDLE_8], ids=["no report yet", "batch 7", "idle report"])
+def test_behind_a_backlog_a_stop_comes_as_soon_as_the_running_batch_ends(first):
+    q = BackloggedQuery(busy_checks=4, first=first)
     assert stop_at_boundary(q, timeout=10) is True
-    assert q.stopped and q.checks == 5  # the first read after batch 7's progress was reported
-    never = BackloggedQuery(busy_checks=10**9)
+    assert q.stopped and q.checks == 5  # the first read after batch 8's progress was reported
+    never = BackloggedQuery(busy_checks=10**9, first=first)
     assert stop_at_boundary(never, timeout=0.3) is False and never.stopped
 
 
