@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from fink import jvm, runner, services
-from fink.config import ServicesConfig, fink_home
+from fink.config import ServicesConfig, fink_home, local_path
 from fink.errors import FinkError
 from fink.log import logger
 
@@ -129,10 +129,11 @@ def _init(conf: str | None = None) -> int:
     folders = [cfg.data_uri(part) for part in ("raw", "quarantine", "science", "checkpoints")]
     folders += [str(v) for k, v in params.items() if k.endswith("_path") and v]  # raw_path, science_path...
     for folder in folders:
-        if "://" in folder and not folder.startswith("file://"):
+        local = local_path(folder)
+        if local is None:
             print(f"not a local path, created by the stage that writes it: {folder}")
             continue
-        Path(folder.removeprefix("file://")).mkdir(parents=True, exist_ok=True)
+        local.mkdir(parents=True, exist_ok=True)
         print(f"folder: {folder}")
     conf = home / "services.yaml"
     if not conf.exists():

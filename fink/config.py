@@ -16,6 +16,7 @@ import difflib
 import os
 import stat
 import typing
+import urllib.parse
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
@@ -32,6 +33,16 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 def fink_home() -> Path:
     """Return the folder that holds data, logs and run records (``$FINK_HOME``, else ``~/.fink``)."""
     return Path(os.environ.get("FINK_HOME") or Path.home() / ".fink").expanduser().resolve()
+
+
+def local_path(location: str) -> Path | None:
+    """The local folder a data location names (a path or a ``file:`` URI), or None for a URI
+    of another file system (``hdfs://``, ``s3a://``), which only Spark's readers reach."""
+    if location.startswith("file:"):
+        return Path(urllib.parse.urlparse(location).path)
+    if "://" in location:
+        return None
+    return Path(location)
 
 
 def _check_type(name: str, value: Any, annotation: Any, source: str) -> Any:

@@ -76,10 +76,12 @@ class BatchPublisher:
         the transactional id and the key of its records in the log topic.
     """
 
-    def __init__(self, bootstrap: str, writer: str, log_topic: str = LOG_TOPIC, timeout: float = 60.0):
+    def __init__(self, bootstrap: str, writer: str, log_topic: str = LOG_TOPIC, timeout: float = 60.0,
+                 retry_for: float = 300.0):
         from confluent_kafka import Producer
 
         self.bootstrap, self.writer, self.log_topic, self.timeout = bootstrap, writer, log_topic, timeout
+        self.retry_for = retry_for
         kafka.ensure_topic(bootstrap, log_topic, config={"cleanup.policy": "compact"})
         self.producer = Producer(kafka.client_config(bootstrap, **{
             "transactional.id": f"fink-{writer}", "compression.type": "lz4", "linger.ms": 10,
@@ -113,7 +115,7 @@ class BatchPublisher:
                 counts[topic] = counts.get(topic, 0) + 1
             record = {"batch": batch_id, "messages": counts, "time": time.time(), **(info or {})}
             self._produce(self.log_topic, self.writer.encode(), json.dumps(record).encode())
-            self.producer.commit_transaction(self.timeout)
+            self._commit(batch_id)
         except KafkaException as exc:
             self._abort()
             raise kafka.KafkaError(f"delivery {self.writer}: batch {batch_id} not delivered: {exc}") from exc
@@ -122,6 +124,21 @@ class BatchPublisher:
             raise
         self.last = batch_id
         return counts
+
+    def _commit(self, batch_id: int) -> None:
+        """Commit the open transaction; a retriable error (the broker restarting, a flush timed
+        out) is retried, as Kafka's client allows, for up to ``retry_for`` seconds."""
+        from confluent_kafka import KafkaException
+
+        deadline = time.monotonic() + self.retry_for
+        while True:
+            try:
+                self.producer.commit_transaction(self.timeout)
+                return
+            except KafkaException as exc:
+                if not exc.args[0].retriable() or time.monotonic() >= deadline:
+                    raise
+                logger.warning("delivery %s: batch %d: commit retried (%s)", self.writer, batch_id, exc.args[0])
 
     def _produce(self, topic: str, key: bytes | None, value: bytes) -> None:
         while True:

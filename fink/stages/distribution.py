@@ -21,7 +21,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
-import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 from fink import kafka, metrics
 from fink import survey as surveys
 from fink.avro import avro_schema
-from fink.config import ConfigError, FinkConfig, Validated
+from fink.config import ConfigError, FinkConfig, Validated, local_path
 from fink.filters.api import SELECTED, AlertFilter, label, load_filters
 from fink.science.api import add_metrics
 from fink.streaming import observed
@@ -293,11 +292,8 @@ def _outbox(checkpoint: str, batch_id: int) -> Path | None:
     instead (``toLocalIterator``), every partition's messages became a task result that the
     6 GB driver of the pipeline kept by gigabytes behind a backlog, until it ran out of heap.
     """
-    if checkpoint.startswith("file:"):
-        checkpoint = urllib.parse.urlparse(checkpoint).path
-    elif "://" in checkpoint:
-        return None
-    return Path(checkpoint) / "outbox" / str(batch_id)
+    folder = local_path(checkpoint)
+    return None if folder is None else folder / "outbox" / str(batch_id)
 
 
 def read_outbox(folder: Path, rows_per_read: int = 64) -> Iterator[tuple[int, bytes]]:

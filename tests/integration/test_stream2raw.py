@@ -183,6 +183,7 @@ def test_an_older_version_is_laid_out_as_the_union_with_its_types_and_nulls(spar
     got = aligned.schema["a"].dataType
     assert got.fieldNames() == new.fieldNames()
     assert got["weird`name's"].dataType == sub_new  # a missing record keeps its fields' nullability
+
     def fields(struct):  # (a field of an array's element is nullable: the element may be null)
         return [(f.name, f.dataType) for f in struct.fields]
 

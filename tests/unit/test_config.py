@@ -1,4 +1,5 @@
 import os
+from pathlib import Path
 
 import pytest
 
@@ -108,3 +109,12 @@ def test_sasl_options_only_with_both_credentials(monkeypatch, tmp_path):
     assert conf["security.protocol"] == "SASL_PLAINTEXT" and conf["sasl.mechanism"] == "SCRAM-SHA-512"
     opts = kafka.spark_options("h:1")
     assert 'username="alice" password="pw"' in opts["kafka.sasl.jaas.config"]
+
+
+def test_a_location_is_a_local_folder_or_none_for_another_file_system(tmp_path):
+    from fink.config import local_path
+
+    assert local_path(str(tmp_path / "ck")) == tmp_path / "ck"
+    assert local_path("relative/ck") == Path("relative/ck")
+    assert local_path(f"file://{tmp_path}/ck") == local_path(f"file:{tmp_path}/ck") == tmp_path / "ck"
+    assert local_path("hdfs://namenode:8020/fink/ck") is None and local_path("s3a://bucket/fink") is None

@@ -503,9 +503,10 @@ def _imports_something_new(path) -> bool:
 
 
 def _names_the_input(message: str, *inputs) -> bool:
-    """The message shows one of ``inputs`` (as str, repr or, for a string, between quotes). A string shorter than two
-    characters (``t``, the empty string) would match by chance: only its quoted repr counts;
-    when the inputs other than None have no countable form, any message will do."""
+    """The message shows one of ``inputs`` (as str, repr or, for a string, between quotes). A
+    string shorter than two characters (``t``, the empty string) would match by chance: only
+    its quoted forms count; when the inputs other than None have no countable form, any
+    message will do."""
     def forms(x) -> set[str]:
         # a string is also shown between quotes as it is: repr escapes a character Python
         # does not know as printable ('\U00018d09'), where the message holds the character

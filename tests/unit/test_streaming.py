@@ -7,6 +7,7 @@ from fink.streaming import QueryFailed, run_until, stop_at_boundary
 
 class FakeQuery:
     lastProgress = None  # no batch has ended yet
+
     def __init__(self, name, finish_after=None, fail_after=None):
         self.name, self.id = name, name
         self.polls, self.finish_after, self.fail_after = 0, finish_after, fail_after
