@@ -27,12 +27,13 @@ import threading
 import time
 import types
 import uuid
+from datetime import datetime
 
 import pandas as pd
 from bench_raw2science import raw_archive, science_config
 from bench_stream2raw import SHARED, unique_copies
 
-from fink import kafka, streaming
+from fink import kafka, metrics, streaming
 from fink.config import FinkConfig, ServicesConfig
 from fink.datasim.sources import read_messages
 from fink.filters import alert_filter
@@ -73,27 +74,42 @@ def science_archive(spark, bootstrap: str, messages: list[bytes], alerts: int, t
 
 def cost(spark, fink: FinkConfig, n: int, tmp: str) -> dict:
     topics, params = filters(n, uuid.uuid4().hex[:6])
-    cfg = dist.DistributionConfig(filters=topics, filter_params=params, max_files_per_trigger=2,
+    cfg = dist.DistributionConfig(filters=topics, filter_params=params, max_files_per_trigger=8,
                                   checkpoint=f"{tmp}/ck_{uuid.uuid4().hex}")
     t0 = time.perf_counter()
     writer = dist.build(spark, cfg, fink)
     setup = time.perf_counter() - t0
-    t0 = time.perf_counter()
+    t0, started = time.perf_counter(), time.time()
     result = streaming.run_until([streaming.start(writer.trigger(availableNow=True), dist.QUERY_NAME)],
                                  duration=1800, poll=0.5)
-    wall = time.perf_counter() - t0
-    totals = dist.reconcile(result.progress[dist.QUERY_NAME], writer.fink_sink.delivered)
+    totals = dist.reconcile(result.progress[dist.QUERY_NAME], writer.fink_sink)  # the last transaction too
+    ended, wall = time.time(), time.perf_counter() - t0
     busy = [p for p in result.progress[dist.QUERY_NAME] if p.get("numInputRows")]
     steady = busy[1:] or busy  # the first batch pays the Python workers' start
-    secs = sum(p["durationMs"]["triggerExecution"] for p in steady) / 1000
+    # from the end of the first batch to the last batch's Kafka commit: a transaction runs while
+    # the next batch is encoded, so the batches' own durations would leave the last one out
+    first = busy[0] if len(busy) > 1 else None
+    if first:
+        first_end = datetime.fromisoformat(first["timestamp"].replace("Z", "+00:00")).timestamp() \
+            + first["durationMs"]["triggerExecution"] / 1000
+    secs = ended - first_end if first else wall
     rows = sum(p["numInputRows"] for p in steady)
     delivered = sum(t["delivered"] for t in totals["topics"].values())
+    notes = {n["batch"]: n["value"].get("seconds", {}) for n in metrics.Store().notes(query=dist.QUERY_NAME)
+             if n["time"] >= started}
+    batches = {int(p["batchId"]) for p in steady}
+    steps = {}  # where the steady batches' time went: the Spark job encoding the messages, the transaction
+    for batch, laps in notes.items():
+        if batch in batches:
+            for step, seconds in laps.items():
+                steps[step] = steps.get(step, 0.0) + seconds
     return {"filters": n, "alerts": totals["alerts"], "messages": delivered, "balanced": totals["balanced"],
             "topics_setup_s": round(setup, 1), "wall_s": round(wall, 1),
             "sustained_alerts_per_s": round(rows / secs, 1) if secs else None,
             "messages_per_s": round(delivered * rows / max(totals["alerts"], 1) / secs, 1) if secs else None,
             "batch_seconds_p50": round(statistics.median(p["durationMs"]["triggerExecution"] / 1000
                                                          for p in busy), 2),
+            "step_seconds": {k: round(v, 1) for k, v in steps.items()}, "steady_seconds": round(secs, 1),
             "filter_ms_per_1000_alerts": round(1e6 * sum(f["seconds"] for f in totals["filters"].values())
                                                / max(totals["alerts"], 1), 2)}
 

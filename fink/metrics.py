@@ -297,6 +297,18 @@ _ATTACHED: set[int] = set()
 _LOCK = threading.Lock()
 
 
+class Clock:
+    """Seconds spent in each step of a batch (``laps``: step -> seconds), for its note."""
+
+    def __init__(self):
+        self.t, self.laps = time.perf_counter(), {}
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.laps[name] = round(now - self.t, 3)
+        self.t = now
+
+
 def note(query: str, batch: int, value: dict) -> None:
     """Record what a stage's sink did with one batch; nothing if no recorder (never raises)."""
     rec = _RECORDER

@@ -123,7 +123,7 @@ def reconcile(spark: "SparkSession", stage: Stage, progress: list[dict], fink: F
     if stage.name == "raw2science":
         return module.reconcile(spark, progress, p["science"])
     if stage.name == "distribution":
-        return module.reconcile(progress, stage.sink.delivered)
+        return module.reconcile(progress, stage.sink)
     return module.reconcile(progress, stage.sink.written)
 
 

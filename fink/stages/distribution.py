@@ -30,6 +30,7 @@ from fink import survey as surveys
 from fink.avro import avro_schema
 from fink.config import ConfigError, FinkConfig, Validated, local_path
 from fink.filters.api import SELECTED, AlertFilter, label, load_filters
+from fink.log import logger
 from fink.science.api import add_metrics
 from fink.streaming import observed
 
@@ -41,6 +42,9 @@ if TYPE_CHECKING:
 QUERY_NAME = "distribution"
 FILTERS_METRICS = "distribution_filters"
 CUTOUTS = ("cutoutScience", "cutoutTemplate", "cutoutDifference")
+#: Parquet options of an outbox, read once then deleted: its values are whole encoded alerts,
+#: not worth compressing or a dictionary
+OUTBOX_OPTIONS = {"compression": "none", "parquet.enable.dictionary": "false"}
 #: columns of the science archive that are not part of a distributed alert
 INTERNAL = ("night", SELECTED)
 
@@ -245,40 +249,90 @@ def query_id(spark: "SparkSession", checkpoint: str) -> str:
 
 
 class Sink:
-    """The ``foreachBatch`` function: encode the batch's messages, deliver them in one transaction."""
+    """The ``foreachBatch`` function: encode the batch's messages, deliver them in one transaction.
+
+    With a local checkpoint the encoded messages wait in the batch's outbox, and its Kafka
+    transaction runs on a thread of its own while Spark encodes the next batch: the call for
+    batch ``n`` returns once batch ``n - 1`` is delivered and ``n``'s outbox is complete. A
+    crash after Spark recorded a batch but before Kafka committed it leaves that outbox,
+    which :meth:`recover` (run by :func:`build`) delivers before anything else.
+    """
 
     def __init__(self, bootstrap: str, topics: list[str], encs: list[Encoding], checkpoint: str):
+        from concurrent.futures import ThreadPoolExecutor
+
         self.bootstrap, self.topics, self.encs, self.checkpoint = bootstrap, topics, encs, checkpoint
         self.keys = {k: e.schema.encode() for e in encs for k in e.topics}
         self.publisher = None
+        #: batch id -> messages per topic (None: delivered before, a replay); filled as they commit
         self.delivered: dict[int, dict[str, int] | None] = {}
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="fink-distribution")
+        self._pending = None
 
-    def __call__(self, batch: "DataFrame", batch_id: int) -> None:
+    def _publisher(self, spark: "SparkSession"):
         from fink.delivery import BatchPublisher
 
         if self.publisher is None:
-            writer = f"{QUERY_NAME}-{query_id(batch.sparkSession, self.checkpoint)}"
-            self.publisher = BatchPublisher(self.bootstrap, writer)
+            self.publisher = BatchPublisher(self.bootstrap, f"{QUERY_NAME}-{query_id(spark, self.checkpoint)}")
+        return self.publisher
+
+    def __call__(self, batch: "DataFrame", batch_id: int) -> None:
+        publisher = self._publisher(batch.sparkSession)
         outbox = _outbox(self.checkpoint, batch_id)
-        if self.publisher.delivered(batch_id):  # a replay of a delivered batch: nothing to compute
+        if publisher.delivered(batch_id):  # a replay of a delivered batch: nothing to compute
             self.delivered[batch_id] = None
             if outbox is not None:  # what a crash right after the commit left
                 shutil.rmtree(outbox, ignore_errors=True)
             return
         rows = messages(batch, self.encs).select("_k", "value")
+        clock = metrics.Clock()
         if outbox is None:
             # partition by partition through the driver's JVM (a checkpoint Python cannot read)
+            self.flush()
             out = ((self.topics[r[0]], self.keys[r[0]], r[1]) for r in rows.toLocalIterator(prefetchPartitions=False))
-            self.delivered[batch_id] = self.publisher.publish(batch_id, out)
-        else:
-            shutil.rmtree(outbox, ignore_errors=True)  # an earlier attempt's, killed before its commit
-            rows.write.mode("overwrite").option("compression", "none").parquet(str(outbox))
-            try:
-                out = ((self.topics[k], self.keys[k], v) for k, v in read_outbox(outbox))
-                self.delivered[batch_id] = self.publisher.publish(batch_id, out)
-            finally:
-                shutil.rmtree(outbox, ignore_errors=True)
-        metrics.note(QUERY_NAME, batch_id, {"delivered": self.delivered[batch_id]})
+            self.delivered[batch_id] = publisher.publish(batch_id, out)
+            clock.lap("encode_publish")
+            metrics.note(QUERY_NAME, batch_id, {"delivered": self.delivered[batch_id], "seconds": clock.laps})
+            return
+        shutil.rmtree(outbox, ignore_errors=True)  # an earlier attempt's, killed before its commit
+        rows.write.mode("overwrite").options(**OUTBOX_OPTIONS).parquet(str(outbox))
+        clock.lap("encode")
+        self.flush()  # the previous batch's transaction, which ran meanwhile
+        clock.lap("wait")
+        self._pending = self._pool.submit(self._deliver, batch_id, outbox, clock)
+
+    def _deliver(self, batch_id: int, outbox: Path, clock: "metrics.Clock | None" = None) -> None:
+        """Send a complete outbox in the batch's transaction, then delete it."""
+        clock = clock or metrics.Clock()
+        out = ((self.topics[k], self.keys[k], v) for k, v in read_outbox(outbox))
+        self.delivered[batch_id] = self.publisher.publish(batch_id, out)
+        shutil.rmtree(outbox, ignore_errors=True)
+        clock.lap("publish")
+        metrics.note(QUERY_NAME, batch_id, {"delivered": self.delivered[batch_id], "seconds": clock.laps})
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Wait for the last batch handed to the delivery thread; raise what stopped its transaction."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result(timeout)
+
+    def recover(self, spark: "SparkSession") -> list[int]:
+        """Deliver the complete outboxes a crash left (in batch order), drop the incomplete ones
+        (Spark runs their batch again); return the batches delivered."""
+        folder = local_path(self.checkpoint)
+        folder = None if folder is None else folder / "outbox"
+        if folder is None or not folder.is_dir():
+            return []
+        sent = []
+        for path in sorted((p for p in folder.iterdir() if p.name.isdigit()), key=lambda p: int(p.name)):
+            batch_id = int(path.name)
+            if not (path / "_SUCCESS").exists() or self._publisher(spark).delivered(batch_id):
+                shutil.rmtree(path, ignore_errors=True)
+                continue
+            logger.info("distribution: batch %d was recorded by Spark, not by Kafka: delivered now", batch_id)
+            self._deliver(batch_id, path)
+            sent.append(batch_id)
+        return sent
 
 
 def _outbox(checkpoint: str, batch_id: int) -> Path | None:
@@ -320,18 +374,24 @@ def build(spark: "SparkSession", cfg: DistributionConfig, fink: FinkConfig,
     encs = encodings(alert_columns(stream).schema, cfg, topics)
     prepare_topics(fink.kafka_bootstrap, cfg, encs, topics)
     sink = Sink(fink.kafka_bootstrap, topics, encs, paths["checkpoint"])
+    sink.recover(spark)
     writer = (select(stream, filters).writeStream.foreachBatch(sink)
               .option("checkpointLocation", paths["checkpoint"]).queryName(QUERY_NAME))
     writer.fink_sink = sink  # type: ignore[attr-defined]  # what each batch delivered, for reconcile
     return writer
 
 
-def reconcile(progress: list[dict], delivered: dict[int, dict[str, int] | None]) -> dict[str, Any]:
+def reconcile(progress: list[dict], delivered: "dict[int, dict[str, int] | None] | Sink") -> dict[str, Any]:
     """Account for a run: alerts read, per topic selected (observed) and delivered (Kafka).
+
+    ``delivered``: the sink (its last transaction is waited for) or its ``delivered``.
 
     ``balanced`` when every topic got exactly what its filter selected (replayed batches,
     already delivered, are left out of both sides).
     """
+    if isinstance(delivered, Sink):
+        delivered.flush()
+        delivered = delivered.delivered
     totals: dict[str, Any] = {"batches": 0, "alerts": 0, "selected": 0, "topics": {}, "filters": {},
                               "replayed": sum(1 for v in delivered.values() if v is None)}
     for p in progress:

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import time
 from typing import TYPE_CHECKING, Any
 
 from fink import avro, metrics
@@ -482,7 +481,7 @@ def write_batch(batch: "DataFrame", batch_id: int, cfg: Stream2RawConfig, paths:
     done = filestore.begin(spark, paths["raw"], batch_id, paths["quarantine"])
     if done is not None:
         return done
-    clock = _Clock()
+    clock = metrics.Clock()
     reason = F.col("reason")
     rows = raw_columns(batch.withColumn("night", F.when(reason.isNull(), F.col("night"))
                                         .otherwise(F.concat(F.lit(SET_ASIDE), reason))))
@@ -523,18 +522,6 @@ def write_batch(batch: "DataFrame", batch_id: int, cfg: Stream2RawConfig, paths:
 #: rows as fast as snappy and smaller (the gzipped cutouts do not compress, the rest does);
 #: dictionaries do not pay on them (few repeated values) and cost 10-20 % of the write
 ARCHIVE_OPTIONS = {"compression": "zstd", "parquet.enable.dictionary": "false"}
-
-
-class _Clock:
-    """Seconds spent in each step of a batch (kept in its commit record)."""
-
-    def __init__(self):
-        self.t, self.laps = time.perf_counter(), {}
-
-    def lap(self, name: str) -> None:
-        now = time.perf_counter()
-        self.laps[name] = round(now - self.t, 3)
-        self.t = now
 
 
 def _is_set_aside(folder: str) -> bool:

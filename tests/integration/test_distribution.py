@@ -52,12 +52,12 @@ def distribute(spark, data_dir, filters, checkpoint=None, stop_after=None, **opt
     query = streaming.start(writer.trigger(availableNow=True), dist.QUERY_NAME)
 
     def enough(queries):
-        if stop_after is not None and len([b for b in writer.fink_sink.delivered if b is not None]) >= stop_after:
+        if stop_after is not None and len(list(writer.fink_sink.delivered)) >= stop_after:
             for q in queries:
                 q.stop()
 
     result = streaming.run_until([query], duration=300, poll=0.2, on_poll=enough)
-    return dist.reconcile(result.progress[dist.QUERY_NAME], writer.fink_sink.delivered), writer.fink_sink
+    return dist.reconcile(result.progress[dist.QUERY_NAME], writer.fink_sink), writer.fink_sink
 
 
 def consume(topics, group=None, **conf):
@@ -232,6 +232,43 @@ def test_stop_crash_and_restart_deliver_each_alert_once(spark, sample_science):
     from fink.client import decode
 
     candids = sorted(decode(k, v)["candid"] for k, v in messages)
+    assert candids == direct(rows, lambda r: r["candidate"]["magpsf"] < 18.0)  # each once, none lost
+
+
+def test_an_outbox_spark_recorded_but_kafka_did_not_is_delivered_at_the_restart(spark, sample_science, monkeypatch):
+    """A batch's transaction runs while Spark encodes the next one, so a crash can come after
+    Spark recorded a batch and before Kafka committed it: the restart delivers that outbox,
+    once, and drops an outbox left half written (its batch is run again)."""
+    sfx = uuid.uuid4().hex[:6]
+    topic, checkpoint = f"late_{sfx}", sample_science / f"ck_late_{sfx}"
+    filters = {topic: "fink.filters.builtin:bright"}
+    deliver, lost = dist.Sink._deliver, []
+
+    def crash_before_the_last_commit(self, batch_id, outbox, clock=None):
+        if len(self.delivered) >= 2 or lost:  # from the third batch on the transactions never run
+            lost.append(batch_id)
+            return
+        deliver(self, batch_id, outbox, clock)
+
+    monkeypatch.setattr(dist.Sink, "_deliver", crash_before_the_last_commit)
+    _, first = distribute(spark, sample_science, filters, str(checkpoint), max_files_per_trigger=1)
+    monkeypatch.setattr(dist.Sink, "_deliver", deliver)
+    assert len(first.delivered) == 2 and lost
+    for batch in lost:  # Spark recorded each of them: their outboxes stay
+        assert (checkpoint / "outbox" / str(batch) / "_SUCCESS").exists()
+        assert (checkpoint / "commits" / str(batch)).exists()
+    half = checkpoint / "outbox" / "999"  # a crash while Spark wrote an outbox: no _SUCCESS
+    half.mkdir()
+    (half / "part-0.parquet").write_bytes(b"torn")
+
+    second, sink = distribute(spark, sample_science, filters, str(checkpoint), max_files_per_trigger=1)
+    assert sorted(sink.delivered) == lost and second["batches"] == 0  # delivered by the restart, nothing to run
+    assert all(sink.delivered[b] is not None for b in lost)
+    assert not any((checkpoint / "outbox").iterdir())
+    rows, _ = science_rows(spark, sample_science)
+    from fink.client import decode
+
+    candids = sorted(decode(k, v)["candid"] for k, v in consume([topic])[topic])
     assert candids == direct(rows, lambda r: r["candidate"]["magpsf"] < 18.0)  # each once, none lost
 
 

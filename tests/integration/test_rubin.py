@@ -171,7 +171,7 @@ def test_distribution_sends_what_the_rubin_filters_select_in_the_client_format(s
         f"lsst_early_{sfx}": {"threshold": 0.0}}, checkpoint=str(rubin_night["dir"] / f"ck_{sfx}"))
     writer = dist.build(spark, cfg, rubin_night["fink"])
     result = streaming.run_until([streaming.start(writer.trigger(availableNow=True), dist.QUERY_NAME)], duration=300)
-    totals = dist.reconcile(result.progress[dist.QUERY_NAME], writer.fink_sink.delivered)
+    totals = dist.reconcile(result.progress[dist.QUERY_NAME], writer.fink_sink)
     assert totals["balanced"] and totals["alerts"] == len(science)
     direct = {f"lsst_sso_{sfx}": {k for k, r in science.items() if r["roid"] == 3},
               f"lsst_catalogued_{sfx}": {k for k, r in science.items() if r["xm_type"] is not None},

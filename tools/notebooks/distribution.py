@@ -77,15 +77,15 @@ def watch(queries):
     if queries:
         monitor(queries)
     out = {f.topic: 0 for f in user_filters}
-    for counts in sink.delivered.values():
+    for counts in list(sink.delivered.values()):  # batches are delivered by another thread
         for name, n in (counts or {}).items():
             out[name] += n
     per_topic.update(pd.DataFrame({"alerts out": out}))
 
 query = streaming.start(writer, distribution.QUERY_NAME)
 result = streaming.run_until([query], duration=duration, stop_file=stop_file, poll=2.0, on_poll=watch)
+totals = distribution.reconcile(result.progress[distribution.QUERY_NAME], sink)  # waits for the last transaction
 watch([])
-totals = distribution.reconcile(result.progress[distribution.QUERY_NAME], sink.delivered)
 print(f"ended: {result.reason} after {result.seconds:.1f} s")
 if not totals["balanced"]:
     raise RuntimeError(f"a topic did not receive what its filter selected: {totals}")
