@@ -45,6 +45,8 @@ CUTOUTS = ("cutoutScience", "cutoutTemplate", "cutoutDifference")
 #: Parquet options of an outbox, read once then deleted: its values are whole encoded alerts,
 #: not worth compressing or a dictionary
 OUTBOX_OPTIONS = {"compression": "none", "parquet.enable.dictionary": "false"}
+#: the file that seals a complete outbox: its topics and message keys (JSON)
+SEAL = "_fink_outbox.json"
 #: columns of the science archive that are not part of a distributed alert
 INTERNAL = ("night", SELECTED)
 
@@ -253,9 +255,11 @@ class Sink:
 
     With a local checkpoint the encoded messages wait in the batch's outbox, and its Kafka
     transaction runs on a thread of its own while Spark encodes the next batch: the call for
-    batch ``n`` returns once batch ``n - 1`` is delivered and ``n``'s outbox is complete. A
-    crash after Spark recorded a batch but before Kafka committed it leaves that outbox,
-    which :meth:`recover` (run by :func:`build`) delivers before anything else.
+    batch ``n`` returns once batch ``n - 1`` is delivered and ``n``'s outbox is sealed
+    (:data:`SEAL`: its topics and keys, written once Spark's files are complete). A crash
+    after Spark recorded a batch but before Kafka committed it leaves that outbox, which
+    :meth:`recover` (run by :func:`build`) delivers before anything else. A transaction that
+    failed fails every later batch until its outbox, and those after it, are delivered.
     """
 
     def __init__(self, bootstrap: str, topics: list[str], encs: list[Encoding], checkpoint: str):
@@ -267,7 +271,7 @@ class Sink:
         #: batch id -> messages per topic (None: delivered before, a replay); filled as they commit
         self.delivered: dict[int, dict[str, int] | None] = {}
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="fink-distribution")
-        self._pending = None
+        self._failed: BaseException | None = None
 
     def _publisher(self, spark: "SparkSession"):
         from fink.delivery import BatchPublisher
@@ -277,7 +281,10 @@ class Sink:
         return self.publisher
 
     def __call__(self, batch: "DataFrame", batch_id: int) -> None:
-        publisher = self._publisher(batch.sparkSession)
+        spark = batch.sparkSession
+        publisher = self._publisher(spark)
+        if self._failed is not None:  # the query runs again after a failed transaction
+            self._resume(spark)
         outbox = _outbox(self.checkpoint, batch_id)
         if publisher.delivered(batch_id):  # a replay of a delivered batch: nothing to compute
             self.delivered[batch_id] = None
@@ -288,7 +295,6 @@ class Sink:
         clock = metrics.Clock()
         if outbox is None:
             # partition by partition through the driver's JVM (a checkpoint Python cannot read)
-            self.flush()
             out = ((self.topics[r[0]], self.keys[r[0]], r[1]) for r in rows.toLocalIterator(prefetchPartitions=False))
             self.delivered[batch_id] = publisher.publish(batch_id, out)
             clock.lap("encode_publish")
@@ -296,28 +302,53 @@ class Sink:
             return
         shutil.rmtree(outbox, ignore_errors=True)  # an earlier attempt's, killed before its commit
         rows.write.mode("overwrite").options(**OUTBOX_OPTIONS).parquet(str(outbox))
+        self._seal(outbox)
         clock.lap("encode")
         self.flush()  # the previous batch's transaction, which ran meanwhile
         clock.lap("wait")
-        self._pending = self._pool.submit(self._deliver, batch_id, outbox, clock)
+        self._pool.submit(self._deliver, batch_id, outbox, clock)
+
+    def _resume(self, spark: "SparkSession | None") -> None:
+        """After a failed transaction: deliver its outbox, and those after it, before anything else."""
+        self.flush(raise_failure=False)
+        self._failed = None
+        self.recover(spark)
+
+    def _seal(self, outbox: Path) -> None:
+        """Mark a complete outbox with what its topic indexes stand for (the filters may change
+        before a restart delivers it)."""
+        seal = {"topics": self.topics, "encodings": [[e.schema, list(e.topics)] for e in self.encs]}
+        tmp = outbox / f".{SEAL}.tmp"
+        tmp.write_text(json.dumps(seal))
+        tmp.replace(outbox / SEAL)
 
     def _deliver(self, batch_id: int, outbox: Path, clock: "metrics.Clock | None" = None) -> None:
-        """Send a complete outbox in the batch's transaction, then delete it."""
+        """Send a sealed outbox in the batch's transaction, then delete it; a failure is kept
+        (and the outbox with it) for :meth:`flush` to raise."""
         clock = clock or metrics.Clock()
-        out = ((self.topics[k], self.keys[k], v) for k, v in read_outbox(outbox))
-        self.delivered[batch_id] = self.publisher.publish(batch_id, out)
+        try:
+            seal = json.loads((outbox / SEAL).read_text())
+            topics = seal["topics"]
+            keys = {k: schema.encode() for schema, members in seal["encodings"] for k in members}
+            out = ((topics[k], keys[k], v) for k, v in read_outbox(outbox))
+            self.delivered[batch_id] = self.publisher.publish(batch_id, out)
+        except BaseException as exc:
+            self._failed = exc
+            logger.error("distribution: batch %d not delivered, its outbox kept for the next try: %s", batch_id, exc)
+            raise
         shutil.rmtree(outbox, ignore_errors=True)
         clock.lap("publish")
         metrics.note(QUERY_NAME, batch_id, {"delivered": self.delivered[batch_id], "seconds": clock.laps})
 
-    def flush(self, timeout: float | None = None) -> None:
-        """Wait for the last batch handed to the delivery thread; raise what stopped its transaction."""
-        pending, self._pending = self._pending, None
-        if pending is not None:
-            pending.result(timeout)
+    def flush(self, timeout: float | None = None, raise_failure: bool = True) -> None:
+        """Wait until every transaction handed to the delivery thread so far has ended; raise
+        the failure of one (again on every call, until the query runs again and delivers it)."""
+        self._pool.submit(lambda: None).result(timeout)  # one thread: runs after those before it
+        if raise_failure and self._failed is not None:
+            raise self._failed
 
-    def recover(self, spark: "SparkSession") -> list[int]:
-        """Deliver the complete outboxes a crash left (in batch order), drop the incomplete ones
+    def recover(self, spark: "SparkSession | None") -> list[int]:
+        """Deliver the sealed outboxes a crash left (in batch order), drop the unsealed ones
         (Spark runs their batch again); return the batches delivered."""
         folder = local_path(self.checkpoint)
         folder = None if folder is None else folder / "outbox"
@@ -326,9 +357,11 @@ class Sink:
         sent = []
         for path in sorted((p for p in folder.iterdir() if p.name.isdigit()), key=lambda p: int(p.name)):
             batch_id = int(path.name)
-            if not (path / "_SUCCESS").exists() or self._publisher(spark).delivered(batch_id):
+            if not (path / SEAL).exists() or self._publisher(spark).delivered(batch_id):
                 shutil.rmtree(path, ignore_errors=True)
                 continue
+            if spark is not None:
+                metrics.attach(spark)  # what it delivers is noted in the store like any batch
             logger.info("distribution: batch %d was recorded by Spark, not by Kafka: delivered now", batch_id)
             self._deliver(batch_id, path)
             sent.append(batch_id)

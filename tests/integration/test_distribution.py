@@ -235,35 +235,37 @@ def test_stop_crash_and_restart_deliver_each_alert_once(spark, sample_science):
     assert candids == direct(rows, lambda r: r["candidate"]["magpsf"] < 18.0)  # each once, none lost
 
 
-def test_an_outbox_spark_recorded_but_kafka_did_not_is_delivered_at_the_restart(spark, sample_science, monkeypatch):
+def test_outboxes_spark_recorded_but_kafka_did_not_are_delivered_at_the_restart(spark, sample_science, monkeypatch):
     """A batch's transaction runs while Spark encodes the next one, so a crash can come after
-    Spark recorded a batch and before Kafka committed it: the restart delivers that outbox,
-    once, and drops an outbox left half written (its batch is run again)."""
+    Spark recorded batches whose transactions never ran, while it wrote the next outbox: the
+    restart delivers the sealed outboxes, once each and in order, drops the torn one, and
+    Spark runs that batch again."""
     sfx = uuid.uuid4().hex[:6]
     topic, checkpoint = f"late_{sfx}", sample_science / f"ck_late_{sfx}"
     filters = {topic: "fink.filters.builtin:bright"}
     deliver, lost = dist.Sink._deliver, []
 
-    def crash_before_the_last_commit(self, batch_id, outbox, clock=None):
-        if len(self.delivered) >= 2 or lost:  # from the third batch on the transactions never run
+    def crashed(self, batch_id, outbox, clock=None):
+        if self.delivered or lost:  # from the second batch on the transactions never run
             lost.append(batch_id)
             return
         deliver(self, batch_id, outbox, clock)
 
-    monkeypatch.setattr(dist.Sink, "_deliver", crash_before_the_last_commit)
+    monkeypatch.setattr(dist.Sink, "_deliver", crashed)
     _, first = distribute(spark, sample_science, filters, str(checkpoint), max_files_per_trigger=1)
     monkeypatch.setattr(dist.Sink, "_deliver", deliver)
-    assert len(first.delivered) == 2 and lost
-    for batch in lost:  # Spark recorded each of them: their outboxes stay
-        assert (checkpoint / "outbox" / str(batch) / "_SUCCESS").exists()
+    assert list(first.delivered) == [0] and len(lost) >= 2
+    for batch in lost:  # Spark recorded each of them: their outboxes stay, sealed
+        assert (checkpoint / "outbox" / str(batch) / dist.SEAL).exists()
         assert (checkpoint / "commits" / str(batch)).exists()
-    half = checkpoint / "outbox" / "999"  # a crash while Spark wrote an outbox: no _SUCCESS
-    half.mkdir()
-    (half / "part-0.parquet").write_bytes(b"torn")
+    torn = lost[-1]  # the crash came while Spark wrote this one: not sealed, not recorded
+    (checkpoint / "outbox" / str(torn) / dist.SEAL).unlink()
+    (checkpoint / "commits" / str(torn)).unlink()
+    (checkpoint / "commits" / f".{torn}.crc").unlink(missing_ok=True)
 
     second, sink = distribute(spark, sample_science, filters, str(checkpoint), max_files_per_trigger=1)
-    assert sorted(sink.delivered) == lost and second["batches"] == 0  # delivered by the restart, nothing to run
-    assert all(sink.delivered[b] is not None for b in lost)
+    assert sorted(sink.delivered) == lost and all(sink.delivered[b] is not None for b in lost)
+    assert second["batches"] == 1 and second["balanced"]  # Spark ran the torn batch again, nothing else
     assert not any((checkpoint / "outbox").iterdir())
     rows, _ = science_rows(spark, sample_science)
     from fink.client import decode
