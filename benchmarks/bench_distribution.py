@@ -27,7 +27,6 @@ import threading
 import time
 import types
 import uuid
-from datetime import datetime
 
 import pandas as pd
 from bench_raw2science import raw_archive, science_config
@@ -89,10 +88,8 @@ def cost(spark, fink: FinkConfig, n: int, tmp: str) -> dict:
     # from the end of the first batch to the last batch's Kafka commit: a transaction runs while
     # the next batch is encoded, so the batches' own durations would leave the last one out
     first = busy[0] if len(busy) > 1 else None
-    if first:
-        first_end = datetime.fromisoformat(first["timestamp"].replace("Z", "+00:00")).timestamp() \
-            + first["durationMs"]["triggerExecution"] / 1000
-    secs = ended - first_end if first else wall
+    secs = ended - metrics.epoch(first["timestamp"]) - first["durationMs"]["triggerExecution"] / 1000 \
+        if first else wall
     rows = sum(p["numInputRows"] for p in steady)
     delivered = sum(t["delivered"] for t in totals["topics"].values())
     notes = {n["batch"]: n["value"].get("seconds", {}) for n in metrics.Store().notes(query=dist.QUERY_NAME)

@@ -23,16 +23,14 @@ import json
 import shutil
 import statistics
 import tempfile
-import threading
 import time
 import uuid
 
+from bench_e2e import Receiver
 from bench_raw2science import science_config
 from bench_stream2raw import SHARED, unique_copies
-from confluent_kafka import Consumer
 
 from fink import hbase, kafka, streaming
-from fink.client import decode
 from fink.config import FinkConfig, ServicesConfig
 from fink.datasim.sources import read_messages
 from fink.session import get_spark
@@ -41,31 +39,6 @@ from fink.stages import archive
 from fink.stages import distribution as dist
 from fink.stages import raw2science as r2s
 from fink.stages import stream2raw as s2r
-
-
-class Receiver(threading.Thread):
-    """Latency of one received alert in ``every`` (publish -> here)."""
-
-    def __init__(self, bootstrap: str, topic: str, every: int = 5):
-        super().__init__(daemon=True)
-        self.bootstrap, self.topic, self.every = bootstrap, topic, every
-        self.latencies: list[float] = []
-        self.received = 0
-        self.done = threading.Event()
-
-    def run(self) -> None:
-        c = Consumer({"bootstrap.servers": self.bootstrap, "group.id": f"bench-{uuid.uuid4().hex[:8]}",
-                      "auto.offset.reset": "earliest", "isolation.level": "read_committed"})
-        c.subscribe([self.topic])
-        while not self.done.is_set():
-            msg = c.poll(0.2)
-            if msg is None or msg.error():
-                continue
-            self.received += 1
-            if self.received % self.every == 1:
-                now = time.time()
-                self.latencies.append(now - decode(msg.key(), msg.value())["kafka_timestamp"].timestamp())
-        c.close()
 
 
 def batch_files(root: str, batch_id: int) -> str:
@@ -128,13 +101,13 @@ def main() -> None:
         query = streaming.start(rows.writeStream.foreachBatch(fused).option("checkpointLocation", checkpoint)
                                 .queryName("fused").trigger(processingTime="1 second"), "fused")
         receiver.start()
-        replay(SimulatorConfig(topic=topic, rate=100, count=200), bootstrap, messages=unique_copies(messages, 200),
-               progress=False)
-        time.sleep(25)  # the warm-up through: the Python workers started, the plans compiled
-        receiver.latencies.clear()
         count = int(args.rate * args.seconds)
-        replay(SimulatorConfig(topic=topic, rate=args.rate, count=count), bootstrap,
-               messages=unique_copies(messages, count), progress=False)
+        stream = unique_copies(messages, 200 + count)  # one set of fresh candids: none is a duplicate
+        replay(SimulatorConfig(topic=topic, rate=100, count=200), bootstrap, messages=stream[:200], progress=False)
+        time.sleep(25)  # the warm-up through: the Python workers started, the plans compiled
+        receiver.arrivals.clear()
+        replay(SimulatorConfig(topic=topic, rate=args.rate, count=count), bootstrap, messages=stream[200:],
+               progress=False)
         time.sleep(20)
         query.stop()
         deliver.flush()
@@ -150,7 +123,7 @@ def main() -> None:
         kafka.delete_topics(bootstrap, [topic, out_topic, f"{out_topic}_schema"])
         shutil.rmtree(tmp, ignore_errors=True)
     receiver.join()
-    lat = sorted(receiver.latencies)
+    lat = sorted(arrival - sent for arrival, sent in receiver.arrivals)
     busy = [p for p in query.recentProgress if p.get("numInputRows")][2:]
     names = ["stream2raw", "raw2science", "distribution", "archive"][: max(map(len, steps), default=0)]
     report = {

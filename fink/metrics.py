@@ -67,7 +67,7 @@ def default_path(home: Path | None = None) -> Path:
     return (home or fink_home()) / "metrics" / "metrics.db"
 
 
-def _epoch(iso: str | None) -> float:
+def epoch(iso: str | None) -> float:
     """Seconds since the epoch of Spark's progress timestamps (``2026-11-28T06:44:47.262Z``)."""
     from datetime import datetime
 
@@ -113,7 +113,7 @@ def flatten(progress: dict) -> dict[str, Any]:
     return {
         "query": progress.get("name") or progress.get("id") or "?",
         "batch": int(progress.get("batchId", -1)),
-        "time": _epoch(progress.get("timestamp")),
+        "time": epoch(progress.get("timestamp")),
         "input_rows": int(progress.get("numInputRows") or 0),
         "input_rate": float(progress.get("inputRowsPerSecond") or 0.0),
         "processed_rate": float(progress.get("processedRowsPerSecond") or 0.0),
@@ -363,7 +363,7 @@ def _listener_class():
             self._safely("a progress report", self.rec.progress, json.loads(event.progress.json))
 
         def onQueryIdle(self, event) -> None:  # noqa: N802
-            self._safely("an idle event", self.rec.store.idle, self.rec.run, _epoch(event.timestamp))
+            self._safely("an idle event", self.rec.store.idle, self.rec.run, epoch(event.timestamp))
 
         def onQueryTerminated(self, event) -> None:  # noqa: N802
             kind = "failed" if event.exception else "terminated"

@@ -360,7 +360,7 @@ class Sink:
             if not (path / SEAL).exists() or self._publisher(spark).delivered(batch_id):
                 shutil.rmtree(path, ignore_errors=True)
                 continue
-            if spark is not None:
+            if spark is not None and not sent:
                 metrics.attach(spark)  # what it delivers is noted in the store like any batch
             logger.info("distribution: batch %d was recorded by Spark, not by Kafka: delivered now", batch_id)
             self._deliver(batch_id, path)
@@ -414,17 +414,15 @@ def build(spark: "SparkSession", cfg: DistributionConfig, fink: FinkConfig,
     return writer
 
 
-def reconcile(progress: list[dict], delivered: "dict[int, dict[str, int] | None] | Sink") -> dict[str, Any]:
-    """Account for a run: alerts read, per topic selected (observed) and delivered (Kafka).
-
-    ``delivered``: the sink (its last transaction is waited for) or its ``delivered``.
+def reconcile(progress: list[dict], sink: Sink) -> dict[str, Any]:
+    """Account for a run: alerts read, per topic selected (observed) and delivered (Kafka,
+    once the sink's last transaction has ended).
 
     ``balanced`` when every topic got exactly what its filter selected (replayed batches,
     already delivered, are left out of both sides).
     """
-    if isinstance(delivered, Sink):
-        delivered.flush()
-        delivered = delivered.delivered
+    sink.flush()
+    delivered = sink.delivered
     totals: dict[str, Any] = {"batches": 0, "alerts": 0, "selected": 0, "topics": {}, "filters": {},
                               "replayed": sum(1 for v in delivered.values() if v is None)}
     for p in progress:
