@@ -180,10 +180,29 @@ def end_offsets(bootstrap: str, topic: str, timeout: float = 30.0) -> dict[int, 
         meta = consumer.list_topics(topic, timeout=timeout).topics[topic]
         if meta.error is not None:
             raise KafkaError(f"topic {topic!r} on {bootstrap}: {meta.error}")
-        return {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)[1]
-                for p in sorted(meta.partitions)}
+        deadline = time.monotonic() + timeout
+        offsets: dict[int, int] = {}
+        for p in sorted(meta.partitions):
+            while p not in offsets:
+                try:
+                    offsets[p] = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)[1]
+                except Exception as exc:  # KafkaException; a new topic's leader may not serve yet
+                    error = exc.args[0] if exc.args else None
+                    retriable = getattr(error, "retriable", lambda: False)() or \
+                        any(code in str(exc) for code in _LEADER_NOT_READY)
+                    if not retriable or time.monotonic() > deadline:
+                        raise KafkaError(f"cannot read the end offsets of {topic!r} partition {p} "
+                                         f"on {bootstrap}: {exc}") from exc
+                    time.sleep(0.2)
+        return offsets
     finally:
         consumer.close()
+
+
+# Errors a partition's leader returns for a short while after the topic was created or the
+# broker restarted, although the metadata already names it.
+_LEADER_NOT_READY = ("NOT_LEADER_FOR_PARTITION", "LEADER_NOT_AVAILABLE", "UNKNOWN_TOPIC_OR_PART",
+                     "NOT_LEADER_OR_FOLLOWER")
 
 
 def starting_offsets_json(topic: str, offsets: dict[int, int]) -> str:
