@@ -137,7 +137,7 @@ def watch(bootstrap: str, topic: str, start: str | int = "earliest", max_message
                 stats.add(msg.value(), msg.partition(), msg.offset())
                 last_msg = now
             if now - last_update >= every:
-                stats.lag = _lag(consumer, parts)
+                stats.lag = _lag(consumer, parts, stats.lag)
                 if on_update is not None:
                     on_update(stats)
                 last_update = now
@@ -149,7 +149,7 @@ def watch(bootstrap: str, topic: str, start: str | int = "earliest", max_message
                 break
             if stop is not None and stop():
                 break
-        stats.lag = _lag(consumer, parts)
+        stats.lag = _lag(consumer, parts, stats.lag)
         if on_update is not None:
             on_update(stats)
     finally:
@@ -157,10 +157,17 @@ def watch(bootstrap: str, topic: str, start: str | int = "earliest", max_message
     return stats
 
 
-def _lag(consumer, parts) -> int:
-    """Messages published but not yet read, over all partitions."""
+def _lag(consumer, parts, last: int | None) -> int | None:
+    """Messages published but not yet read, over all partitions; ``last`` while a leader is not serving."""
+    from confluent_kafka import KafkaException
+
     total = 0
     for tp in consumer.position(parts):
-        high = consumer.get_watermark_offsets(tp, timeout=5, cached=False)[1]
+        try:
+            high = consumer.get_watermark_offsets(tp, timeout=5, cached=False)[1]
+        except KafkaException as exc:  # a leader moving (broker restart): the watch goes on
+            if not any(code in str(exc) for code in kafka.LEADER_NOT_READY):
+                raise
+            return last
         total += max(0, high - tp.offset) if tp.offset >= 0 else high
     return total

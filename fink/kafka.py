@@ -189,7 +189,7 @@ def end_offsets(bootstrap: str, topic: str, timeout: float = 30.0) -> dict[int, 
                 except Exception as exc:  # KafkaException; a new topic's leader may not serve yet
                     error = exc.args[0] if exc.args else None
                     retriable = getattr(error, "retriable", lambda: False)() or \
-                        any(code in str(exc) for code in _LEADER_NOT_READY)
+                        any(code in str(exc) for code in LEADER_NOT_READY)
                     if not retriable or time.monotonic() > deadline:
                         raise KafkaError(f"cannot read the end offsets of {topic!r} partition {p} "
                                          f"on {bootstrap}: {exc}") from exc
@@ -201,7 +201,7 @@ def end_offsets(bootstrap: str, topic: str, timeout: float = 30.0) -> dict[int, 
 
 # Errors a partition's leader returns for a short while after the topic was created or the
 # broker restarted, although the metadata already names it.
-_LEADER_NOT_READY = ("NOT_LEADER_FOR_PARTITION", "LEADER_NOT_AVAILABLE", "UNKNOWN_TOPIC_OR_PART",
+LEADER_NOT_READY = ("NOT_LEADER_FOR_PARTITION", "LEADER_NOT_AVAILABLE", "UNKNOWN_TOPIC_OR_PART",
                      "NOT_LEADER_OR_FOLLOWER")
 
 
