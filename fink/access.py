@@ -18,6 +18,8 @@ from __future__ import annotations
 import os
 import re
 import secrets
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 from fink import kafka
@@ -58,6 +60,40 @@ def _result(futures, what: str) -> None:
             raise AccessError(f"{what}: {exc}") from exc
 
 
+def _applied(what: str, done: Callable[[], bool], timeout: float = 30.0) -> None:
+    """Wait until the broker serves a change its controller accepted (KRaft applies it a moment later).
+
+    Without it a grant right after ``add_user`` could meet "no such user", and a consumer
+    right after ``grant`` or ``revoke`` could still be refused or let in.
+    """
+    deadline = time.monotonic() + timeout
+    while not done():
+        if time.monotonic() > deadline:
+            raise AccessError(f"{what}: accepted, but the broker does not apply it after {timeout:.0f} s")
+        time.sleep(0.1)
+
+
+def _user_acls(admin, name: str, topic: str | None) -> set[tuple]:
+    """``name``'s read/describe grants on ``topic`` and its ``_schema`` topic (all of theirs if None)."""
+    from confluent_kafka.admin import (
+        AclBindingFilter,
+        AclOperation,
+        AclPermissionType,
+        ResourcePatternType,
+        ResourceType,
+    )
+
+    query = AclBindingFilter(ResourceType.ANY, None, ResourcePatternType.ANY, f"User:{name}", None,
+                             AclOperation.ANY, AclPermissionType.ANY)
+    try:
+        found = admin.describe_acls(query).result(30)
+    except Exception as exc:  # noqa: BLE001
+        raise AccessError(f"list {name}'s grants: {exc}") from exc
+    names = None if topic is None else {topic, f"{topic}_schema"}
+    return {(b.restype, b.name, b.operation) for b in found
+            if names is None or (b.restype.name == "TOPIC" and b.name in names)}
+
+
 def add_user(bootstrap: str, name: str, password: str | None = None, home: Path | None = None) -> Path:
     """Create (or reset) ``name``'s SCRAM-SHA-512 credential; return the 0600 file holding the password."""
     from confluent_kafka.admin import ScramCredentialInfo, ScramMechanism, UserScramCredentialUpsertion
@@ -68,6 +104,7 @@ def add_user(bootstrap: str, name: str, password: str | None = None, home: Path 
     admin = _admin(bootstrap)  # kept alive until the futures are done
     _result(admin.alter_user_scram_credentials(
         [UserScramCredentialUpsertion(name, info, password.encode())]), f"add user {name}")
+    _applied(f"add user {name}", lambda: name in users(bootstrap))
     path = password_file(name, home)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -108,8 +145,10 @@ def grant(bootstrap: str, name: str, topic: str) -> None:
     if name not in users(bootstrap):
         raise AccessError(f"grant {topic} to {name}: no such user (add it first: fink users add {name})")
     admin = _admin(bootstrap)
-    _result(admin.create_acls(_bindings(name, topic) + _bindings(name, None)),
-            f"grant {topic} to {name}")
+    bindings = _bindings(name, topic) + _bindings(name, None)
+    _result(admin.create_acls(bindings), f"grant {topic} to {name}")
+    wanted = {(b.restype, b.name, b.operation) for b in bindings}
+    _applied(f"grant {topic} to {name}", lambda: wanted <= _user_acls(admin, name, None))
 
 
 def revoke(bootstrap: str, name: str, topic: str) -> None:
@@ -120,6 +159,7 @@ def revoke(bootstrap: str, name: str, topic: str) -> None:
                                 b.permission_type) for b in _bindings(name, topic)]
     admin = _admin(bootstrap)
     _result(admin.delete_acls(filters), f"revoke {topic} from {name}")
+    _applied(f"revoke {topic} from {name}", lambda: not _user_acls(admin, name, topic))
 
 
 def grants(bootstrap: str) -> dict[str, list[str]]:
@@ -166,4 +206,5 @@ def remove_user(bootstrap: str, name: str, home: Path | None = None) -> None:
     if name in users(bootstrap):
         _result(admin.alter_user_scram_credentials(
             [UserScramCredentialDeletion(name, ScramMechanism.SCRAM_SHA_512)]), f"remove user {name}")
+    _applied(f"remove user {name}", lambda: name not in users(bootstrap) and not _user_acls(admin, name, None))
     password_file(name, home).unlink(missing_ok=True)

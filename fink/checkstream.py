@@ -101,6 +101,10 @@ class StreamStats:
         return "\n".join(lines)
 
 
+#: seconds a watch waits past ``idle`` for the first message of a topic that holds some (a slow first fetch)
+NO_MESSAGE_GRACE = 30.0
+
+
 def watch(bootstrap: str, topic: str, start: str | int = "earliest", max_messages: int = 0, idle: float = 10.0,
           duration: float = 0.0, on_update: Callable[[StreamStats], None] | None = None, every: float = 1.0,
           stop: Callable[[], bool] | None = None, survey: str = "ztf") -> StreamStats:
@@ -143,7 +147,9 @@ def watch(bootstrap: str, topic: str, start: str | int = "earliest", max_message
                 last_update = now
             if max_messages and stats.messages >= max_messages:
                 break
-            if idle and now - last_msg >= idle:
+            if idle and now - last_msg >= idle and (
+                    stats.messages or now - last_msg >= idle + NO_MESSAGE_GRACE
+                    or _lag(consumer, parts, None) == 0):  # before the first fetch only an empty topic ends it
                 break
             if duration and stats.seconds >= duration:
                 break
@@ -158,16 +164,23 @@ def watch(bootstrap: str, topic: str, start: str | int = "earliest", max_message
 
 
 def _lag(consumer, parts, last: int | None) -> int | None:
-    """Messages published but not yet read, over all partitions; ``last`` while a leader is not serving."""
-    from confluent_kafka import KafkaException
+    """Messages published but not yet read, over all partitions; ``last`` while the broker cannot say
+    (a leader moving at a broker restart, a request timing out under load)."""
+    from confluent_kafka import OFFSET_END, KafkaException
 
     total = 0
-    for tp in consumer.position(parts):
+    for tp, assigned in zip(consumer.position(parts), parts, strict=True):
         try:
-            high = consumer.get_watermark_offsets(tp, timeout=5, cached=False)[1]
-        except KafkaException as exc:  # a leader moving (broker restart): the watch goes on
-            if not any(code in str(exc) for code in kafka.LEADER_NOT_READY):
+            low, high = consumer.get_watermark_offsets(tp, timeout=5, cached=False)
+        except KafkaException as exc:
+            if not kafka.transient(exc):
                 raise
             return last
-        total += max(0, high - tp.offset) if tp.offset >= 0 else high
+        if tp.offset >= 0:  # read up to there
+            position = tp.offset
+        elif assigned.offset >= 0:  # nothing read yet from an explicit offset
+            position = assigned.offset
+        else:
+            position = high if assigned.offset == OFFSET_END else low
+        total += max(0, high - position)
     return total

@@ -53,6 +53,8 @@ def last_delivered(bootstrap: str, writer: str, log_topic: str = LOG_TOPIC, time
                 if msg.error().code() == ConfluentError._PARTITION_EOF:
                     pending.discard(msg.partition())
                     continue
+                if kafka.transient(msg.error()):  # a broker restarting: polled again until the deadline
+                    continue
                 raise kafka.KafkaError(f"{log_topic} on {bootstrap}: {msg.error()}")
             if msg.key() == writer.encode():
                 batch = int(json.loads(msg.value())["batch"])

@@ -86,6 +86,18 @@ def complete(acc: dict[str, Any]) -> bool:
             and s["distribution"]["in"] == kept and s["archive"]["in"] == kept and s["archive"]["out"] == kept)
 
 
+def _delivered(store: metrics.Store, run: str, topic: str, timeout: float = 60.0) -> int:
+    """Alerts distribution's ``run`` delivered to ``topic``, once each batch it ran has noted its
+    delivery (a batch's transaction commits on its own thread, after the batch)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        batches = store.batches(runs=[run])
+        notes = list(batches.loc[(batches["query"] == "distribution") & (batches["input_rows"] > 0), "note"])
+        if all(notes) or time.monotonic() > deadline:
+            return sum(int((n.get("delivered") or {}).get(topic, 0)) for n in notes if n)
+        time.sleep(1.0)
+
+
 def _progress_line(acc: dict[str, Any]) -> str:
     s = acc["stages"]
     parts = [f"published {acc['published']}"]
@@ -201,8 +213,7 @@ def _pipeline(conf_path: str, home: Path, t0: float, timeout: float, rate: float
         _say(f"  {time.monotonic() - t0:5.0f} s  {_progress_line(acc)}: all accounted for")
 
         snia_topic = f"{prefix}_early_snia"
-        delivered = sum(int((n["value"].get("delivered") or {}).get(snia_topic, 0))
-                        for n in store.notes([runs["distribution"].run_id], "distribution"))
+        delivered = _delivered(store, runs["distribution"].run_id, snia_topic)
         _say(f"== user client: {USER} reads {snia_topic} on the SASL listener ({delivered} alerts delivered)")
         access.add_user(svc.kafka_bootstrap, USER)
         access.grant(svc.kafka_bootstrap, USER, snia_topic)

@@ -75,6 +75,8 @@ def fetch(bootstrap: str, wanted: Iterable[tuple[str, int, int]], timeout: float
                 if msg.error():
                     if msg.error().code() == ConfluentError._PARTITION_EOF:
                         break
+                    if transient(msg.error()):  # a broker restarting: polled again until the deadline
+                        continue
                     raise KafkaError(f"{topic}[{partition}] on {bootstrap}: {msg.error()}")
                 deadline = time.monotonic() + timeout
                 if msg.offset() in offsets:
@@ -187,10 +189,7 @@ def end_offsets(bootstrap: str, topic: str, timeout: float = 30.0) -> dict[int, 
                 try:
                     offsets[p] = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)[1]
                 except Exception as exc:  # KafkaException; a new topic's leader may not serve yet
-                    error = exc.args[0] if exc.args else None
-                    retriable = getattr(error, "retriable", lambda: False)() or \
-                        any(code in str(exc) for code in LEADER_NOT_READY)
-                    if not retriable or time.monotonic() > deadline:
+                    if not transient(exc) or time.monotonic() > deadline:
                         raise KafkaError(f"cannot read the end offsets of {topic!r} partition {p} "
                                          f"on {bootstrap}: {exc}") from exc
                     time.sleep(0.2)
@@ -199,10 +198,22 @@ def end_offsets(bootstrap: str, topic: str, timeout: float = 30.0) -> dict[int, 
         consumer.close()
 
 
-# Errors a partition's leader returns for a short while after the topic was created or the
-# broker restarted, although the metadata already names it.
-LEADER_NOT_READY = ("NOT_LEADER_FOR_PARTITION", "LEADER_NOT_AVAILABLE", "UNKNOWN_TOPIC_OR_PART",
-                     "NOT_LEADER_OR_FOLLOWER")
+# What librdkafka reports for a short while after a topic was created (its leader named in the
+# metadata but not serving yet), while a broker restarts, or when a request waits on a loaded machine.
+_PASSING = ("NOT_LEADER_FOR_PARTITION", "NOT_LEADER_OR_FOLLOWER", "LEADER_NOT_AVAILABLE", "UNKNOWN_TOPIC_OR_PART",
+            "_TRANSPORT", "_ALL_BROKERS_DOWN", "_TIMED_OUT")
+
+
+def transient(error: Any) -> bool:
+    """Whether a librdkafka error (a ``KafkaError``, or a ``KafkaException`` wrapping one) passes
+    if the request is made again a moment later."""
+    if isinstance(error, BaseException):
+        error = error.args[0] if error.args else error
+    retriable = getattr(error, "retriable", None)
+    if callable(retriable) and retriable():
+        return True
+    name = error.name() if callable(getattr(error, "name", None)) else str(error)
+    return any(code in name for code in _PASSING)
 
 
 def starting_offsets_json(topic: str, offsets: dict[int, int]) -> str:

@@ -28,6 +28,8 @@ class ClientError(FinkError, RuntimeError):
 
 
 _SCHEMAS: dict[bytes, Any] = {}
+#: seconds :meth:`AlertStream.alerts` waits, beyond ``idle``, for the group to give it partitions
+JOIN_GRACE = 30.0
 
 
 def decode(key: bytes | None, value: bytes) -> dict[str, Any]:
@@ -98,7 +100,11 @@ class AlertStream:
         self._errors: list[str] = []
         self._keys: dict[str, bytes] = {}  # topic -> the schema key of its last message
         self._consumer = Consumer(conf)
-        self._consumer.subscribe(self.topics)
+        self._assigned: float | None = None  # when the group last gave us partitions
+        self._consumer.subscribe(self.topics, on_assign=self._on_assign)
+
+    def _on_assign(self, consumer, partitions) -> None:
+        self._assigned = time.monotonic()
 
     def _on_error(self, err) -> None:
         self._errors.append(str(err))
@@ -129,12 +135,19 @@ class AlertStream:
         return self.alerts()
 
     def alerts(self, limit: int = 0, idle: float = 10.0) -> Iterator[tuple[str, dict[str, Any]]]:
-        """``(topic, alert)`` until ``limit`` alerts (0: no limit) or ``idle`` seconds without one."""
-        n, last = 0, time.monotonic()
+        """``(topic, alert)`` until ``limit`` alerts (0: no limit) or ``idle`` seconds without one.
+
+        The idle seconds count once the group has given this stream its partitions (joining a
+        group can take seconds), and at most ``JOIN_GRACE`` seconds more are waited for that.
+        """
+        n, start = 0, time.monotonic()
+        last = start
         while not limit or n < limit:
             got = self.poll(min(1.0, idle))
             if got is None:
-                if time.monotonic() - last >= idle:
+                now = time.monotonic()
+                since = max(last, self._assigned) if self._assigned is not None else start + JOIN_GRACE
+                if now - since >= idle:
                     return
                 continue
             n, last = n + 1, time.monotonic()

@@ -93,6 +93,10 @@ class KafkaService(Service):
             f"log.dirs={self.data_dir}",
             "num.partitions=1",
             "offsets.topic.replication.factor=1",
+            # one partition for the groups' offsets and one for the transactions' states (the default
+            # 50 each are created at the first group join and the first transaction, seconds on 2 cores)
+            "offsets.topic.num.partitions=1",
+            "transaction.state.log.num.partitions=1",
             "transaction.state.log.replication.factor=1",
             "transaction.state.log.min.isr=1",
             "share.coordinator.state.topic.replication.factor=1",

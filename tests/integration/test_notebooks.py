@@ -64,26 +64,23 @@ def test_dashboard_headless_with_each_conf_reports_a_finished_night(conf, night_
 
 
 @pytest.mark.parametrize("conf", ["local.yaml", "ci.yaml"])
-def test_smoke_notebook_headless_with_each_conf(conf, kafka_bootstrap, tmp_path):
+def test_smoke_notebook_headless_with_each_conf(conf, kafka_bootstrap, tmp_path, monkeypatch):
     import papermill
 
     home = tmp_path / "home"
     params = yaml.safe_load((ROOT / "conf" / conf).read_text())
     params.update(data_dir=str(tmp_path / "data"), topic=f"smoke_{uuid.uuid4().hex[:8]}", n_alerts=60)
     runs = 2 if conf == "local.yaml" else 1  # a re-run resumes from the checkpoint
-    os.environ["FINK_HOME"] = str(home)  # read by the kernel, which inherits our environment
-    try:
-        for run in range(1, runs + 1):
-            papermill.execute_notebook(str(ROOT / "notebooks" / "smoke.ipynb"), str(tmp_path / f"out{run}.ipynb"),
-                                       parameters=params, progress_bar=False, cwd=str(ROOT / "notebooks"))
-            summary = json.loads((home / "reports" / "smoke" / "summary.json").read_text())
-            assert summary["published"] == 60
-            assert summary["archived_this_run"] == 60
-            assert summary["archive_total"] == 60 * run
-            assert summary["published_alerts_found_in_archive"] == 60
-            assert summary["stopped_because"] == "finished"
-    finally:
-        del os.environ["FINK_HOME"]
+    monkeypatch.setenv("FINK_HOME", str(home))  # read by the kernel, which inherits our environment
+    for run in range(1, runs + 1):
+        papermill.execute_notebook(str(ROOT / "notebooks" / "smoke.ipynb"), str(tmp_path / f"out{run}.ipynb"),
+                                   parameters=params, progress_bar=False, cwd=str(ROOT / "notebooks"))
+        summary = json.loads((home / "reports" / "smoke" / "summary.json").read_text())
+        assert summary["published"] == 60
+        assert summary["archived_this_run"] == 60
+        assert summary["archive_total"] == 60 * run
+        assert summary["published_alerts_found_in_archive"] == 60
+        assert summary["stopped_because"] == "finished"
     assert (home / "reports" / "smoke" / "magnitudes.png").stat().st_size > 1000
 
 

@@ -194,12 +194,13 @@ def consume_decoded(topics):
 
     c = Consumer({"bootstrap.servers": ServicesConfig.load().kafka_bootstrap, "auto.offset.reset": "earliest",
                   "group.id": f"t-{uuid.uuid4().hex}", "isolation.level": "read_committed"})
-    c.subscribe(topics)
+    assigned = []
+    c.subscribe(topics, on_assign=lambda consumer, parts: assigned.append(parts))
     out, idle, deadline = {t: [] for t in topics}, 0, time.monotonic() + 90
     while idle < 10 and time.monotonic() < deadline:
         msg = c.poll(0.5)
         if msg is None:
-            idle += 1
+            idle += bool(assigned)  # idle only counts once the group gave us the partitions
             continue
         idle = 0
         schema = fastavro.parse_schema(json.loads(msg.key()))

@@ -32,7 +32,7 @@ def run(spark, bootstrap, topic, tmp, trigger="availableNow", max_offsets=100, d
 
     def stop_early(queries):
         if stop_after is not None and len(queries[0].recentProgress) >= stop_after:
-            queries[0].stop()
+            streaming.stop_at_boundary(queries[0])  # not between a batch's files and its offsets
 
     result = streaming.run_until([query], duration=duration, poll=0.5, on_poll=stop_early)
     return cfg.paths(fink), s2r.reconcile(spark, result.progress[s2r.QUERY_NAME], cfg.paths(fink)["raw"])

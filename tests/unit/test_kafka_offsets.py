@@ -61,3 +61,14 @@ def test_a_leader_that_never_serves_fails_after_the_timeout(monkeypatch):
     with pytest.raises(kafka.KafkaError, match="Not leader"):
         kafka.end_offsets("127.0.0.1:1", "t", timeout=30)
     assert 2 <= consumer.reads <= 10
+
+
+@pytest.mark.parametrize("error, passing", [
+    (NOT_LEADER, True), (KafkaError(KafkaError._TRANSPORT, "Disconnected"), True),
+    (KafkaError(KafkaError._ALL_BROKERS_DOWN, "down"), True), (KafkaError(KafkaError._TIMED_OUT, "t"), True),
+    (KafkaError(KafkaError.INVALID_PARTITIONS, "x", retriable=True), True),  # librdkafka says so
+    (AUTH, False), (KafkaError(KafkaError._UNKNOWN_PARTITION, "no such partition"), False),
+])
+def test_transient_errors_are_those_a_moment_mends(error, passing):
+    assert kafka.transient(error) is passing
+    assert kafka.transient(KafkaException(error)) is passing

@@ -61,12 +61,14 @@ def test_another_process_reads_the_store_while_a_stage_writes_it(tmp_path, progr
     writer = f"""
 import sys
 sys.path.insert(0, {str(tmp_path)!r})
+import time
 from fink import metrics
 from test_helper import _progress as progress
 store = metrics.Store({str(path)!r})
 store.begin_run("w", "stream2raw")
 for b in range(200):
     store.add_progress("w", progress("stream2raw", b, 5, 1_800_000_000 + b))
+    time.sleep(0.005)  # a second of writes at least, so that the reads overlap them on a loaded machine
 """
     (tmp_path / "test_helper.py").write_text(f"import json, time\n{_source_of(progress)}")
     proc = subprocess.Popen([sys.executable, "-c", writer])
