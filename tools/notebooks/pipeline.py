@@ -47,9 +47,8 @@ for name, where in pipeline.paths(plan, cfg).items():
 """),
 ("code", """
 if simulator:
-    from fink.simulator import SimulatorConfig, replay
-
     from fink import survey as surveys
+    from fink.simulator import SimulatorConfig, replay
 
     sample = surveys.load(survey).simulator["sample"]  # the bundled night, in the survey's format
     sent = replay(SimulatorConfig(source=sample, survey=survey, topic=pipeline.input_topic(plan, topic)),

@@ -18,11 +18,11 @@ import time
 from fink.streaming import stop_requested
 
 marker = pathlib.Path(stop_file).with_name("ticks.txt") if stop_file else None
-if marker:
-    marker.write_text("running")
 t0, ticks = time.monotonic(), 0
 while not stop_requested(stop_file) and time.monotonic() - t0 < duration:
     ticks += 1
+    if marker and ticks == 1:  # written after the first tick: a stop seen from then on finds ticks > 0
+        marker.write_text("running")
     time.sleep(0.1)
 reason = "stop-file" if stop_requested(stop_file) else "duration"
 if marker:
