@@ -159,7 +159,8 @@ def revoke(bootstrap: str, name: str, topic: str) -> None:
                                 b.permission_type) for b in _bindings(name, topic)]
     admin = _admin(bootstrap)
     _result(admin.delete_acls(filters), f"revoke {topic} from {name}")
-    _applied(f"revoke {topic} from {name}", lambda: not _user_acls(admin, name, topic))
+    gone = {(b.restype, b.name, b.operation) for b in _bindings(name, topic)}
+    _applied(f"revoke {topic} from {name}", lambda: not gone & _user_acls(admin, name, topic))
 
 
 def grants(bootstrap: str) -> dict[str, list[str]]:

@@ -112,7 +112,8 @@ def watch(bootstrap: str, topic: str, start: str | int = "earliest", max_message
     decoding ``survey``'s messages (a shipped survey or a description file).
 
     Stops after ``max_messages`` (0: no limit), after ``idle`` seconds without a message
-    once the end is reached (0: never), after ``duration`` seconds (0: never), or when
+    (0: never) once a message was read or the topic holds nothing to read (a slow first fetch
+    is waited for up to ``NO_MESSAGE_GRACE`` seconds more), after ``duration`` seconds (0: never), or when
     ``stop()`` returns True. ``on_update`` gets the stats every ``every`` seconds and at the end.
     """
     from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, TopicPartition
@@ -148,9 +149,8 @@ def watch(bootstrap: str, topic: str, start: str | int = "earliest", max_message
             if max_messages and stats.messages >= max_messages:
                 break
             if idle and now - last_msg >= idle and (
-                    stats.messages or now - last_msg >= idle + NO_MESSAGE_GRACE
-                    or _lag(consumer, parts, None) == 0):  # before the first fetch only an empty topic ends it
-                break
+                    stats.messages or stats.lag == 0 or now - last_msg >= idle + NO_MESSAGE_GRACE):
+                break  # before the first message only an empty topic (nothing to read) ends it
             if duration and stats.seconds >= duration:
                 break
             if stop is not None and stop():
@@ -178,8 +178,8 @@ def _lag(consumer, parts, last: int | None) -> int | None:
             return last
         if tp.offset >= 0:  # read up to there
             position = tp.offset
-        elif assigned.offset >= 0:  # nothing read yet from an explicit offset
-            position = assigned.offset
+        elif assigned.offset >= 0:  # nothing read yet from an explicit offset (one deleted: from the end)
+            position = assigned.offset if low <= assigned.offset <= high else high
         else:
             position = high if assigned.offset == OFFSET_END else low
         total += max(0, high - position)

@@ -50,8 +50,9 @@ def spark_options(bootstrap: str) -> dict[str, str]:
 def fetch(bootstrap: str, wanted: Iterable[tuple[str, int, int]], timeout: float = 30.0) -> dict[tuple, bytes | None]:
     """The values of the messages at (topic, partition, offset) ``wanted``, read by offset.
 
-    A message no longer in Kafka (retention) is absent from the result; the read gives up
-    on a partition after ``timeout`` seconds without progress.
+    A message no longer in Kafka (retention) is absent from the result. A partition read
+    that makes no progress for ``timeout`` seconds (the broker down) raises :class:`KafkaError`:
+    the caller's batch fails and runs again, rather than lose the bytes it wanted.
     """
     from confluent_kafka import Consumer, TopicPartition
     from confluent_kafka import KafkaError as ConfluentError
@@ -68,21 +69,26 @@ def fetch(bootstrap: str, wanted: Iterable[tuple[str, int, int]], timeout: float
         for (topic, partition), offsets in by_partition.items():
             consumer.assign([TopicPartition(topic, partition, min(offsets))])
             last, deadline = max(offsets), time.monotonic() + timeout
-            while time.monotonic() < deadline:
+            passing, ended = None, False
+            while not ended and time.monotonic() < deadline:
                 msg = consumer.poll(1.0)
                 if msg is None:
                     continue
                 if msg.error():
                     if msg.error().code() == ConfluentError._PARTITION_EOF:
-                        break
-                    if transient(msg.error()):  # a broker restarting: polled again until the deadline
-                        continue
-                    raise KafkaError(f"{topic}[{partition}] on {bootstrap}: {msg.error()}")
+                        ended = True
+                    elif transient(msg.error()):  # a broker restarting: polled again until the deadline
+                        passing = msg.error()
+                    else:
+                        raise KafkaError(f"{topic}[{partition}] on {bootstrap}: {msg.error()}")
+                    continue
                 deadline = time.monotonic() + timeout
                 if msg.offset() in offsets:
                     found[(topic, partition, msg.offset())] = msg.value()
-                if msg.offset() >= last:
-                    break
+                ended = msg.offset() >= last
+            if not ended:
+                raise KafkaError(f"{topic}[{partition}] on {bootstrap}: offset {last} not reached, no progress for "
+                                 f"{timeout:.0f} s" + (f" ({passing})" if passing is not None else ""))
     finally:
         consumer.close()
     return found
@@ -200,8 +206,8 @@ def end_offsets(bootstrap: str, topic: str, timeout: float = 30.0) -> dict[int, 
 
 # What librdkafka reports for a short while after a topic was created (its leader named in the
 # metadata but not serving yet), while a broker restarts, or when a request waits on a loaded machine.
-_PASSING = ("NOT_LEADER_FOR_PARTITION", "NOT_LEADER_OR_FOLLOWER", "LEADER_NOT_AVAILABLE", "UNKNOWN_TOPIC_OR_PART",
-            "_TRANSPORT", "_ALL_BROKERS_DOWN", "_TIMED_OUT")
+_PASSING = frozenset({"NOT_LEADER_FOR_PARTITION", "LEADER_NOT_AVAILABLE", "UNKNOWN_TOPIC_OR_PART", "_TRANSPORT",
+                      "_ALL_BROKERS_DOWN", "_TIMED_OUT"})
 
 
 def transient(error: Any) -> bool:
@@ -212,8 +218,9 @@ def transient(error: Any) -> bool:
     retriable = getattr(error, "retriable", None)
     if callable(retriable) and retriable():
         return True
-    name = error.name() if callable(getattr(error, "name", None)) else str(error)
-    return any(code in name for code in _PASSING)
+    if callable(getattr(error, "name", None)):
+        return error.name() in _PASSING
+    return any(code in str(error) for code in _PASSING)  # a message only: the code name in it
 
 
 def starting_offsets_json(topic: str, offsets: dict[int, int]) -> str:

@@ -143,7 +143,7 @@ class AlertStream:
         n, start = 0, time.monotonic()
         last = start
         while not limit or n < limit:
-            got = self.poll(min(1.0, idle))
+            got = self.poll(max(0.1, min(1.0, idle)))
             if got is None:
                 now = time.monotonic()
                 since = max(last, self._assigned) if self._assigned is not None else start + JOIN_GRACE

@@ -101,3 +101,35 @@ def test_a_topic_whose_messages_never_come_ends_after_the_grace(monkeypatch, clo
 
     stats = checkstream.watch("127.0.0.1:1", "t", idle=2)
     assert stats.messages == 0 and 2 + checkstream.NO_MESSAGE_GRACE <= clock.now < 3 + checkstream.NO_MESSAGE_GRACE
+
+
+class Watermarks(Consumer):
+    """Offsets 10 to 30 held (the first 10 deleted), and a broker that may not answer."""
+
+    def __init__(self, clock, error=None):
+        super().__init__(clock, held=30, slow=0)
+        self.error = error
+
+    def get_watermark_offsets(self, tp, timeout, cached=False):
+        if self.error is not None:
+            from confluent_kafka import KafkaException
+
+            raise KafkaException(self.error)
+        return 10, 30
+
+
+def test_the_lag_from_an_offset_already_deleted_counts_from_the_end(clock):
+    consumer = Watermarks(clock)
+    consumer.assign([TopicPartition("t", 0, 5)])
+    assert checkstream._lag(consumer, [TopicPartition("t", 0, 5)], None) == 0
+    assert checkstream._lag(consumer, [TopicPartition("t", 0, 12)], None) == 18
+    assert checkstream._lag(consumer, [TopicPartition("t", 0, OFFSET_BEGINNING)], None) == 20
+
+
+def test_a_broker_that_cannot_say_keeps_the_last_lag_and_other_errors_are_raised(clock):
+    from confluent_kafka import KafkaError, KafkaException
+
+    parts = [TopicPartition("t", 0, OFFSET_BEGINNING)]
+    assert checkstream._lag(Watermarks(clock, KafkaError(KafkaError._TRANSPORT, "down")), parts, 7) == 7
+    with pytest.raises(KafkaException):
+        checkstream._lag(Watermarks(clock, KafkaError(KafkaError.TOPIC_AUTHORIZATION_FAILED, "no")), parts, 7)

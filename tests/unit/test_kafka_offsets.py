@@ -72,3 +72,48 @@ def test_a_leader_that_never_serves_fails_after_the_timeout(monkeypatch):
 def test_transient_errors_are_those_a_moment_mends(error, passing):
     assert kafka.transient(error) is passing
     assert kafka.transient(KafkaException(error)) is passing
+
+
+class Reader:
+    """fetch's consumer: a partition whose polls give ``script`` (errors, offsets, or None) in turn."""
+
+    def __init__(self, *script):
+        self.script = list(script)
+
+    def __call__(self, config):
+        return self
+
+    def assign(self, parts):
+        pass
+
+    def poll(self, timeout):
+        item = self.script.pop(0) if self.script else None
+        if item is None or isinstance(item, KafkaError):
+            return None if item is None else type("Msg", (), {"error": lambda s, e=item: e})()
+        return type("Msg", (), {"error": lambda s: None, "offset": lambda s, o=item: o,
+                                "value": lambda s, o=item: b"v%d" % o})()
+
+    def close(self):
+        pass
+
+
+TRANSPORT = KafkaError(KafkaError._TRANSPORT, "Disconnected")
+
+
+def test_fetch_reads_through_a_broker_restart(monkeypatch):
+    monkeypatch.setattr("confluent_kafka.Consumer", Reader(TRANSPORT, None, TRANSPORT, 4, 5, 6))
+    assert kafka.fetch("127.0.0.1:1", [("t", 0, 4), ("t", 0, 6)]) == {("t", 0, 4): b"v4", ("t", 0, 6): b"v6"}
+
+
+def test_fetch_from_a_broker_that_stays_down_raises_rather_than_lose_the_bytes(monkeypatch):
+    monkeypatch.setattr("confluent_kafka.Consumer", Reader(*[TRANSPORT] * 10**4))
+    clock = iter(range(0, 10**6, 1))
+    monkeypatch.setattr(kafka.time, "monotonic", lambda: next(clock))
+    with pytest.raises(kafka.KafkaError, match=r"t\[0\].*offset 6 not reached.*Disconnected"):
+        kafka.fetch("127.0.0.1:1", [("t", 0, 4), ("t", 0, 6)], timeout=30)
+
+
+def test_fetch_of_offsets_gone_to_retention_returns_without_them(monkeypatch):
+    eof = KafkaError(KafkaError._PARTITION_EOF, "eof")
+    monkeypatch.setattr("confluent_kafka.Consumer", Reader(eof))
+    assert kafka.fetch("127.0.0.1:1", [("t", 0, 4)]) == {}
