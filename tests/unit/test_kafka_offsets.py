@@ -117,3 +117,18 @@ def test_fetch_of_offsets_gone_to_retention_returns_without_them(monkeypatch):
     eof = KafkaError(KafkaError._PARTITION_EOF, "eof")
     monkeypatch.setattr("confluent_kafka.Consumer", Reader(eof))
     assert kafka.fetch("127.0.0.1:1", [("t", 0, 4)]) == {}
+
+
+def test_temporary_topics_that_cannot_be_deleted_are_logged_and_the_block_stands(monkeypatch, caplog):
+    listed = iter([{"kept"}, {"kept", "made"}])
+    monkeypatch.setattr(kafka, "topics", lambda bootstrap, timeout=30.0: next(listed))
+    asked = []
+
+    def delete(bootstrap, names):
+        asked.append(set(names))
+        raise kafka.KafkaError("cannot delete topics on 127.0.0.1:1: made: REQUEST_TIMED_OUT")
+
+    monkeypatch.setattr(kafka, "delete_topics", delete)
+    with caplog.at_level("WARNING", logger="fink"), kafka.temporary_topics("127.0.0.1:1"):
+        pass
+    assert asked == [{"made"}] and "temporary topics left on the broker" in caplog.text and "made" in caplog.text
