@@ -11,7 +11,6 @@ from __future__ import annotations
 import datetime
 import io
 import json
-import time
 import uuid
 from pathlib import Path
 
@@ -187,26 +186,13 @@ def test_distribution_sends_what_the_rubin_filters_select_in_the_client_format(s
 
 
 def consume_decoded(topics):
-    """Every alert of ``topics``, decoded as the community client does (the schema in the key)."""
-    from confluent_kafka import Consumer
+    """Every committed alert of ``topics``, decoded as the community client does (the schema in the key)."""
+    from test_distribution import consume
 
-    from fink.config import ServicesConfig
+    from fink.client import decode
 
-    c = Consumer({"bootstrap.servers": ServicesConfig.load().kafka_bootstrap, "auto.offset.reset": "earliest",
-                  "group.id": f"t-{uuid.uuid4().hex}", "isolation.level": "read_committed"})
-    assigned = []
-    c.subscribe(topics, on_assign=lambda consumer, parts: assigned.append(parts))
-    out, idle, deadline = {t: [] for t in topics}, 0, time.monotonic() + 90
-    while idle < 10 and time.monotonic() < deadline:
-        msg = c.poll(0.5)
-        if msg is None:
-            idle += bool(assigned)  # idle only counts once the group gave us the partitions
-            continue
-        idle = 0
-        schema = fastavro.parse_schema(json.loads(msg.key()))
-        out[msg.topic()].append(fastavro.schemaless_reader(io.BytesIO(msg.value()), schema, None))
-    c.close()
-    return out
+    return {t: [decode(k, v) for k, v in messages]
+            for t, messages in consume(topics, **{"isolation.level": "read_committed"}).items()}
 
 
 def test_the_archive_keys_rubin_alerts_by_object_and_time(spark, rubin_night, hbase_thrift):
