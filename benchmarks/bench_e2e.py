@@ -123,7 +123,7 @@ class Receiver(threading.Thread):
             if msg is None or msg.error():
                 continue
             self.received += 1
-            if self.received % self.every == 1 or self.every == 1:
+            if (self.received - 1) % self.every == 0:  # the 1st, then one in every
                 now = time.time()
                 alert = decode(msg.key(), msg.value())
                 self.arrivals.append((now, alert["kafka_timestamp"].timestamp()))

@@ -57,15 +57,20 @@ def consume(topic: str, expected: int, timeout: float = 120.0) -> list[int]:
     """Candids of every committed message of ``topic``, reading until ``expected`` came or 8 s of silence."""
     consumer = Consumer({"bootstrap.servers": ServicesConfig.load().kafka_bootstrap, "group.id": uuid.uuid4().hex,
                          "auto.offset.reset": "earliest", "isolation.level": "read_committed"})
-    out, last, deadline = [], [time.monotonic() + 30], time.monotonic() + timeout  # 30 s to join the group
-    consumer.subscribe([topic], on_assign=lambda c, parts: last.append(time.monotonic()))  # silence counts from there
+    out, deadline = [], time.monotonic() + timeout
+    last = [time.monotonic() + 30]  # the last message, or the assignment (30 s to join the group)
+
+    def assigned(consumer, parts):
+        last[0] = time.monotonic()  # silence counts from there
+
+    consumer.subscribe([topic], on_assign=assigned)
     try:
-        while time.monotonic() < deadline and time.monotonic() - last[-1] < 8 and len(out) <= expected:
+        while time.monotonic() < deadline and time.monotonic() - last[0] < 8 and len(out) <= expected:
             msg = consumer.poll(0.5)
             if msg is None or msg.error():
                 continue
             out.append(decode(msg.key(), msg.value())["candid"])
-            last.append(time.monotonic())
+            last[0] = time.monotonic()
     finally:
         consumer.close()
     return out
