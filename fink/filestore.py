@@ -145,6 +145,12 @@ def _prefix(batch_id: int) -> str:
     return f"part-b{batch_id:010d}-"
 
 
+def batch_files(spark: "SparkSession", root: str, batch_id: int) -> list[str]:
+    """The paths of the files batch ``batch_id`` published into the table at ``root``."""
+    store = FileStore(spark, root)
+    return [f"{store.root}/{rel}" for rel in store.files() if rel.rpartition("/")[2].startswith(_prefix(batch_id))]
+
+
 def clean_attempt(spark: "SparkSession", root: str, batch_id: int) -> None:
     """Remove the files an interrupted earlier attempt of ``batch_id`` moved into the table."""
     store = FileStore(spark, root)

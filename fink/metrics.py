@@ -320,6 +320,18 @@ def note(query: str, batch: int, value: dict) -> None:
         logger.warning("metrics: could not record batch %s of %s: %s", batch, query, exc)
 
 
+def record(report: dict) -> None:
+    """Store a progress report this process made itself (a one-pass stage's account of a
+    batch, :func:`fink.stages.step.report`); nothing if no recorder (never raises)."""
+    rec = _RECORDER
+    if rec is None:
+        return
+    try:
+        rec.progress(report)
+    except Exception as exc:  # noqa: BLE001 - metrics must never stop a stage
+        logger.warning("metrics: could not record batch %s of %s: %s", report.get("batchId"), report.get("name"), exc)
+
+
 def run_identity(app_name: str = "notebook") -> tuple[str, str]:
     """``(service, run)``: from ``fink start`` (``FINK_SERVICE``, ``FINK_RUN``), else an interactive run."""
     service = os.environ.get("FINK_SERVICE") or app_name

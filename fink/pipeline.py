@@ -1,13 +1,19 @@
-"""The four stages as one service: their streaming queries in one Spark session.
+"""The four stages as one service, in one pass (the default) or as four queries of one session.
 
-Each stage can run as its own service (its own notebook, process and Spark driver); on a small
-machine four drivers compete for the same cores and memory. ``notebooks/pipeline.ipynb`` runs
-stream2raw, raw2science, distribution and archive as four queries of one session instead,
-each in its own FAIR scheduler pool (:func:`fink.streaming.start`), with the same
-checkpoints and outputs as the separate services: a deployment may switch between the two.
+**One pass** (:func:`one_pass`): one streaming query reads the survey's Kafka topic once,
+and each micro-batch goes through every stage in memory: stream2raw decodes it once (and
+writes the raw archive and the quarantine), raw2science applies the cuts and the modules
+(and writes the science archive), distribution sends each filter's selection in the batch's
+Kafka transaction, archive writes HBase. No stage reads the files of the one before; each
+does what it does alone, through one interface (:class:`fink.stages.step.Step`: what it
+reads, what it hands on, its account of the batch), and the pipeline composes them without
+naming them. The stages' accounts are kept per stage as if each were its own query, so
+their ``reconcile``, ``fink show`` and the dashboard read a one-pass run as any other.
 
-With a processing-time trigger the queries run side by side; with ``availableNow`` they run
-one after the other, each catching up with what the one before wrote.
+**Four queries** (:func:`build`): each stage's own streaming query (the same as its own
+notebook's, with its checkpoint), in its own FAIR scheduler pool; with a processing-time
+trigger they run side by side, with ``availableNow`` one after the other. Each alert then
+crosses three file hops: slower, but one stage can be re-run over an archive alone.
 """
 
 from __future__ import annotations
@@ -19,8 +25,10 @@ from fink.config import FinkConfig
 from fink.errors import ConfigError
 
 if TYPE_CHECKING:
-    from pyspark.sql import SparkSession
+    from pyspark.sql import DataFrame, SparkSession
     from pyspark.sql.streaming import DataStreamWriter
+
+    from fink.stages.step import Step
 
 STAGES = ("stream2raw", "raw2science", "distribution", "archive")
 
@@ -43,11 +51,13 @@ def _config_class(stage: str):
 
 @dataclasses.dataclass
 class Stage:
-    """One stage of the pipeline: its configuration, and once built its writer and sink."""
+    """One stage of the pipeline: its configuration, and once built its writer (four queries)
+    or its step (one pass), and its sink."""
 
     name: str
     config: Any
     writer: "DataStreamWriter | None" = None
+    step: "Step | None" = None
 
     @property
     def query_name(self) -> str:
@@ -55,6 +65,8 @@ class Stage:
 
     @property
     def sink(self) -> Any:
+        if self.step is not None:
+            return self.step.sink
         return getattr(self.writer, "fink_sink", None)
 
 
@@ -103,16 +115,100 @@ def build(spark: "SparkSession", stages: list[Stage], fink: FinkConfig, trigger:
     distribution and archive take the science archive's schema from this plan's raw2science
     (its modules), not from the built-in modules, while the archive is still empty.
     """
-    if trigger != "availableNow" and not trigger.endswith("seconds"):
-        raise ConfigError(f"trigger must be 'availableNow' or '<N> seconds', got {trigger!r}")
+    _check_trigger(trigger)
     producer = next((s.config for s in stages if s.name == "raw2science"), None)
     for s in stages:
         module = _module(s.name)
         writer = (module.build(spark, s.config, fink, producer) if s.name in ("distribution", "archive")
                   else module.build(spark, s.config, fink))
-        s.writer = writer.trigger(availableNow=True) if trigger == "availableNow" else writer.trigger(
-            processingTime=trigger)  # trigger() returns the same writer: its fink_sink stays
+        s.writer = _trigger(writer, trigger)  # trigger() returns the same writer: its fink_sink stays
     return stages
+
+
+def _check_trigger(trigger: str) -> None:
+    if trigger != "availableNow" and not trigger.endswith("seconds"):
+        raise ConfigError(f"trigger must be 'availableNow' or '<N> seconds', got {trigger!r}")
+
+
+def _trigger(writer: "DataStreamWriter", trigger: str) -> "DataStreamWriter":
+    _check_trigger(trigger)
+    return writer.trigger(availableNow=True) if trigger == "availableNow" else writer.trigger(processingTime=trigger)
+
+
+def checkpoint(stages: list[Stage], fink: FinkConfig) -> str:
+    """Where the one-pass query keeps its checkpoint: ``checkpoints/pipeline`` (under the survey's folder)."""
+    return stages[0].config.description().data_uri(fink, "checkpoints", "pipeline")
+
+
+class OnePass:
+    """The ``foreachBatch`` function of the one-pass query: each step in turn on the batch.
+
+    ``reports`` keeps, per stage, the account of each batch (a progress report of the
+    stage's own query, :func:`fink.stages.step.report`), which also goes to the metrics store.
+    What a step cached is released when the batch ends, whatever happened.
+    """
+
+    def __init__(self, steps: "list[Step]"):
+        self.steps = steps
+        self.reports: dict[str, list[dict]] = {s.name: [] for s in steps}
+
+    def __call__(self, batch: "DataFrame", batch_id: int) -> None:
+        from fink import metrics
+
+        frames: dict[str, tuple[Any, int | None]] = {self.steps[0].reads: (batch, None)}
+        cached = []
+        try:
+            for step in self.steps:
+                frame, rows = frames.get(step.reads, (None, 0))
+                if frame is None:  # nothing handed on (every alert set aside or cut)
+                    continue
+                out = step.run(frame, batch_id, rows)
+                cached += out.cached
+                self.reports[step.name].append(out.report)
+                metrics.record(out.report)
+                if step.writes:
+                    frames[step.writes] = (out.frame, out.rows)
+        finally:
+            for df in cached:
+                df.unpersist()
+
+
+def one_pass(spark: "SparkSession", stages: list[Stage], fink: FinkConfig, trigger: str,
+             checkpoint_path: str = "") -> "DataStreamWriter":
+    """The one-pass query's unstarted writer (named ``pipeline``); each stage gets its step.
+
+    The query reads the first stage's source (stream2raw's: the survey's Kafka topic) and
+    hands each micro-batch to every stage in order. Loading errors (filters, modules,
+    tables, topics) are raised here, as is a stage that reads what no stage before it writes.
+    Start it with :func:`fink.streaming.start`; its ``fink_sink`` is the :class:`OnePass`.
+    """
+    from fink.stages.step import FRAMES
+
+    _check_trigger(trigger)
+    where = checkpoint_path or checkpoint(stages, fink)
+    producer = next((s.config for s in stages if s.name == "raw2science"), None)
+    available: set[str] = set()
+    for k, s in enumerate(stages):
+        s.step = _module(s.name).step(spark, s.config, fink, checkpoint=where, producer=producer)
+        if k == 0:
+            available.add(s.step.reads)
+        elif s.step.reads not in available:
+            raise ConfigError(f"pipeline: {s.name} reads the {s.step.reads} alerts, which no stage before it "
+                              f"hands on (stages: {', '.join(x.name for x in stages)})")
+        if s.step.writes in FRAMES:
+            available.add(s.step.writes)
+    if stages[0].step.source is None:
+        raise ConfigError(f"pipeline: {stages[0].name} cannot start a pipeline (it has no source of its own)")
+    sink = OnePass([s.step for s in stages])
+    writer = (stages[0].step.source().writeStream.foreachBatch(sink).option("checkpointLocation", where)
+              .queryName(ONE_PASS))
+    writer = _trigger(writer, trigger)
+    writer.fink_sink = sink  # type: ignore[attr-defined]
+    return writer
+
+
+#: the name of the one-pass query
+ONE_PASS = "pipeline"
 
 
 def reconcile(spark: "SparkSession", stage: Stage, progress: list[dict], fink: FinkConfig) -> dict[str, Any]:

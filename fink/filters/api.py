@@ -108,7 +108,8 @@ def load_filters(filters: Mapping[str, str], params: Mapping[str, Mapping[str, A
     return loaded
 
 
-def apply_filters(df: "DataFrame", filters: Sequence[AlertFilter], observe_as: str | None = None) -> "DataFrame":
+def apply_filters(df: "DataFrame", filters: Sequence[AlertFilter], observe_as: str | None = None,
+                  metrics_column: str | None = None) -> "DataFrame":
     """Add :data:`SELECTED`: per alert, the indices (in ``filters``) of the filters that selected it.
 
     A null answer (or a failed filter) does not select. With ``observe_as``, the metrics of
@@ -119,7 +120,7 @@ def apply_filters(df: "DataFrame", filters: Sequence[AlertFilter], observe_as: s
     if not filters:
         return df.withColumn(SELECTED, F.array().cast("array<int>"))
     try:
-        df = apply_modules(df, [f.module for f in filters], observe_as=observe_as)
+        df = apply_modules(df, [f.module for f in filters], observe_as=observe_as, metrics_column=metrics_column)
     except ScienceModuleError as exc:  # an input column that is not in the alerts
         raise FilterError(str(exc).replace("science module", KIND, 1)) from exc
     flags = [F.when(F.coalesce(F.col(f"_sel{k}"), F.lit(False)), F.lit(k)) for k in range(len(filters))]

@@ -302,13 +302,16 @@ def _chain_udf(modules: Sequence[ScienceModule], inputs: list[str], fail: bool, 
 
 
 def apply_modules(df: "DataFrame", modules: Sequence[ScienceModule], fail: bool = False,
-                  observe_as: str | None = None, stamp: str | None = None) -> "DataFrame":
+                  observe_as: str | None = None, stamp: str | None = None,
+                  metrics_column: str | None = None) -> "DataFrame":
     """Add every module's output columns to ``df``, the modules running in order in one Arrow UDF.
 
     With ``observe_as``, the query's observed metrics of that name get, per module,
     ``<key>_seconds`` (summed worker time), ``<key>_errors`` (alerts whose batch failed)
     and ``<key>_error`` (one error text). With ``stamp``, a timestamp column of that name
     holds when the modules ended on the alert (the current time when there are no modules).
+    With ``metrics_column``, a column of that name keeps each alert's share of those metrics,
+    for :func:`module_metrics` to sum (a batch that is cached, where observed metrics are lost).
 
     Notes
     -----
@@ -321,6 +324,8 @@ def apply_modules(df: "DataFrame", modules: Sequence[ScienceModule], fail: bool 
 
     check_inputs(modules, df.schema)
     if not modules:
+        if metrics_column:
+            df = df.withColumn(metrics_column, F.lit(None).cast("struct<_none:string>"))
         return df.withColumn(stamp, F.current_timestamp()) if stamp else df
     produced: set[str] = set()
     inputs: list[str] = []
@@ -334,16 +339,28 @@ def apply_modules(df: "DataFrame", modules: Sequence[ScienceModule], fail: bool 
     tmp = "__modules"
     # one struct argument (a DataFrame in the worker) whatever the number of inputs
     df = df.withColumn(tmp, fn(F.struct(*[F.col(c).alias(f"_in{k}") for k, c in enumerate(inputs)])))
-    metrics = []
-    for i, m in enumerate(modules):
-        err, secs = F.col(tmp).getField(f"_error_{i}"), F.col(tmp).getField(f"_seconds_{i}")
-        metrics += [F.sum(secs).alias(f"{m.key}_seconds"), F.count(err).alias(f"{m.key}_errors"),
-                    F.max(err).alias(f"{m.key}_error")]
     if observe_as:
-        df = df.observe(observe_as, *metrics)
+        df = df.observe(observe_as, *module_metrics(modules, tmp))
     outputs = [F.col(tmp).getField(c).alias(c) for m in modules for c in m.outputs]
     outputs += [F.col(tmp).getField(stamp).alias(stamp)] if stamp else []
+    if metrics_column:
+        outputs.append(F.struct(*[F.col(tmp).getField(f"_{what}_{i}").alias(f"_{what}_{i}")
+                                  for i in range(len(modules)) for what in ("error", "seconds")]
+                                ).alias(metrics_column))
     return df.select(*[c for c in df.columns if c != tmp], *outputs)
+
+
+def module_metrics(modules: Sequence[ScienceModule], column: str) -> list:
+    """Aggregates of the per-module metrics ``column`` holds (``apply_modules``'s struct):
+    ``<key>_seconds`` (summed worker time), ``<key>_errors``, ``<key>_error`` (one text)."""
+    from pyspark.sql import functions as F
+
+    out = []
+    for i, m in enumerate(modules):
+        err, secs = F.col(column).getField(f"_error_{i}"), F.col(column).getField(f"_seconds_{i}")
+        out += [F.sum(secs).alias(f"{m.key}_seconds"), F.count(err).alias(f"{m.key}_errors"),
+                F.max(err).alias(f"{m.key}_error")]
+    return out
 
 
 def add_metrics(into: dict[str, dict[str, Any]], values: Mapping[str, Any] | None) -> None:

@@ -32,6 +32,9 @@ from fink.streaming import observed
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
     from pyspark.sql.streaming import DataStreamWriter
+    from pyspark.sql.types import StructType
+
+    from fink.stages.step import Step
 
 QUERY_NAME = "archive"
 
@@ -134,13 +137,14 @@ def thrift_address(fink: FinkConfig) -> tuple[str, int]:
     return host, int(port)
 
 
-def layout(spark: "SparkSession", cfg: ArchiveConfig, science_path: str, producer: Any = None) -> Layout:
+def layout(spark: "SparkSession", cfg: ArchiveConfig, science_path: str, producer: Any = None,
+           from_files: bool = True) -> Layout:
     """The table layout for the science alerts: their Arrow schema as batches deliver it,
     the columns modules added (family ``d``: not in the raw archive) and the cutouts."""
     from fink.stages import distribution as dist
     from fink.stages import raw2science as r2s
 
-    schema = dist.science_schema(spark, science_path, producer, cfg.survey)
+    schema = dist.science_schema(spark, science_path, producer, cfg.survey, from_files)
     alert = spark.createDataFrame([], schema).drop("night")
     raw = set(r2s.raw_schema(spark, cfg.survey).fieldNames())
     added = [c for c in alert.columns if c not in raw]
@@ -321,6 +325,54 @@ class Sink:
 REPORT_KEYS = [part.split()[0] for part in REPORT.split(", ")]
 
 
+def prepare(spark: "SparkSession", cfg: ArchiveConfig, fink: FinkConfig, science_path: str, schema: "StructType",
+            producer: Any = None, from_files: bool = True) -> Sink:
+    """The sink of the stage, its tables created (or their recorded layout checked) and its tag
+    filters' inputs checked against ``schema`` (the science alerts'); an unreachable gateway is
+    retried for ``retry_for_s`` like a write."""
+    tags = cfg.load_tags()
+    host, port = thrift_address(fink)
+    lay = layout(spark, cfg, science_path, producer, from_files)
+    probe = Writer(host, port, pool_size=1, retry_for=cfg.retry_for_s)
+
+    def create() -> Layout:
+        conn = connect(host, port)
+        try:
+            return ensure_tables(conn, lay)
+        finally:
+            conn.close()
+
+    lay = probe.retried(f"creating the archive tables {cfg.table_name()}", create)
+    probe.close()
+    try:
+        check_inputs([f.module for f in tags], schema)
+    except ScienceModuleError as exc:  # a tag filter's input that is not a column of the alerts
+        raise FilterError(str(exc).replace("science module", "tag filter", 1)) from exc
+    return Sink(lay, tags, host, port, cfg)
+
+
+def step(spark: "SparkSession", cfg: ArchiveConfig, fink: FinkConfig, *, producer: Any = None,
+         **context: Any) -> "Step":
+    """The stage as a step of the one-pass pipeline: the batch's science alerts in (cached by
+    raw2science), into HBase; the batch's step ends when HBase has accepted every row."""
+    from fink.stages import distribution as dist
+    from fink.stages.step import Output, Step, report
+
+    paths = cfg.paths(fink)
+    schema = dist.science_schema(spark, paths["science"], producer, cfg.survey, from_files=False)
+    sink = prepare(spark, cfg, fink, paths["science"], schema, producer, from_files=False)
+
+    def run(science: "DataFrame", batch_id: int, rows: int | None) -> Output:
+        started = time.time()
+        sink(science, batch_id)
+        alerts = rows if rows is not None else sink.written[batch_id]["alerts"]
+        return Output(None, 0, report(QUERY_NAME, batch_id, alerts, {"alerts": alerts}, None, started))
+
+    files = dist.DistributionConfig(max_files_per_trigger=cfg.max_files_per_trigger)
+    return Step(QUERY_NAME, reads="science", writes=None, run=run, sink=sink,
+                source=lambda: dist.source(spark, files, paths["science"], producer))
+
+
 def build(spark: "SparkSession", cfg: ArchiveConfig, fink: FinkConfig, producer: Any = None) -> "DataStreamWriter":
     """The stage's unstarted writer: science archive -> tags -> HBase (main table and indexes).
 
@@ -333,27 +385,9 @@ def build(spark: "SparkSession", cfg: ArchiveConfig, fink: FinkConfig, producer:
     from fink.stages import distribution as dist
 
     paths = cfg.paths(fink)
-    tags = cfg.load_tags()
-    host, port = thrift_address(fink)
-    lay = layout(spark, cfg, paths["science"], producer)
-    probe = Writer(host, port, pool_size=1, retry_for=cfg.retry_for_s)
-
-    def create() -> Layout:
-        conn = connect(host, port)
-        try:
-            return ensure_tables(conn, lay)
-        finally:
-            conn.close()
-
-    lay = probe.retried(f"creating the archive tables {cfg.table_name()}", create)
-    probe.close()
     stream = dist.source(spark, dist.DistributionConfig(max_files_per_trigger=cfg.max_files_per_trigger),
                          paths["science"], producer)
-    try:
-        check_inputs([f.module for f in tags], stream.schema)
-    except ScienceModuleError as exc:  # a tag filter's input that is not a column of the alerts
-        raise FilterError(str(exc).replace("science module", "tag filter", 1)) from exc
-    sink = Sink(lay, tags, host, port, cfg)
+    sink = prepare(spark, cfg, fink, paths["science"], stream.schema, producer)
     counted = metrics.observe_latency(stream.observe(QUERY_NAME, F.count(F.lit(1)).alias("alerts")))
     writer = (counted.writeStream.foreachBatch(sink)
               .option("checkpointLocation", paths["checkpoint"]).queryName(QUERY_NAME))

@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -38,6 +39,8 @@ if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
     from pyspark.sql.streaming import DataStreamWriter
     from pyspark.sql.types import StructType
+
+    from fink.stages.step import Step
 
 QUERY_NAME = "distribution"
 FILTERS_METRICS = "distribution_filters"
@@ -115,17 +118,18 @@ class DistributionConfig(surveys.OfSurvey, Validated):
 
 # -- the science archive as a stream ---------------------------------------------------------
 
-def science_schema(spark: "SparkSession", science_path: str, producer: Any = None, survey: str = "ztf") -> "StructType":
-    """The science archive's schema: from its files if it has any, else what raw2science
-    writes with ``producer`` (its :class:`~fink.stages.raw2science.Raw2ScienceConfig`; by
-    default ``survey``'s built-in modules), so that the stages may start in any order."""
+def science_schema(spark: "SparkSession", science_path: str, producer: Any = None, survey: str = "ztf",
+                   from_files: bool = True) -> "StructType":
+    """The science archive's schema: from its files if it has any (and ``from_files``), else
+    what raw2science writes with ``producer`` (its :class:`~fink.stages.raw2science.Raw2ScienceConfig`;
+    by default ``survey``'s built-in modules), so that the stages may start in any order."""
     from pyspark.sql.types import StringType, StructField, StructType
 
     from fink.filestore import FileStore
 
     store = FileStore(spark, science_path)
     files = [f for f in store.files() if f.endswith(".parquet") and not f.startswith("_")] \
-        if store.exists() else []
+        if from_files and store.exists() else []
     if files:
         schema = spark.read.parquet(f"{store.root}/{files[0]}").schema
     else:
@@ -412,6 +416,57 @@ def build(spark: "SparkSession", cfg: DistributionConfig, fink: FinkConfig,
               .option("checkpointLocation", paths["checkpoint"]).queryName(QUERY_NAME))
     writer.fink_sink = sink  # type: ignore[attr-defined]  # what each batch delivered, for reconcile
     return writer
+
+
+def step(spark: "SparkSession", cfg: DistributionConfig, fink: FinkConfig, *, checkpoint: str,
+         producer: Any = None, **context: Any) -> "Step":
+    """The stage as a step of the one-pass pipeline: the batch's science alerts in (cached by
+    raw2science), each filter's selection to its topic in the batch's transaction.
+
+    The filters run on the columns they read alone (with the alerts' Kafka coordinates); the
+    selected alerts are then joined back to the full rows and encoded once per encoding. The
+    transactions and outboxes are keyed by ``checkpoint``, the pipeline's.
+    """
+    from pyspark import StorageLevel
+    from pyspark.sql import functions as F
+
+    from fink.filters.api import apply_filters
+    from fink.science.api import module_metrics
+    from fink.stages.step import Output, Step, count_where, latency_quantiles, report
+
+    paths = cfg.paths(fink)
+    filters = cfg.load_filters()
+    topics = [f.topic for f in filters]
+    schema = science_schema(spark, paths["science"], producer, cfg.survey, from_files=False)
+    encs = encodings(alert_columns(spark.createDataFrame([], schema)).schema, cfg, topics)
+    prepare_topics(fink.kafka_bootstrap, cfg, encs, topics)
+    sink = Sink(fink.kafka_bootstrap, topics, encs, checkpoint)
+    sink.recover(spark)
+    ids = ["kafka_topic", "kafka_partition", "kafka_offset"]
+    heads = list(dict.fromkeys(c.split(".")[0] for f in filters for c in f.module.inputs))
+
+    def run(science: "DataFrame", batch_id: int, rows: int | None) -> Output:
+        started = time.time()
+        narrow = science.select(*ids, "kafka_timestamp", *[h for h in heads if h not in (*ids, "kafka_timestamp")])
+        flags = apply_filters(narrow, filters, metrics_column="_metrics").select(
+            *ids, "kafka_timestamp", SELECTED, "_metrics").persist(StorageLevel.MEMORY_AND_DISK)
+        picked = F.col(SELECTED)
+        tally = flags.agg(F.count(F.lit(1)).alias("alerts"), count_where(F.size(picked) > 0).alias("selected"),
+                          *[count_where(F.array_contains(picked, k)).alias(f"selected_{f.module.key}")
+                            for k, f in enumerate(filters)],
+                          latency_quantiles(F.col("kafka_timestamp"), F.current_timestamp()).alias("_lat"),
+                          *module_metrics([f.module for f in filters], "_metrics")).first().asDict()
+        chosen = flags.where(F.size(picked) > 0).select(*ids, SELECTED)
+        sink(science.join(F.broadcast(chosen), ids, "inner"), batch_id)
+        observed = {k: int(tally[k] or 0) for k in ["alerts", "selected"] + [f"selected_{f.module.key}"
+                                                                              for f in filters]}
+        account = report(QUERY_NAME, batch_id, observed["alerts"], observed, list(tally["_lat"] or []), started)
+        account["observedMetrics"][FILTERS_METRICS] = {
+            k: v for k, v in tally.items() if k not in observed and k != "_lat"}
+        return Output(None, 0, account, [flags])
+
+    return Step(QUERY_NAME, reads="science", writes=None, run=run, sink=sink,
+                source=lambda: source(spark, cfg, paths["science"], producer))
 
 
 def reconcile(progress: list[dict], sink: Sink) -> dict[str, Any]:

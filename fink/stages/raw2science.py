@@ -34,6 +34,8 @@ if TYPE_CHECKING:
     from pyspark.sql.streaming import DataStreamWriter
     from pyspark.sql.types import StructType
 
+    from fink.stages.step import Step
+
 QUERY_NAME = "raw2science"
 MODULES_METRICS = "raw2science_modules"
 
@@ -158,20 +160,28 @@ def apply_cuts(df: "DataFrame", cuts: dict[str, str], observe_as: str | None = N
 
 def transform(df: "DataFrame", cfg: Raw2ScienceConfig, modules: list[ScienceModule] | None = None) -> "DataFrame":
     """Raw alerts -> kept alerts with every module's columns and the provenance columns."""
-    from pyspark.sql import functions as F
 
     modules = cfg.load_modules() if modules is None else modules
     df = apply_cuts(df, cfg.quality_cuts(), observe_as=QUERY_NAME)
+    df = add_science(df, cfg, modules, observe_as=MODULES_METRICS)
+    return metrics.observe_latency(df, until="processingEnd")  # Kafka timestamp -> end of the modules
+
+
+def add_science(df: "DataFrame", cfg: Raw2ScienceConfig, modules: list[ScienceModule],
+                observe_as: str | None = None, metrics_column: str | None = None) -> "DataFrame":
+    """Kept alerts -> the same with the modules' columns and the provenance columns (the
+    modules' metrics observed as ``observe_as``, or kept in ``metrics_column``)."""
+    from pyspark.sql import functions as F
+
     df = df.withColumn("processingStart", F.current_timestamp())
     # processingEnd is stamped by the modules' own UDF: a second Python UDF would hold every
     # row (cutouts included) in the JVM once more while it runs
-    df = apply_modules(df, modules, fail=cfg.fail_on_module_error, observe_as=MODULES_METRICS,
-                       stamp="processingEnd")
+    df = apply_modules(df, modules, fail=cfg.fail_on_module_error, observe_as=observe_as,
+                       stamp="processingEnd", metrics_column=metrics_column)
     versions = [F.lit(x) for name, version in provenance(modules).items() for x in (name, version)]
     fink_modules = F.create_map(*versions) if versions else F.create_map().cast("map<string,string>")
-    df = df.select(*[c for c in df.columns if c != "processingEnd"], fink_modules.alias("fink_modules"),
-                   "processingEnd")
-    return metrics.observe_latency(df, until="processingEnd")  # Kafka timestamp -> end of the modules
+    tail = ["processingEnd"] + ([metrics_column] if metrics_column else [])
+    return df.select(*[c for c in df.columns if c not in tail], fink_modules.alias("fink_modules"), *tail)
 
 
 def write_batch(batch: "DataFrame", batch_id: int, cfg: Raw2ScienceConfig, paths: dict[str, str]) -> dict[str, Any]:
@@ -210,6 +220,66 @@ def build(spark: "SparkSession", cfg: Raw2ScienceConfig, fink: FinkConfig) -> "D
 
     return (rows.writeStream.foreachBatch(sink).option("checkpointLocation", paths["checkpoint"])
             .queryName(QUERY_NAME))
+
+
+def step(spark: "SparkSession", cfg: Raw2ScienceConfig, fink: FinkConfig, **context: Any) -> "Step":
+    """The stage as a step of the one-pass pipeline: the batch's raw alerts in (from memory),
+    the science alerts out, cached: the cuts, the modules and the science archive's write
+    each see them once, and the steps after read the cache."""
+    from pyspark import StorageLevel
+    from pyspark.sql import functions as F
+
+    from fink import filestore
+    from fink.science.api import module_metrics
+    from fink.stages.step import Output, Step, count_where, latency_quantiles, report
+
+    paths = cfg.paths(fink)
+    modules = cfg.load_modules()
+    cuts = cfg.quality_cuts()
+    layout = None
+
+    def run(raw: "DataFrame", batch_id: int, rows: int | None) -> Output:
+        nonlocal layout
+        started = time.time()
+        done = filestore.committed(spark, paths["science"], batch_id)
+        if done is not None:  # committed before a crash: what it wrote, from the archive
+            from fink.stages.stream2raw import batch_files
+
+            if layout is None:
+                layout = add_science(apply_cuts(spark.createDataFrame([], raw.schema), cuts), cfg, modules).schema
+            out = batch_files(spark, paths["science"], batch_id, layout)
+            return Output(out, int(done.get("alerts", 0)), report(QUERY_NAME, batch_id, 0, {}, None, started,
+                                                                  replayed=True))
+        try:
+            flagged = raw.withColumn("_cut", cut_reason(cuts))
+        except Exception as exc:  # an unparsable or unknown-column condition: name the cut
+            raise ConfigError(f"quality cuts {cuts}: {str(exc).splitlines()[0]}") from exc
+        cut = F.col("_cut")
+        tally = flagged.agg(F.count(F.lit(1)).alias("alerts"), count_where(cut.isNull()).alias("kept"),
+                            count_where(cut.isNotNull()).alias("rejected"),
+                            *[count_where(cut == name).alias(f"rejected_{name}") for name in cuts]).first()
+        observed = {k: int(v or 0) for k, v in tally.asDict().items()}
+        if not observed["kept"]:  # committed empty, so that its account finds the batch written
+            empty = spark.createDataFrame([], add_science(flagged.drop("_cut"), cfg, modules).schema)
+            record = write_batch(empty, batch_id, cfg, paths)
+            return Output(None, 0, report(QUERY_NAME, batch_id, observed["alerts"], observed, None, started,
+                                          written=record["alerts"]))
+        science = add_science(flagged.where(cut.isNull()).drop("_cut"), cfg, modules,
+                              metrics_column="_metrics").persist(StorageLevel.MEMORY_AND_DISK)
+        # the modules run here, once: the cache feeds the archive's write and the steps after
+        summary = science.agg(F.count(F.lit(1)).alias("n"),
+                              latency_quantiles(F.col("kafka_timestamp"), F.col("processingEnd")).alias("lat"),
+                              *module_metrics(modules, "_metrics")).first().asDict()
+        # the science archive's column order (night last, as a read of its files gives it)
+        out = science.select(*[c for c in science.columns if c not in ("_metrics", "night")], "night")
+        record = write_batch(out, batch_id, cfg, paths)
+        account = report(QUERY_NAME, batch_id, observed["alerts"], observed, list(summary["lat"] or []), started,
+                         written=record["alerts"])
+        account["observedMetrics"][MODULES_METRICS] = {k: v for k, v in summary.items() if k not in ("n", "lat")}
+        return Output(out, int(summary["n"]), account, [science])
+
+    return Step(QUERY_NAME, reads="raw", writes="science", run=run,
+                source=lambda: source(spark, cfg, paths["raw"]))
 
 
 def reconcile(spark: "SparkSession", progress: list[dict], science_path: str) -> dict[str, Any]:

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 from typing import TYPE_CHECKING, Any
 
 from fink import avro, metrics
@@ -42,6 +43,7 @@ if TYPE_CHECKING:
     from pyspark.sql.streaming import DataStreamWriter
     from pyspark.sql.types import DataType, StructType
 
+    from fink.stages.step import Step
     from fink.wire import SchemaResolver
 
 QUERY_NAME = "stream2raw"
@@ -435,20 +437,29 @@ def transform(df: "DataFrame", cfg: Stream2RawConfig, schemas: dict[str, str] | 
 
     ``schemas`` (version -> writer schema text) defaults to :meth:`Stream2RawConfig.schemas`.
     """
-    from pyspark.sql import functions as F
+    out = decoded(df, cfg, schemas)
+    # latency: Kafka timestamp -> this batch's ingest time
+    return metrics.observe_latency(out.observe(QUERY_NAME, *counts()), until="brokerIngestTimestamp",
+                                   since="timestamp")
 
+
+def decoded(df: "DataFrame", cfg: Stream2RawConfig, schemas: dict[str, str] | None = None) -> "DataFrame":
+    """Kafka rows to decoded rows with ``reason`` (:func:`transform` without its observed metrics)."""
     survey = cfg.description()
     schemas = cfg.schemas() if schemas is None else schemas
-    out = decode(PARSERS[survey.wire](df, list(schemas), cfg.max_alert_bytes), schemas, survey)
+    return decode(PARSERS[survey.wire](df, list(schemas), cfg.max_alert_bytes), schemas, survey)
+
+
+def counts() -> list["Column"]:
+    """The stage's counts of a batch of decoded rows: messages, decoded, quarantined (per reason)."""
+    from pyspark.sql import functions as F
+
     is_bad = F.col("reason").isNotNull()
-    counts = [F.count(F.lit(1)).alias("messages"),
-              F.sum(F.when(~is_bad, 1).otherwise(0)).alias("decoded"),
-              F.sum(F.when(is_bad, 1).otherwise(0)).alias("quarantined")]
-    counts += [F.sum(F.when(F.col("reason") == r, 1).otherwise(0)).alias(f"quarantined_{r}")
-               for r in avro.REASONS if r != "duplicate"]
-    # latency: Kafka timestamp -> this batch's ingest time
-    return metrics.observe_latency(out.observe(QUERY_NAME, *counts), until="brokerIngestTimestamp",
-                                   since="timestamp")
+    out = [F.count(F.lit(1)).alias("messages"),
+           F.sum(F.when(~is_bad, 1).otherwise(0)).alias("decoded"),
+           F.sum(F.when(is_bad, 1).otherwise(0)).alias("quarantined")]
+    return out + [F.sum(F.when(F.col("reason") == r, 1).otherwise(0)).alias(f"quarantined_{r}")
+                  for r in avro.REASONS if r != "duplicate"]
 
 
 # -- writing -----------------------------------------------------------------------------
@@ -463,6 +474,15 @@ def write_batch(batch: "DataFrame", batch_id: int, cfg: Stream2RawConfig, paths:
 
     Returns what the batch held (also written in the raw table's commit marker). A batch
     already committed (replayed after a restart) is skipped.
+    """
+    return archive_batch(batch, batch_id, cfg, paths, bootstrap, index)[0]
+
+
+def archive_batch(batch: "DataFrame", batch_id: int, cfg: Stream2RawConfig, paths: dict[str, str],
+                  bootstrap: str | None = None, index: "ArchivedCandids | None" = None):
+    """:func:`write_batch`, returning also every message's fate: a pandas frame of topic,
+    partition, offset, candid, Kafka timestamp, ingest time, night and ``reason`` (null for
+    the alerts archived), or None when the batch was already committed.
 
     Notes
     -----
@@ -480,7 +500,7 @@ def write_batch(batch: "DataFrame", batch_id: int, cfg: Stream2RawConfig, paths:
     spark = batch.sparkSession
     done = filestore.begin(spark, paths["raw"], batch_id, paths["quarantine"])
     if done is not None:
-        return done
+        return done, None
     clock = metrics.Clock()
     reason = F.col("reason")
     rows = raw_columns(batch.withColumn("night", F.when(reason.isNull(), F.col("night"))
@@ -515,7 +535,7 @@ def write_batch(batch: "DataFrame", batch_id: int, cfg: Stream2RawConfig, paths:
     filestore.commit(spark, paths["raw"], batch_id, record)
     metrics.note(QUERY_NAME, batch_id, record)
     index.add(keys[keys["reason"].isna()])
-    return record
+    return record, keys
 
 
 #: Parquet writer options of the raw archive, measured on real ZTF alerts: zstd writes these
@@ -672,6 +692,64 @@ def build(spark: "SparkSession", cfg: Stream2RawConfig, fink: FinkConfig) -> "Da
 
     return (rows.writeStream.foreachBatch(sink).option("checkpointLocation", paths["checkpoint"])
             .queryName(QUERY_NAME))
+
+
+def batch_files(spark: "SparkSession", root: str, batch_id: int, schema: "StructType") -> "DataFrame":
+    """The rows batch ``batch_id`` published into the table at ``root`` (a replayed batch's
+    output, read back for the stages after it)."""
+    from fink import filestore
+
+    files = filestore.batch_files(spark, root, batch_id)
+    if not files:
+        return spark.createDataFrame([], schema)
+    return spark.read.schema(schema).option("basePath", root).parquet(*files)
+
+
+def step(spark: "SparkSession", cfg: Stream2RawConfig, fink: FinkConfig, **context: Any) -> "Step":
+    """The stage as a step of the one-pass pipeline: Kafka rows in, the alerts it archived out.
+
+    Each message is decoded once, into a cached frame: the raw archive and the quarantine are
+    written from it, and the alerts archived (not set aside, not duplicates) are handed on
+    from it, in memory. A batch already committed (a replay) hands on its archived files.
+    """
+    from pyspark import StorageLevel
+    from pyspark.sql import functions as F
+
+    from fink.stages.step import Output, Step, report
+
+    paths = cfg.paths(fink)
+    schemas = cfg.schemas()
+    index = ArchivedCandids(spark, paths["raw"], cfg.description().alert_id)
+    layout = raw_schema(spark, cfg)
+
+    def run(batch: "DataFrame", batch_id: int, rows: int | None) -> Output:
+        import pandas as pd
+
+        started = time.time()
+        rows_in = decoded(batch, cfg, schemas).drop("key", "value").persist(StorageLevel.MEMORY_AND_DISK)
+        record, keys = archive_batch(rows_in, batch_id, cfg, paths, fink.kafka_bootstrap, index)
+        if keys is None:  # committed before a crash: what it archived, from the archive
+            out = batch_files(spark, paths["raw"], batch_id, layout)
+            return Output(out, int(record.get("archived", 0)),
+                          report(QUERY_NAME, batch_id, 0, {}, None, started, replayed=True), [rows_in])
+        alerts = rows_in.where(F.col("reason").isNull())
+        dups = keys[keys["reason"] == "duplicate"]
+        if len(dups):
+            drop = spark.createDataFrame(dups[["topic", "partition", "offset"]].astype(
+                {"partition": "int32", "offset": "int64"}), "topic string, partition int, offset long")
+            alerts = alerts.join(F.broadcast(drop), ["topic", "partition", "offset"], "left_anti")
+        reasons = keys["reason"].value_counts().to_dict()
+        observed = {"messages": len(keys), "decoded": int(len(keys) - len(keys["reason"].dropna())
+                                                          + reasons.get("duplicate", 0)),
+                    "quarantined": int(keys["reason"].notna().sum() - reasons.get("duplicate", 0))}
+        observed |= {f"quarantined_{r}": int(reasons.get(r, 0)) for r in avro.REASONS if r != "duplicate"}
+        waited = (pd.to_datetime(keys["brokerIngestTimestamp"]) - pd.to_datetime(keys["timestamp"]))
+        latency = [float(waited.dt.total_seconds().quantile(q)) for q in metrics.QUANTILES] if len(keys) else None
+        return Output(raw_columns(alerts) if record["archived"] else None, int(record["archived"]),
+                      report(QUERY_NAME, batch_id, len(keys), observed, latency, started), [rows_in])
+
+    return Step(QUERY_NAME, reads="kafka", writes="raw", run=run,
+                source=lambda: source(spark, cfg, fink.kafka_bootstrap))
 
 
 def reconcile(spark: "SparkSession", progress: list[dict], raw_path: str) -> dict[str, Any]:

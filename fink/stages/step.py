@@ -1,0 +1,126 @@
+"""The one interface every stage offers a pipeline: what it does with one micro-batch.
+
+A stage is usable alone (its notebook builds its own streaming query from its own source)
+or as a step of the one-pass pipeline (:mod:`fink.pipeline`), where one query reads Kafka
+once and hands each micro-batch from stage to stage in memory. As a step, a stage says
+
+* what it reads (:attr:`Step.reads`: ``kafka``, ``raw`` or ``science``) and what it hands
+  on (:attr:`Step.writes`), so the pipeline composes stages without naming them;
+* what it does with one batch (:attr:`Step.run`), returning an :class:`Output`: the frame
+  it hands on, how many rows that frame holds, and its account of the batch;
+* its account as a progress report of the stage's own query (:func:`report`): the same
+  observed metrics its standalone query would report, so that each stage's
+  ``reconcile``, the metrics store and the dashboard read a one-pass run as they read a
+  run of four queries.
+
+Notes
+-----
+A stage caches what is costly to compute again (the decoded alerts, the module outputs) and
+lists it in :attr:`Output.cached`; the pipeline unpersists it when the micro-batch ends.
+Counts come from aggregations over those caches rather than from ``DataFrame.observe``: in a
+``foreachBatch`` function the observed metrics of a cached plan do not reach the progress.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pyspark.sql import Column, DataFrame
+
+#: what a step may read or hand on
+FRAMES = ("kafka", "raw", "science")
+
+
+@dataclasses.dataclass
+class Output:
+    """What a step did with one micro-batch.
+
+    Attributes
+    ----------
+    frame
+        The rows it hands on (None when it hands nothing on, or when the batch held nothing).
+    rows
+        How many rows ``frame`` holds (known from the step's own counts, so the next step
+        need not count again).
+    report
+        Its account, shaped as a progress report of the stage's own query (:func:`report`).
+    cached
+        Frames it persisted for this batch; the pipeline unpersists them at the end.
+    """
+
+    frame: "DataFrame | None"
+    rows: int
+    report: dict[str, Any]
+    cached: list["DataFrame"] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass
+class Step:
+    """One stage as a step of a one-pass pipeline.
+
+    Attributes
+    ----------
+    name
+        The stage's name; its accounts are stored under it.
+    reads, writes
+        The frame it consumes and the one it hands on (:data:`FRAMES`; ``writes`` None: nothing).
+    run
+        ``run(frame, batch_id, rows)`` -> :class:`Output`: ``rows`` is the count of ``frame``
+        when the step before knows it, else None.
+    source
+        Its standalone streaming source (``source()`` -> a streaming DataFrame of what it
+        reads): the pipeline reads the first step's.
+    sink
+        The object holding what its batches delivered or wrote, for its ``reconcile``.
+    """
+
+    name: str
+    reads: str
+    writes: str | None
+    run: Callable[["DataFrame", int, int | None], Output]
+    source: Callable[[], "DataFrame"] | None = None
+    sink: Any = None
+
+
+def report(name: str, batch_id: int, rows: int, observed: dict[str, Any], latency: list[float] | None,
+           started: float, **extra: Any) -> dict[str, Any]:
+    """The account of one step's batch as Spark would report a standalone query's progress.
+
+    ``observed`` becomes the observed metrics named ``name`` (what the stage's own query
+    observes), ``latency`` the percentiles of :data:`fink.metrics.LATENCY`, ``started`` (a
+    ``time.time()``) the start of the step: its duration is the batch's.
+    """
+    from fink.metrics import LATENCY
+
+    seconds = max(time.time() - started, 1e-6)
+    metrics: dict[str, Any] = {name: observed}
+    if latency is not None:
+        metrics[LATENCY] = {"latency_s": latency}
+    return {"name": name, "batchId": batch_id,
+            "timestamp": datetime.fromtimestamp(started, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z",
+            "numInputRows": rows, "inputRowsPerSecond": 0.0, "processedRowsPerSecond": rows / seconds,
+            "durationMs": {"triggerExecution": int(seconds * 1000), "addBatch": int(seconds * 1000)},
+            "observedMetrics": metrics, "sources": [], **extra}
+
+
+def latency_quantiles(since: "Column", until: "Column") -> "Column":
+    """The aggregate of the latency percentiles (seconds from ``since`` to ``until``), as
+    :func:`fink.metrics.observe_latency` observes them in a standalone query."""
+    from pyspark.sql import functions as F
+
+    from fink.metrics import QUANTILES
+
+    seconds = (F.unix_micros(until) - F.unix_micros(since)) / 1e6
+    return F.percentile_approx(seconds, list(QUANTILES), 1000)
+
+
+def count_where(condition: "Column") -> "Column":
+    """How many rows of a group satisfy ``condition`` (0 for none)."""
+    from pyspark.sql import functions as F
+
+    return F.sum(F.when(condition, 1).otherwise(0))
