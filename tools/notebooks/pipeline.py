@@ -6,17 +6,20 @@ NOTEBOOKS: dict[str, list[tuple]] = {}
 
 NOTEBOOKS["notebooks/pipeline.ipynb"] = [
 ("md", """
-# pipeline: the four stages in one Spark session
+# pipeline: the four stages in one pass
 
-stream2raw, raw2science, distribution and archive as four streaming queries of one Spark
-session, each in its own scheduler pool: on a small machine one driver instead of four
-leaves the cores to the work. Same checkpoints and outputs as the stages' own notebooks
-(`stream2raw.ipynb`, ...): a deployment can switch between the two. Each stage's settings
-are the parameters of its notebook, given here as a mapping per stage.
+stream2raw, raw2science, distribution and archive in one Spark session. By default
+(`mode = "one-pass"`) one streaming query reads the survey's topic once, and each
+micro-batch goes through every stage in memory: decoded once, archived raw, cut, given the
+modules' values, archived as science, sent to each filter's topic in one Kafka transaction,
+written to HBase. No stage waits for the files of the one before: an alert reaches its
+users about a trigger after it entered. Each stage's settings are the parameters of its
+notebook, given here as a mapping per stage.
 
-With a `"<N> seconds"` trigger the queries run side by side until `duration` or
-`fink stop pipeline`; with `availableNow` they run one after the other, each catching up
-with what the one before wrote.
+With `mode = "queries"` the stages run as four streaming queries of the session, with the
+checkpoints of their own notebooks (`stream2raw.ipynb`, ...): with a `"<N> seconds"`
+trigger side by side, with `availableNow` one after the other, each catching up with the
+files the one before wrote.
 
 * **reads**: Kafka `topic`
 * **writes**: `<data_dir>/raw`, `quarantine`, `science`, the distribution topics, the HBase tables
@@ -30,7 +33,8 @@ stream2raw: dict = {}  # stream2raw's parameters (see stream2raw.ipynb), e.g. {"
 raw2science: dict = {"modules": ["builtin"], "module_params": {"crossmatch": {"catalogue_path": "../datasim/sample_night/catalogue.csv", "radius_arcsec": 1.5}}}  # raw2science's parameters (see raw2science.ipynb), by default its notebook's modules
 distribution: dict = {}  # distribution's parameters (see distribution.ipynb), e.g. {"filters": {...}}
 archive: dict = {}  # archive's parameters (see archive.ipynb), e.g. {"table": "ztf_alerts"}
-trigger: str = "availableNow"  # availableNow (one after the other, then stop) | "<N> seconds" (side by side)
+mode: str = "one-pass"  # one-pass (one query, each batch through every stage) | queries (one query per stage)
+trigger: str = "availableNow"  # availableNow (catch up, then stop) | "<N> seconds" (keep running)
 duration: float = 600.0  # upper bound of the run, seconds
 simulator: bool = False  # publish the bundled sample night to the topic first (fink start --simulator)
 stop_file: str = ""  # set by `fink start`, `fink stop` creates it to end the run
@@ -62,8 +66,13 @@ from fink.session import get_spark
 
 spark = get_spark(cfg, app_name="fink-pipeline")
 streaming.stop_active(spark)  # a re-run of this cell must not leave queries behind
-pipeline.build(spark, plan, cfg, trigger)
-print("built:", ", ".join(s.name for s in plan))
+if mode == "one-pass":
+    writer = pipeline.one_pass(spark, plan, cfg, trigger)
+elif mode == "queries":
+    pipeline.build(spark, plan, cfg, trigger)
+else:
+    raise ValueError(f"mode must be 'one-pass' or 'queries', got {mode!r}")
+print(f"built ({mode}):", ", ".join(s.name for s in plan))
 """),
 ("md", "## Start, watch live, and end within `duration`"),
 ("code", """
@@ -73,17 +82,23 @@ from fink.monitor import QueryMonitor
 
 monitor = QueryMonitor("pipeline")  # per query: input and processed rows/s, batch time, lag
 progress, reasons, t0 = {}, {}, time.monotonic()
-waves = [[s] for s in plan] if trigger == "availableNow" else [plan]  # one after the other, or side by side
-for wave in waves:
-    left = duration - (time.monotonic() - t0)
-    if left <= 0:
-        break
-    queries = [streaming.start(s.writer, s.query_name) for s in wave]
-    result = streaming.run_until(queries, duration=left, stop_file=stop_file, poll=2.0, on_poll=monitor)
-    progress.update(result.progress)
-    reasons.update({s.name: result.reason for s in wave})
-    if result.reason == "stop-file":
-        break
+if mode == "one-pass":  # one query; each stage's account of each batch is kept by the query's sink
+    query = streaming.start(writer, pipeline.ONE_PASS)
+    result = streaming.run_until([query], duration=duration, stop_file=stop_file, poll=2.0, on_poll=monitor)
+    progress = writer.fink_sink.reports
+    reasons = {s.name: result.reason for s in plan}
+else:
+    waves = [[s] for s in plan] if trigger == "availableNow" else [plan]  # one after the other, or side by side
+    for wave in waves:
+        left = duration - (time.monotonic() - t0)
+        if left <= 0:
+            break
+        queries = [streaming.start(s.writer, s.query_name) for s in wave]
+        result = streaming.run_until(queries, duration=left, stop_file=stop_file, poll=2.0, on_poll=monitor)
+        progress.update(result.progress)
+        reasons.update({s.name: result.reason for s in wave})
+        if result.reason == "stop-file":
+            break
 print(f"ended after {time.monotonic() - t0:.1f} s: {reasons}")
 """),
 ("md", "## Accounts: every alert in each stage processed or set aside with its reason"),
