@@ -24,6 +24,9 @@ from fink.errors import FinkError
 from fink.survey import Survey, get_path
 from fink.survey import load as load_survey
 
+#: the Kafka header of a distributed message that holds its alert's id (what a consumer of an
+#: at-least-once topic drops repeats by)
+ALERT_ID_HEADER = "alert_id"
 AVRO_MAGIC = b"Obj\x01"
 
 #: why a message is not an alert (stable strings: they are stored in quarantine tables)

@@ -156,18 +156,21 @@ class OnePass:
         from fink import metrics
 
         frames: dict[str, tuple[Any, int | None]] = {self.steps[0].reads: (batch, None)}
-        cached = []
+        outputs, cached = [], []
         try:
-            for step in self.steps:
+            for step in self.steps:  # the alerts' way to the users
                 frame, rows = frames.get(step.reads, (None, 0))
                 if frame is None:  # nothing handed on (every alert set aside or cut)
                     continue
                 out = step.run(frame, batch_id, rows)
                 cached += out.cached
-                self.reports[step.name].append(out.report)
-                metrics.record(out.report)
+                outputs.append((step, out))
                 if step.writes:
                     frames[step.writes] = (out.frame, out.rows)
+            for step, out in outputs:  # then the archives, and the accounts
+                account = out.finish() if out.finish is not None else out.report
+                self.reports[step.name].append(account)
+                metrics.record(account)
         finally:
             for df in cached:
                 df.unpersist()
@@ -209,6 +212,49 @@ def one_pass(spark: "SparkSession", stages: list[Stage], fink: FinkConfig, trigg
 
 #: the name of the one-pass query
 ONE_PASS = "pipeline"
+
+
+def _lane_configs(stages: list[Stage]):
+    dist = next((s.config for s in stages if s.name == "distribution"), None)
+    source = next((s.config for s in stages if s.name == "stream2raw"), None)
+    if dist is None or not dist.realtime_filters():
+        return None, None
+    if source is None:
+        raise ConfigError("pipeline: the real-time lane reads the survey's topic: it needs stream2raw in the plan")
+    return dist, source
+
+
+def realtime_master(stages: list[Stage], fink: FinkConfig) -> FinkConfig:
+    """``fink`` with room in a local master for the real-time lane's tasks, if the plan has one
+    (:func:`fink.stages.realtime.slots`: one per partition of the survey's topic)."""
+    from fink import kafka
+    from fink.stages import realtime
+
+    dist, source = _lane_configs(stages)
+    if dist is None:
+        return fink
+    partitions = 1
+    if source.topic:
+        try:
+            partitions = sum(len(kafka.end_offsets(fink.kafka_bootstrap, t, timeout=10))
+                             for t in source.topic.split(","))
+        except Exception:  # noqa: BLE001 - a topic not there yet: the simulator creates it with one
+            partitions = 1
+    return dataclasses.replace(fink, spark_master=realtime.slots(fink.spark_master, partitions))
+
+
+def realtime_lane(spark: "SparkSession", stages: list[Stage], fink: FinkConfig) -> "DataStreamWriter | None":
+    """The unstarted writer of the real-time lane (:mod:`fink.stages.realtime`) of distribution's
+    filters that ask for it, reading stream2raw's topic with raw2science's cuts; None if none does."""
+    from fink.stages import realtime
+
+    dist, source = _lane_configs(stages)
+    if dist is None:
+        return None
+    science = next((s.config for s in stages if s.name == "raw2science"), None)
+    cuts = science.quality_cuts() if science is not None else None
+    where = source.description().data_uri(fink, "checkpoints", "realtime")
+    return realtime.build(spark, dist, source, fink, where, cuts)
 
 
 def reconcile(spark: "SparkSession", stage: Stage, progress: list[dict], fink: FinkConfig) -> dict[str, Any]:

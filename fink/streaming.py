@@ -120,7 +120,7 @@ def stop_at_boundary(query: "StreamingQuery", timeout: float = 60.0) -> bool:
 
 def run_until(queries: Iterable["StreamingQuery"], duration: float, stop_file: str | Path | None = None,
               poll: float = 1.0, on_poll: Callable[[list["StreamingQuery"]], None] | None = None,
-              boundary_timeout: float = 60.0) -> RunResult:
+              boundary_timeout: float = 60.0, watch: Iterable["StreamingQuery"] = ()) -> RunResult:
     """Supervise ``queries`` until they finish, ``duration`` seconds pass, or a stop is requested.
 
     Parameters
@@ -138,13 +138,16 @@ def run_until(queries: Iterable["StreamingQuery"], duration: float, stop_file: s
     boundary_timeout
         At the end, seconds to wait for a running micro-batch to finish before stopping
         its query (:func:`stop_at_boundary`).
+    watch
+        Queries that run beside (a real-time lane): one that fails fails the run, but the run
+        does not wait for them to end, nor stops them.
 
     Raises
     ------
     QueryFailed
         If a query stopped with an exception; the Spark exception is chained.
     """
-    queries = list(queries)
+    queries, watch = list(queries), list(watch)
     t0 = time.monotonic()
     reason = "finished"
     progress: dict[str, list[dict]] = {}
@@ -158,6 +161,10 @@ def run_until(queries: Iterable["StreamingQuery"], duration: float, stop_file: s
                     raise QueryFailed(f"streaming query {q.name!r} failed: {exc}") from exc
                 if q.isActive:
                     active.append(q)
+            for q in watch:
+                exc = q.exception()
+                if exc is not None:
+                    raise QueryFailed(f"streaming query {q.name!r} failed: {exc}") from exc
             if on_poll is not None:
                 on_poll(queries)
             if not active:

@@ -16,10 +16,12 @@ import json
 import os
 import stat
 import time
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from fink.avro import ALERT_ID_HEADER
 from fink.errors import FinkError
 
 
@@ -78,11 +80,18 @@ class AlertStream:
         Default: the local broker's SASL listener with ``user``, its internal one without.
     offsets
         Where a group without committed offsets starts: ``earliest`` or ``latest``.
+    dedup
+        Drop a message whose alert id (its ``alert_id`` header) was already given: the topics
+        of the real-time lane are at least once, and may repeat an alert after a restart.
+        ``repeats`` counts those dropped. Messages without the header are all given.
     """
+
+    #: alert ids remembered for ``dedup`` (the oldest are forgotten past this many)
+    REMEMBER = 1_000_000
 
     def __init__(self, topics: Sequence[str] | str, group_id: str, user: str | None = None,
                  password_file: str | os.PathLike[str] | None = None, bootstrap: str | None = None,
-                 offsets: str = "earliest"):
+                 offsets: str = "earliest", dedup: bool = True):
         from confluent_kafka import Consumer
 
         from fink.config import ServicesConfig
@@ -98,6 +107,8 @@ class AlertStream:
         else:
             conf["bootstrap.servers"] = bootstrap or services.kafka_bootstrap
         self._errors: list[str] = []
+        self._seen: OrderedDict[tuple[bytes, bytes], None] | None = OrderedDict() if dedup else None
+        self.repeats = 0
         self._keys: dict[str, bytes] = {}  # topic -> the schema key of its last message
         self._consumer = Consumer(conf)
         self._assigned: float | None = None  # when the group last gave us partitions
@@ -116,15 +127,35 @@ class AlertStream:
 
     def poll(self, timeout: float = 1.0) -> tuple[str, dict[str, Any]] | None:
         """The next alert as ``(topic, alert)``, or None if none came within ``timeout`` seconds."""
-        msg = self._consumer.poll(timeout)
-        self._raise_refusals()
-        if msg is None:
-            return None
-        if msg.error():
-            raise ClientError(f"topics {self.topics}: {msg.error()}")
+        deadline = time.monotonic() + timeout
+        while True:
+            msg = self._consumer.poll(max(0.0, deadline - time.monotonic()))
+            self._raise_refusals()
+            if msg is None:
+                return None
+            if msg.error():
+                raise ClientError(f"topics {self.topics}: {msg.error()}")
+            if not self._repeated(msg):
+                break
         alert = decode(msg.key(), msg.value())
         self._keys[msg.topic()] = msg.key()
         return msg.topic(), alert
+
+    def _repeated(self, msg) -> bool:
+        """True if ``msg``'s alert id was given before (and ``dedup`` is on); else remember it."""
+        if self._seen is None:
+            return False
+        ident = next((v for k, v in (msg.headers() or []) if k == ALERT_ID_HEADER), None)
+        if ident is None:
+            return False
+        key = (msg.topic().encode(), ident)
+        if key in self._seen:
+            self.repeats += 1
+            return True
+        self._seen[key] = None
+        if len(self._seen) > self.REMEMBER:
+            self._seen.popitem(last=False)
+        return False
 
     def schema(self, topic: str) -> dict[str, Any] | None:
         """The Avro schema of ``topic``'s last alert read (to save alerts as Avro), or None."""

@@ -363,10 +363,13 @@ def step(spark: "SparkSession", cfg: ArchiveConfig, fink: FinkConfig, *, produce
     sink = prepare(spark, cfg, fink, paths["science"], schema, producer, from_files=False)
 
     def run(science: "DataFrame", batch_id: int, rows: int | None) -> Output:
-        started = time.time()
-        sink(science, batch_id)
-        alerts = rows if rows is not None else sink.written[batch_id]["alerts"]
-        return Output(None, 0, report(QUERY_NAME, batch_id, alerts, {"alerts": alerts}, None, started))
+        def finish() -> dict[str, Any]:  # after the alerts are on their way to the users
+            started = time.time()
+            alerts = science.count()  # Spark's count, against the rows HBase accepted
+            sink(science, batch_id)
+            return report(QUERY_NAME, batch_id, alerts, {"alerts": alerts}, None, started)
+
+        return Output(None, 0, None, finish=finish)
 
     files = dist.DistributionConfig(max_files_per_trigger=cfg.max_files_per_trigger)
     return Step(QUERY_NAME, reads="science", writes=None, run=run, sink=sink,

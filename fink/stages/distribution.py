@@ -50,6 +50,8 @@ CUTOUTS = ("cutoutScience", "cutoutTemplate", "cutoutDifference")
 OUTBOX_OPTIONS = {"compression": "none", "parquet.enable.dictionary": "false"}
 #: the file that seals a complete outbox: its topics and message keys (JSON)
 SEAL = "_fink_outbox.json"
+#: where a filter runs: in the micro-batch pass (any filter), or in the real-time lane (SQL conditions)
+LANES = ("microbatch", "realtime")
 #: columns of the science archive that are not part of a distributed alert
 INTERNAL = ("night", SELECTED)
 
@@ -60,8 +62,10 @@ class DistributionConfig(surveys.OfSurvey, Validated):
     Parameters
     ----------
     filters
-        Topic -> filter by dotted path (``package.module:function``); empty: the survey
-        description's topics and filters.
+        Topic -> filter by dotted path (``package.module:function``), or a mapping
+        ``{"condition": "<Spark SQL over the alert's fields>", "lane": "realtime"}``: a filter of
+        the real-time lane (:mod:`fink.stages.realtime`: sub-second, at least once, no
+        science module). Empty: the survey description's topics and filters.
     filter_params
         Topic -> keyword parameters of its filter.
     topic_options
@@ -90,7 +94,17 @@ class DistributionConfig(surveys.OfSurvey, Validated):
     survey: str = "ztf"
 
     def validate(self, source: str = "configuration") -> None:
-        if not self.topic_filters():
+        for topic, entry in self.filters.items():
+            if isinstance(entry, str):
+                continue
+            if not isinstance(entry, dict) or set(entry) - {"condition", "lane"} or \
+                    entry.get("lane", "realtime") not in LANES or not isinstance(entry.get("condition"), str):
+                raise ConfigError(f"{source}: filter of topic '{topic}' must be a dotted path, or "
+                                  f"{{condition: <SQL>, lane: realtime}}, got {entry!r}")
+            if entry.get("lane", "realtime") != "realtime":
+                raise ConfigError(f"{source}: filter of topic '{topic}': a SQL condition runs in the real-time "
+                                  "lane (lane: realtime); for the micro-batch lane write it as a filter function")
+        if not self.topic_filters() and not self.realtime_filters():
             raise ConfigError(f"{source}: no filter: map at least one topic to a filter")
         for topic, opts in self.topic_options.items():
             if topic not in self.topic_filters():
@@ -104,8 +118,12 @@ class DistributionConfig(surveys.OfSurvey, Validated):
 
 
     def topic_filters(self) -> dict[str, str]:
-        """Topic -> filter: the configured ones, or the survey's."""
-        return dict(self.filters or self.description().filters)
+        """Topic -> filter of the micro-batch lane: the configured ones, or the survey's."""
+        return {t: f for t, f in (self.filters or self.description().filters).items() if isinstance(f, str)}
+
+    def realtime_filters(self) -> dict[str, str]:
+        """Topic -> SQL condition of the real-time lane's filters (:mod:`fink.stages.realtime`)."""
+        return {t: f["condition"] for t, f in self.filters.items() if isinstance(f, dict)}
 
     def paths(self, fink: FinkConfig) -> dict[str, str]:
         survey = self.description()
@@ -447,23 +465,38 @@ def step(spark: "SparkSession", cfg: DistributionConfig, fink: FinkConfig, *, ch
 
     def run(science: "DataFrame", batch_id: int, rows: int | None) -> Output:
         started = time.time()
+        if not filters:  # every filter runs in the real-time lane
+            alerts = rows if rows is not None else science.count()
+            return Output(None, 0, report(QUERY_NAME, batch_id, alerts, {"alerts": alerts, "selected": 0}, None,
+                                          started))
+        clock = metrics.Clock()
         narrow = science.select(*ids, "kafka_timestamp", *[h for h in heads if h not in (*ids, "kafka_timestamp")])
         flags = apply_filters(narrow, filters, metrics_column="_metrics").select(
-            *ids, "kafka_timestamp", SELECTED, "_metrics").persist(StorageLevel.MEMORY_AND_DISK)
+            *ids, "kafka_timestamp", SELECTED, "_metrics", F.current_timestamp().alias("_at")).persist(
+            StorageLevel.MEMORY_AND_DISK)
         picked = F.col(SELECTED)
-        tally = flags.agg(F.count(F.lit(1)).alias("alerts"), count_where(F.size(picked) > 0).alias("selected"),
-                          *[count_where(F.array_contains(picked, k)).alias(f"selected_{f.module.key}")
-                            for k, f in enumerate(filters)],
-                          latency_quantiles(F.col("kafka_timestamp"), F.current_timestamp()).alias("_lat"),
-                          *module_metrics([f.module for f in filters], "_metrics")).first().asDict()
         chosen = flags.where(F.size(picked) > 0).select(*ids, SELECTED)
+        # the selected alerts, whole, encoded once per encoding into the outbox; the batch's
+        # transaction then runs on the sink's thread while the pipeline goes on
         sink(science.join(F.broadcast(chosen), ids, "inner"), batch_id)
-        observed = {k: int(tally[k] or 0) for k in ["alerts", "selected"] + [f"selected_{f.module.key}"
-                                                                              for f in filters]}
-        account = report(QUERY_NAME, batch_id, observed["alerts"], observed, list(tally["_lat"] or []), started)
-        account["observedMetrics"][FILTERS_METRICS] = {
-            k: v for k, v in tally.items() if k not in observed and k != "_lat"}
-        return Output(None, 0, account, [flags])
+        clock.lap("select_encode")
+
+        def finish() -> dict[str, Any]:
+            tally = flags.agg(F.count(F.lit(1)).alias("alerts"), count_where(F.size(picked) > 0).alias("selected"),
+                              *[count_where(F.array_contains(picked, k)).alias(f"selected_{f.module.key}")
+                                for k, f in enumerate(filters)],
+                              latency_quantiles(F.col("kafka_timestamp"), F.col("_at")).alias("_lat"),
+                              *module_metrics([f.module for f in filters], "_metrics")).first().asDict()
+            clock.lap("counts")
+            observed = {k: int(tally[k] or 0) for k in ["alerts", "selected"] + [f"selected_{f.module.key}"
+                                                                                  for f in filters]}
+            account = report(QUERY_NAME, batch_id, observed["alerts"], observed, list(tally["_lat"] or []) or None,
+                             started, laps=clock.laps)
+            account["observedMetrics"][FILTERS_METRICS] = {
+                k: v for k, v in tally.items() if k not in observed and not k.startswith("_")}
+            return account
+
+        return Output(None, 0, None, [flags], finish)
 
     return Step(QUERY_NAME, reads="science", writes=None, run=run, sink=sink,
                 source=lambda: source(spark, cfg, paths["science"], producer))

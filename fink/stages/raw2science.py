@@ -228,6 +228,7 @@ def step(spark: "SparkSession", cfg: Raw2ScienceConfig, fink: FinkConfig, **cont
     each see them once, and the steps after read the cache."""
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
+    from pyspark.sql.types import StructType
 
     from fink import filestore
     from fink.science.api import module_metrics
@@ -236,6 +237,11 @@ def step(spark: "SparkSession", cfg: Raw2ScienceConfig, fink: FinkConfig, **cont
     paths = cfg.paths(fink)
     modules = cfg.load_modules()
     cuts = cfg.quality_cuts()
+    try:
+        cut_reason_column = cut_reason(cuts)
+        apply_cuts(spark.createDataFrame([], raw_schema(spark, cfg.survey)), cuts)
+    except Exception as exc:  # an unparsable or unknown-column condition: name the cut, before anything runs
+        raise ConfigError(f"quality cuts {cuts}: {str(exc).splitlines()[0]}") from exc
     layout = None
 
     def run(raw: "DataFrame", batch_id: int, rows: int | None) -> Output:
@@ -246,37 +252,39 @@ def step(spark: "SparkSession", cfg: Raw2ScienceConfig, fink: FinkConfig, **cont
             from fink.stages.stream2raw import batch_files
 
             if layout is None:
-                layout = add_science(apply_cuts(spark.createDataFrame([], raw.schema), cuts), cfg, modules).schema
+                made = add_science(apply_cuts(spark.createDataFrame([], raw.schema), cuts), cfg, modules).schema
+                layout = StructType([f for f in made.fields if f.name != "night"] + [made["night"]])
             out = batch_files(spark, paths["science"], batch_id, layout)
             return Output(out, int(done.get("alerts", 0)), report(QUERY_NAME, batch_id, 0, {}, None, started,
                                                                   replayed=True))
-        try:
-            flagged = raw.withColumn("_cut", cut_reason(cuts))
-        except Exception as exc:  # an unparsable or unknown-column condition: name the cut
-            raise ConfigError(f"quality cuts {cuts}: {str(exc).splitlines()[0]}") from exc
+        clock = metrics.Clock()
+        flagged = raw.withColumn("_cut", cut_reason_column)
         cut = F.col("_cut")
-        tally = flagged.agg(F.count(F.lit(1)).alias("alerts"), count_where(cut.isNull()).alias("kept"),
-                            count_where(cut.isNotNull()).alias("rejected"),
-                            *[count_where(cut == name).alias(f"rejected_{name}") for name in cuts]).first()
-        observed = {k: int(v or 0) for k, v in tally.asDict().items()}
-        if not observed["kept"]:  # committed empty, so that its account finds the batch written
-            empty = spark.createDataFrame([], add_science(flagged.drop("_cut"), cfg, modules).schema)
-            record = write_batch(empty, batch_id, cfg, paths)
-            return Output(None, 0, report(QUERY_NAME, batch_id, observed["alerts"], observed, None, started,
-                                          written=record["alerts"]))
         science = add_science(flagged.where(cut.isNull()).drop("_cut"), cfg, modules,
                               metrics_column="_metrics").persist(StorageLevel.MEMORY_AND_DISK)
-        # the modules run here, once: the cache feeds the archive's write and the steps after
-        summary = science.agg(F.count(F.lit(1)).alias("n"),
-                              latency_quantiles(F.col("kafka_timestamp"), F.col("processingEnd")).alias("lat"),
-                              *module_metrics(modules, "_metrics")).first().asDict()
-        # the science archive's column order (night last, as a read of its files gives it)
+        # the science archive's column order (night last, as a read of its files gives it); the
+        # modules run once, into the cache, when the first step after reads it
         out = science.select(*[c for c in science.columns if c not in ("_metrics", "night")], "night")
-        record = write_batch(out, batch_id, cfg, paths)
-        account = report(QUERY_NAME, batch_id, observed["alerts"], observed, list(summary["lat"] or []), started,
-                         written=record["alerts"])
-        account["observedMetrics"][MODULES_METRICS] = {k: v for k, v in summary.items() if k not in ("n", "lat")}
-        return Output(out, int(summary["n"]), account, [science])
+
+        def finish() -> dict[str, Any]:
+            summary = science.agg(F.count(F.lit(1)).alias("_n"),
+                                  latency_quantiles(F.col("kafka_timestamp"), F.col("processingEnd")).alias("_lat"),
+                                  *module_metrics(modules, "_metrics")).first().asDict()
+            clock.lap("modules")
+            tally = flagged.agg(F.count(F.lit(1)).alias("alerts"), count_where(cut.isNull()).alias("kept"),
+                                count_where(cut.isNotNull()).alias("rejected"),
+                                *[count_where(cut == name).alias(f"rejected_{name}") for name in cuts]).first()
+            observed = {k: int(v or 0) for k, v in tally.asDict().items()}
+            clock.lap("cuts")
+            record = write_batch(out, batch_id, cfg, paths)
+            clock.lap("write")
+            lat = list(summary["_lat"] or []) or None
+            account = report(QUERY_NAME, batch_id, observed["alerts"], observed, lat, started, written=record["alerts"],
+                             laps=clock.laps)
+            account["observedMetrics"][MODULES_METRICS] = {k: v for k, v in summary.items() if not k.startswith("_")}
+            return account
+
+        return Output(out, None, None, [science], finish)
 
     return Step(QUERY_NAME, reads="raw", writes="science", run=run,
                 source=lambda: source(spark, cfg, paths["raw"]))

@@ -48,15 +48,21 @@ class Output:
         How many rows ``frame`` holds (known from the step's own counts, so the next step
         need not count again).
     report
-        Its account, shaped as a progress report of the stage's own query (:func:`report`).
+        Its account, shaped as a progress report of the stage's own query (:func:`report`),
+        or None when ``finish`` gives it.
     cached
         Frames it persisted for this batch; the pipeline unpersists them at the end.
+    finish
+        What is left to do once every step has handed on (the archives' writes, the counts
+        that only the accounts need): the pipeline calls it after the last step's ``run``,
+        in step order, and it returns the account. The alerts reach their users first.
     """
 
     frame: "DataFrame | None"
     rows: int
-    report: dict[str, Any]
+    report: dict[str, Any] | None
     cached: list["DataFrame"] = dataclasses.field(default_factory=list)
+    finish: Callable[[], dict[str, Any]] | None = None
 
 
 @dataclasses.dataclass

@@ -474,15 +474,6 @@ def write_batch(batch: "DataFrame", batch_id: int, cfg: Stream2RawConfig, paths:
 
     Returns what the batch held (also written in the raw table's commit marker). A batch
     already committed (replayed after a restart) is skipped.
-    """
-    return archive_batch(batch, batch_id, cfg, paths, bootstrap, index)[0]
-
-
-def archive_batch(batch: "DataFrame", batch_id: int, cfg: Stream2RawConfig, paths: dict[str, str],
-                  bootstrap: str | None = None, index: "ArchivedCandids | None" = None):
-    """:func:`write_batch`, returning also every message's fate: a pandas frame of topic,
-    partition, offset, candid, Kafka timestamp, ingest time, night and ``reason`` (null for
-    the alerts archived), or None when the batch was already committed.
 
     Notes
     -----
@@ -493,19 +484,12 @@ def archive_batch(batch: "DataFrame", batch_id: int, cfg: Stream2RawConfig, path
     from Kafka by offset (``bootstrap``), not carried through the decode. Only then do the
     alert files move into the table.
     """
-    from pyspark.sql import functions as F
-
-    from fink import filestore
-
     spark = batch.sparkSession
-    done = filestore.begin(spark, paths["raw"], batch_id, paths["quarantine"])
+    done = _begin(spark, batch_id, paths)
     if done is not None:
-        return done, None
+        return done
     clock = metrics.Clock()
-    reason = F.col("reason")
-    rows = raw_columns(batch.withColumn("night", F.when(reason.isNull(), F.col("night"))
-                                        .otherwise(F.concat(F.lit(SET_ASIDE), reason))))
-    folders = filestore.stage(rows, paths["raw"], batch_id, "night", cfg.files_per_batch, ARCHIVE_OPTIONS)
+    folders = _stage(batch, batch_id, cfg, paths)
     clock.lap("decode_write")
     key = cfg.description().alert_id
     keys = _staged_keys(spark, paths["raw"], batch_id, folders, key)
@@ -516,6 +500,36 @@ def archive_batch(batch: "DataFrame", batch_id: int, cfg: Stream2RawConfig, path
         folders = _restage_without(spark, paths["raw"], batch_id, folders, dups, cfg)
         keys.loc[dups.index, "reason"] = "duplicate"
     clock.lap("duplicates")
+    return _commit(spark, batch_id, paths, folders, keys, bootstrap, index, clock)
+
+
+def _begin(spark: "SparkSession", batch_id: int, paths: dict[str, str]) -> dict[str, Any] | None:
+    """The batch's commit record if it was committed (a replay), else None, the remains of an
+    interrupted attempt removed from the raw table and the quarantine."""
+    from fink import filestore
+
+    return filestore.begin(spark, paths["raw"], batch_id, paths["quarantine"])
+
+
+def _stage(batch: "DataFrame", batch_id: int, cfg: Stream2RawConfig, paths: dict[str, str]):
+    """Write the batch's rows to its staging folder: alerts by night, messages set aside under
+    ``night=q_<reason>``; return the staged files by folder."""
+    from pyspark.sql import functions as F
+
+    from fink import filestore
+
+    reason = F.col("reason")
+    rows = raw_columns(batch.withColumn("night", F.when(reason.isNull(), F.col("night"))
+                                        .otherwise(F.concat(F.lit(SET_ASIDE), reason))))
+    return filestore.stage(rows, paths["raw"], batch_id, "night", cfg.files_per_batch, ARCHIVE_OPTIONS)
+
+
+def _commit(spark: "SparkSession", batch_id: int, paths: dict[str, str], folders: dict[str, list[str]], keys,
+            bootstrap: str | None, index: "ArchivedCandids", clock: "metrics.Clock") -> dict[str, Any]:
+    """The end of a batch: the messages set aside (``keys`` with a reason) to the quarantine
+    with their bytes, the staged alerts into the table, the commit record."""
+    from fink import filestore
+
     set_aside = keys[keys["reason"].notna()]
     if len(set_aside):
         if bootstrap is None:
@@ -535,7 +549,7 @@ def archive_batch(batch: "DataFrame", batch_id: int, cfg: Stream2RawConfig, path
     filestore.commit(spark, paths["raw"], batch_id, record)
     metrics.note(QUERY_NAME, batch_id, record)
     index.add(keys[keys["reason"].isna()])
-    return record, keys
+    return record
 
 
 #: Parquet writer options of the raw archive, measured on real ZTF alerts: zstd writes these
@@ -705,12 +719,24 @@ def batch_files(spark: "SparkSession", root: str, batch_id: int, schema: "Struct
     return spark.read.schema(schema).option("basePath", root).parquet(*files)
 
 
-def step(spark: "SparkSession", cfg: Stream2RawConfig, fink: FinkConfig, **context: Any) -> "Step":
-    """The stage as a step of the one-pass pipeline: Kafka rows in, the alerts it archived out.
+def _cached_keys(df: "DataFrame", key: str):
+    """:func:`_staged_keys` of a batch of decoded rows (the cached batch of the one-pass step)."""
+    from pyspark.sql import functions as F
 
-    Each message is decoded once, into a cached frame: the raw archive and the quarantine are
-    written from it, and the alerts archived (not set aside, not duplicates) are handed on
-    from it, in memory. A batch already committed (a replay) hands on its archived files.
+    keys = df.select("topic", "partition", "offset", F.coalesce(F.col(f"alert.{key}"), F.lit(-1)).alias("candid"),
+                     "timestamp", "brokerIngestTimestamp", "night", "reason").toPandas()
+    return keys.sort_values(["topic", "partition", "offset"]).reset_index(drop=True)
+
+
+def step(spark: "SparkSession", cfg: Stream2RawConfig, fink: FinkConfig, **context: Any) -> "Step":
+    """The stage as a step of the one-pass pipeline: decoded Kafka rows in (its source decodes),
+    the alerts it archives out.
+
+    Each message is decoded once, into the batch's cache: the alerts handed on (not set
+    aside, not duplicates) are read from it, and once every step has handed on, the raw
+    archive and the quarantine are written from it (:attr:`~fink.stages.step.Output.finish`),
+    so that the archives do not delay the alerts on their way to the users. A batch already
+    committed (a replay) hands on the files it archived.
     """
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
@@ -718,38 +744,48 @@ def step(spark: "SparkSession", cfg: Stream2RawConfig, fink: FinkConfig, **conte
     from fink.stages.step import Output, Step, report
 
     paths = cfg.paths(fink)
-    schemas = cfg.schemas()
-    index = ArchivedCandids(spark, paths["raw"], cfg.description().alert_id)
+    key = cfg.description().alert_id
+    index = ArchivedCandids(spark, paths["raw"], key)
     layout = raw_schema(spark, cfg)
 
     def run(batch: "DataFrame", batch_id: int, rows: int | None) -> Output:
-        import pandas as pd
-
         started = time.time()
-        rows_in = decoded(batch, cfg, schemas).drop("key", "value").persist(StorageLevel.MEMORY_AND_DISK)
-        record, keys = archive_batch(rows_in, batch_id, cfg, paths, fink.kafka_bootstrap, index)
-        if keys is None:  # committed before a crash: what it archived, from the archive
+        clock = metrics.Clock()
+        done = _begin(spark, batch_id, paths)
+        if done is not None:  # committed before a crash: what it archived, from the archive
             out = batch_files(spark, paths["raw"], batch_id, layout)
-            return Output(out, int(record.get("archived", 0)),
-                          report(QUERY_NAME, batch_id, 0, {}, None, started, replayed=True), [rows_in])
-        alerts = rows_in.where(F.col("reason").isNull())
-        dups = keys[keys["reason"] == "duplicate"]
+            return Output(out, int(done.get("archived", 0)),
+                          report(QUERY_NAME, batch_id, 0, {}, None, started, replayed=True))
+        cached = batch.persist(StorageLevel.MEMORY_AND_DISK)
+        keys = _cached_keys(cached, key)  # the decode runs here, once, into the cache
+        clock.lap("decode")
+        dups = find_duplicates(keys[keys["reason"].isna()], index)
+        keys.loc[dups.index, "reason"] = "duplicate"
+        kept = cached
         if len(dups):
             drop = spark.createDataFrame(dups[["topic", "partition", "offset"]].astype(
                 {"partition": "int32", "offset": "int64"}), "topic string, partition int, offset long")
-            alerts = alerts.join(F.broadcast(drop), ["topic", "partition", "offset"], "left_anti")
-        reasons = keys["reason"].value_counts().to_dict()
-        observed = {"messages": len(keys), "decoded": int(len(keys) - len(keys["reason"].dropna())
-                                                          + reasons.get("duplicate", 0)),
-                    "quarantined": int(keys["reason"].notna().sum() - reasons.get("duplicate", 0))}
-        observed |= {f"quarantined_{r}": int(reasons.get(r, 0)) for r in avro.REASONS if r != "duplicate"}
-        waited = (pd.to_datetime(keys["brokerIngestTimestamp"]) - pd.to_datetime(keys["timestamp"]))
-        latency = [float(waited.dt.total_seconds().quantile(q)) for q in metrics.QUANTILES] if len(keys) else None
-        return Output(raw_columns(alerts) if record["archived"] else None, int(record["archived"]),
-                      report(QUERY_NAME, batch_id, len(keys), observed, latency, started), [rows_in])
+            kept = cached.join(F.broadcast(drop), ["topic", "partition", "offset"], "left_anti")
+        clock.lap("duplicates")
+        archived = int(keys["reason"].isna().sum())
+
+        def finish() -> dict[str, Any]:
+            folders = _stage(kept, batch_id, cfg, paths)
+            clock.lap("write")
+            record = _commit(spark, batch_id, paths, folders, keys, fink.kafka_bootstrap, index, clock)
+            reasons = record["reasons"]
+            observed = {"messages": record["messages"], "decoded": record["archived"] + reasons.get("duplicate", 0),
+                        "quarantined": record["quarantined"] - reasons.get("duplicate", 0)}
+            observed |= {f"quarantined_{r}": int(reasons.get(r, 0)) for r in avro.REASONS if r != "duplicate"}
+            waited = (keys["brokerIngestTimestamp"] - keys["timestamp"]).dt.total_seconds()
+            latency = [float(waited.quantile(q)) for q in metrics.QUANTILES] if len(keys) else None
+            return report(QUERY_NAME, batch_id, len(keys), observed, latency, started, laps=clock.laps)
+
+        alerts = raw_columns(kept.where(F.col("reason").isNull())) if archived else None
+        return Output(alerts, archived, None, [cached], finish)
 
     return Step(QUERY_NAME, reads="kafka", writes="raw", run=run,
-                source=lambda: source(spark, cfg, fink.kafka_bootstrap))
+                source=lambda: decoded(source(spark, cfg, fink.kafka_bootstrap), cfg).drop("key", "value"))
 
 
 def reconcile(spark: "SparkSession", progress: list[dict], raw_path: str) -> dict[str, Any]:

@@ -64,7 +64,7 @@ if simulator:
 from fink import streaming
 from fink.session import get_spark
 
-spark = get_spark(cfg, app_name="fink-pipeline")
+spark = get_spark(pipeline.realtime_master(plan, cfg), app_name="fink-pipeline")  # slots for a real-time lane
 streaming.stop_active(spark)  # a re-run of this cell must not leave queries behind
 if mode == "one-pass":
     writer = pipeline.one_pass(spark, plan, cfg, trigger)
@@ -72,7 +72,8 @@ elif mode == "queries":
     pipeline.build(spark, plan, cfg, trigger)
 else:
     raise ValueError(f"mode must be 'one-pass' or 'queries', got {mode!r}")
-print(f"built ({mode}):", ", ".join(s.name for s in plan))
+lane = pipeline.realtime_lane(spark, plan, cfg)  # None unless a filter asks for lane: realtime
+print(f"built ({mode}):", ", ".join(s.name for s in plan), "+ real-time lane" if lane else "")
 """),
 ("md", "## Start, watch live, and end within `duration`"),
 ("code", """
@@ -82,9 +83,11 @@ from fink.monitor import QueryMonitor
 
 monitor = QueryMonitor("pipeline")  # per query: input and processed rows/s, batch time, lag
 progress, reasons, t0 = {}, {}, time.monotonic()
+fast = [streaming.start(lane, "realtime")] if lane else []  # runs beside the micro-batch pass until it ends
 if mode == "one-pass":  # one query; each stage's account of each batch is kept by the query's sink
     query = streaming.start(writer, pipeline.ONE_PASS)
-    result = streaming.run_until([query], duration=duration, stop_file=stop_file, poll=2.0, on_poll=monitor)
+    result = streaming.run_until([query], duration=duration, stop_file=stop_file, poll=2.0, on_poll=monitor,
+                                 watch=fast)
     progress = writer.fink_sink.reports
     reasons = {s.name: result.reason for s in plan}
 else:
@@ -94,11 +97,14 @@ else:
         if left <= 0:
             break
         queries = [streaming.start(s.writer, s.query_name) for s in wave]
-        result = streaming.run_until(queries, duration=left, stop_file=stop_file, poll=2.0, on_poll=monitor)
+        result = streaming.run_until(queries, duration=left, stop_file=stop_file, poll=2.0, on_poll=monitor,
+                                     watch=fast)
         progress.update(result.progress)
         reasons.update({s.name: result.reason for s in wave})
         if result.reason == "stop-file":
             break
+for q in fast:  # the lane ends with the pass (its offsets since its last batch are sent again on restart)
+    q.stop()
 print(f"ended after {time.monotonic() - t0:.1f} s: {reasons}")
 """),
 ("md", "## Accounts: every alert in each stage processed or set aside with its reason"),
