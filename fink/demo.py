@@ -3,13 +3,16 @@
 What it does, in order:
 
 1. starts the local services (Kafka, HBase, Thrift) that are not running;
-2. starts the four stages as services (``fink start``, 2 s triggers), on a fresh topic, data
-   folder, HBase table and distribution topics;
-3. starts the simulator service, which replays the bundled sample night into the topic;
+2. starts the broker as one service (``fink start pipeline``: one pass through every stage,
+   1 s triggers, and a real-time lane), on a fresh topic, data folder, HBase table and
+   distribution topics;
+3. starts the simulator service, which replays the bundled sample night into the topic,
+   while two consumers time each alert's way to a topic of each lane;
 4. watches the metrics store until every alert published is accounted for in every stage;
 5. reads one distributed topic as a user of the SASL listener (``fink.client``);
-6. stops the stages (``fink stop all``), runs the dashboard headless for the report
-   (HTML page, plots, summary), prints the summary, and stops the services it started.
+6. stops the pipeline (``fink stop pipeline``), runs the dashboard headless for the report
+   (HTML page, plots, summary), prints the summary with each lane's latency, and stops the
+   services it started.
 
 Nothing stays running: a failure on the way still stops what the demo started.
 """
@@ -158,6 +161,45 @@ def run(conf: str | None = None, keep_services: bool = False, timeout: float = 4
              f"{', '.join(r.service for r in left) or 'none'}")
 
 
+class LaneWatch:
+    """Times each alert's way to a topic: arrival at this consumer - the alert's Kafka
+    timestamp on the input topic (``kafka_timestamp``, carried by every distributed alert)."""
+
+    def __init__(self, bootstrap: str, topic: str):
+        import threading
+
+        self.bootstrap, self.topic, self.latencies = bootstrap, topic, []
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        from confluent_kafka import Consumer
+
+        from fink.client import decode
+
+        c = Consumer({"bootstrap.servers": self.bootstrap, "group.id": f"demo-watch-{uuid.uuid4().hex[:8]}",
+                      "auto.offset.reset": "earliest", "isolation.level": "read_committed",
+                      "topic.metadata.refresh.interval.ms": 1000})
+        c.subscribe([self.topic])
+        try:
+            while not self.done.is_set():
+                msg = c.poll(0.2)
+                if msg is None or msg.error():
+                    continue
+                now, sent = time.time(), decode(msg.key(), msg.value()).get("kafka_timestamp")
+                if sent is not None:
+                    self.latencies.append(now - (sent.timestamp() if hasattr(sent, "timestamp") else sent / 1e6))
+        finally:
+            c.close()
+
+    def stop(self) -> dict[str, Any]:
+        self.done.set()
+        self.thread.join(timeout=10)
+        return {"alerts": len(self.latencies), "latency_p50_s": _percentile(self.latencies, 50),
+                "latency_p95_s": _percentile(self.latencies, 95)}
+
+
 def _pipeline(conf_path: str, home: Path, t0: float, timeout: float, rate: float,
               runs: dict[str, runner.Run]) -> int:
     from fink import access, hbase
@@ -172,12 +214,14 @@ def _pipeline(conf_path: str, home: Path, t0: float, timeout: float, rate: float
     shutil.rmtree(data, ignore_errors=True)
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
+    fast = f"{prefix}_bright_now"
     filters = {f"{prefix}_early_snia": "fink.filters.builtin:early_snia",
                f"{prefix}_sso": "fink.filters.builtin:solar_system",
-               f"{prefix}_catalogued": "fink.filters.builtin:catalogued"}
-    common = {"data_dir": str(data), "topic": topic, "trigger": "2 seconds", "duration": timeout}
-    extra = {"distribution": {"filters": filters, "topic_options": {f"{prefix}_catalogued": {"cutouts": False}}},
-             "archive": {"table": TABLE}}
+               f"{prefix}_catalogued": "fink.filters.builtin:catalogued",
+               fast: {"condition": "candidate.magpsf < 18.5", "lane": "realtime"}}
+    params = {"data_dir": str(data), "topic": topic, "trigger": "1 seconds", "duration": timeout,
+              "distribution": {"filters": filters, "topic_options": {f"{prefix}_catalogued": {"cutouts": False}}},
+              "archive": {"table": TABLE}}
     store = metrics.Store()
     with kafka.temporary_topics(svc.kafka_bootstrap):  # the demo's topics go at the end: no disk filled
         kafka.ensure_topic(svc.kafka_bootstrap, topic)
@@ -186,12 +230,15 @@ def _pipeline(conf_path: str, home: Path, t0: float, timeout: float, rate: float
             dropped = hbase.delete_tables(conn, TABLE)  # a fresh archive table each time
         finally:
             conn.close()
-        _say(f"== stages (fink start <stage> -c {Path(conf_path).name}, 2 s triggers), input topic {topic}"
+        _say(f"== fink start pipeline -c {Path(conf_path).name} (one pass through every stage, 1 s triggers, "
+             f"and a real-time lane), input topic {topic}"
              + (f"; dropped the previous demo's tables {', '.join(dropped)}" if dropped else ""))
-        for stage in STAGES:
-            runs[stage] = runner.start(stage, conf_path, params={**common, **extra.get(stage, {})})
-            _say(f"  {stage}: started (pid {runs[stage].pid}), {runs[stage].run_dir}")
+        runs["pipeline"] = runner.start("pipeline", conf_path, params=params)
+        _say(f"  pipeline: started (pid {runs['pipeline'].pid}), {runs['pipeline'].run_dir}")
         _wait_started(runs, store, timeout=240)
+        snia_topic = f"{prefix}_early_snia"
+        watches = {"micro-batch": LaneWatch(svc.kafka_bootstrap, f"{prefix}_catalogued"),
+                   "real-time": LaneWatch(svc.kafka_bootstrap, fast)}
 
         _say(f"== simulator: the sample night into {topic} at {rate:g} alerts/s")
         runs["simulator"] = runner.start("simulator", conf_path, params={"topic": topic, "rate": rate})
@@ -201,9 +248,8 @@ def _pipeline(conf_path: str, home: Path, t0: float, timeout: float, rate: float
         while not complete(acc):
             if time.monotonic() > deadline:
                 raise DemoError(f"not every alert accounted for after {timeout:.0f} s: {_progress_line(acc)}")
-            dead = [s for s, r in runs.items() if s != "simulator" and not r.alive()]
-            if dead:
-                raise DemoError(f"{', '.join(dead)} stopped before the end: see their log.txt in {home / 'runs'}")
+            if not runs["pipeline"].alive():
+                raise DemoError(f"the pipeline stopped before the end: see {runs['pipeline'].run_dir}/log.txt")
             line = _progress_line(acc)
             if line != last:
                 _say(f"  {time.monotonic() - t0:5.0f} s  {line}")
@@ -212,8 +258,9 @@ def _pipeline(conf_path: str, home: Path, t0: float, timeout: float, rate: float
             acc = accounts(store, runs)
         _say(f"  {time.monotonic() - t0:5.0f} s  {_progress_line(acc)}: all accounted for")
 
-        snia_topic = f"{prefix}_early_snia"
-        delivered = _delivered(store, runs["distribution"].run_id, snia_topic)
+        delivered = _delivered(store, runs["pipeline"].run_id, snia_topic)
+        time.sleep(3.0)  # the lanes' last messages to their watches
+        lanes = {name: w.stop() for name, w in watches.items()}
         _say(f"== user client: {USER} reads {snia_topic} on the SASL listener ({delivered} alerts delivered)")
         access.add_user(svc.kafka_bootstrap, USER)
         access.grant(svc.kafka_bootstrap, USER, snia_topic)
@@ -221,13 +268,15 @@ def _pipeline(conf_path: str, home: Path, t0: float, timeout: float, rate: float
             got = receive(snia_topic, delivered)
         finally:
             access.remove_user(svc.kafka_bootstrap, USER)
+        got["lanes"] = lanes
 
-        _say("== fink stop <stage> (queries end at a batch boundary)")
-        for r in runs.values():  # all at once, then wait for each
+        _say("== fink stop pipeline (the query ends at a batch boundary)")
+        for r in runs.values():
             if r.alive():
                 r.stop_file.touch()
         for name, r in runs.items():
             _say(f"  {runner.stop(name, timeout=90) if r.alive() else f'{name}: finished'}")
+        top_candidates(data / "science", out / "top_candidates.csv")
         ids = [r.run_id for r in runs.values()]
         runs["dashboard"] = board = runner.start("dashboard", conf_path,
                                                  params={"runs": ids, "report_dir": str(out)})
@@ -237,6 +286,15 @@ def _pipeline(conf_path: str, home: Path, t0: float, timeout: float, rate: float
         if status.get("html"):
             shutil.copy(status["html"], out / "dashboard.html")
     return _print_summary(store, runs, got, out, t0)
+
+
+def top_candidates(science: Path, path: Path, n: int = 10) -> None:
+    """The ``n`` alerts of the science archive most likely SN Ia, as CSV (read with pyarrow)."""
+    import pyarrow.parquet as pq
+
+    cols = ["objectId", "candid", "snia_prob", "roid", "xm_type", "lc_amplitude_r", "lc_observation_count_r"]
+    table = pq.read_table(str(science), columns=cols).to_pandas()
+    table.sort_values("snia_prob", ascending=False, na_position="last").head(n).to_csv(path, index=False)
 
 
 def _print_summary(store: metrics.Store, runs: dict[str, runner.Run], got: dict[str, Any], out: Path,
@@ -272,13 +330,16 @@ def _print_summary(store: metrics.Store, runs: dict[str, runner.Run], got: dict[
         _say(f"  {name:13s} {row['in']:6d} {row['out']:6d} {extra:>22s} "
              f"{row.get('latency_p50_s', '-')!s:>10s} s {row.get('latency_p95_s', '-')!s:>5s} s")
     _say("  (latency: seconds from the alert's arrival in Kafka to the stage handling it)")
-    _say(f"  user client: {got['received']} of {got['expected']} alerts received, end-to-end latency "
-         f"p50 {got['latency_p50_s']} s, p95 {got['latency_p95_s']} s")
+    for lane, w in got.get("lanes", {}).items():
+        _say(f"  {lane} lane: {w['alerts']} alerts timed from the input topic to their topic: "
+             f"latency p50 {w['latency_p50_s']} s, p95 {w['latency_p95_s']} s")
+    _say(f"  user client: {got['received']} of {got['expected']} alerts received")
     if "best_candidate" in summary:
         _say(f"  most likely SN Ia received: {summary['best_candidate']['objectId']} "
              f"(snia_prob {summary['best_candidate']['snia_prob']:.3f})")
     _say(f"\n== Report: {out}")
-    for name in ("dashboard.html", "rates.png", "latency.png", "best_candidate.png", "summary.json", "demo.json"):
+    for name in ("dashboard.html", "rates.png", "latency.png", "best_candidate.png", "top_candidates.csv",
+                 "summary.json", "demo.json"):
         if (out / name).exists():
             _say(f"  {out / name}")
     ok = complete(acc) and got["received"] == got["expected"]

@@ -19,6 +19,7 @@ crosses three file hops: slower, but one stage can be re-run over an archive alo
 from __future__ import annotations
 
 import dataclasses
+import time
 from typing import TYPE_CHECKING, Any
 
 from fink.config import FinkConfig
@@ -162,13 +163,19 @@ class OnePass:
                 frame, rows = frames.get(step.reads, (None, 0))
                 if frame is None:  # nothing handed on (every alert set aside or cut)
                     continue
+                t0 = time.perf_counter()
                 out = step.run(frame, batch_id, rows)
                 cached += out.cached
-                outputs.append((step, out))
+                outputs.append((step, out, time.perf_counter() - t0))
                 if step.writes:
                     frames[step.writes] = (out.frame, out.rows)
-            for step, out in outputs:  # then the archives, and the accounts
+            for step, out, ran in outputs:  # then the archives, and the accounts
+                t0 = time.perf_counter()
                 account = out.finish() if out.finish is not None else out.report
+                # the step's own share of the batch: its hand-on, then its archives and counts
+                took = {"run": int(ran * 1000), "finish": int((time.perf_counter() - t0) * 1000)}
+                account["durationMs"] = {**account.get("durationMs", {}), **took,
+                                         "triggerExecution": took["run"] + took["finish"]}
                 self.reports[step.name].append(account)
                 metrics.record(account)
         finally:

@@ -355,8 +355,10 @@ def step(spark: "SparkSession", cfg: ArchiveConfig, fink: FinkConfig, *, produce
          **context: Any) -> "Step":
     """The stage as a step of the one-pass pipeline: the batch's science alerts in (cached by
     raw2science), into HBase; the batch's step ends when HBase has accepted every row."""
+    from pyspark.sql import functions as F
+
     from fink.stages import distribution as dist
-    from fink.stages.step import Output, Step, report
+    from fink.stages.step import Output, Step, latency_quantiles, report
 
     paths = cfg.paths(fink)
     schema = dist.science_schema(spark, paths["science"], producer, cfg.survey, from_files=False)
@@ -365,9 +367,12 @@ def step(spark: "SparkSession", cfg: ArchiveConfig, fink: FinkConfig, *, produce
     def run(science: "DataFrame", batch_id: int, rows: int | None) -> Output:
         def finish() -> dict[str, Any]:  # after the alerts are on their way to the users
             started = time.time()
-            alerts = science.count()  # Spark's count, against the rows HBase accepted
+            # Spark's count, against the rows HBase accepted; the latency: Kafka -> this write
+            seen = science.agg(F.count(F.lit(1)).alias("n"),
+                               latency_quantiles(F.col("kafka_timestamp"), F.current_timestamp()).alias("lat")).first()
             sink(science, batch_id)
-            return report(QUERY_NAME, batch_id, alerts, {"alerts": alerts}, None, started)
+            return report(QUERY_NAME, batch_id, seen["n"], {"alerts": seen["n"]}, list(seen["lat"] or []) or None,
+                          started)
 
         return Output(None, 0, None, finish=finish)
 

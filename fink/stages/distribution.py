@@ -473,7 +473,7 @@ def step(spark: "SparkSession", cfg: DistributionConfig, fink: FinkConfig, *, ch
         narrow = science.select(*ids, "kafka_timestamp", *[h for h in heads if h not in (*ids, "kafka_timestamp")])
         flags = apply_filters(narrow, filters, metrics_column="_metrics").select(
             *ids, "kafka_timestamp", SELECTED, "_metrics", F.current_timestamp().alias("_at")).persist(
-            StorageLevel.MEMORY_AND_DISK)
+            StorageLevel.MEMORY_AND_DISK_DESER)
         picked = F.col(SELECTED)
         chosen = flags.where(F.size(picked) > 0).select(*ids, SELECTED)
         # the selected alerts, whole, encoded once per encoding into the outbox; the batch's

@@ -261,7 +261,7 @@ def step(spark: "SparkSession", cfg: Raw2ScienceConfig, fink: FinkConfig, **cont
         flagged = raw.withColumn("_cut", cut_reason_column)
         cut = F.col("_cut")
         science = add_science(flagged.where(cut.isNull()).drop("_cut"), cfg, modules,
-                              metrics_column="_metrics").persist(StorageLevel.MEMORY_AND_DISK)
+                              metrics_column="_metrics").persist(StorageLevel.MEMORY_AND_DISK_DESER)
         # the science archive's column order (night last, as a read of its files gives it); the
         # modules run once, into the cache, when the first step after reads it
         out = science.select(*[c for c in science.columns if c not in ("_metrics", "night")], "night")

@@ -62,11 +62,12 @@ def selection(df: "DataFrame", cuts: dict[str, str], lane: dict[str, str]) -> "D
     from fink.stages.stream2raw import raw_columns
 
     try:
-        kept = df.where(F.col("reason").isNull() & cut_reason(cuts).isNull())
+        kept = raw_columns(df.where(F.col("reason").isNull()))
+        kept = kept.where(cut_reason(cuts).isNull())
         hits = [F.when(F.coalesce(F.expr(cond).cast("boolean"), F.lit(False)), F.lit(topic))
                 for topic, cond in lane.items()]
         # each condition is evaluated on the alert's columns, before the explode
-        rows = raw_columns(kept).withColumn("_topics", F.filter(F.array(*hits), lambda t: t.isNotNull()))
+        rows = kept.withColumn("_topics", F.filter(F.array(*hits), lambda t: t.isNotNull()))
     except Exception as exc:  # an unparsable condition or an unknown column: name it
         raise ConfigError(f"real-time filters {lane}: {str(exc).splitlines()[0]}") from exc
     return rows.where(F.size("_topics") > 0).withColumn("topic", F.explode("_topics")).drop("_topics")

@@ -756,7 +756,7 @@ def step(spark: "SparkSession", cfg: Stream2RawConfig, fink: FinkConfig, **conte
             out = batch_files(spark, paths["raw"], batch_id, layout)
             return Output(out, int(done.get("archived", 0)),
                           report(QUERY_NAME, batch_id, 0, {}, None, started, replayed=True))
-        cached = batch.persist(StorageLevel.MEMORY_AND_DISK)
+        cached = batch.persist(StorageLevel.MEMORY_AND_DISK_DESER)
         keys = _cached_keys(cached, key)  # the decode runs here, once, into the cache
         clock.lap("decode")
         dups = find_duplicates(keys[keys["reason"].isna()], index)
