@@ -105,7 +105,8 @@ def main() -> None:
         durations = sorted(p["durationMs"]["triggerExecution"] / 1000 for p in progress)
         steps: dict[str, list[float]] = {}
         for p in progress[1:] or progress:
-            record = filestore.committed(spark, cfg.paths(fink)["raw"], int(p["batchId"])) or {}
+            record = filestore.committed(spark, cfg.paths(fink)["raw"],
+                                         filestore.batch_key(p.get("id") or "", int(p["batchId"]))) or {}
             for step, secs in record.get("seconds", {}).items():
                 steps.setdefault(step, []).append(secs)
         steady = progress[1:] or progress  # the first batch also pays for code generation

@@ -3,10 +3,17 @@
 Notes
 -----
 A micro-batch is written to a staging folder, then its files are moved into the table
-under names made of the batch id (``part-b<batch>-<n>.parquet``), then a commit marker
-``_commits/<batch>.json`` records what the batch held. A batch replayed after a crash
-(Spark re-runs the last uncommitted batch with the same data) first removes files of its
-own id, then writes them again: no file is lost or doubled. Moves and listings go through
+under names made of the batch's key (``part-<writer>-<batch>-<n>.parquet``), then a commit
+marker ``_commits/<writer>-<batch>.json`` records what the batch held. A batch replayed after
+a crash (Spark re-runs the last uncommitted batch with the same data) first removes files of
+its own key, then writes them again: no file is lost or doubled.
+
+The key holds the writer (:func:`batch_key`: the streaming query's id, kept in its
+checkpoint) as well as the batch id: two queries writing one table (a stage service, then
+the one-pass pipeline; or a query whose checkpoint was deleted) number their batches from 0
+each, and batch 0 of the second is not batch 0 of the first. Tables written before the key
+held the writer have ``part-b<batch>-`` and ``_commits/<batch>.json``: still read, never
+taken for a new batch. Moves and listings go through
 Hadoop's ``FileSystem`` so the same code works on a local disk, HDFS or S3.
 
 Readers ignore folders and files whose names start with ``_`` or ``.``, so staging and
@@ -82,7 +89,7 @@ class FileStore:
         self.fs.delete(self.path(*parts), True)
 
 
-def write_batch(df: "DataFrame", root: str, batch_id: int, partition_by: str | None, files: int = 1,
+def write_batch(df: "DataFrame", root: str, batch_id: BatchKey, partition_by: str | None, files: int = 1,
                 options: Mapping[str, str] | None = None) -> int:
     """Write ``df`` as batch ``batch_id`` of the table at ``root``, exactly once; return its files.
 
@@ -92,12 +99,12 @@ def write_batch(df: "DataFrame", root: str, batch_id: int, partition_by: str | N
     return publish(df.sparkSession, root, batch_id, folders)
 
 
-def staging_folder(batch_id: int) -> str:
+def staging_folder(batch_id: BatchKey) -> str:
     """Where batch ``batch_id`` is written before its files move into the table (hidden from readers)."""
     return f"_staging/b{batch_id}"
 
 
-def stage(df: "DataFrame", root: str, batch_id: int, partition_by: str | None, files: int = 1,
+def stage(df: "DataFrame", root: str, batch_id: BatchKey, partition_by: str | None, files: int = 1,
           options: Mapping[str, str] | None = None) -> dict[str, list[str]]:
     """Write ``df`` to the staging folder of ``batch_id``; return its Parquet files by partition folder.
 
@@ -120,7 +127,7 @@ def stage(df: "DataFrame", root: str, batch_id: int, partition_by: str | None, f
     return by_folder
 
 
-def publish(spark: "SparkSession", root: str, batch_id: int, folders: dict[str, list[str]]) -> int:
+def publish(spark: "SparkSession", root: str, batch_id: BatchKey, folders: dict[str, list[str]]) -> int:
     """Move the staged files of ``folders`` (from :func:`stage`) into the table; drop the staging folder.
 
     The files are named after the batch id, so a replayed batch first removes its own.
@@ -141,17 +148,34 @@ def publish(spark: "SparkSession", root: str, batch_id: int, folders: dict[str, 
     return moved
 
 
-def _prefix(batch_id: int) -> str:
-    return f"part-b{batch_id:010d}-"
+#: a batch of a table: its key (:func:`batch_key`), or a bare id (tables before writers had keys)
+BatchKey = int | str
 
 
-def batch_files(spark: "SparkSession", root: str, batch_id: int) -> list[str]:
+def batch_key(writer: Any, batch_id: int) -> BatchKey:
+    """The key of micro-batch ``batch_id`` of the query ``writer`` (its id, as its progress
+    reports (a UUID) and checkpoint give it; the first 8 characters are kept); the bare id without one."""
+    return f"{str(writer)[:8]}-{batch_id:010d}" if writer else int(batch_id)
+
+
+def writer_id(spark: "SparkSession", checkpoint: str) -> str:
+    """The id of the streaming query whose checkpoint is ``checkpoint`` (written when it first
+    started, the same across restarts, new for a new checkpoint)."""
+    text = FileStore(spark, checkpoint).read_text("metadata")
+    return str(json.loads(text.splitlines()[0])["id"])
+
+
+def _prefix(batch: BatchKey) -> str:
+    return f"part-b{batch:010d}-" if isinstance(batch, int) else f"part-{batch}-"
+
+
+def batch_files(spark: "SparkSession", root: str, batch_id: BatchKey) -> list[str]:
     """The paths of the files batch ``batch_id`` published into the table at ``root``."""
     store = FileStore(spark, root)
     return [f"{store.root}/{rel}" for rel in store.files() if rel.rpartition("/")[2].startswith(_prefix(batch_id))]
 
 
-def clean_attempt(spark: "SparkSession", root: str, batch_id: int) -> None:
+def clean_attempt(spark: "SparkSession", root: str, batch_id: BatchKey) -> None:
     """Remove the files an interrupted earlier attempt of ``batch_id`` moved into the table."""
     store = FileStore(spark, root)
     if store.exists("_commits", f"{batch_id}.started"):
@@ -160,7 +184,7 @@ def clean_attempt(spark: "SparkSession", root: str, batch_id: int) -> None:
                 store.delete(rel)
 
 
-def committed(spark: "SparkSession", root: str, batch_id: int) -> dict[str, Any] | None:
+def committed(spark: "SparkSession", root: str, batch_id: BatchKey) -> dict[str, Any] | None:
     """The commit record of ``batch_id``, if that batch was fully written."""
     store = FileStore(spark, root)
     if not store.exists("_commits", f"{batch_id}.json"):
@@ -168,20 +192,20 @@ def committed(spark: "SparkSession", root: str, batch_id: int) -> dict[str, Any]
     return json.loads(store.read_text("_commits", f"{batch_id}.json"))
 
 
-def begin(spark: "SparkSession", root: str, batch_id: int, *others: str) -> dict[str, Any] | None:
+def begin(spark: "SparkSession", root: str, batch_id: BatchKey, *others: str) -> dict[str, Any] | None:
     """Start writing batch ``batch_id``: its commit record if it is already committed (a
     replay to skip), else None after removing what an interrupted attempt left in ``root``
     and the ``others`` tables it also writes."""
     done = committed(spark, root, batch_id)
     if done is not None:
-        logger.info("%s: batch %d already committed, skipped", root, batch_id)
+        logger.info("%s: batch %s already committed, skipped", root, batch_id)
         return done
     for table in (root, *others):
         clean_attempt(spark, table, batch_id)
     return None
 
 
-def commit(spark: "SparkSession", root: str, batch_id: int, record: dict[str, Any]) -> None:
+def commit(spark: "SparkSession", root: str, batch_id: BatchKey, record: dict[str, Any]) -> None:
     """Mark ``batch_id`` as fully written, with what it held."""
     store = FileStore(spark, root)
     store.write_text(json.dumps({"batch": batch_id, "time": time.time(), **record}), "_commits", f"{batch_id}.json")

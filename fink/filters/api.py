@@ -33,7 +33,7 @@ from fink.errors import FinkError
 from fink.science.api import ScienceModule, ScienceModuleError, apply_modules, import_declared, module
 
 if TYPE_CHECKING:
-    from pyspark.sql import DataFrame
+    from pyspark.sql import Column, DataFrame
 
 KIND = "filter"
 #: Kafka's topic names: letters, digits, '.', '_' and '-', at most 249 characters
@@ -123,6 +123,14 @@ def apply_filters(df: "DataFrame", filters: Sequence[AlertFilter], observe_as: s
         df = apply_modules(df, [f.module for f in filters], observe_as=observe_as, metrics_column=metrics_column)
     except ScienceModuleError as exc:  # an input column that is not in the alerts
         raise FilterError(str(exc).replace("science module", KIND, 1)) from exc
-    flags = [F.when(F.coalesce(F.col(f"_sel{k}"), F.lit(False)), F.lit(k)) for k in range(len(filters))]
-    return (df.withColumn(SELECTED, F.filter(F.array(*flags), lambda k: k.isNotNull()))
+    return (df.withColumn(SELECTED, selected([F.col(f"_sel{k}") for k in range(len(filters))]))
             .drop(*[f"_sel{k}" for k in range(len(filters))]))
+
+
+def selected(answers: Sequence["Column"]) -> "Column":
+    """:data:`SELECTED` from each filter's answer (in filter order): the indices of those that
+    said true (a null answer does not select)."""
+    from pyspark.sql import functions as F
+
+    flags = [F.when(F.coalesce(a, F.lit(False)), F.lit(k)) for k, a in enumerate(answers)]
+    return F.filter(F.array(*flags), lambda k: k.isNotNull())

@@ -319,35 +319,64 @@ def apply_modules(df: "DataFrame", modules: Sequence[ScienceModule], fail: bool 
     once, a module reads earlier modules' outputs without a round trip through the JVM, and
     a task needs one Python worker (in which a model or catalogue, once loaded, stays).
     """
-    from pyspark.sql import functions as F
-    from pyspark.sql.functions import pandas_udf
 
     check_inputs(modules, df.schema)
-    if not modules:
+    first, second = ModuleColumns(modules, fail, stamp, metrics_column).around(df.columns)
+    df = df.select(*first)
+    if observe_as and modules:
+        df = df.observe(observe_as, *module_metrics(modules, ModuleColumns.TMP))
+    return df.select(*second)
+
+
+class ModuleColumns:
+    """The columns :func:`apply_modules` adds, built once: ``df.select(*first).select(*second)``
+    for frames that all have the same columns (each micro-batch of a one-pass step), with no
+    schema to ask the JVM for and no UDF to build again per batch."""
+
+    TMP = "__modules"
+
+    def __init__(self, modules: Sequence[ScienceModule], fail: bool = False, stamp: str | None = None,
+                 metrics_column: str | None = None):
+        from pyspark.sql import functions as F
+        from pyspark.sql.functions import pandas_udf
+
+        #: the UDF's call (None without modules), the modules' values, the stamp, the metrics
+        self.call = None
+        self.values: list = []
+        self.stamp: list = [F.current_timestamp().alias(stamp)] if stamp else []
+        self.metrics: list = [F.lit(None).cast("struct<_none:string>").alias(metrics_column)] if metrics_column else []
+        if not modules:
+            self.outputs = [*self.metrics, *self.stamp]
+            return
+        produced: set[str] = set()
+        inputs: list[str] = []
+        for m in modules:
+            inputs += [c for c in m.inputs if c not in produced and c not in inputs]
+            produced.update(m.outputs)
+        fields = [f"{c} {t}" for m in modules for c, t in m.outputs.items()]
+        fields += [f"_error_{i} string, _seconds_{i} double" for i in range(len(modules))]
+        fields += [f"{stamp} timestamp"] if stamp else []
+        fn = pandas_udf(_chain_udf(list(modules), inputs, fail, stamp), ", ".join(fields))  # type: ignore[call-overload]
+        # one struct argument (a DataFrame in the worker) whatever the number of inputs
+        self.call = fn(F.struct(*[F.col(c).alias(f"_in{k}") for k, c in enumerate(inputs)])).alias(self.TMP)
+        tmp = F.col(self.TMP)
+        self.values = [tmp.getField(c).alias(c) for m in modules for c in m.outputs]
+        self.stamp = [tmp.getField(stamp).alias(stamp)] if stamp else []
         if metrics_column:
-            df = df.withColumn(metrics_column, F.lit(None).cast("struct<_none:string>"))
-        return df.withColumn(stamp, F.current_timestamp()) if stamp else df
-    produced: set[str] = set()
-    inputs: list[str] = []
-    for m in modules:
-        inputs += [c for c in m.inputs if c not in produced and c not in inputs]
-        produced.update(m.outputs)
-    fields = [f"{c} {t}" for m in modules for c, t in m.outputs.items()]
-    fields += [f"_error_{i} string, _seconds_{i} double" for i in range(len(modules))]
-    fields += [f"{stamp} timestamp"] if stamp else []
-    fn = pandas_udf(_chain_udf(list(modules), inputs, fail, stamp), ", ".join(fields))  # type: ignore[call-overload]
-    tmp = "__modules"
-    # one struct argument (a DataFrame in the worker) whatever the number of inputs
-    df = df.withColumn(tmp, fn(F.struct(*[F.col(c).alias(f"_in{k}") for k, c in enumerate(inputs)])))
-    if observe_as:
-        df = df.observe(observe_as, *module_metrics(modules, tmp))
-    outputs = [F.col(tmp).getField(c).alias(c) for m in modules for c in m.outputs]
-    outputs += [F.col(tmp).getField(stamp).alias(stamp)] if stamp else []
-    if metrics_column:
-        outputs.append(F.struct(*[F.col(tmp).getField(f"_{what}_{i}").alias(f"_{what}_{i}")
-                                  for i in range(len(modules)) for what in ("error", "seconds")]
-                                ).alias(metrics_column))
-    return df.select(*[c for c in df.columns if c != tmp], *outputs)
+            self.metrics = [F.struct(*[tmp.getField(f"_{what}_{i}").alias(f"_{what}_{i}")
+                                       for i in range(len(modules)) for what in ("error", "seconds")]
+                                     ).alias(metrics_column)]
+        self.outputs = [*self.values, *self.stamp, *self.metrics]
+
+    def around(self, columns: Sequence[str]) -> tuple[list, list]:
+        """The two selections over a frame of ``columns``: its columns and the UDF's call, then
+        its columns and the outputs."""
+        from pyspark.sql import functions as F
+
+        kept = [F.col(f"`{c}`") for c in columns]
+        if self.call is None:
+            return kept, [*kept, *self.outputs]
+        return [*kept, self.call], [*kept, *self.outputs]
 
 
 def module_metrics(modules: Sequence[ScienceModule], column: str) -> list:

@@ -205,7 +205,7 @@ def extra_columns(layout: Layout, tag_inputs: list[str] = ()) -> dict[str, str]:
     return out
 
 
-def cells(df: "DataFrame", layout: Layout, extra: dict[str, str]) -> "DataFrame":
+def cells(df: "DataFrame", layout: Layout, extra: dict[str, str], columns: list[str] | None = None) -> "DataFrame":
     """The batch as the writers take it: every nested column (structs, history arrays, maps)
     already its Avro cell, encoded by Spark in the JVM (far faster than Python), and the key
     fields that sit inside structs (``candidate.jd``, ``candidate.ra``...) and the tag
@@ -223,7 +223,8 @@ def cells(df: "DataFrame", layout: Layout, extra: dict[str, str]) -> "DataFrame"
             members = layout.groups.get(col.name)
             value = F.struct(*[F.col(m) for m in members]) if members else F.col(col.name)
             nested[col.name] = to_avro(F.struct(value.alias(col.name)), json.dumps(layout.avro[col.name]))
-    return df.select(*[nested.get(c, F.col(c)).alias(c) for c in df.columns if c not in layout.member_of],
+    names = columns if columns is not None else df.columns  # known: no schema asked of the JVM
+    return df.select(*[nested.get(c, F.col(c)).alias(c) for c in names if c not in layout.member_of],
                      *[nested[g].alias(g) for g in layout.groups],
                      *[F.expr(path).alias(alias) for alias, path in extra.items()])
 
@@ -293,8 +294,9 @@ class Sink:
     write retries and the times (``encode_s``, ``write_s``: summed over the tasks).
     """
 
-    def __init__(self, layout: Layout, tags: list[AlertFilter], host: str, port: int, cfg: ArchiveConfig):
-        self.layout = layout
+    def __init__(self, layout: Layout, tags: list[AlertFilter], host: str, port: int, cfg: ArchiveConfig,
+                 columns: list[str] | None = None):
+        self.layout, self.columns = layout, columns  # the batches' columns, when known
         self.extra = extra_columns(layout, inputs_of(tags))
         self.task = writer_task(layout, tags, host, port, cfg, self.extra)
         self.written: dict[int, dict[str, Any]] = {}
@@ -303,7 +305,7 @@ class Sink:
         import json
 
         t0 = time.perf_counter()
-        reports = cells(batch, self.layout, self.extra).mapInArrow(self.task, REPORT).collect()
+        reports = cells(batch, self.layout, self.extra, self.columns).mapInArrow(self.task, REPORT).collect()
         total = {key: sum(r[key] for r in reports) for key in REPORT_KEYS if key != "tags"}
         tags: dict[str, int] = {}
         filters: dict[str, dict[str, Any]] = {}
@@ -348,7 +350,7 @@ def prepare(spark: "SparkSession", cfg: ArchiveConfig, fink: FinkConfig, science
         check_inputs([f.module for f in tags], schema)
     except ScienceModuleError as exc:  # a tag filter's input that is not a column of the alerts
         raise FilterError(str(exc).replace("science module", "tag filter", 1)) from exc
-    return Sink(lay, tags, host, port, cfg)
+    return Sink(lay, tags, host, port, cfg, None if from_files else schema.fieldNames())
 
 
 def step(spark: "SparkSession", cfg: ArchiveConfig, fink: FinkConfig, *, producer: Any = None,

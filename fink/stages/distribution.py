@@ -232,13 +232,29 @@ def select(df: "DataFrame", filters: list[AlertFilter]) -> "DataFrame":
     return metrics.observe_latency(df)  # Kafka timestamp -> start of the batch that sends it
 
 
-def messages(batch: "DataFrame", encs: list[Encoding]) -> "DataFrame":
-    """One row per (alert, topic that selected it): ``_k`` (the topic's index) and ``value``."""
+def derived(schema: "StructType") -> dict[str, Any]:
+    """The columns :func:`alert_columns` adds to science rows of ``schema``: name -> expression."""
+    from pyspark.sql import functions as F
+
+    names = schema.fieldNames()
+    return {"cdsxmatch": F.coalesce(F.col("xm_type"), F.lit("Unknown"))} \
+        if "xm_type" in names and "cdsxmatch" not in names else {}
+
+
+def messages(batch: "DataFrame", encs: list[Encoding], added: dict[str, Any] | None = None) -> "DataFrame":
+    """One row per (alert, topic that selected it): ``_k`` (the topic's index) and ``value``.
+
+    ``added``: what :func:`derived` gives for the batch's schema, when known (then the batch's
+    schema is not asked of the JVM: tens of milliseconds per batch for an alert's fields)."""
     from pyspark.sql import functions as F
     from pyspark.sql.avro.functions import to_avro
 
-    rows = alert_columns(batch.where(F.size(F.col(SELECTED)) > 0).withColumn("_k", F.explode(SELECTED))
-                         .drop(SELECTED))
+    picked = batch.where(F.size(F.col(SELECTED)) > 0)
+    if added is None:
+        rows = alert_columns(picked.withColumn("_k", F.explode(SELECTED)).drop(SELECTED))
+    else:
+        fields = list(dict.fromkeys(f for enc in encs for f in enc.fields))
+        rows = picked.select(F.explode(SELECTED).alias("_k"), *[added.get(f, F.col(f)).alias(f) for f in fields])
     value = None
     for enc in encs:
         encoded = to_avro(F.struct(*[F.col(f) for f in enc.fields]), enc.schema)
@@ -267,9 +283,9 @@ def prepare_topics(bootstrap: str, cfg: DistributionConfig, encs: list[Encoding]
 
 def query_id(spark: "SparkSession", checkpoint: str) -> str:
     """The id Spark keeps in the checkpoint: the same across restarts, new for a new checkpoint."""
-    from fink.filestore import FileStore
+    from fink.filestore import writer_id
 
-    return json.loads(FileStore(spark, checkpoint).read_text("metadata").splitlines()[0])["id"]
+    return writer_id(spark, checkpoint)
 
 
 class Sink:
@@ -284,10 +300,12 @@ class Sink:
     failed fails every later batch until its outbox, and those after it, are delivered.
     """
 
-    def __init__(self, bootstrap: str, topics: list[str], encs: list[Encoding], checkpoint: str):
+    def __init__(self, bootstrap: str, topics: list[str], encs: list[Encoding], checkpoint: str,
+                 added: dict[str, Any] | None = None):
         from concurrent.futures import ThreadPoolExecutor
 
         self.bootstrap, self.topics, self.encs, self.checkpoint = bootstrap, topics, encs, checkpoint
+        self.added = added  # the batches' derived columns, when their schema is known (messages())
         self.keys = {k: e.schema.encode() for e in encs for k in e.topics}
         self.publisher = None
         #: batch id -> messages per topic (None: delivered before, a replay); filled as they commit
@@ -313,7 +331,7 @@ class Sink:
             if outbox is not None:  # what a crash right after the commit left
                 shutil.rmtree(outbox, ignore_errors=True)
             return
-        rows = messages(batch, self.encs).select("_k", "value")
+        rows = messages(batch, self.encs, self.added).select("_k", "value")
         clock = metrics.Clock()
         if outbox is None:
             # partition by partition through the driver's JVM (a checkpoint Python cannot read)
@@ -448,8 +466,8 @@ def step(spark: "SparkSession", cfg: DistributionConfig, fink: FinkConfig, *, ch
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
-    from fink.filters.api import apply_filters
-    from fink.science.api import module_metrics
+    from fink.filters.api import FilterError, selected
+    from fink.science.api import ModuleColumns, ScienceModuleError, check_inputs, module_metrics
     from fink.stages.step import Output, Step, count_where, latency_quantiles, report
 
     paths = cfg.paths(fink)
@@ -458,10 +476,19 @@ def step(spark: "SparkSession", cfg: DistributionConfig, fink: FinkConfig, *, ch
     schema = science_schema(spark, paths["science"], producer, cfg.survey, from_files=False)
     encs = encodings(alert_columns(spark.createDataFrame([], schema)).schema, cfg, topics)
     prepare_topics(fink.kafka_bootstrap, cfg, encs, topics)
-    sink = Sink(fink.kafka_bootstrap, topics, encs, checkpoint)
+    sink = Sink(fink.kafka_bootstrap, topics, encs, checkpoint, derived(schema))
     sink.recover(spark)
     ids = ["kafka_topic", "kafka_partition", "kafka_offset"]
     heads = list(dict.fromkeys(c.split(".")[0] for f in filters for c in f.module.inputs))
+    try:
+        check_inputs([f.module for f in filters], schema)
+    except ScienceModuleError as exc:  # an input column that is not in the alerts, named before anything runs
+        raise FilterError(str(exc).replace("science module", "filter", 1)) from exc
+    made = ModuleColumns([f.module for f in filters], metrics_column="_metrics")
+    narrow = [F.col(c) for c in dict.fromkeys([*ids, "kafka_timestamp", *heads])]
+    answers = [*[F.col(c) for c in ids], F.col("kafka_timestamp"),
+               selected([F.col(ModuleColumns.TMP).getField(f"_sel{k}") for k in range(len(filters))]).alias(SELECTED),
+               *made.metrics, F.current_timestamp().alias("_at")]
 
     def run(science: "DataFrame", batch_id: int, rows: int | None) -> Output:
         started = time.time()
@@ -470,10 +497,8 @@ def step(spark: "SparkSession", cfg: DistributionConfig, fink: FinkConfig, *, ch
             return Output(None, 0, report(QUERY_NAME, batch_id, alerts, {"alerts": alerts, "selected": 0}, None,
                                           started))
         clock = metrics.Clock()
-        narrow = science.select(*ids, "kafka_timestamp", *[h for h in heads if h not in (*ids, "kafka_timestamp")])
-        flags = apply_filters(narrow, filters, metrics_column="_metrics").select(
-            *ids, "kafka_timestamp", SELECTED, "_metrics", F.current_timestamp().alias("_at")).persist(
-            StorageLevel.MEMORY_AND_DISK_DESER)
+        # the filters on the columns they read alone, their UDF built once (apply_filters' columns)
+        flags = science.select(*narrow, made.call).select(*answers).persist(StorageLevel.MEMORY_AND_DISK_DESER)
         picked = F.col(SELECTED)
         chosen = flags.where(F.size(picked) > 0).select(*ids, SELECTED)
         # the selected alerts, whole, encoded once per encoding into the outbox; the batch's

@@ -26,7 +26,15 @@ from typing import TYPE_CHECKING, Any
 from fink import metrics
 from fink import survey as surveys
 from fink.config import ConfigError, FinkConfig, Validated
-from fink.science.api import ScienceModule, add_metrics, apply_modules, load_modules, provenance
+from fink.science.api import (
+    ModuleColumns,
+    ScienceModule,
+    add_metrics,
+    apply_modules,
+    check_inputs,
+    load_modules,
+    provenance,
+)
 from fink.streaming import observed
 
 if TYPE_CHECKING:
@@ -184,23 +192,27 @@ def add_science(df: "DataFrame", cfg: Raw2ScienceConfig, modules: list[ScienceMo
     return df.select(*[c for c in df.columns if c not in tail], fink_modules.alias("fink_modules"), *tail)
 
 
-def write_batch(batch: "DataFrame", batch_id: int, cfg: Raw2ScienceConfig, paths: dict[str, str]) -> dict[str, Any]:
-    """Write one micro-batch of science alerts by night, exactly once; return its commit record."""
+def write_batch(batch: "DataFrame", batch_id: int, cfg: Raw2ScienceConfig, paths: dict[str, str],
+                writer: str = "") -> dict[str, Any]:
+    """Write one micro-batch of science alerts by night, exactly once; return its commit record.
+
+    ``writer`` is the query's id (:func:`fink.filestore.batch_key`)."""
     from fink import filestore
     from fink.stages.stream2raw import ARCHIVE_OPTIONS
 
     spark = batch.sparkSession
-    done = filestore.begin(spark, paths["science"], batch_id)
+    name = filestore.batch_key(writer, batch_id)
+    done = filestore.begin(spark, paths["science"], name)
     if done is not None:
         return done
     t0 = time.perf_counter()
-    folders = filestore.stage(batch, paths["science"], batch_id, "night", cfg.files_per_batch, ARCHIVE_OPTIONS)
-    base = f"{paths['science'].rstrip('/')}/{filestore.staging_folder(batch_id)}"
+    folders = filestore.stage(batch, paths["science"], name, "night", cfg.files_per_batch, ARCHIVE_OPTIONS)
+    base = f"{paths['science'].rstrip('/')}/{filestore.staging_folder(name)}"
     files = [f"{base}/{rel}" for rels in folders.values() for rel in rels]
     written = spark.read.parquet(*files).count() if files else 0  # Parquet footers: no data read
-    filestore.publish(spark, paths["science"], batch_id, folders)
+    filestore.publish(spark, paths["science"], name, folders)
     record = {"alerts": written, "seconds": round(time.perf_counter() - t0, 3)}
-    filestore.commit(spark, paths["science"], batch_id, record)
+    filestore.commit(spark, paths["science"], name, record)
     metrics.note(QUERY_NAME, batch_id, record)
     return record
 
@@ -211,12 +223,16 @@ def build(spark: "SparkSession", cfg: Raw2ScienceConfig, fink: FinkConfig) -> "D
     Module loading errors (missing module, wrong signature, undeclared column) are raised
     here, before anything starts.
     """
+    from fink import filestore
+
     paths = cfg.paths(fink)
     modules = cfg.load_modules()
     rows = transform(source(spark, cfg, paths["raw"]), cfg, modules)
+    writer: list[str] = []  # the query's id, once it has started
 
     def sink(batch, batch_id):
-        write_batch(batch, batch_id, cfg, paths)
+        writer[:] = writer or [filestore.writer_id(spark, paths["checkpoint"])]
+        write_batch(batch, batch_id, cfg, paths, writer[0])
 
     return (rows.writeStream.foreachBatch(sink).option("checkpointLocation", paths["checkpoint"])
             .queryName(QUERY_NAME))
@@ -243,28 +259,42 @@ def step(spark: "SparkSession", cfg: Raw2ScienceConfig, fink: FinkConfig, **cont
     except Exception as exc:  # an unparsable or unknown-column condition: name the cut, before anything runs
         raise ConfigError(f"quality cuts {cuts}: {str(exc).splitlines()[0]}") from exc
     layout = None
+    writer: list[str] = []  # the pipeline query's id, once it has started
+    columns = [f.name for f in raw_schema(spark, cfg.survey).fields]
+    plain = [F.col(f"`{c}`") for c in columns]
+    made = ModuleColumns(modules, cfg.fail_on_module_error, "processingEnd", "_metrics")
+    first = [*plain, F.current_timestamp().alias("processingStart"), *([made.call] if made.call is not None else [])]
+    versions = [F.lit(x) for name, version in provenance(modules).items() for x in (name, version)]
+    fink_modules = F.create_map(*versions) if versions else F.create_map().cast("map<string,string>")
+    second = [*[F.col(f"`{c}`") for c in columns if c != "night"], F.col("processingStart"), *made.values,
+              fink_modules.alias("fink_modules"), *made.stamp, F.col("night"), *made.metrics]
+    handed = [c for c in (*columns, "processingStart", *[c for m in modules for c in m.outputs], "fink_modules",
+                          "processingEnd") if c != "night"] + ["night"]
+    check_inputs(modules, raw_schema(spark, cfg.survey))  # a module's input not in the alerts: here, by name
 
     def run(raw: "DataFrame", batch_id: int, rows: int | None) -> Output:
         nonlocal layout
         started = time.time()
-        done = filestore.committed(spark, paths["science"], batch_id)
+        writer[:] = writer or [filestore.writer_id(spark, context["checkpoint"])]
+        done = filestore.committed(spark, paths["science"], filestore.batch_key(writer[0], batch_id))
         if done is not None:  # committed before a crash: what it wrote, from the archive
             from fink.stages.stream2raw import batch_files
 
             if layout is None:
                 made = add_science(apply_cuts(spark.createDataFrame([], raw.schema), cuts), cfg, modules).schema
                 layout = StructType([f for f in made.fields if f.name != "night"] + [made["night"]])
-            out = batch_files(spark, paths["science"], batch_id, layout)
+            out = batch_files(spark, paths["science"], filestore.batch_key(writer[0], batch_id), layout)
             return Output(out, int(done.get("alerts", 0)), report(QUERY_NAME, batch_id, 0, {}, None, started,
-                                                                  replayed=True))
+                                                                  replayed=True, id=writer[0]))
         clock = metrics.Clock()
-        flagged = raw.withColumn("_cut", cut_reason_column)
+        flagged = raw.select(*plain, cut_reason_column.alias("_cut"))
         cut = F.col("_cut")
-        science = add_science(flagged.where(cut.isNull()).drop("_cut"), cfg, modules,
-                              metrics_column="_metrics").persist(StorageLevel.MEMORY_AND_DISK_DESER)
-        # the science archive's column order (night last, as a read of its files gives it); the
-        # modules run once, into the cache, when the first step after reads it
-        out = science.select(*[c for c in science.columns if c not in ("_metrics", "night")], "night")
+        # add_science's columns, built once (no schema asked of the JVM per batch), in the science
+        # archive's order (night last, as a read of its files gives it); the modules run once,
+        # into the cache, when the first step after reads it
+        science = flagged.where(cut.isNull()).select(*first).select(*second).persist(
+            StorageLevel.MEMORY_AND_DISK_DESER)
+        out = science.select(*handed)
 
         def finish() -> dict[str, Any]:
             summary = science.agg(F.count(F.lit(1)).alias("_n"),
@@ -276,11 +306,11 @@ def step(spark: "SparkSession", cfg: Raw2ScienceConfig, fink: FinkConfig, **cont
                                 *[count_where(cut == name).alias(f"rejected_{name}") for name in cuts]).first()
             observed = {k: int(v or 0) for k, v in tally.asDict().items()}
             clock.lap("cuts")
-            record = write_batch(out, batch_id, cfg, paths)
+            record = write_batch(out, batch_id, cfg, paths, writer[0])
             clock.lap("write")
             lat = list(summary["_lat"] or []) or None
             account = report(QUERY_NAME, batch_id, observed["alerts"], observed, lat, started, written=record["alerts"],
-                             laps=clock.laps)
+                             laps=clock.laps, id=writer[0])
             account["observedMetrics"][MODULES_METRICS] = {k: v for k, v in summary.items() if not k.startswith("_")}
             return account
 
@@ -311,7 +341,7 @@ def reconcile(spark: "SparkSession", progress: list[dict], science_path: str) ->
             if key.startswith("rejected_") and n:
                 totals["reasons"][key[len("rejected_"):]] = totals["reasons"].get(key[len("rejected_"):], 0) + int(n)
         add_metrics(totals["modules"], observed(p, MODULES_METRICS))
-        record = filestore.committed(spark, science_path, int(p["batchId"]))
+        record = filestore.committed(spark, science_path, filestore.batch_key(p.get("id") or "", int(p["batchId"])))
         if record is not None:
             totals["written"] += record["alerts"]
     totals["balanced"] = (totals["alerts"] == totals["kept"] + totals["rejected"]

@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from pyspark.sql.streaming import DataStreamWriter
     from pyspark.sql.types import DataType, StructType
 
+    from fink.filestore import BatchKey
     from fink.stages.step import Step
     from fink.wire import SchemaResolver
 
@@ -407,12 +408,16 @@ def decode(df: "DataFrame", schemas: dict[str, str], survey: surveys.Survey | No
     return df.withColumn("night", night).withColumn("brokerIngestTimestamp", F.current_timestamp())
 
 
-def raw_columns(df: "DataFrame") -> "DataFrame":
-    """The archive's rows: every alert field, the ingest metadata, the night."""
+def raw_columns(df: "DataFrame", fields: list[str] | None = None) -> "DataFrame":
+    """The archive's rows: every alert field, the ingest metadata, the night.
+
+    ``fields``: the alert's field names, when known (a batch's schema costs a round trip to
+    the JVM and tens of milliseconds for an alert's hundreds of nested fields)."""
     from pyspark.sql import functions as F
 
-    fields = [F.col("alert").getField(f).alias(f) for f in df.schema["alert"].dataType.fieldNames()]
-    return df.select(*fields, *[F.col(c).alias(f"kafka_{c}") for c in KAFKA_COLUMNS],
+    names = fields if fields is not None else df.schema["alert"].dataType.fieldNames()
+    return df.select(*[F.col("alert").getField(f).alias(f) for f in names],
+                     *[F.col(c).alias(f"kafka_{c}") for c in KAFKA_COLUMNS],
                      "brokerIngestTimestamp", F.col("version").alias("schema_version"), "night")
 
 
@@ -469,11 +474,13 @@ SET_ASIDE = "q_"
 
 
 def write_batch(batch: "DataFrame", batch_id: int, cfg: Stream2RawConfig, paths: dict[str, str],
-                bootstrap: str | None = None, index: "ArchivedCandids | None" = None) -> dict[str, Any]:
+                bootstrap: str | None = None, index: "ArchivedCandids | None" = None,
+                writer: str = "") -> dict[str, Any]:
     """Archive one micro-batch: alerts to the raw table, the rest to quarantine; exactly once.
 
     Returns what the batch held (also written in the raw table's commit marker). A batch
-    already committed (replayed after a restart) is skipped.
+    already committed (replayed after a restart) is skipped. ``writer`` is the query's id
+    (:func:`fink.filestore.batch_key`: its files and commit marker are named after both).
 
     Notes
     -----
@@ -484,26 +491,29 @@ def write_batch(batch: "DataFrame", batch_id: int, cfg: Stream2RawConfig, paths:
     from Kafka by offset (``bootstrap``), not carried through the decode. Only then do the
     alert files move into the table.
     """
+    from fink import filestore
+
     spark = batch.sparkSession
-    done = _begin(spark, batch_id, paths)
+    name = filestore.batch_key(writer, batch_id)
+    done = _begin(spark, name, paths)
     if done is not None:
         return done
     clock = metrics.Clock()
-    folders = _stage(batch, batch_id, cfg, paths)
+    folders = _stage(batch, name, cfg, paths)
     clock.lap("decode_write")
     key = cfg.description().alert_id
-    keys = _staged_keys(spark, paths["raw"], batch_id, folders, key)
+    keys = _staged_keys(spark, paths["raw"], name, folders, key)
     alerts = keys[keys["reason"].isna()]
     index = index or ArchivedCandids(spark, paths["raw"], key)
     dups = find_duplicates(alerts, index)
     if len(dups):
-        folders = _restage_without(spark, paths["raw"], batch_id, folders, dups, cfg)
+        folders = _restage_without(spark, paths["raw"], name, folders, dups, cfg)
         keys.loc[dups.index, "reason"] = "duplicate"
     clock.lap("duplicates")
-    return _commit(spark, batch_id, paths, folders, keys, bootstrap, index, clock)
+    return _commit(spark, batch_id, name, paths, folders, keys, bootstrap, index, clock)
 
 
-def _begin(spark: "SparkSession", batch_id: int, paths: dict[str, str]) -> dict[str, Any] | None:
+def _begin(spark: "SparkSession", batch_id: "BatchKey", paths: dict[str, str]) -> dict[str, Any] | None:
     """The batch's commit record if it was committed (a replay), else None, the remains of an
     interrupted attempt removed from the raw table and the quarantine."""
     from fink import filestore
@@ -511,23 +521,26 @@ def _begin(spark: "SparkSession", batch_id: int, paths: dict[str, str]) -> dict[
     return filestore.begin(spark, paths["raw"], batch_id, paths["quarantine"])
 
 
-def _stage(batch: "DataFrame", batch_id: int, cfg: Stream2RawConfig, paths: dict[str, str]):
+def _stage(batch: "DataFrame", batch_id: "BatchKey", cfg: Stream2RawConfig, paths: dict[str, str],
+           fields: list[str] | None = None):
     """Write the batch's rows to its staging folder: alerts by night, messages set aside under
-    ``night=q_<reason>``; return the staged files by folder."""
+    ``night=q_<reason>``; return the staged files by folder (``fields``: see :func:`raw_columns`)."""
     from pyspark.sql import functions as F
 
     from fink import filestore
 
     reason = F.col("reason")
     rows = raw_columns(batch.withColumn("night", F.when(reason.isNull(), F.col("night"))
-                                        .otherwise(F.concat(F.lit(SET_ASIDE), reason))))
+                                        .otherwise(F.concat(F.lit(SET_ASIDE), reason))), fields)
     return filestore.stage(rows, paths["raw"], batch_id, "night", cfg.files_per_batch, ARCHIVE_OPTIONS)
 
 
-def _commit(spark: "SparkSession", batch_id: int, paths: dict[str, str], folders: dict[str, list[str]], keys,
-            bootstrap: str | None, index: "ArchivedCandids", clock: "metrics.Clock") -> dict[str, Any]:
-    """The end of a batch: the messages set aside (``keys`` with a reason) to the quarantine
-    with their bytes, the staged alerts into the table, the commit record."""
+def _commit(spark: "SparkSession", batch_id: int, name: "BatchKey", paths: dict[str, str],
+            folders: dict[str, list[str]], keys, bootstrap: str | None, index: "ArchivedCandids",
+            clock: "metrics.Clock") -> dict[str, Any]:
+    """The end of batch ``batch_id`` (``name``: its key in the tables): the messages set aside
+    (``keys`` with a reason) to the quarantine with their bytes, the staged alerts into the
+    table, the commit record."""
     from fink import filestore
 
     set_aside = keys[keys["reason"].notna()]
@@ -535,9 +548,9 @@ def _commit(spark: "SparkSession", batch_id: int, paths: dict[str, str], folders
         if bootstrap is None:
             raise ValueError("stream2raw.write_batch: messages to quarantine but no Kafka bootstrap to read them from")
         bad = quarantine_columns(fetch_messages(spark, bootstrap, set_aside))
-        filestore.write_batch(bad, paths["quarantine"], batch_id, "ingest_night", 1)
+        filestore.write_batch(bad, paths["quarantine"], name, "ingest_night", 1)
     clock.lap("quarantine")
-    filestore.publish(spark, paths["raw"], batch_id,
+    filestore.publish(spark, paths["raw"], name,
                       {f: rels for f, rels in folders.items() if not _is_set_aside(f)})
     clock.lap("publish")
     counts = keys["reason"].fillna("").value_counts().to_dict()
@@ -546,7 +559,7 @@ def _commit(spark: "SparkSession", batch_id: int, paths: dict[str, str], folders
     record = {"messages": len(keys), "archived": archived, "quarantined": len(set_aside), "reasons": counts,
               "seconds": clock.laps}
     logger.info("stream2raw: batch %d: %s", batch_id, record)
-    filestore.commit(spark, paths["raw"], batch_id, record)
+    filestore.commit(spark, paths["raw"], name, record)
     metrics.note(QUERY_NAME, batch_id, record)
     index.add(keys[keys["reason"].isna()])
     return record
@@ -562,7 +575,7 @@ def _is_set_aside(folder: str) -> bool:
     return folder.startswith(f"night={SET_ASIDE}")
 
 
-def _staged_keys(spark: "SparkSession", root: str, batch_id: int, folders: dict[str, list[str]],
+def _staged_keys(spark: "SparkSession", root: str, batch_id: "BatchKey", folders: dict[str, list[str]],
                  key: str = "candid"):
     """Every staged message as a pandas frame: topic, partition, offset, Kafka timestamp, the
     alert's id (column ``candid``, from the field path ``key``), night, reason, ingest time."""
@@ -633,7 +646,7 @@ def find_duplicates(alerts, archived: ArchivedCandids):
     return alerts[dup]
 
 
-def _restage_without(spark: "SparkSession", root: str, batch_id: int, folders: dict[str, list[str]], dups,
+def _restage_without(spark: "SparkSession", root: str, batch_id: "BatchKey", folders: dict[str, list[str]], dups,
                      cfg: Stream2RawConfig) -> dict[str, list[str]]:
     """Rewrite the staged nights holding ``dups`` without them (rare: only duplicates pay for this)."""
     from pyspark.sql import functions as F
@@ -696,19 +709,23 @@ def build(spark: "SparkSession", cfg: Stream2RawConfig, fink: FinkConfig) -> "Da
     Start it with :func:`fink.streaming.start`; pick a trigger first, e.g.
     ``.trigger(availableNow=True)`` to catch up and stop, or ``processingTime="10 seconds"``.
     """
+    from fink import filestore
+
     paths = cfg.paths(fink)
     rows = transform(source(spark, cfg, fink.kafka_bootstrap), cfg)
 
     index = ArchivedCandids(spark, paths["raw"], cfg.description().alert_id)
+    writer: list[str] = []  # the query's id, once it has started
 
     def sink(batch, batch_id):
-        write_batch(batch, batch_id, cfg, paths, fink.kafka_bootstrap, index)
+        writer[:] = writer or [filestore.writer_id(spark, paths["checkpoint"])]
+        write_batch(batch, batch_id, cfg, paths, fink.kafka_bootstrap, index, writer[0])
 
     return (rows.writeStream.foreachBatch(sink).option("checkpointLocation", paths["checkpoint"])
             .queryName(QUERY_NAME))
 
 
-def batch_files(spark: "SparkSession", root: str, batch_id: int, schema: "StructType") -> "DataFrame":
+def batch_files(spark: "SparkSession", root: str, batch_id: "BatchKey", schema: "StructType") -> "DataFrame":
     """The rows batch ``batch_id`` published into the table at ``root`` (a replayed batch's
     output, read back for the stages after it)."""
     from fink import filestore
@@ -741,21 +758,26 @@ def step(spark: "SparkSession", cfg: Stream2RawConfig, fink: FinkConfig, **conte
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
+    from fink import filestore
     from fink.stages.step import Output, Step, report
 
     paths = cfg.paths(fink)
     key = cfg.description().alert_id
     index = ArchivedCandids(spark, paths["raw"], key)
     layout = raw_schema(spark, cfg)
+    fields = [f.name for f in layout.fields][: -len(KAFKA_COLUMNS) - 3]  # the alert's, before the ingest columns
+    writer: list[str] = []  # the pipeline query's id, once it has started
 
     def run(batch: "DataFrame", batch_id: int, rows: int | None) -> Output:
         started = time.time()
         clock = metrics.Clock()
-        done = _begin(spark, batch_id, paths)
+        writer[:] = writer or [filestore.writer_id(spark, context["checkpoint"])]
+        name = filestore.batch_key(writer[0], batch_id)
+        done = _begin(spark, name, paths)
         if done is not None:  # committed before a crash: what it archived, from the archive
-            out = batch_files(spark, paths["raw"], batch_id, layout)
+            out = batch_files(spark, paths["raw"], name, layout)
             return Output(out, int(done.get("archived", 0)),
-                          report(QUERY_NAME, batch_id, 0, {}, None, started, replayed=True))
+                          report(QUERY_NAME, batch_id, 0, {}, None, started, replayed=True, id=writer[0]))
         cached = batch.persist(StorageLevel.MEMORY_AND_DISK_DESER)
         keys = _cached_keys(cached, key)  # the decode runs here, once, into the cache
         clock.lap("decode")
@@ -770,18 +792,18 @@ def step(spark: "SparkSession", cfg: Stream2RawConfig, fink: FinkConfig, **conte
         archived = int(keys["reason"].isna().sum())
 
         def finish() -> dict[str, Any]:
-            folders = _stage(kept, batch_id, cfg, paths)
+            folders = _stage(kept, name, cfg, paths, fields)
             clock.lap("write")
-            record = _commit(spark, batch_id, paths, folders, keys, fink.kafka_bootstrap, index, clock)
+            record = _commit(spark, batch_id, name, paths, folders, keys, fink.kafka_bootstrap, index, clock)
             reasons = record["reasons"]
             observed = {"messages": record["messages"], "decoded": record["archived"] + reasons.get("duplicate", 0),
                         "quarantined": record["quarantined"] - reasons.get("duplicate", 0)}
             observed |= {f"quarantined_{r}": int(reasons.get(r, 0)) for r in avro.REASONS if r != "duplicate"}
             waited = (keys["brokerIngestTimestamp"] - keys["timestamp"]).dt.total_seconds()
             latency = [float(waited.quantile(q)) for q in metrics.QUANTILES] if len(keys) else None
-            return report(QUERY_NAME, batch_id, len(keys), observed, latency, started, laps=clock.laps)
+            return report(QUERY_NAME, batch_id, len(keys), observed, latency, started, laps=clock.laps, id=writer[0])
 
-        alerts = raw_columns(kept.where(F.col("reason").isNull())) if archived else None
+        alerts = raw_columns(kept.where(F.col("reason").isNull()), fields) if archived else None
         return Output(alerts, archived, None, [cached], finish)
 
     return Step(QUERY_NAME, reads="kafka", writes="raw", run=run,
@@ -806,7 +828,8 @@ def reconcile(spark: "SparkSession", progress: list[dict], raw_path: str) -> dic
             continue
         totals["messages"] += int(values.get("messages") or 0)
         totals["decoded"] += int(values.get("decoded") or 0)
-        record = filestore.committed(spark, raw_path, int(p["batchId"])) if values.get("messages") else None
+        name = filestore.batch_key(p.get("id") or "", int(p["batchId"]))
+        record = filestore.committed(spark, raw_path, name) if values.get("messages") else None
         if record is not None:
             totals["batches"] += 1
             totals["archived"] += record["archived"]

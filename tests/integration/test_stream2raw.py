@@ -194,3 +194,25 @@ def test_an_older_version_is_laid_out_as_the_union_with_its_types_and_nulls(spar
     assert first == {"id": 1, "weird`name's": None, "items": [{"b": 2, "c": None}, {"b": 3, "c": None}],
                      "nested": [[{"b": 4, "c": None}], []], "sub": {"x": 1.5, "t": None, "n": None}}
     assert second == {"id": 2, "weird`name's": None, "items": None, "nested": None, "sub": None}
+
+
+def test_a_new_checkpoint_writing_into_an_old_archive_takes_none_of_its_batches(fresh_spark, kafka_bootstrap,
+                                                                                 tmp_path):
+    """A new query (its checkpoint deleted, or the one-pass pipeline after the stage service)
+    numbers its batches from 0 again: its batch 0 is not the old batch 0, nothing is skipped."""
+    import shutil
+    import uuid
+
+    from test_operations import candids
+
+    night = load_messages(SimulatorConfig(source=SAMPLE, topic="-"))
+    first, second = f"ckpt_a_{uuid.uuid4().hex[:6]}", f"ckpt_b_{uuid.uuid4().hex[:6]}"
+    replay(SimulatorConfig(topic=first), kafka_bootstrap, messages=night[:51], progress=False)
+    paths, before = run(fresh_spark, kafka_bootstrap, first, tmp_path)
+    assert before["archived"] == 51 and before["balanced"]
+    shutil.rmtree(paths["checkpoint"])  # a new query from here on
+    replay(SimulatorConfig(topic=second), kafka_bootstrap, messages=night[51:172], progress=False)
+    _, after = run(fresh_spark, kafka_bootstrap, second, tmp_path)
+    assert after["messages"] == after["archived"] == 121 and after["balanced"]
+    raw = candids(tmp_path / "raw")
+    assert len(raw) == len(set(raw)) == 172
