@@ -149,9 +149,14 @@ class OnePass:
     What a step cached is released when the batch ends, whatever happened.
     """
 
+    #: batches whose accounts are kept in memory (the metrics store keeps them all)
+    KEEP = 1000
+
     def __init__(self, steps: "list[Step]"):
+        from collections import deque
+
         self.steps = steps
-        self.reports: dict[str, list[dict]] = {s.name: [] for s in steps}
+        self.reports: dict[str, deque[dict]] = {s.name: deque(maxlen=self.KEEP) for s in steps}
 
     def __call__(self, batch: "DataFrame", batch_id: int) -> None:
         from fink import metrics

@@ -503,7 +503,11 @@ def step(spark: "SparkSession", cfg: DistributionConfig, fink: FinkConfig, *, ch
         chosen = flags.where(F.size(picked) > 0).select(*ids, SELECTED)
         # the selected alerts, whole, encoded once per encoding into the outbox; the batch's
         # transaction then runs on the sink's thread while the pipeline goes on
-        sink(science.join(F.broadcast(chosen), ids, "inner"), batch_id)
+        try:
+            sink(science.join(F.broadcast(chosen), ids, "inner"), batch_id)
+        except BaseException:
+            flags.unpersist()  # not handed to the pipeline yet: released here
+            raise
         clock.lap("select_encode")
 
         def finish() -> dict[str, Any]:

@@ -283,8 +283,10 @@ def step(spark: "SparkSession", cfg: Raw2ScienceConfig, fink: FinkConfig, **cont
             if layout is None:
                 made = add_science(apply_cuts(spark.createDataFrame([], raw.schema), cuts), cfg, modules).schema
                 layout = StructType([f for f in made.fields if f.name != "night"] + [made["night"]])
-            out = batch_files(spark, paths["science"], filestore.batch_key(writer[0], batch_id), layout)
-            return Output(out, int(done.get("alerts", 0)), report(QUERY_NAME, batch_id, 0, {}, None, started,
+            kept = int(done.get("alerts", 0))
+            out = batch_files(spark, paths["science"], filestore.batch_key(writer[0], batch_id), layout) if kept \
+                else None
+            return Output(out, kept, report(QUERY_NAME, batch_id, 0, {}, None, started,
                                                                   replayed=True, id=writer[0]))
         clock = metrics.Clock()
         flagged = raw.select(*plain, cut_reason_column.alias("_cut"))

@@ -727,12 +727,19 @@ def build(spark: "SparkSession", cfg: Stream2RawConfig, fink: FinkConfig) -> "Da
 
 def batch_files(spark: "SparkSession", root: str, batch_id: "BatchKey", schema: "StructType") -> "DataFrame":
     """The rows batch ``batch_id`` published into the table at ``root`` (a replayed batch's
-    output, read back for the stages after it)."""
+    output, read back for the stages after it).
+
+    Raises
+    ------
+    FileNotFoundError
+        The batch's files are gone (a compaction renamed them): its alerts cannot be handed on.
+    """
     from fink import filestore
 
     files = filestore.batch_files(spark, root, batch_id)
     if not files:
-        return spark.createDataFrame([], schema)
+        raise FileNotFoundError(f"{root}: batch {batch_id} was committed but its files are gone (compacted?): "
+                                "the stages after it cannot be given its alerts again")
     return spark.read.schema(schema).option("basePath", root).parquet(*files)
 
 
@@ -765,7 +772,9 @@ def step(spark: "SparkSession", cfg: Stream2RawConfig, fink: FinkConfig, **conte
     key = cfg.description().alert_id
     index = ArchivedCandids(spark, paths["raw"], key)
     layout = raw_schema(spark, cfg)
-    fields = [f.name for f in layout.fields][: -len(KAFKA_COLUMNS) - 3]  # the alert's, before the ingest columns
+    kafka_rows = spark.createDataFrame([], "key binary, value binary, topic string, partition int, offset long, "
+                                           "timestamp timestamp, timestampType int")
+    fields = decoded(kafka_rows, cfg).schema["alert"].dataType.fieldNames()  # the alert's own fields
     writer: list[str] = []  # the pipeline query's id, once it has started
 
     def run(batch: "DataFrame", batch_id: int, rows: int | None) -> Output:
@@ -775,30 +784,34 @@ def step(spark: "SparkSession", cfg: Stream2RawConfig, fink: FinkConfig, **conte
         name = filestore.batch_key(writer[0], batch_id)
         done = _begin(spark, name, paths)
         if done is not None:  # committed before a crash: what it archived, from the archive
-            out = batch_files(spark, paths["raw"], name, layout)
-            return Output(out, int(done.get("archived", 0)),
-                          report(QUERY_NAME, batch_id, 0, {}, None, started, replayed=True, id=writer[0]))
+            archived = int(done.get("archived", 0))
+            out = batch_files(spark, paths["raw"], name, layout) if archived else None
+            return Output(out, archived, report(QUERY_NAME, batch_id, 0, {}, None, started, replayed=True,
+                                                id=writer[0]))
         cached = batch.persist(StorageLevel.MEMORY_AND_DISK_DESER)
-        keys = _cached_keys(cached, key)  # the decode runs here, once, into the cache
-        clock.lap("decode")
-        dups = find_duplicates(keys[keys["reason"].isna()], index)
-        keys.loc[dups.index, "reason"] = "duplicate"
-        kept = cached
-        if len(dups):
-            drop = spark.createDataFrame(dups[["topic", "partition", "offset"]].astype(
-                {"partition": "int32", "offset": "int64"}), "topic string, partition int, offset long")
-            kept = cached.join(F.broadcast(drop), ["topic", "partition", "offset"], "left_anti")
-        clock.lap("duplicates")
+        try:
+            keys = _cached_keys(cached, key)  # the decode runs here, once, into the cache
+            clock.lap("decode")
+            dups = find_duplicates(keys[keys["reason"].isna()], index)
+            keys.loc[dups.index, "reason"] = "duplicate"
+            kept = cached
+            if len(dups):
+                drop = spark.createDataFrame(dups[["topic", "partition", "offset"]].astype(
+                    {"partition": "int32", "offset": "int64"}), "topic string, partition int, offset long")
+                kept = cached.join(F.broadcast(drop), ["topic", "partition", "offset"], "left_anti")
+            clock.lap("duplicates")
+        except BaseException:
+            cached.unpersist()  # not handed to the pipeline yet: released here
+            raise
         archived = int(keys["reason"].isna().sum())
 
         def finish() -> dict[str, Any]:
             folders = _stage(kept, name, cfg, paths, fields)
             clock.lap("write")
-            record = _commit(spark, batch_id, name, paths, folders, keys, fink.kafka_bootstrap, index, clock)
-            reasons = record["reasons"]
-            observed = {"messages": record["messages"], "decoded": record["archived"] + reasons.get("duplicate", 0),
-                        "quarantined": record["quarantined"] - reasons.get("duplicate", 0)}
-            observed |= {f"quarantined_{r}": int(reasons.get(r, 0)) for r in avro.REASONS if r != "duplicate"}
+            _commit(spark, batch_id, name, paths, folders, keys, fink.kafka_bootstrap, index, clock)
+            # counted by Spark over the batch itself, apart from the record (which counts the keys
+            # collected): reconcile compares the two
+            observed = {k: int(v or 0) for k, v in cached.agg(*counts()).first().asDict().items()}
             waited = (keys["brokerIngestTimestamp"] - keys["timestamp"]).dt.total_seconds()
             latency = [float(waited.quantile(q)) for q in metrics.QUANTILES] if len(keys) else None
             return report(QUERY_NAME, batch_id, len(keys), observed, latency, started, laps=clock.laps, id=writer[0])
