@@ -115,11 +115,8 @@ def build(spark: "SparkSession", cfg: "DistributionConfig", source_cfg: "Stream2
         return None
     survey = source_cfg.description()
     cuts = dict(survey.cuts) if cuts is None else cuts
-    reader = (spark.readStream.format("kafka").options(**kafka.spark_options(fink.kafka_bootstrap))
-              .option("startingOffsets", source_cfg.starting_offsets).option("failOnDataLoss", "false"))
-    reader = reader.option("subscribePattern", source_cfg.topic_pattern) if source_cfg.topic_pattern else \
-        reader.option("subscribe", source_cfg.topic)
-    rows = selection(s2r.decoded(reader.load(), source_cfg), cuts, lane)
+    stream = s2r.source(spark, source_cfg, fink.kafka_bootstrap, batches=False)
+    rows = selection(s2r.decoded(stream, source_cfg), cuts, lane)
     out, schema = messages(rows, survey.alert_id)
     topics = list(lane)
     dist.prepare_topics(fink.kafka_bootstrap, cfg, [dist.Encoding((), schema, tuple(range(len(topics))))], topics)

@@ -135,14 +135,17 @@ def schema_texts(survey: surveys.Survey, resolver: "SchemaResolver | None" = Non
 
 # -- source ------------------------------------------------------------------------------
 
-def source(spark: "SparkSession", cfg: Stream2RawConfig, bootstrap: str) -> "DataFrame":
-    """Spark's Kafka source for the configured topic(s) or pattern."""
+def source(spark: "SparkSession", cfg: Stream2RawConfig, bootstrap: str, batches: bool = True) -> "DataFrame":
+    """Spark's Kafka source for the configured topic(s) or pattern; with ``batches`` (micro-batches),
+    bounded by ``max_offsets_per_trigger`` and split into ``min_partitions`` tasks."""
     from fink import kafka
 
     reader = spark.readStream.format("kafka").options(**kafka.spark_options(bootstrap))
     reader = reader.option("subscribePattern", cfg.topic_pattern) if cfg.topic_pattern else \
         reader.option("subscribe", cfg.topic)
     reader = reader.option("startingOffsets", cfg.starting_offsets).option("failOnDataLoss", "false")
+    if not batches:  # Real-time Mode: one long-running task per partition, nothing to bound
+        return reader.load()
     if cfg.max_offsets_per_trigger:
         reader = reader.option("maxOffsetsPerTrigger", cfg.max_offsets_per_trigger)
     reader = reader.option("minPartitions", cfg.min_partitions or spark.sparkContext.defaultParallelism)
