@@ -293,6 +293,8 @@ class Recorder:
 
 
 _RECORDER: Recorder | None = None
+#: queries whose accounts of their batches their steps record (:func:`record`), not Spark's reports
+_SELF_REPORTED: set[str] = set()
 _ATTACHED: set[int] = set()
 _LOCK = threading.Lock()
 
@@ -318,6 +320,12 @@ def note(query: str, batch: int, value: dict) -> None:
         rec.note(query, batch, value)
     except Exception as exc:  # noqa: BLE001 - metrics must never stop a stage
         logger.warning("metrics: could not record batch %s of %s: %s", batch, query, exc)
+
+
+def self_reported(query: str) -> None:
+    """From now on, the progress of ``query`` is what its step records (:func:`record`):
+    Spark's own reports of it, which lack the step's counts, are not stored over them."""
+    _SELF_REPORTED.add(query)
 
 
 def record(report: dict) -> None:
@@ -372,6 +380,8 @@ def _listener_class():
             self._safely("a query start", self.rec.store.add_event, self.rec.run, event.name, "started", str(event.id))
 
         def onQueryProgress(self, event) -> None:  # noqa: N802
+            if event.progress.name in _SELF_REPORTED:  # its step records its accounts (record())
+                return
             self._safely("a progress report", self.rec.progress, json.loads(event.progress.json))
 
         def onQueryIdle(self, event) -> None:  # noqa: N802

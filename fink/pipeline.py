@@ -19,14 +19,13 @@ crosses three file hops: slower, but one stage can be re-run over an archive alo
 from __future__ import annotations
 
 import dataclasses
-import time
 from typing import TYPE_CHECKING, Any
 
 from fink.config import FinkConfig
 from fink.errors import ConfigError
 
 if TYPE_CHECKING:
-    from pyspark.sql import DataFrame, SparkSession
+    from pyspark.sql import SparkSession
     from pyspark.sql.streaming import DataStreamWriter
 
     from fink.stages.step import Step
@@ -141,53 +140,6 @@ def checkpoint(stages: list[Stage], fink: FinkConfig) -> str:
     return stages[0].config.description().data_uri(fink, "checkpoints", "pipeline")
 
 
-class OnePass:
-    """The ``foreachBatch`` function of the one-pass query: each step in turn on the batch.
-
-    ``reports`` keeps, per stage, the account of each batch (a progress report of the
-    stage's own query, :func:`fink.stages.step.report`), which also goes to the metrics store.
-    What a step cached is released when the batch ends, whatever happened.
-    """
-
-    #: batches whose accounts are kept in memory (the metrics store keeps them all)
-    KEEP = 1000
-
-    def __init__(self, steps: "list[Step]"):
-        from collections import deque
-
-        self.steps = steps
-        self.reports: dict[str, deque[dict]] = {s.name: deque(maxlen=self.KEEP) for s in steps}
-
-    def __call__(self, batch: "DataFrame", batch_id: int) -> None:
-        from fink import metrics
-
-        frames: dict[str, tuple[Any, int | None]] = {self.steps[0].reads: (batch, None)}
-        outputs, cached = [], []
-        try:
-            for step in self.steps:  # the alerts' way to the users
-                frame, rows = frames.get(step.reads, (None, 0))
-                if frame is None:  # nothing handed on (every alert set aside or cut)
-                    continue
-                t0 = time.perf_counter()
-                out = step.run(frame, batch_id, rows)
-                cached += out.cached
-                outputs.append((step, out, time.perf_counter() - t0))
-                if step.writes:
-                    frames[step.writes] = (out.frame, out.rows)
-            for step, out, ran in outputs:  # then the archives, and the accounts
-                t0 = time.perf_counter()
-                account = out.finish() if out.finish is not None else out.report
-                # the step's own share of the batch: its hand-on, then its archives and counts
-                took = {"run": int(ran * 1000), "finish": int((time.perf_counter() - t0) * 1000)}
-                account["durationMs"] = {**account.get("durationMs", {}), **took,
-                                         "triggerExecution": took["run"] + took["finish"]}
-                self.reports[step.name].append(account)
-                metrics.record(account)
-        finally:
-            for df in cached:
-                df.unpersist()
-
-
 def one_pass(spark: "SparkSession", stages: list[Stage], fink: FinkConfig, trigger: str,
              checkpoint_path: str = "") -> "DataStreamWriter":
     """The one-pass query's unstarted writer (named ``pipeline``); each stage gets its step.
@@ -197,7 +149,7 @@ def one_pass(spark: "SparkSession", stages: list[Stage], fink: FinkConfig, trigg
     tables, topics) are raised here, as is a stage that reads what no stage before it writes.
     Start it with :func:`fink.streaming.start`; its ``fink_sink`` is the :class:`OnePass`.
     """
-    from fink.stages.step import FRAMES
+    from fink.stages.step import FRAMES, OnePass
 
     _check_trigger(trigger)
     where = checkpoint_path or checkpoint(stages, fink)

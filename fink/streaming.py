@@ -76,10 +76,16 @@ def start(writer: "DataStreamWriter", name: str) -> "StreamingQuery":
     sc = writer._spark.sparkContext  # the query thread inherits the caller's local properties
     previous = sc.getLocalProperty("spark.scheduler.pool")
     sc.setLocalProperty("spark.scheduler.pool", name)
+    reports = getattr(writer, "fink_reports", None)  # a stage's step: its accounts are its progress
+    if reports is not None:
+        metrics.self_reported(name)
     try:
-        return writer.queryName(name).start()
+        query = writer.queryName(name).start()
     finally:
         sc.setLocalProperty("spark.scheduler.pool", previous)
+    if reports is not None:
+        query.fink_reports = reports
+    return query
 
 
 def _last_batch(query: "StreamingQuery") -> tuple[int, str] | None:
@@ -180,7 +186,8 @@ def run_until(queries: Iterable["StreamingQuery"], duration: float, stop_file: s
         for q in queries:
             if q.isActive:
                 stop_at_boundary(q, timeout=boundary_timeout)
-            progress[q.name or q.id] = list(q.recentProgress)
+            reports = getattr(q, "fink_reports", None)  # a stage's step keeps its own accounts
+            progress[q.name or q.id] = list(q.recentProgress if reports is None else reports)
         from fink import metrics
 
         metrics.catch_up(progress)  # the listener's last events may not have arrived yet

@@ -350,21 +350,23 @@ def prepare(spark: "SparkSession", cfg: ArchiveConfig, fink: FinkConfig, science
         check_inputs([f.module for f in tags], schema)
     except ScienceModuleError as exc:  # a tag filter's input that is not a column of the alerts
         raise FilterError(str(exc).replace("science module", "tag filter", 1)) from exc
-    return Sink(lay, tags, host, port, cfg, None if from_files else schema.fieldNames())
+    return Sink(lay, tags, host, port, cfg, schema.fieldNames())
 
 
 def step(spark: "SparkSession", cfg: ArchiveConfig, fink: FinkConfig, *, producer: Any = None,
-         **context: Any) -> "Step":
-    """The stage as a step of the one-pass pipeline: the batch's science alerts in (cached by
-    raw2science), into HBase; the batch's step ends when HBase has accepted every row."""
+         from_files: bool = False, **context: Any) -> "Step":
+    """The stage as a step: the batch's science alerts in (in a pipeline: cached by
+    raw2science; alone: the science archive's new rows joined to their alerts), into HBase;
+    the batch's step ends when HBase has accepted every row. ``from_files``: the science
+    rows' layout from the archive's records (alone), not from ``producer``."""
     from pyspark.sql import functions as F
 
     from fink.stages import distribution as dist
     from fink.stages.step import Output, Step, latency_quantiles, report
 
     paths = cfg.paths(fink)
-    schema = dist.science_schema(spark, paths["science"], producer, cfg.survey, from_files=False)
-    sink = prepare(spark, cfg, fink, paths["science"], schema, producer, from_files=False)
+    schema = dist.science_schema(spark, paths["science"], producer, cfg.survey, from_files=from_files)
+    sink = prepare(spark, cfg, fink, paths["science"], schema, producer, from_files=from_files)
 
     def run(science: "DataFrame", batch_id: int, rows: int | None) -> Output:
         def finish() -> dict[str, Any]:  # after the alerts are on their way to the users
@@ -378,31 +380,26 @@ def step(spark: "SparkSession", cfg: ArchiveConfig, fink: FinkConfig, *, produce
 
         return Output(None, 0, None, finish=finish)
 
-    files = dist.DistributionConfig(max_files_per_trigger=cfg.max_files_per_trigger)
+    files = dist.DistributionConfig(max_files_per_trigger=cfg.max_files_per_trigger, survey=cfg.survey)
+    survey = producer.survey if producer is not None else cfg.survey
     return Step(QUERY_NAME, reads="science", writes=None, run=run, sink=sink,
-                source=lambda: dist.source(spark, files, paths["science"], producer))
+                source=lambda: dist.source(spark, files, paths["science"], producer),
+                expand=dist.expander(spark, paths["science"], survey, fink, schema))
 
 
 def build(spark: "SparkSession", cfg: ArchiveConfig, fink: FinkConfig, producer: Any = None) -> "DataStreamWriter":
     """The stage's unstarted writer: science archive -> tags -> HBase (main table and indexes).
 
-    The tables are created (or their recorded layout checked) here, before anything starts;
-    an unreachable gateway is retried for ``retry_for_s`` like a write. ``producer``: the
-    raw2science configuration that writes the science archive (see ``distribution.science_schema``).
+    The stage's own query runs its step (:func:`step`) on each batch of the science
+    archive's new files, joined to their raw alerts. The tables are created (or their
+    recorded layout checked) here, before anything starts; an unreachable gateway is retried
+    for ``retry_for_s`` like a write. ``producer``: the raw2science configuration that writes
+    the science archive (see ``distribution.stored_schema``).
     """
-    from pyspark.sql import functions as F
-
-    from fink.stages import distribution as dist
+    from fink.stages.step import standalone
 
     paths = cfg.paths(fink)
-    stream = dist.source(spark, dist.DistributionConfig(max_files_per_trigger=cfg.max_files_per_trigger),
-                         paths["science"], producer)
-    sink = prepare(spark, cfg, fink, paths["science"], stream.schema, producer)
-    counted = metrics.observe_latency(stream.observe(QUERY_NAME, F.count(F.lit(1)).alias("alerts")))
-    writer = (counted.writeStream.foreachBatch(sink)
-              .option("checkpointLocation", paths["checkpoint"]).queryName(QUERY_NAME))
-    writer.fink_sink = sink  # type: ignore[attr-defined]  # what each batch wrote, for reconcile
-    return writer
+    return standalone(step(spark, cfg, fink, producer=producer, from_files=True), paths["checkpoint"])
 
 
 def reconcile(progress: list[dict], written: dict[int, dict[str, Any]]) -> dict[str, Any]:

@@ -22,7 +22,7 @@ import dataclasses
 import json
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -136,41 +136,73 @@ class DistributionConfig(surveys.OfSurvey, Validated):
 
 # -- the science archive as a stream ---------------------------------------------------------
 
+def stored_schema(spark: "SparkSession", science_path: str, producer: Any = None, survey: str = "ztf",
+                  from_files: bool = True) -> "StructType":
+    """The schema the science archive's files are read with (:mod:`~fink.stages.science_table`):
+    the layout its root records (and ``from_files``), else what raw2science writes with
+    ``producer`` (its :class:`~fink.stages.raw2science.Raw2ScienceConfig`; by default
+    ``survey``'s built-in modules), so that the stages may start in any order."""
+    from fink.stages import raw2science as r2s
+    from fink.stages import science_table
+
+    cfg = producer or r2s.Raw2ScienceConfig(modules=["builtin"], survey=survey)
+    layout = science_table.read_layout(spark, science_path) if from_files else None
+    if layout is not None:
+        slim = layout["schema"]
+    else:
+        full = r2s.science_layout(spark, cfg, cfg.load_modules())
+        slim = science_table.slim_schema(spark, cfg.description(), full, r2s.raw_schema(spark, cfg.survey))
+    return science_table.stored_schema(slim, cfg.description())
+
+
 def science_schema(spark: "SparkSession", science_path: str, producer: Any = None, survey: str = "ztf",
                    from_files: bool = True) -> "StructType":
-    """The science archive's schema: from its files if it has any (and ``from_files``), else
-    what raw2science writes with ``producer`` (its :class:`~fink.stages.raw2science.Raw2ScienceConfig`;
-    by default ``survey``'s built-in modules), so that the stages may start in any order."""
-    from pyspark.sql.types import StringType, StructField, StructType
+    """The science rows' schema: every raw column, the columns raw2science adds (those
+    :func:`stored_schema` reads), ``night`` last."""
+    from fink.stages import raw2science as r2s
+    from fink.stages import science_table
 
-    from fink.filestore import FileStore
-
-    store = FileStore(spark, science_path)
-    files = [f for f in store.files() if f.endswith(".parquet") and not f.startswith("_")] \
-        if from_files and store.exists() else []
-    if files:
-        schema = spark.read.parquet(f"{store.root}/{files[0]}").schema
-    else:
-        from fink.stages import raw2science as r2s
-
-        cfg = producer or r2s.Raw2ScienceConfig(modules=["builtin"], survey=survey)
-        raw = spark.createDataFrame([], r2s.raw_schema(spark, cfg.survey))
-        schema = r2s.transform(raw, cfg).schema
-    return StructType([f for f in schema.fields if f.name != "night"] + [StructField("night", StringType())])
+    survey = producer.survey if producer is not None else survey
+    return science_table.full_schema(r2s.raw_schema(spark, survey),
+                                     stored_schema(spark, science_path, producer, survey, from_files),
+                                     surveys.load(survey))
 
 
 def source(spark: "SparkSession", cfg: DistributionConfig, science_path: str, producer: Any = None) -> "DataFrame":
-    """The science archive as a stream of new files (its folder created if absent; its schema
-    from :func:`science_schema`)."""
+    """The science archive as a stream of new files (its folder created if absent), each
+    file's rows as stored (:func:`stored_schema`): :func:`expander` joins them to their alerts."""
     from fink.filestore import FileStore
 
     store = FileStore(spark, science_path)
     store.fs.mkdirs(store.path())
-    reader = spark.readStream.schema(science_schema(spark, science_path, producer, cfg.survey)) \
+    reader = spark.readStream.schema(stored_schema(spark, science_path, producer, cfg.survey)) \
         .option("basePath", science_path)
     if cfg.max_files_per_trigger:
         reader = reader.option("maxFilesPerTrigger", cfg.max_files_per_trigger)
     return reader.parquet(science_path)
+
+
+def expander(spark: "SparkSession", science_path: str, survey: str, fink: FinkConfig,
+             full: "StructType") -> "Callable[[DataFrame], DataFrame]":
+    """A micro-batch of :func:`source` -> the science rows of ``full`` (joined to their raw
+    alerts in the raw archive its layout records, else the survey's default one)."""
+    from fink.stages import raw2science as r2s
+    from fink.stages import science_table
+
+    description = surveys.load(survey)
+    raw_schema = r2s.raw_schema(spark, survey)
+    found: list[str] = []
+
+    def expand(batch: "DataFrame") -> "DataFrame":
+        if not found:
+            layout = science_table.read_layout(spark, science_path)
+            if layout is None:
+                return science_table.expand(batch, r2s.Raw2ScienceConfig(survey=survey).paths(fink)["raw"],
+                                            raw_schema, description, full)
+            found.append(layout["raw"])
+        return science_table.expand(batch, found[0], raw_schema, description, full)
+
+    return expand
 
 
 # -- what each topic receives ----------------------------------------------------------------
@@ -436,32 +468,30 @@ def build(spark: "SparkSession", cfg: DistributionConfig, fink: FinkConfig,
           producer: Any = None) -> "DataStreamWriter":
     """The stage's unstarted writer: science archive -> filters -> one Kafka topic per filter.
 
-    Filter loading errors and bad topic options are raised here; the topics exist when it returns.
-    ``producer``: the raw2science configuration that writes the science archive, for its
-    schema while the archive is still empty (:func:`science_schema`).
+    The stage's own query runs its step (:func:`step`) on each batch of the science archive's
+    new files, joined to their raw alerts. Filter loading errors and bad topic options are
+    raised here; the topics exist when it returns. ``producer``: the raw2science
+    configuration that writes the science archive, for its layout while the archive is still
+    empty (:func:`stored_schema`).
     """
+    from fink.stages.step import standalone
+
     paths = cfg.paths(fink)
-    filters = cfg.load_filters()
-    topics = [f.topic for f in filters]
-    stream = source(spark, cfg, paths["science"], producer)
-    encs = encodings(alert_columns(stream).schema, cfg, topics)
-    prepare_topics(fink.kafka_bootstrap, cfg, encs, topics)
-    sink = Sink(fink.kafka_bootstrap, topics, encs, paths["checkpoint"])
-    sink.recover(spark)
-    writer = (select(stream, filters).writeStream.foreachBatch(sink)
-              .option("checkpointLocation", paths["checkpoint"]).queryName(QUERY_NAME))
-    writer.fink_sink = sink  # type: ignore[attr-defined]  # what each batch delivered, for reconcile
-    return writer
+    return standalone(step(spark, cfg, fink, checkpoint=paths["checkpoint"], producer=producer, from_files=True),
+                      paths["checkpoint"])
 
 
 def step(spark: "SparkSession", cfg: DistributionConfig, fink: FinkConfig, *, checkpoint: str,
-         producer: Any = None, **context: Any) -> "Step":
-    """The stage as a step of the one-pass pipeline: the batch's science alerts in (cached by
-    raw2science), each filter's selection to its topic in the batch's transaction.
+         producer: Any = None, from_files: bool = False, **context: Any) -> "Step":
+    """The stage as a step: the batch's science alerts in (in a pipeline: cached by
+    raw2science; alone: the science archive's new rows joined to their alerts), each
+    filter's selection to its topic in the batch's transaction.
 
     The filters run on the columns they read alone (with the alerts' Kafka coordinates); the
     selected alerts are then joined back to the full rows and encoded once per encoding. The
-    transactions and outboxes are keyed by ``checkpoint``, the pipeline's.
+    transactions and outboxes are keyed by ``checkpoint`` (the pipeline's, or the stage's).
+    ``from_files``: the science rows' layout from the archive's records (alone), not from
+    ``producer`` (a pipeline's raw2science).
     """
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
@@ -473,7 +503,7 @@ def step(spark: "SparkSession", cfg: DistributionConfig, fink: FinkConfig, *, ch
     paths = cfg.paths(fink)
     filters = cfg.load_filters()
     topics = [f.topic for f in filters]
-    schema = science_schema(spark, paths["science"], producer, cfg.survey, from_files=False)
+    schema = science_schema(spark, paths["science"], producer, cfg.survey, from_files=from_files)
     encs = encodings(alert_columns(spark.createDataFrame([], schema)).schema, cfg, topics)
     prepare_topics(fink.kafka_bootstrap, cfg, encs, topics)
     sink = Sink(fink.kafka_bootstrap, topics, encs, checkpoint, derived(schema))
@@ -528,7 +558,9 @@ def step(spark: "SparkSession", cfg: DistributionConfig, fink: FinkConfig, *, ch
         return Output(None, 0, None, [flags], finish)
 
     return Step(QUERY_NAME, reads="science", writes=None, run=run, sink=sink,
-                source=lambda: source(spark, cfg, paths["science"], producer))
+                source=lambda: source(spark, cfg, paths["science"], producer),
+                expand=expander(spark, paths["science"], producer.survey if producer is not None else cfg.survey,
+                                fink, schema))
 
 
 def reconcile(progress: list[dict], sink: Sink) -> dict[str, Any]:

@@ -196,7 +196,8 @@ def write_batch(batch: "DataFrame", batch_id: int, cfg: Raw2ScienceConfig, paths
                 writer: str = "") -> dict[str, Any]:
     """Write one micro-batch of science alerts by night, exactly once; return its commit record.
 
-    ``writer`` is the query's id (:func:`fink.filestore.batch_key`)."""
+    ``batch`` holds the archive's columns (:func:`science_table.slim_columns`: the key and what
+    the stage added); ``writer`` is the query's id (:func:`fink.filestore.batch_key`)."""
     from fink import filestore
     from fink.stages.stream2raw import ARCHIVE_OPTIONS
 
@@ -217,6 +218,28 @@ def write_batch(batch: "DataFrame", batch_id: int, cfg: Raw2ScienceConfig, paths
     return record
 
 
+def science_layout(spark: "SparkSession", cfg: Raw2ScienceConfig, modules: list[ScienceModule]) -> "StructType":
+    """The schema of the science rows the stage hands on (every raw column, the added ones,
+    ``night`` last), computed once (no batch asks the JVM for it)."""
+    from pyspark.sql.types import StructType
+
+    made = add_science(apply_cuts(spark.createDataFrame([], raw_schema(spark, cfg.survey)), cfg.quality_cuts()),
+                       cfg, modules).schema
+    return StructType([f for f in made.fields if f.name != "night"] + [made["night"]])
+
+
+def table_columns(spark: "SparkSession", cfg: Raw2ScienceConfig, paths: dict[str, str],
+                  modules: list[ScienceModule]) -> list["Column"]:
+    """The science archive's columns of a science row (its key and what the stage adds); the
+    archive's layout is recorded at its root (:mod:`fink.stages.science_table`)."""
+    from fink.stages import science_table
+
+    full, raw = science_layout(spark, cfg, modules), raw_schema(spark, cfg.survey)
+    science_table.write_layout(spark, paths["science"], paths["raw"], cfg.survey,
+                               science_table.slim_schema(spark, cfg.description(), full, raw))
+    return science_table.slim_columns(cfg.description(), science_table.added(full.fieldNames(), raw.fieldNames()))
+
+
 def build(spark: "SparkSession", cfg: Raw2ScienceConfig, fink: FinkConfig) -> "DataStreamWriter":
     """The stage's unstarted writer: raw archive -> cuts -> modules -> science archive.
 
@@ -228,11 +251,12 @@ def build(spark: "SparkSession", cfg: Raw2ScienceConfig, fink: FinkConfig) -> "D
     paths = cfg.paths(fink)
     modules = cfg.load_modules()
     rows = transform(source(spark, cfg, paths["raw"]), cfg, modules)
+    kept = table_columns(spark, cfg, paths, modules)
     writer: list[str] = []  # the query's id, once it has started
 
     def sink(batch, batch_id):
         writer[:] = writer or [filestore.writer_id(spark, paths["checkpoint"])]
-        write_batch(batch, batch_id, cfg, paths, writer[0])
+        write_batch(batch.select(*kept), batch_id, cfg, paths, writer[0])
 
     return (rows.writeStream.foreachBatch(sink).option("checkpointLocation", paths["checkpoint"])
             .queryName(QUERY_NAME))
@@ -244,10 +268,10 @@ def step(spark: "SparkSession", cfg: Raw2ScienceConfig, fink: FinkConfig, **cont
     each see them once, and the steps after read the cache."""
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
-    from pyspark.sql.types import StructType
 
     from fink import filestore
     from fink.science.api import module_metrics
+    from fink.stages import science_table
     from fink.stages.step import Output, Step, count_where, latency_quantiles, report
 
     paths = cfg.paths(fink)
@@ -258,8 +282,11 @@ def step(spark: "SparkSession", cfg: Raw2ScienceConfig, fink: FinkConfig, **cont
         apply_cuts(spark.createDataFrame([], raw_schema(spark, cfg.survey)), cuts)
     except Exception as exc:  # an unparsable or unknown-column condition: name the cut, before anything runs
         raise ConfigError(f"quality cuts {cuts}: {str(exc).splitlines()[0]}") from exc
-    layout = None
     writer: list[str] = []  # the pipeline query's id, once it has started
+    kept = table_columns(spark, cfg, paths, modules)
+    layout = science_layout(spark, cfg, modules)
+    stored = science_table.stored_schema(science_table.read_layout(spark, paths["science"])["schema"],
+                                         cfg.description())
     columns = [f.name for f in raw_schema(spark, cfg.survey).fields]
     plain = [F.col(f"`{c}`") for c in columns]
     made = ModuleColumns(modules, cfg.fail_on_module_error, "processingEnd", "_metrics")
@@ -277,17 +304,15 @@ def step(spark: "SparkSession", cfg: Raw2ScienceConfig, fink: FinkConfig, **cont
         started = time.time()
         writer[:] = writer or [filestore.writer_id(spark, context["checkpoint"])]
         done = filestore.committed(spark, paths["science"], filestore.batch_key(writer[0], batch_id))
-        if done is not None:  # committed before a crash: what it wrote, from the archive
+        if done is not None:  # committed before a crash: what it wrote, from the archive, joined to the batch
             from fink.stages.stream2raw import batch_files
 
-            if layout is None:
-                made = add_science(apply_cuts(spark.createDataFrame([], raw.schema), cuts), cfg, modules).schema
-                layout = StructType([f for f in made.fields if f.name != "night"] + [made["night"]])
-            kept = int(done.get("alerts", 0))
-            out = batch_files(spark, paths["science"], filestore.batch_key(writer[0], batch_id), layout) if kept \
-                else None
-            return Output(out, kept, report(QUERY_NAME, batch_id, 0, {}, None, started,
-                                                                  replayed=True, id=writer[0]))
+            written = int(done.get("alerts", 0))
+            out = science_table.join_raw(
+                batch_files(spark, paths["science"], filestore.batch_key(writer[0], batch_id), stored), raw,
+                cfg.description(), layout, broadcast=True) if written else None
+            return Output(out, written, report(QUERY_NAME, batch_id, 0, {}, None, started,
+                                               replayed=True, id=writer[0]))
         clock = metrics.Clock()
         flagged = raw.select(*plain, cut_reason_column.alias("_cut"))
         cut = F.col("_cut")
@@ -308,7 +333,7 @@ def step(spark: "SparkSession", cfg: Raw2ScienceConfig, fink: FinkConfig, **cont
                                 *[count_where(cut == name).alias(f"rejected_{name}") for name in cuts]).first()
             observed = {k: int(v or 0) for k, v in tally.asDict().items()}
             clock.lap("cuts")
-            record = write_batch(out, batch_id, cfg, paths, writer[0])
+            record = write_batch(science.select(*kept), batch_id, cfg, paths, writer[0])
             clock.lap("write")
             lat = list(summary["_lat"] or []) or None
             account = report(QUERY_NAME, batch_id, observed["alerts"], observed, lat, started, written=record["alerts"],
@@ -374,6 +399,9 @@ def fill_from_simulator(spark: "SparkSession", fink: FinkConfig, topic: str, sci
     return {"alerts": sent["alerts"], "science": science_stage.paths(fink)["science"]}
 
 
-def read_science(spark: "SparkSession", path: str) -> "DataFrame":
-    """The science archive as a table (one row per kept alert, partitioned by ``night``)."""
-    return spark.read.parquet(path)
+def read_science(spark: "SparkSession", path: str, raw_path: str = "") -> "DataFrame":
+    """The science archive as a table: one row per kept alert, its raw columns joined to what
+    the stage added (:func:`fink.stages.science_table.read_science`)."""
+    from fink.stages import science_table
+
+    return science_table.read_science(spark, path, raw_path)

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame
+    from pyspark.sql.streaming import DataStreamWriter
 
 #: what a step may read or hand on
 FRAMES = ("kafka", "raw", "science")
@@ -83,6 +84,9 @@ class Step:
         reads): the pipeline reads the first step's.
     sink
         The object holding what its batches delivered or wrote, for its ``reconcile``.
+    expand
+        When it reads its own source: what makes a batch of it the frame it reads (the
+        science archive's rows joined to their raw alerts).
     """
 
     name: str
@@ -91,6 +95,75 @@ class Step:
     run: Callable[["DataFrame", int, int | None], Output]
     source: Callable[[], "DataFrame"] | None = None
     sink: Any = None
+    expand: Callable[["DataFrame"], "DataFrame"] | None = None
+
+
+class OnePass:
+    """The ``foreachBatch`` function of the one-pass query: each step in turn on the batch.
+
+    ``reports`` keeps, per stage, the account of each batch (a progress report of the
+    stage's own query, :func:`fink.stages.step.report`), which also goes to the metrics store.
+    What a step cached is released when the batch ends, whatever happened.
+    """
+
+    #: batches whose accounts are kept in memory (the metrics store keeps them all)
+    KEEP = 1000
+
+    def __init__(self, steps: "list[Step]"):
+        from collections import deque
+
+        self.steps = steps
+        self.reports: dict[str, deque[dict]] = {s.name: deque(maxlen=self.KEEP) for s in steps}
+
+    def __call__(self, batch: "DataFrame", batch_id: int) -> None:
+        from fink import metrics
+
+        outputs, cached = [], []
+        try:
+            first = self.steps[0]
+            if first.expand is not None:  # what its source gives made whole, once for every step
+                from pyspark import StorageLevel
+
+                batch = first.expand(batch).persist(StorageLevel.MEMORY_AND_DISK_DESER)
+                cached.append(batch)
+            frames: dict[str, tuple[Any, int | None]] = {first.reads: (batch, None)}
+            for step in self.steps:  # the alerts' way to the users
+                frame, rows = frames.get(step.reads, (None, 0))
+                if frame is None:  # nothing handed on (every alert set aside or cut)
+                    continue
+                t0 = time.perf_counter()
+                out = step.run(frame, batch_id, rows)
+                cached += out.cached
+                outputs.append((step, out, time.perf_counter() - t0))
+                if step.writes:
+                    frames[step.writes] = (out.frame, out.rows)
+            for step, out, ran in outputs:  # then the archives, and the accounts
+                t0 = time.perf_counter()
+                account = out.finish() if out.finish is not None else out.report
+                # the step's own share of the batch: its hand-on, then its archives and counts
+                took = {"run": int(ran * 1000), "finish": int((time.perf_counter() - t0) * 1000)}
+                account["durationMs"] = {**account.get("durationMs", {}), **took,
+                                         "triggerExecution": took["run"] + took["finish"]}
+                self.reports[step.name].append(account)
+                metrics.record(account)
+        finally:
+            for df in cached:
+                df.unpersist()
+
+
+def standalone(step: Step, checkpoint: str) -> "DataStreamWriter":
+    """The step as its stage's own streaming query (unstarted, named after the stage): its
+    source, each batch through :class:`OnePass`. Its ``fink_sink`` is the step's sink, its
+    ``fink_reports`` the accounts of its batches (:func:`fink.streaming.start` hands them to
+    the query: :func:`fink.streaming.run_until` gives them as its progress)."""
+    if step.source is None:
+        raise ValueError(f"{step.name}: no source of its own")
+    batches = OnePass([step])
+    writer = (step.source().writeStream.foreachBatch(batches).option("checkpointLocation", checkpoint)
+              .queryName(step.name))
+    writer.fink_sink = step.sink  # type: ignore[attr-defined]
+    writer.fink_reports = batches.reports[step.name]  # type: ignore[attr-defined]
+    return writer
 
 
 def report(name: str, batch_id: int, rows: int, observed: dict[str, Any], latency: list[float] | None,

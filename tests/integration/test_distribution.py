@@ -82,7 +82,9 @@ def consume(topics, group=None, **conf):
 def science_rows(spark, data_dir):
     from pyspark.sql import functions as F
 
-    df = spark.read.parquet(str(data_dir / "science"))
+    from fink.stages import raw2science as r2s
+
+    df = r2s.read_science(spark, str(data_dir / "science"))  # the stage's rows: raw alerts joined
     ts = [f.name for f in df.schema.fields if f.dataType.simpleString() == "timestamp"]
     df = df.select(*[F.unix_micros(c).alias(c) if c in ts else F.col(c) for c in df.columns if c != "night"])
     return {r["candid"]: r.asDict(recursive=True) for r in df.collect()}, ts

@@ -11,7 +11,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 from confluent_kafka import Consumer
-from test_operations import candids, consume, hbase_candids, wait_for
+from test_operations import candids, consume, hbase_candids, science_alerts, wait_for
 from test_raw2science import passes
 
 from fink import hbase, metrics, runner
@@ -60,7 +60,7 @@ def raw_messages(topic: str, expected: int, timeout: float = 120.0) -> list:
 
 def expected_bright(data: Path) -> list[int]:
     """Candids of the alerts both lanes must send: past the cuts (in the science archive), magpsf < 18."""
-    rows = pq.read_table(str(data / "science"), columns=["candid", "candidate"]).to_pylist()
+    rows = science_alerts(data)
     return sorted(r["candid"] for r in rows if r["candidate"]["magpsf"] < 18.0)
 
 

@@ -53,6 +53,15 @@ def candids(folder: Path) -> list[int]:
     return pq.read_table(str(folder), columns=["candid"]).column("candid").to_pylist()
 
 
+def science_alerts(data: Path) -> list[dict]:
+    """``candid`` and ``candidate`` of each science row, its raw alert found by (candid, night)
+    (the science archive holds what raw2science adds; the alert is in the raw archive)."""
+    science = pq.read_table(str(data / "science"), columns=["candid", "night"]).to_pylist()
+    raw = {(r["candid"], r["night"]): r for r in pq.read_table(str(data / "raw"),
+                                                              columns=["candid", "candidate", "night"]).to_pylist()}
+    return [raw[(r["candid"], r["night"])] for r in science]
+
+
 def consume(topic: str, expected: int, timeout: float = 120.0) -> list[int]:
     """Candids of every committed message of ``topic``, reading until ``expected`` came or 8 s of silence."""
     consumer = Consumer({"bootstrap.servers": ServicesConfig.load().kafka_bootstrap, "group.id": uuid.uuid4().hex,
@@ -211,7 +220,7 @@ def _operate(env, home, data, topic, bright, table, common, params, kafka_bootst
     wait_for(lambda: len(candids(data / "raw")) >= 229 and len(candids(data / "science")) >= 207
              and len(hbase_candids(hbase_thrift, table)) >= 207, 500, "the archives complete")
     raw, science = candids(data / "raw"), candids(data / "science")
-    table_rows = pq.read_table(str(data / "science"), columns=["candid", "candidate"]).to_pylist()
+    table_rows = science_alerts(data)
     expected = sorted(r["candid"] for r in table_rows if r["candidate"]["magpsf"] < 18.0)
     delivered = consume(bright, len(expected))
     archived = hbase_candids(hbase_thrift, table)

@@ -9,7 +9,7 @@ from fink.client.consumer import AlertStream
 from fink.errors import ConfigError
 from fink.stages import realtime
 from fink.stages.distribution import DistributionConfig
-from fink.stages.step import Output, Step, report
+from fink.stages.step import OnePass, Output, Step, report
 
 
 def test_a_filter_is_a_dotted_path_or_a_sql_condition_of_the_realtime_lane():
@@ -52,7 +52,7 @@ def step(name, reads, writes, log):
 def test_every_step_hands_on_before_any_writes_its_archives_and_reports(monkeypatch):
     log = []
     monkeypatch.setattr("fink.metrics.record", lambda report: log.append(("recorded", report["name"])))
-    one = pipeline.OnePass([step("a", "kafka", "raw", log), step("b", "raw", "science", log),
+    one = OnePass([step("a", "kafka", "raw", log), step("b", "raw", "science", log),
                             step("c", "science", None, log), step("d", "science", None, log)])
     one("batch", 7)
     runs = [e for e in log if e[1:2] == ("run",)]
