@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -68,6 +69,27 @@ class FileStore:
             stream.write(bytearray(text.encode()))
         finally:
             stream.close()
+
+    def replace_text(self, text: str, *parts: str) -> None:
+        """Write a whole file atomically: a hidden temporary beside it, then a rename over it
+        (a reader sees the old content or the new one, never a part)."""
+        *folder, name = parts
+        tmp = (*folder, f".{name}.{uuid.uuid4().hex[:8]}.tmp")
+        self.write_text(text, *tmp)
+        try:
+            if not self.exists(*parts):
+                self.move(tmp, tuple(parts))
+            else:  # over the old file, in one rename
+                jvm = self.spark.sparkContext._jvm
+                conf = self.spark.sparkContext._jsc.hadoopConfiguration()
+                options = self.spark.sparkContext._gateway.new_array(jvm.org.apache.hadoop.fs.Options.Rename, 1)
+                options[0] = jvm.org.apache.hadoop.fs.Options.Rename.OVERWRITE
+                target = self.fs.makeQualified(self.path(*parts))
+                context = jvm.org.apache.hadoop.fs.FileContext.getFileContext(target.toUri(), conf)
+                context.rename(self.fs.makeQualified(self.path(*tmp)), target, options)
+        finally:
+            if self.exists(*tmp):
+                self.delete(*tmp)
 
     def read_text(self, *parts: str) -> str:
         stream = self.fs.open(self.path(*parts))
@@ -189,7 +211,13 @@ def committed(spark: "SparkSession", root: str, batch_id: BatchKey) -> dict[str,
     store = FileStore(spark, root)
     if not store.exists("_commits", f"{batch_id}.json"):
         return None
-    return json.loads(store.read_text("_commits", f"{batch_id}.json"))
+    try:
+        record = json.loads(store.read_text("_commits", f"{batch_id}.json"))
+    except Exception as exc:  # noqa: BLE001 - cut short (bad JSON, checksum): not committed
+        logger.warning("%s: the commit record of batch %s is unreadable (%s): the batch is written again",
+                       root, batch_id, exc)
+        return None
+    return record if isinstance(record, dict) else None
 
 
 def begin(spark: "SparkSession", root: str, batch_id: BatchKey, *others: str) -> dict[str, Any] | None:
@@ -208,7 +236,7 @@ def begin(spark: "SparkSession", root: str, batch_id: BatchKey, *others: str) ->
 def commit(spark: "SparkSession", root: str, batch_id: BatchKey, record: dict[str, Any]) -> None:
     """Mark ``batch_id`` as fully written, with what it held."""
     store = FileStore(spark, root)
-    store.write_text(json.dumps({"batch": batch_id, "time": time.time(), **record}), "_commits", f"{batch_id}.json")
+    store.replace_text(json.dumps({"batch": batch_id, "time": time.time(), **record}), "_commits", f"{batch_id}.json")
     store.delete("_commits", f"{batch_id}.started")
 
 

@@ -21,6 +21,7 @@ limits; Rubin: fluxes in nJy with forced photometry).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +32,8 @@ if TYPE_CHECKING:
     import pandas as pd
 
 #: light-curve columns of a history point (ZTF's candidate / prv_candidates fields)
+#: a row key's time part (:func:`fink.hbase.time_key`) and the "_" after it
+_TIMED = re.compile(rb"-?\d+\.\d{7}_")
 POINT_COLUMNS = ("jd", "fid", "magpsf", "sigmapsf", "diffmaglim", "isdiffpos", "candid", "ra", "dec")
 
 
@@ -119,9 +122,9 @@ class Archive:
         """Every alert of ``object_id``, oldest first (a prefix scan of the main table)."""
         qualifiers = self.layout.qualifiers(columns) if columns is not None else None
         prefix = f"{self.layout.object_key(object_id)}_".encode()
-        rows = list(self.conn.table(self.layout.table).scan(row_prefix=prefix,
-                                                            columns=qualifiers))
-        return self._frame(rows, columns)
+        rows = self.conn.table(self.layout.table).scan(row_prefix=prefix, columns=qualifiers)
+        # the object's own rows: <object>_<time>_<alert id>, not those of an object named <object>_...
+        return self._frame([(k, c) for k, c in rows if _TIMED.match(k, len(prefix))], columns)
 
     def light_curve(self, object_id: str) -> pd.DataFrame:
         """The object's light curve: the points of all its alerts and of their histories,
@@ -143,11 +146,14 @@ class Archive:
                columns: Iterable[str] | None = None) -> pd.DataFrame:
         """The newest alerts tagged ``tag`` with ``start <= time < stop`` (the key's time,
         JD for ZTF), newest first, at most ``limit``."""
-        lo = f"{tag}_{time_key(start)}" if start is not None else f"{tag}_"
-        hi = f"{tag}_{time_key(stop)}" if stop is not None else f"{tag}_~"
+        # keys <tag>_<time>_...: a time starts with a digit or "-" ("." and "/" sort between them),
+        # so the range holds no other tag's keys but those of a tag named <tag>_<digits>..., dropped next
+        lo = f"{tag}_{time_key(start)}" if start is not None else f"{tag}_-"
+        hi = f"{tag}_{time_key(stop)}" if stop is not None else f"{tag}_:"
         refs = self._scan("class", row_start=lo.encode(), row_stop=hi.encode(), columns=[b"r:k"],
                           reverse=False)
-        keys = [cells[b"r:k"] for _, cells in refs][::-1][:limit]
+        start_at = len(tag) + 1
+        keys = [cells[b"r:k"] for key, cells in refs if _TIMED.match(key, start_at)][::-1][:limit]
         return self._frame(self._fetch(keys, columns), columns)
 
     def tags(self) -> dict[str, int]:

@@ -14,7 +14,9 @@ alert failing one is rejected with the first failing cut's name as reason (a nul
 fails), and counted per reason in the query's observed metrics; the raw archive keeps it.
 Kept alerts go through the science modules (:mod:`fink.science`) and land in the science
 archive, exactly once, with their provenance: module versions, and the times of ingest,
-processing start and end.
+processing start and end. The science archive holds what the stage adds, keyed by the
+alert's id; the alert itself stays in the raw archive, and :func:`read_science` joins them
+(:mod:`fink.stages.science_table`).
 """
 
 from __future__ import annotations

@@ -113,9 +113,7 @@ def write_layout(spark: "SparkSession", science_path: str, raw_path: str, survey
     if store.exists(LAYOUT) and store.read_text(LAYOUT) == text:
         return
     store.fs.mkdirs(store.path())
-    tmp = f".{LAYOUT}.tmp"
-    store.write_text(text, tmp)
-    store.move((tmp,), (LAYOUT,))
+    store.replace_text(text, LAYOUT)
 
 
 def read_layout(spark: "SparkSession", science_path: str) -> dict[str, Any] | None:

@@ -153,6 +153,28 @@ def test_latest_alerts_of_a_class_in_a_time_range(archived, hbase_thrift):
         assert a.latest("no_such_tag").empty
 
 
+def test_scans_of_an_object_and_of_a_tag_are_exact(archived, hbase_thrift):
+    """An object named <object>_... and a tag named <tag>_... are not found by the shorter name
+    (before the fix, alerts("X") was a prefix scan of "X_", latest("early") the range "early_".."early_~")."""
+    table, _, rows, _ = archived
+    obj = sorted(r["objectId"] for r in rows.values())[0]
+    mine = sorted(r["candid"] for r in rows.values() if r["objectId"] == obj)
+    conn = connect(*hbase_thrift)
+    main, classes = conn.table(table), conn.table(f"{table}_class")
+    (key, cells), *_ = main.scan(row_prefix=f"{obj}_".encode())
+    twin = f"{obj}_twin_".encode() + key[len(obj) + 1:]  # an object named <obj>_twin
+    tagged = [k for k, _ in classes.scan(row_prefix=b"early_snia_")]
+    try:
+        main.put(twin, cells)
+        with Archive(f"{hbase_thrift[0]}:{hbase_thrift[1]}", table) as a:
+            assert sorted(a.alerts(obj)["candid"].tolist()) == mine
+            assert tagged and a.latest("early").empty  # the index holds early_snia rows, no "early" tag
+            assert len(a.latest("early_snia", limit=1000)) == len(tagged)
+    finally:
+        main.delete(twin)
+        conn.close()
+
+
 def test_cone_search_through_the_pixel_index_equals_a_brute_force_match(archived, hbase_thrift):
     table, _, rows, _ = archived
     alerts = sorted(rows.values(), key=lambda r: r["candid"])

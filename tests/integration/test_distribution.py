@@ -145,6 +145,56 @@ def test_the_community_client_decodes_every_alert_equal_to_the_science_archive(s
         access.remove_user(services.kafka_bootstrap, user)
 
 
+def test_the_science_archive_holds_what_raw2science_added_and_one_written_whole_stays_readable(spark, sample_science,
+                                                                                                tmp_path):
+    import shutil
+
+    import pyarrow.parquet as pq
+    from pyspark.sql import functions as F
+
+    from fink.stages import raw2science as r2s
+    from fink.stages import science_table
+
+    science = sample_science / "science"
+    stored = pq.read_table(str(science)).column_names
+    assert "candidate" not in stored and "cutoutScience" not in stored and "prv_candidates" not in stored
+    assert {"candid", "snia_prob", "fink_modules", "processingStart", "processingEnd", "night"} <= set(stored)
+    joined = r2s.read_science(spark, str(science))
+    rows = {r["candid"]: r.asDict(recursive=True) for r in joined.collect()}
+    raw = {r["candid"]: r.asDict(recursive=True) for r in spark.read.parquet(str(sample_science / "raw"))
+           .withColumn("night", F.col("night").cast("string")).collect()}  # a partition value read as a number
+    assert len(rows) == 207 and joined.columns[-1] == "night" and "cutoutScience" in joined.columns
+    for candid, row in rows.items():  # the raw alert, whole, beside what was added
+        assert [k for k, v in raw[candid].items() if not same(row[k], v)] == [], candid
+
+    # an archive written whole (before this layout) is read as it is ...
+    legacy = tmp_path / "legacy"
+    joined.write.partitionBy("night").parquet(str(legacy))
+    assert {r["candid"] for r in r2s.read_science(spark, str(legacy)).collect()} == set(rows)
+    # ... and one holding both (whole files, then this layout's) reads every alert once, whole
+    half = sorted(rows)[: len(rows) // 2]
+    mixed = tmp_path / "mixed"
+    joined.where(F.col("candid").isin(half)).write.partitionBy("night").parquet(str(mixed / "a"))
+    spark.read.parquet(str(science)).where(~F.col("candid").isin(half)).write.partitionBy("night") \
+        .parquet(str(mixed / "b"))
+    for part in ("a", "b"):
+        for f in (mixed / part).glob("night=*/*.parquet"):
+            dest = mixed / f.parent.name / f"{part}-{f.name}"
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(str(f), dest)
+        shutil.rmtree(mixed / part)
+    shutil.copy(science / science_table.LAYOUT, mixed / science_table.LAYOUT)
+    both = {r["candid"]: r.asDict(recursive=True) for r in r2s.read_science(spark, str(mixed)).collect()}
+    assert both.keys() == rows.keys()
+    assert all(same(both[c], rows[c]) for c in rows)
+
+    # distribution reads an archive written whole too (its alerts joined to the raw archive)
+    totals, _ = distribute(spark, sample_science, {f"legacy_{uuid.uuid4().hex[:6]}": "fink.filters.builtin:bright"},
+                           science_path=str(legacy), filter_params={})
+    expected = sum(1 for r in rows.values() if r["candidate"]["magpsf"] < 18.0)
+    assert totals["balanced"] and totals["alerts"] == 207 and totals["selected"] == expected > 0
+
+
 def test_users_are_refused_what_they_were_not_granted(sample_science, spark):
     services = ServicesConfig.load()
     sfx = uuid.uuid4().hex[:6]

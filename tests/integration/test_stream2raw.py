@@ -138,6 +138,20 @@ def test_a_replayed_batch_replaces_its_own_files(fresh_spark, tmp_path):
     assert filestore.committed(fresh_spark, root, 7)["rows"] == 10
 
 
+def test_commit_records_are_whole_or_absent(fresh_spark, tmp_path):
+    """A commit record is replaced in one rename (no reader sees a part of it), and one cut
+    short (a crash of a writer that wrote in place) counts as not committed, not as a crash."""
+    root = tmp_path / "table"
+    key = filestore.batch_key("0123456789abcdef", 3)
+    filestore.commit(fresh_spark, str(root), key, {"rows": 10})
+    filestore.commit(fresh_spark, str(root), key, {"rows": 11})  # over the first one
+    assert filestore.committed(fresh_spark, str(root), key)["rows"] == 11
+    assert [p.name for p in (root / "_commits").iterdir() if not p.name.startswith(".")] == [f"{key}.json"]
+    (root / "_commits" / f"{key}.json").write_text('{"batch": "0123456')  # cut short
+    assert filestore.committed(fresh_spark, str(root), key) is None
+    assert filestore.begin(fresh_spark, str(root), key) is None  # written again
+
+
 def test_compaction_keeps_every_row_in_fewer_files(fresh_spark, kafka_bootstrap, topic, tmp_path):
     replay(SimulatorConfig(topic=topic), kafka_bootstrap, messages=load_messages(SimulatorConfig(source=SAMPLE)),
            progress=False)
