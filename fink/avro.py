@@ -37,6 +37,7 @@ REASONS = {
     "truncated": "the Avro record ends early or is corrupt",
     "unknown_schema": "the writer schema (or schema id) is not a known alert schema of the survey",
     "missing_identifiers": "the alert lacks its object's or its own identifier (ZTF objectId, candid)",
+    "bad_identifier": "the alert's own identifier is outside the range the survey issues (ZTF: a candid below 1)",
     "bad_time": "the alert's observation time (ZTF candidate.jd) is missing or not a plausible date",
     "oversized": "the message is larger than the size limit",
     "duplicate": "an alert with this candid was already seen",
@@ -154,7 +155,8 @@ def check_alert(alert: dict[str, Any], survey: Survey) -> None:
     The same rules, in the same order, as stream2raw's decoder in the JVM, so that
     checkstream and the quarantine give a message the same reason: the survey's main
     records present (``unknown_schema``), its identities set (``missing_identifiers``),
-    the identity's copy equal to it (``unknown_schema``), a plausible time (``bad_time``).
+    the identity's copy equal to it (``unknown_schema``), within the survey's range
+    (``bad_identifier``), a plausible time (``bad_time``).
     """
     for path in (survey.alert_id, survey.alert_id_check, survey.time["path"]):
         head, _, rest = path.partition(".")
@@ -167,6 +169,8 @@ def check_alert(alert: dict[str, Any], survey: Survey) -> None:
     if survey.alert_id_check and get_path(alert, survey.alert_id_check) != key:
         raise AlertDecodeError("unknown_schema", f"{survey.alert_id}={key!r} but "
                                                  f"{survey.alert_id_check}={get_path(alert, survey.alert_id_check)!r}")
+    if isinstance(key, int) and key < survey.alert_id_min:
+        raise AlertDecodeError("bad_identifier", f"{survey.alert_id}={key!r} (at least {survey.alert_id_min})")
     jd = survey.jd(alert)
     if jd is None or not JD_RANGE[0] <= jd <= JD_RANGE[1]:
         raise AlertDecodeError("bad_time", f"{survey.time['path']}={get_path(alert, survey.time['path'])!r}")

@@ -44,6 +44,7 @@ import functools
 import io
 import json
 import logging
+import math
 import re
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -346,6 +347,15 @@ class Layout:
             return _key_text(pa.array([int(object_id)], pa.int64()))[0]
         return str(object_id)
 
+    def unkeyable(self, table: pa.Table) -> list[str | None]:
+        """Per alert, why it cannot be keyed (``missing_key``: its object id, time or alert id
+        is missing or not finite), or None."""
+        k = self.keys
+        bad = [False] * table.num_rows
+        for path in (k.object_id, k.time, k.alert_id):
+            bad = [a or b for a, b in zip(bad, unkeyable(self.values(table, path).to_pylist()), strict=True)]
+        return ["missing_key" if b else None for b in bad]
+
     def row_keys(self, table: pa.Table) -> list[bytes]:
         k = self.keys
         parts = [_key_text(self.values(table, p)) for p in (k.object_id, k.time, k.alert_id)]
@@ -487,17 +497,25 @@ def _fields_of(key: str) -> list[str]:
     return re.findall(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)+", key)
 
 
+#: what a negative integer of a row key is written as the complement to (64-bit integers fit)
+NEGATIVE = 10 ** 19
+
+
+def unkeyable(values: Sequence[Any]) -> list[bool]:
+    """Which values cannot be part of a row key: missing, or a float that is not finite."""
+    return [v is None or (isinstance(v, float) and not math.isfinite(v)) for v in values]
+
+
 def _key_text(arr: pa.Array) -> list[str]:
     """Key parts that sort as their values: strings as they are, integers zero-padded to 20
-    digits (negative ones are refused), times with 7 decimals on 16 characters."""
+    digits (a negative one, as Rubin's ids may be, is ``-`` and the 19 digits of 10**19 + v:
+    before every positive one, the most negative first), times with 7 decimals on 16 characters."""
     t = arr.type
     values = arr.to_pylist()
     if any(v is None for v in values):
         raise ArchiveError("an alert has no value in a key column (object id, time or alert id)")
     if pa.types.is_integer(t):
-        if any(v < 0 for v in values):
-            raise ArchiveError("a negative integer cannot be part of a row key")
-        return [f"{v:020d}" for v in values]
+        return [f"{v:020d}" if v >= 0 else f"-{NEGATIVE + v:019d}" for v in values]
     if pa.types.is_floating(t):
         return [f"{v:016.7f}" for v in values]
     return [str(v) for v in values]

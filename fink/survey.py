@@ -51,6 +51,10 @@ class Survey(Validated):
         ``{"source": "lsst-alert-packet", "min_id": 700}`` (ids ``MAJOR*100+MINOR``).
     alert_id, alert_id_check
         The alert's identity; an optional second path that must hold the same value.
+    alert_id_min
+        The smallest alert id the survey issues (ZTF's candids are positive; Rubin's ids may
+        be negative: the smallest 64-bit integer), below which an alert is set aside as
+        ``bad_identifier``.
     object_id
         Paths of the object's identity, the first one set wins.
     time
@@ -91,6 +95,7 @@ class Survey(Validated):
     schemas: dict = dataclasses.field(default_factory=dict)
     alert_id: str = ""
     alert_id_check: str = ""
+    alert_id_min: int = -(2 ** 63)
     object_id: list = dataclasses.field(default_factory=list)
     time: dict = dataclasses.field(default_factory=dict)
     band: str = ""

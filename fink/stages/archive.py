@@ -26,6 +26,7 @@ from fink import survey as surveys
 from fink.config import ConfigError, FinkConfig, Validated
 from fink.filters.api import AlertFilter, FilterError, load_filters
 from fink.hbase import DEFAULT_ORDER, INDEXES, ArchiveError, Keys, Layout, Writer, connect, ensure_tables
+from fink.log import logger
 from fink.science.api import ScienceModuleError, add_metrics, check_inputs
 from fink.streaming import observed
 
@@ -115,7 +116,8 @@ class ArchiveConfig(surveys.OfSurvey, Validated):
     def paths(self, fink: FinkConfig) -> dict[str, str]:
         survey = self.description()
         return {"science": self.science_path or survey.data_uri(fink, "science"),
-                "checkpoint": self.checkpoint or survey.data_uri(fink, "checkpoints", "archive")}
+                "checkpoint": self.checkpoint or survey.data_uri(fink, "checkpoints", "archive"),
+                "quarantine": survey.data_uri(fink, "quarantine_archive")}
 
     def groups(self, added: list[str]) -> dict[str, list[str]]:
         """Cell groups: per module of ``modules`` with two or more outputs among ``added``."""
@@ -231,7 +233,7 @@ def cells(df: "DataFrame", layout: Layout, extra: dict[str, str], columns: list[
 
 #: what each writer task reports (``tags``: JSON of the tag counts and filter metrics)
 REPORT = ("alerts long, archived long, class long, pixel long, night long, retries long, encode_s double, "
-          "write_s double, tags string")
+          "write_s double, tags string, quarantined long, quarantine string")
 
 
 def writer_task(layout: Layout, tags: list[AlertFilter], host: str, port: int, cfg: ArchiveConfig,
@@ -254,6 +256,7 @@ def writer_task(layout: Layout, tags: list[AlertFilter], host: str, port: int, c
         writer = Writer(host, port, pool_size=cfg.pool_size, batch_size=cfg.batch_size, retry_for=cfg.retry_for_s)
         report = dict.fromkeys(("alerts", "archived", *INDEXES, "retries"), 0) | {"encode_s": 0.0, "write_s": 0.0}
         counts, metrics = dict.fromkeys((f.topic for f in tags), 0), {}
+        aside: list[dict[str, Any]] = []
         try:
             for rb in batches:
                 if not rb.num_rows:
@@ -266,6 +269,17 @@ def writer_task(layout: Layout, tags: list[AlertFilter], host: str, port: int, c
                     for name in names:
                         counts[name] += 1
                 table = table.rename_columns([keys_of.get(n, n) for n in table.column_names])
+                reasons = layout.unkeyable(table)
+                if any(reasons):  # set aside, with their reason: the others go on
+                    ok = [r is None for r in reasons]
+                    ids = [layout.values(table, p).to_pylist() for p in (layout.keys.alert_id, layout.keys.object_id)]
+                    aside += [{"alert_id": a, "object_id": o, "reason": r}
+                              for a, o, r in zip(*ids, reasons, strict=True) if r is not None]
+                    report["alerts"] += len(reasons) - sum(ok)
+                    table = table.filter(pa.array(ok))
+                    tagged = [t for t, keep in zip(tagged, ok, strict=True) if keep]
+                    if not table.num_rows:
+                        continue
                 keys = layout.row_keys(table)
                 main = layout.encode(table.drop_columns(["night"]), keys)
                 index = layout.index_rows(table, keys, tagged, table.column("night").to_pylist())
@@ -281,6 +295,7 @@ def writer_task(layout: Layout, tags: list[AlertFilter], host: str, port: int, c
             writer.close()
         report["retries"] = writer.retries
         report["tags"] = json.dumps({"counts": counts, "filters": metrics})
+        report["quarantined"], report["quarantine"] = len(aside), json.dumps(aside, default=str)
         yield pa.RecordBatch.from_pylist([report])
 
     return write
@@ -295,8 +310,9 @@ class Sink:
     """
 
     def __init__(self, layout: Layout, tags: list[AlertFilter], host: str, port: int, cfg: ArchiveConfig,
-                 columns: list[str] | None = None):
+                 columns: list[str] | None = None, quarantine: str = ""):
         self.layout, self.columns = layout, columns  # the batches' columns, when known
+        self.quarantine = quarantine  # where the alerts that cannot be keyed are listed, per batch
         self.extra = extra_columns(layout, inputs_of(tags))
         self.task = writer_task(layout, tags, host, port, cfg, self.extra)
         self.written: dict[int, dict[str, Any]] = {}
@@ -306,7 +322,10 @@ class Sink:
 
         t0 = time.perf_counter()
         reports = cells(batch, self.layout, self.extra, self.columns).mapInArrow(self.task, REPORT).collect()
-        total = {key: sum(r[key] for r in reports) for key in REPORT_KEYS if key != "tags"}
+        total = {key: sum(r[key] for r in reports) for key in REPORT_KEYS if key not in ("tags", "quarantine")}
+        aside = [a for r in reports for a in json.loads(r["quarantine"])]
+        if aside:
+            self._set_aside(batch.sparkSession, batch_id, aside)
         tags: dict[str, int] = {}
         filters: dict[str, dict[str, Any]] = {}
         for r in reports:
@@ -317,11 +336,28 @@ class Sink:
                 add_metrics(filters, {f"{name}_{k}": v for k, v in m.items()})
         self.written[batch_id] = {
             "alerts": total["alerts"], "archived": total["archived"], "retries": total["retries"],
+            "quarantined": total["quarantined"],
             "rows": {self.layout.table: total["archived"], **{self.layout.index_table(i): total[i] for i in INDEXES}},
             "tags": tags, "filters": filters,
             "encode_s": round(total["encode_s"], 3), "write_s": round(total["write_s"], 3),
             "seconds": round(time.perf_counter() - t0, 3)}
         metrics.note(QUERY_NAME, batch_id, self.written[batch_id])
+
+
+    def _set_aside(self, spark: "SparkSession", batch_id: int, aside: list[dict[str, Any]]) -> None:
+        """List the batch's alerts that cannot be keyed, with their reason (again, the same, on a
+        replay); the alerts themselves stay in the raw and science archives."""
+        import json
+
+        from fink.filestore import FileStore
+
+        logger.warning("archive: batch %d: %d alert(s) cannot be keyed, listed in %s (first: %s)", batch_id,
+                       len(aside), self.quarantine, aside[0])
+        if self.quarantine:
+            store = FileStore(spark, self.quarantine)
+            store.fs.mkdirs(store.path())
+            record = {"table": self.layout.table, "batch": batch_id, "alerts": aside}
+            store.replace_text(json.dumps(record, default=str), f"{self.layout.table}-{batch_id:010d}.json")
 
 
 REPORT_KEYS = [part.split()[0] for part in REPORT.split(", ")]
@@ -350,7 +386,7 @@ def prepare(spark: "SparkSession", cfg: ArchiveConfig, fink: FinkConfig, science
         check_inputs([f.module for f in tags], schema)
     except ScienceModuleError as exc:  # a tag filter's input that is not a column of the alerts
         raise FilterError(str(exc).replace("science module", "tag filter", 1)) from exc
-    return Sink(lay, tags, host, port, cfg, schema.fieldNames())
+    return Sink(lay, tags, host, port, cfg, schema.fieldNames(), cfg.paths(fink)["quarantine"])
 
 
 def step(spark: "SparkSession", cfg: ArchiveConfig, fink: FinkConfig, *, producer: Any = None,
@@ -405,9 +441,10 @@ def build(spark: "SparkSession", cfg: ArchiveConfig, fink: FinkConfig, producer:
 def reconcile(progress: list[dict], written: dict[int, dict[str, Any]]) -> dict[str, Any]:
     """Account for a run: alerts read (observed) against main-table rows HBase accepted.
 
-    ``balanced`` when every batch that read alerts wrote exactly one main row per alert.
+    ``balanced`` when every batch that read alerts wrote exactly one main row per alert, but
+    for the alerts it set aside (``quarantined``: they cannot be keyed).
     """
-    totals: dict[str, Any] = {"batches": 0, "alerts": 0, "archived": 0, "tags": {}, "rows": {},
+    totals: dict[str, Any] = {"batches": 0, "alerts": 0, "archived": 0, "quarantined": 0, "tags": {}, "rows": {},
                               "retries": 0, "filters": {}, "write_seconds": 0.0}
     balanced = True
     for p in progress:
@@ -419,7 +456,8 @@ def reconcile(progress: list[dict], written: dict[int, dict[str, Any]]) -> dict[
         totals["batches"] += 1
         totals["alerts"] += int(values["alerts"])
         totals["archived"] += record.get("archived", 0)
-        balanced &= record.get("archived", 0) == int(values["alerts"])
+        totals["quarantined"] += record.get("quarantined", 0)
+        balanced &= record.get("archived", 0) + record.get("quarantined", 0) == int(values["alerts"])
         for table, n in record.get("rows", {}).items():
             totals["rows"][table] = totals["rows"].get(table, 0) + n
         for name, n in record.get("tags", {}).items():
@@ -428,6 +466,6 @@ def reconcile(progress: list[dict], written: dict[int, dict[str, Any]]) -> dict[
         totals["write_seconds"] += record.get("seconds", 0.0)
         for name, m in record.get("filters", {}).items():
             add_metrics(totals["filters"], {f"{name}_{k}": v for k, v in m.items()})
-    totals["balanced"] = balanced and totals["alerts"] == totals["archived"]
+    totals["balanced"] = balanced and totals["alerts"] == totals["archived"] + totals["quarantined"]
     totals["write_seconds"] = round(totals["write_seconds"], 2)
     return totals

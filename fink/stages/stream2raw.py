@@ -397,6 +397,8 @@ def decode(df: "DataFrame", schemas: dict[str, str], survey: surveys.Survey | No
     for obj in objects:
         has_object = has_object | (F.coalesce(obj.cast("string"), F.lit("")).isin("", "0") == F.lit(False))
     identified = key.isNotNull() & has_object
+    # (a survey without a bound compares nothing: its ids need not be numbers)
+    in_range = key >= F.lit(survey.alert_id_min) if survey.alert_id_min > -(2 ** 63) else F.lit(True)
     jd = at(survey.time["path"]).cast("double") + F.lit(float(survey.time.get("to_jd", 0.0)))
     timed = jd.isNotNull() & ~F.isnan(jd) & jd.between(*avro.JD_RANGE)
     df = df.withColumn("reason", F.when(F.col("reason").isNotNull(), F.col("reason"))
@@ -404,6 +406,7 @@ def decode(df: "DataFrame", schemas: dict[str, str], survey: surveys.Survey | No
                        .when(~present, "unknown_schema")
                        .when(~identified, "missing_identifiers")
                        .when(~F.coalesce(consistent, F.lit(False)), "unknown_schema")
+                       .when(in_range == F.lit(False), "bad_identifier")
                        .when(~timed, "bad_time"))
     # only a plausible jd is turned into a night (Spark 4's ANSI casts fail the query on overflow)
     seconds = F.when(F.col("reason").isNull(), ((jd - 2440587.5) * 86400).cast("long"))

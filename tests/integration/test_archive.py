@@ -1,6 +1,7 @@
 """archive on the real HBase: every query equals a direct computation over the science
 Parquet, a replayed batch doubles nothing, and the stage waits out HBase being down."""
 
+import json
 import math
 import subprocess
 import sys
@@ -173,6 +174,31 @@ def test_scans_of_an_object_and_of_a_tag_are_exact(archived, hbase_thrift):
     finally:
         main.delete(twin)
         conn.close()
+
+
+def test_an_alert_the_archive_cannot_key_is_set_aside_and_its_batch_goes_on(spark, sample_science, tables,  # noqa: F811
+                                                                              hbase_thrift):
+    """Before the fix a row without a key failed its whole batch, at every restart."""
+    from pyspark.sql import functions as F
+
+    from fink.stages import raw2science as r2s
+
+    table, fink = tables(), FinkConfig(data_dir=str(sample_science))
+    cfg = archive.ArchiveConfig(table=table)
+    rows = r2s.read_science(spark, str(sample_science / "science")).orderBy("candid").limit(21).cache()
+    bad = rows.first()["candid"]
+    batch = rows.withColumn("objectId", F.when(F.col("candid") == bad, F.lit(None)).otherwise(F.col("objectId")))
+    sink = archive.prepare(spark, cfg, fink, str(sample_science / "science"), batch.schema, from_files=False)
+    sink(batch, 0)
+    assert (sink.written[0]["alerts"], sink.written[0]["archived"], sink.written[0]["quarantined"]) == (21, 20, 1)
+    listed = json.loads((Path(cfg.paths(fink)["quarantine"]) / f"{table}-0000000000.json").read_text())
+    assert listed["alerts"] == [{"alert_id": bad, "object_id": None, "reason": "missing_key"}]
+    progress = [{"batchId": 0, "observedMetrics": {archive.QUERY_NAME: {"alerts": 21}}}]
+    totals = archive.reconcile(progress, sink.written)
+    assert totals["balanced"] and (totals["archived"], totals["quarantined"]) == (20, 1)
+    with Archive(f"{hbase_thrift[0]}:{hbase_thrift[1]}", table) as a:
+        assert a.count() == 20
+    rows.unpersist()
 
 
 def test_cone_search_through_the_pixel_index_equals_a_brute_force_match(archived, hbase_thrift):

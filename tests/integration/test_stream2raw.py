@@ -115,6 +115,25 @@ def test_malformed_messages_go_to_quarantine_and_alerts_keep_flowing(fresh_spark
     assert raw_rows.select("candid").distinct().count() == 229
 
 
+def test_an_alert_id_outside_the_surveys_range_is_set_aside_and_the_others_archived(fresh_spark, kafka_bootstrap,
+                                                                                     topic, tmp_path):
+    """One alert re-encoded with candid = -7 among 20 good ones (before the fix: archived, then
+    the archive stage stopped on it at every restart)."""
+    good = load_messages(SimulatorConfig(source=SAMPLE))[:21]
+    reader = fastavro.reader(io.BytesIO(good[0]))
+    (record,) = list(reader)
+    record["candid"] = record["candidate"]["candid"] = -7
+    buf = io.BytesIO()
+    fastavro.writer(buf, fastavro.parse_schema(reader.writer_schema), [record], codec=reader.codec)
+    replay(SimulatorConfig(topic=topic), kafka_bootstrap, messages=[buf.getvalue(), *good[1:]], progress=False)
+    paths, totals = run(fresh_spark, kafka_bootstrap, topic, tmp_path)
+    assert totals["balanced"] and totals["messages"] == 21 and totals["archived"] == 20
+    assert totals["reasons"] == {"bad_identifier": 1}
+    (row,) = fresh_spark.read.parquet(paths["quarantine"]).collect()
+    assert row["reason"] == "bad_identifier" and bytes(row["raw"]) == buf.getvalue()
+    assert -7 not in {r.candid for r in s2r.read_raw(fresh_spark, paths["raw"]).select("candid").collect()}
+
+
 def test_stop_midstream_then_restart_loses_and_doubles_nothing(fresh_spark, kafka_bootstrap, topic, tmp_path):
     messages = load_messages(SimulatorConfig(source=SAMPLE))
     replay(SimulatorConfig(topic=topic), kafka_bootstrap, messages=messages, progress=False)

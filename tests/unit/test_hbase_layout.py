@@ -102,12 +102,23 @@ def test_row_keys_keep_an_object_contiguous_and_in_time_order():
     keys = layout().row_keys(alerts())
     assert sorted(keys) == [keys[0], keys[2], keys[1]]  # ZTF26aaaaaaa at two times, then ZTF26aaaaaab
     assert time_key(2461371.5000001) == "02461371.5000001" and time_key(60000.5) == "00060000.5000000"
-    bad = alerts().set_column(1, "candid", pa.array([7, -8, 9], pa.int64()))
-    with pytest.raises(ArchiveError, match="negative"):
-        layout().row_keys(bad)
     missing = alerts().set_column(0, "objectId", pa.array(["a", None, "c"]))
     with pytest.raises(ArchiveError, match="no value in a key column"):
         layout().row_keys(missing)
+
+
+def test_negative_ids_are_keyed_in_order_and_unkeyable_alerts_are_named():
+    """Rubin's ids may be negative: they key rows (before the fix: "a negative integer cannot be
+    part of a row key", and the archive stopped on that alert forever)."""
+    ids = [-(2 ** 63), -8, -1, 0, 7, 2 ** 63 - 1]
+    table = pa.Table.from_pylist([{**alerts().to_pylist()[0], "candid": i} for i in ids], schema=SCHEMA)
+    keys = layout().row_keys(table)
+    assert sorted(keys) == keys and len(set(keys)) == len(ids)  # same object and time: the id's order
+    assert keys[1].endswith(b"_-9999999999999999992") and keys[4].endswith(b"_00000000000000000007")
+    broken = alerts().set_column(0, "objectId", pa.array(["a", None, "c"]))
+    broken = broken.set_column(2, "candidate", pa.array([{**r["candidate"], "jd": jd} for r, jd in zip(
+        alerts().to_pylist(), [float("nan"), 1.0, 2.0], strict=True)], CANDIDATE))
+    assert layout().unkeyable(broken) == ["missing_key", "missing_key", None]
 
 
 def test_index_rows_point_at_the_main_rows():
