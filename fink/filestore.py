@@ -127,17 +127,19 @@ def staging_folder(batch_id: BatchKey) -> str:
 
 
 def stage(df: "DataFrame", root: str, batch_id: BatchKey, partition_by: str | None, files: int = 1,
-          options: Mapping[str, str] | None = None) -> dict[str, list[str]]:
+          options: Mapping[str, str] | None = None, append: bool = False) -> dict[str, list[str]]:
     """Write ``df`` to the staging folder of ``batch_id``; return its Parquet files by partition folder.
 
-    ``options`` are Parquet writer options (``compression``, ``parquet.enable.dictionary``...).
+    ``options`` are Parquet writer options (``compression``, ``parquet.enable.dictionary``...);
+    ``append``: beside what an earlier call staged for the batch (a batch written in parts).
 
     Nothing is visible in the table yet: :func:`publish` moves the files in.
     """
     store = FileStore(df.sparkSession, root)
     staging = staging_folder(batch_id)
-    store.delete(staging)
-    writer = df.coalesce(files).write.mode("overwrite").options(**(options or {}))
+    if not append:
+        store.delete(staging)
+    writer = df.coalesce(files).write.mode("append" if append else "overwrite").options(**(options or {}))
     if partition_by:
         writer = writer.partitionBy(partition_by)
     writer.parquet(f"{store.root}/{staging}")

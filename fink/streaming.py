@@ -161,7 +161,10 @@ def run_until(queries: Iterable["StreamingQuery"], duration: float, stop_file: s
         while True:
             active = []
             for q in queries:
-                q.awaitTermination(poll / max(1, len(queries)))
+                try:
+                    q.awaitTermination(poll / max(1, len(queries)))
+                except Exception as exc:  # PySpark raises a query's own failure here: the same as below
+                    raise QueryFailed(f"streaming query {q.name!r} failed: {exc}") from exc
                 exc = q.exception()
                 if exc is not None:
                     raise QueryFailed(f"streaming query {q.name!r} failed: {exc}") from exc

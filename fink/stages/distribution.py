@@ -191,16 +191,18 @@ def expander(spark: "SparkSession", science_path: str, survey: str, fink: FinkCo
 
     description = surveys.load(survey)
     raw_schema = r2s.raw_schema(spark, survey)
-    found: list[str] = []
 
     def expand(batch: "DataFrame") -> "DataFrame":
-        if not found:
-            layout = science_table.read_layout(spark, science_path)
-            if layout is None:
-                return science_table.expand(batch, r2s.Raw2ScienceConfig(survey=survey).paths(fink)["raw"],
-                                            raw_schema, description, full)
-            found.append(layout["raw"])
-        return science_table.expand(batch, found[0], raw_schema, description, full)
+        layout = science_table.read_layout(spark, science_path)  # a small file: its latest, each batch
+        if layout is None:  # an archive written whole, before layouts: beside the survey's raw archive
+            return science_table.expand(batch, r2s.Raw2ScienceConfig(survey=survey).paths(fink)["raw"],
+                                        raw_schema, description, full)
+        new = [c for c in layout["schema"].fieldNames() if c not in full.fieldNames() and c != layout["key"]]
+        if new:  # raw2science writes columns this query would not send: say so, not drop them
+            raise science_table.LayoutChanged(
+                f"{science_path}: raw2science now writes {', '.join(new)}, which this query started without: "
+                "restart it to read them")
+        return science_table.expand(batch, layout["raw"], raw_schema, description, full)
 
     return expand
 

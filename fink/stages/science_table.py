@@ -20,10 +20,15 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from fink import survey as surveys
+from fink.errors import FinkError
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
     from pyspark.sql.types import StructType
+
+class LayoutChanged(FinkError):
+    """The science archive's layout gained columns since a reader of it started."""
+
 
 #: the layout marker at the science archive's root (ignored by Parquet readers: ``_``)
 LAYOUT = "_fink_science.json"

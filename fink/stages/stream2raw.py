@@ -30,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from fink import avro, metrics
@@ -553,8 +554,11 @@ def _commit(spark: "SparkSession", batch_id: int, name: "BatchKey", paths: dict[
     if len(set_aside):
         if bootstrap is None:
             raise ValueError("stream2raw.write_batch: messages to quarantine but no Kafka bootstrap to read them from")
-        bad = quarantine_columns(fetch_messages(spark, bootstrap, set_aside))
-        filestore.write_batch(bad, paths["quarantine"], name, "ingest_night", 1)
+        staged: dict[str, list[str]] = {}
+        for k, part in enumerate(fetch_messages(spark, bootstrap, set_aside)):  # a few MB at a time
+            staged = filestore.stage(quarantine_columns(part), paths["quarantine"], name, "ingest_night", 1,
+                                     append=k > 0)
+        filestore.publish(spark, paths["quarantine"], name, staged)
     clock.lap("quarantine")
     filestore.publish(spark, paths["raw"], name,
                       {f: rels for f, rels in folders.items() if not _is_set_aside(f)})
@@ -607,32 +611,86 @@ def _staged_keys(spark: "SparkSession", root: str, batch_id: "BatchKey", folders
     return keys
 
 
+class NightIds:
+    """The alert ids of one night, for membership tests of a batch: a sorted int64 array (8
+    bytes an id: a Rubin night of 10 million ids in 80 MB, where a Python set takes 600)
+    and the ids added since, merged in once they are many."""
+
+    MERGE = 200_000
+
+    def __init__(self, ids=()):
+        import numpy as np
+
+        values = np.asarray(ids, dtype=np.int64) if hasattr(ids, "__len__") and not isinstance(ids, (set, frozenset)) \
+            else np.fromiter(ids, dtype=np.int64)
+        self.sorted = np.unique(values)
+        self.recent: set[int] = set()
+
+    def __len__(self) -> int:
+        return len(self.sorted) + len(self.recent)
+
+    def __iter__(self):
+        yield from (int(i) for i in self.sorted)
+        yield from self.recent
+
+    def update(self, ids) -> None:
+        import numpy as np
+
+        self.recent.update(int(i) for i in ids)
+        if len(self.recent) >= self.MERGE:
+            self.sorted = np.union1d(self.sorted, np.fromiter(self.recent, dtype=np.int64))
+            self.recent.clear()
+
+    def contains(self, ids) -> "list[bool]":
+        """Per id of ``ids`` (a batch), whether the night has it: O(batch log night)."""
+        import numpy as np
+
+        values = np.asarray(ids, dtype=np.int64)
+        at = np.searchsorted(self.sorted, values)
+        found = (at < len(self.sorted)) & (self.sorted[np.minimum(at, max(len(self.sorted) - 1, 0))] == values) \
+            if len(self.sorted) else np.zeros(len(values), dtype=bool)
+        return [bool(f) or int(v) in self.recent for f, v in zip(found, values, strict=True)]
+
+
 class ArchivedCandids:
     """The id of every archived alert (ZTF ``candid``; the field path ``key``), by night: what
     a new alert must not repeat.
 
     A night is read from the archive (its ``candid`` column alone) the first time a batch
     holds it, then kept up to date with what each committed batch adds, so the query does
-    not re-read its own output every batch. A fresh instance (a restart) reads again.
+    not re-read its own output every batch. A fresh instance (a restart) reads again. Only the
+    ``keep`` nights used last are kept (:class:`NightIds`); an older one is read again if a
+    late alert needs it.
     """
 
-    def __init__(self, spark: "SparkSession", raw_path: str, key: str = "candid"):
-        self.spark, self.raw_path, self.key = spark, raw_path, key
-        self.nights: dict[str, set[int]] = {}
+    def __init__(self, spark: "SparkSession", raw_path: str, key: str = "candid", keep: int = 3):
+        from collections import OrderedDict
 
-    def night(self, night: str) -> set[int]:
+        self.spark, self.raw_path, self.key, self.keep = spark, raw_path, key, keep
+        self.nights: "OrderedDict[str, NightIds | set[int]]" = OrderedDict()
+
+    def night(self, night: str) -> "NightIds | set[int]":
         from pyspark.sql import functions as F
 
         from fink.filestore import FileStore
 
         if night not in self.nights:
             store = FileStore(self.spark, self.raw_path)
-            seen: set[int] = set()
+            seen = NightIds()
             if store.files(f"night={night}"):
                 table = self.spark.read.option("basePath", store.root).parquet(f"{store.root}/night={night}")
-                seen = set(table.select(F.col(self.key).alias("id")).toPandas()["id"].tolist())
-            self.nights[night] = seen
+                seen = NightIds(table.select(F.col(self.key).alias("id")).toPandas()["id"].to_numpy())
+            self.loaded(night, seen)
+        else:
+            self.nights.move_to_end(night)
         return self.nights[night]
+
+    def loaded(self, night: str, ids: "NightIds") -> None:
+        """Keep the ids of ``night``, read from the archive; forget the night used longest ago
+        beyond ``keep``."""
+        self.nights[night] = ids
+        while len(self.nights) > self.keep:
+            self.nights.popitem(last=False)
 
     def add(self, alerts) -> None:
         """Record the alerts (pandas: candid, night) a batch has just committed."""
@@ -643,12 +701,17 @@ class ArchivedCandids:
 
 def find_duplicates(alerts, archived: ArchivedCandids):
     """The rows of ``alerts`` (pandas: topic, partition, offset, candid, night) whose candid is
-    already archived, or appeared earlier in the batch (by topic, partition, offset)."""
+    already archived, or appeared earlier in the batch (by topic, partition, offset): the
+    archive's ids are looked up per alert of the batch, not read whole."""
+    import pandas as pd
+
     dup = alerts["candid"].duplicated(keep="first")  # alerts are sorted by topic, partition, offset
     for night, candids in alerts.groupby("night")["candid"]:
         seen = archived.night(night)
-        if seen:
-            dup |= candids.isin(seen).reindex(alerts.index, fill_value=False)
+        if len(seen):
+            found = seen.contains(candids.tolist()) if isinstance(seen, NightIds) else \
+                [c in seen for c in candids.tolist()]
+            dup |= pd.Series(found, index=candids.index).reindex(alerts.index, fill_value=False)
     return alerts[dup]
 
 
@@ -684,29 +747,45 @@ def _restage_without(spark: "SparkSession", root: str, batch_id: "BatchKey", fol
     return out
 
 
-def fetch_messages(spark: "SparkSession", bootstrap: str, keys) -> "DataFrame":
+#: the bytes of set-aside messages the driver holds at most at a time (one part of the quarantine)
+FETCH_BYTES = 32 << 20
+
+
+def fetch_messages(spark: "SparkSession", bootstrap: str, keys, part_bytes: int = FETCH_BYTES
+                   ) -> Iterator["DataFrame"]:
     """The set-aside messages of ``keys`` (pandas: topic, partition, offset, timestamp, reason,
-    brokerIngestTimestamp) with their bytes as ``value``, read again from Kafka by offset.
+    brokerIngestTimestamp) with their bytes as ``value``, read again from Kafka by offset, in
+    parts of about ``part_bytes`` (one DataFrame each, written before the next is read).
 
     Notes
     -----
-    A plain consumer in the driver reads them: they are few, and a Spark batch read per
-    micro-batch would leave a cached consumer (and its fetch buffers) behind each time.
-    A message gone from Kafka meanwhile (retention) is quarantined without its bytes.
+    A plain consumer in the driver reads them, a part at a time: a Spark batch read per
+    micro-batch would leave a cached consumer (and its fetch buffers) behind each time, and
+    a whole batch of them at once (a night replayed many times: gigabytes of duplicates)
+    would not fit in the driver. A message gone from Kafka meanwhile (retention) is
+    quarantined without its bytes.
     """
     from fink import kafka
 
-    rows = keys[["topic", "partition", "offset", "timestamp", "reason", "brokerIngestTimestamp"]].copy()
-    values = kafka.fetch(bootstrap, rows[["topic", "partition", "offset"]].itertuples(index=False, name=None))
-    rows["value"] = [values.get((t, int(p), int(o))) for t, p, o in
-                     rows[["topic", "partition", "offset"]].itertuples(index=False, name=None)]
-    missing = sum(v is None for v in rows["value"])
-    if missing:
-        logger.warning("stream2raw: %d set-aside messages no longer in Kafka; quarantined without bytes", missing)
     schema = ("topic string, partition int, offset long, reason string, brokerIngestTimestamp timestamp, "
               "value binary, timestamp timestamp")
-    return spark.createDataFrame(rows[["topic", "partition", "offset", "reason", "brokerIngestTimestamp", "value",
-                                       "timestamp"]], schema)
+    rows = keys[["topic", "partition", "offset", "timestamp", "reason", "brokerIngestTimestamp"]] \
+        .sort_values(["topic", "partition", "offset"])
+    missing, start, per = 0, 0, 16  # messages per read: grows or shrinks to fill part_bytes
+    while start < len(rows):
+        chunk = rows.iloc[start:start + per].copy()
+        values = kafka.fetch(bootstrap, chunk[["topic", "partition", "offset"]].itertuples(index=False, name=None))
+        chunk["value"] = [values.get((t, int(p), int(o))) for t, p, o in
+                          chunk[["topic", "partition", "offset"]].itertuples(index=False, name=None)]
+        del values
+        missing += sum(v is None for v in chunk["value"])
+        size = sum(len(v) for v in chunk["value"] if v is not None)
+        yield spark.createDataFrame(chunk[["topic", "partition", "offset", "reason", "brokerIngestTimestamp", "value",
+                                           "timestamp"]], schema)
+        start += len(chunk)
+        per = max(1, min(4096, int(per * part_bytes / max(size, 1))))
+    if missing:
+        logger.warning("stream2raw: %d set-aside messages no longer in Kafka; quarantined without bytes", missing)
 
 
 def build(spark: "SparkSession", cfg: Stream2RawConfig, fink: FinkConfig) -> "DataStreamWriter":

@@ -195,6 +195,25 @@ def test_the_science_archive_holds_what_raw2science_added_and_one_written_whole_
     assert totals["balanced"] and totals["alerts"] == 207 and totals["selected"] == expected > 0
 
 
+def test_a_column_raw2science_adds_after_the_start_fails_the_query_naming_it(spark, sample_science, tmp_path):
+    """Before the fix, the science schema came from the oldest file: a module added later had
+    its column dropped from every topic without an error."""
+    import shutil
+
+    from fink.stages import science_table
+
+    science = tmp_path / "science"
+    shutil.copytree(sample_science / "science", science)
+    cfg = dist.DistributionConfig(filters={f"drift_{uuid.uuid4().hex[:6]}": "fink.filters.builtin:bright"},
+                                  science_path=str(science), checkpoint=str(tmp_path / "ck"))
+    writer = dist.build(spark, cfg, FinkConfig(data_dir=str(sample_science)))
+    layout = science_table.read_layout(spark, str(science))  # raw2science restarted with one more module
+    science_table.write_layout(spark, str(science), layout["raw"], "ztf", layout["schema"].add("new_score", "double"))
+    query = streaming.start(writer.trigger(availableNow=True), dist.QUERY_NAME)
+    with pytest.raises(streaming.QueryFailed, match="new_score"):
+        streaming.run_until([query], duration=180, poll=0.5)
+
+
 def test_users_are_refused_what_they_were_not_granted(sample_science, spark):
     services = ServicesConfig.load()
     sfx = uuid.uuid4().hex[:6]

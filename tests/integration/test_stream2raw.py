@@ -6,6 +6,7 @@ from pathlib import Path
 
 import fastavro
 import pytest
+from pyspark.sql import functions as F
 
 from fink import filestore, streaming
 from fink.config import FinkConfig
@@ -132,6 +133,39 @@ def test_an_alert_id_outside_the_surveys_range_is_set_aside_and_the_others_archi
     (row,) = fresh_spark.read.parquet(paths["quarantine"]).collect()
     assert row["reason"] == "bad_identifier" and bytes(row["raw"]) == buf.getvalue()
     assert -7 not in {r.candid for r in s2r.read_raw(fresh_spark, paths["raw"]).select("candid").collect()}
+
+
+@pytest.mark.timeout(900)
+def test_set_aside_messages_by_hundreds_of_megabytes_are_quarantined_whole_in_bounded_parts(
+        fresh_spark, kafka_bootstrap, topic, tmp_path, monkeypatch):
+    """300 junk messages of 900 KB and the night replayed 5 times, in one batch: every message
+    accounted for, each quarantined with its bytes (before the fix, every set-aside message of
+    a batch went through the driver at once: a replayed night ran it out of heap)."""
+    import numpy as np
+
+    rng = np.random.default_rng(3)
+    junk = [b"Z" + rng.bytes(900_000 - 1) for _ in range(300)]
+    night = load_messages(SimulatorConfig(source=SAMPLE))
+    replay(SimulatorConfig(topic=topic), kafka_bootstrap, messages=junk + night * 5, progress=False)
+    parts = []
+    real = s2r.fetch_messages
+
+    def counted(*args, **kwargs):  # the parts the driver held, one at a time
+        for part in real(*args, **kwargs):
+            parts.append(part.agg(F.count("*"), F.sum(F.length("value"))).first())
+            yield part
+
+    monkeypatch.setattr(s2r, "fetch_messages", counted)
+    paths, totals = run(fresh_spark, kafka_bootstrap, topic, tmp_path, max_offsets=5000)
+    assert totals["balanced"] and totals["messages"] == 300 + 5 * 229 and totals["archived"] == 229
+    assert totals["reasons"] == {"not_avro": 300, "duplicate": 4 * 229}
+    assert sum(n for n, _ in parts) == 300 + 4 * 229 and len(parts) > 8
+    assert max(size for _, size in parts) <= 2 * s2r.FETCH_BYTES  # the driver held a part at a time
+    quarantine = fresh_spark.read.parquet(paths["quarantine"])
+    sizes = {r["reason"]: (r["n"], r["bytes"]) for r in quarantine.groupBy("reason").agg(
+        F.count("*").alias("n"), F.sum(F.length("raw")).alias("bytes")).collect()}
+    assert sizes["not_avro"] == (300, 300 * 900_000)
+    assert sizes["duplicate"] == (4 * 229, 4 * sum(len(m) for m in night))
 
 
 def test_stop_midstream_then_restart_loses_and_doubles_nothing(fresh_spark, kafka_bootstrap, topic, tmp_path):

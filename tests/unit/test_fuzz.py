@@ -16,7 +16,7 @@ import io
 import math
 import re
 import sys
-from collections import Counter, defaultdict
+from collections import Counter, OrderedDict, defaultdict
 
 import fastavro
 import numpy as np
@@ -35,7 +35,7 @@ from fink.errors import FinkError
 from fink.filters import AlertFilter, FilterError, load_filters
 from fink.science import ScienceModule, ScienceModuleError, load_modules
 from fink.science.api import load_module
-from fink.stages.stream2raw import ArchivedCandids, find_duplicates
+from fink.stages.stream2raw import ArchivedCandids, NightIds, find_duplicates
 
 pytestmark = pytest.mark.timeout(120)  # a decoder that loops on some input fails here instead of hanging
 
@@ -244,7 +244,7 @@ def test_stream2raw_sets_aside_exactly_the_duplicates_and_a_replay_archives_noth
                            "candid": pd.Series([c for c, _ in rows], dtype="int64"),
                            "night": pd.Series([n for _, n in rows], dtype=object)})
     index = ArchivedCandids(None, "unused")  # every night known already: no Spark read
-    index.nights = {n: set(s) for n, s in archived.items()}
+    index.nights = OrderedDict((n, NightIds(s)) for n, s in archived.items())
     dups = find_duplicates(alerts, index)
     seen, expected = set(), set()
     for i, (candid, night) in enumerate(rows):

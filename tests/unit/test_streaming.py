@@ -145,3 +145,20 @@ def test_a_bounded_run_ends_its_queries_between_batches(tmp_path):
     stop.touch()
     assert run_until([q], duration=60, stop_file=stop, poll=0.01).reason == "stop-file"
     assert q.stopped and q.stopped_while_busy is False
+
+
+class RaisingQuery(FakeQuery):
+    """PySpark's awaitTermination raises the query's own failure (StreamingQueryException)."""
+
+    def awaitTermination(self, timeout):
+        super().awaitTermination(timeout)
+        if self.polls >= 2:
+            raise RuntimeError("[STREAM_FAILED] terminated with exception: LayoutChanged")
+
+
+def test_a_failure_raised_by_await_termination_is_a_failed_run():
+    """Before the fix it escaped as PySpark's own exception, past callers of QueryFailed."""
+    q = RaisingQuery("dead")
+    with pytest.raises(QueryFailed, match="'dead' failed.*LayoutChanged"):
+        run_until([q], duration=60, poll=0.01)
+    assert q.polls == 2
