@@ -125,7 +125,9 @@ def latency(spark, bootstrap: str, messages: list[bytes], rate: float, seconds: 
     # an alert arrives in the raw archive when its file is written there (then moved in whole)
     landed = s2r.read_raw(spark, str(Path(tmp, "raw"))).select(
         "candid", F.col("_metadata.file_modification_time").alias("landed"))
-    out = r2s.read_science(spark, science).withColumn("written", F.col("_metadata.file_modification_time"))
+    # the science archive's own files for their write times, the rows whole (read_science) for the rest
+    written = spark.read.parquet(science).select("candid", F.col("_metadata.file_modification_time").alias("written"))
+    out = r2s.read_science(spark, science).join(written, "candid")
     out = out.join(landed, "candid").select(
         (F.col("written").cast("double") - F.col("landed").cast("double")).alias("files"),
         (F.col("processingEnd").cast("double") - F.col("landed").cast("double")).alias("file"),

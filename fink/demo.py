@@ -289,11 +289,14 @@ def _pipeline(conf_path: str, home: Path, t0: float, timeout: float, rate: float
 
 
 def top_candidates(science: Path, path: Path, n: int = 10) -> None:
-    """The ``n`` alerts of the science archive most likely SN Ia, as CSV (read with pyarrow)."""
+    """The ``n`` alerts of the science archive most likely SN Ia, as CSV (read with pyarrow: the
+    science archive's values, the object's id from the raw archive beside it)."""
     import pyarrow.parquet as pq
 
-    cols = ["objectId", "candid", "snia_prob", "roid", "xm_type", "lc_amplitude_r", "lc_observation_count_r"]
+    cols = ["candid", "night", "snia_prob", "roid", "xm_type", "lc_amplitude_r", "lc_observation_count_r"]
     table = pq.read_table(str(science), columns=cols).to_pandas()
+    objects = pq.read_table(str(science.parent / "raw"), columns=["objectId", "candid", "night"]).to_pandas()
+    table = objects.merge(table, on=["candid", "night"]).drop(columns="night")
     table.sort_values("snia_prob", ascending=False, na_position="last").head(n).to_csv(path, index=False)
 
 

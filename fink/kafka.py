@@ -208,6 +208,18 @@ def end_offsets(bootstrap: str, topic: str, timeout: float = 30.0) -> dict[int, 
         consumer.close()
 
 
+def start_offsets(bootstrap: str, partitions: Iterable[tuple[str, int]], timeout: float = 30.0) -> dict[tuple, int]:
+    """``{(topic, partition): first offset still in the log}`` (after retention or a deletion)."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer(client_config(bootstrap, **{"group.id": "fink-offsets", "enable.auto.commit": False}))
+    try:
+        return {(t, int(p)): int(consumer.get_watermark_offsets(TopicPartition(t, int(p)), timeout=timeout)[0])
+                for t, p in partitions}
+    finally:
+        consumer.close()
+
+
 # What librdkafka reports for a short while after a topic was created (its leader named in the
 # metadata but not serving yet), while a broker restarts, or when a request waits on a loaded machine.
 _PASSING = frozenset({"NOT_LEADER_FOR_PARTITION", "LEADER_NOT_AVAILABLE", "UNKNOWN_TOPIC_OR_PART", "_TRANSPORT",

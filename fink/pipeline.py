@@ -241,7 +241,7 @@ def flow(totals: dict[str, dict[str, Any]]) -> dict[str, dict[str, int]]:
     for name, t in totals.items():
         k_in, k_out = keys[name]
         out[name] = {"in": int(t.get(k_in) or 0), "out": int(t.get(k_out) or 0)}
-        for extra in ("quarantined", "rejected"):
+        for extra in ("quarantined", "rejected", "lost"):
             if extra in t:
                 out[name][extra] = int(t[extra] or 0)
     return out

@@ -225,9 +225,18 @@ def science_layout(spark: "SparkSession", cfg: Raw2ScienceConfig, modules: list[
     ``night`` last), computed once (no batch asks the JVM for it)."""
     from pyspark.sql.types import StructType
 
-    made = add_science(apply_cuts(spark.createDataFrame([], raw_schema(spark, cfg.survey)), cfg.quality_cuts()),
-                       cfg, modules).schema
-    return StructType([f for f in made.fields if f.name != "night"] + [made["night"]])
+    settings = dataclasses.replace(cfg, raw_path="", science_path="", checkpoint="")
+    key = (spark.sparkContext.applicationId, repr(settings),
+           tuple((m.name, m.version, tuple(m.outputs.items())) for m in modules))
+    if key not in _LAYOUTS:
+        made = add_science(apply_cuts(spark.createDataFrame([], raw_schema(spark, cfg.survey)), cfg.quality_cuts()),
+                           cfg, modules).schema
+        _LAYOUTS[key] = StructType([f for f in made.fields if f.name != "night"] + [made["night"]])
+    return _LAYOUTS[key]
+
+
+#: science layouts already worked out, per session and configuration (see :func:`science_layout`)
+_LAYOUTS: dict[tuple, "StructType"] = {}
 
 
 def table_columns(spark: "SparkSession", cfg: Raw2ScienceConfig, paths: dict[str, str],

@@ -428,12 +428,20 @@ def raw_columns(df: "DataFrame", fields: list[str] | None = None) -> "DataFrame"
                      "brokerIngestTimestamp", F.col("version").alias("schema_version"), "night")
 
 
+#: raw schemas already worked out, per session and survey (each costs the JVM an analysis of
+#: every schema version's decode: a second or more, asked by every stage as it is built)
+_RAW_SCHEMAS: dict[tuple, "StructType"] = {}
+
+
 def raw_schema(spark: "SparkSession", cfg: Stream2RawConfig | None = None) -> "StructType":
     """The raw archive's schema for ``cfg``'s survey (ZTF by default), without reading anything."""
     cfg = cfg or Stream2RawConfig(topic="-")
-    kafka = spark.createDataFrame([], "key binary, value binary, topic string, partition int, offset long, "
-                                      "timestamp timestamp, timestampType int")
-    return raw_columns(transform(kafka, cfg)).schema
+    key = (spark.sparkContext.applicationId, cfg.survey, cfg.schema_registry_url, cfg.schema_dir)
+    if key not in _RAW_SCHEMAS:
+        kafka = spark.createDataFrame([], "key binary, value binary, topic string, partition int, offset long, "
+                                          "timestamp timestamp, timestampType int")
+        _RAW_SCHEMAS[key] = raw_columns(transform(kafka, cfg)).schema
+    return _RAW_SCHEMAS[key]
 
 
 def quarantine_columns(df: "DataFrame") -> "DataFrame":
@@ -517,7 +525,7 @@ def write_batch(batch: "DataFrame", batch_id: int, cfg: Stream2RawConfig, paths:
         folders = _restage_without(spark, paths["raw"], name, folders, dups, cfg)
         keys.loc[dups.index, "reason"] = "duplicate"
     clock.lap("duplicates")
-    return _commit(spark, batch_id, name, paths, folders, keys, bootstrap, index, clock)
+    return _commit(spark, batch_id, name, paths, folders, keys, bootstrap, index, clock, paths["checkpoint"])
 
 
 def _begin(spark: "SparkSession", batch_id: "BatchKey", paths: dict[str, str]) -> dict[str, Any] | None:
@@ -542,12 +550,65 @@ def _stage(batch: "DataFrame", batch_id: "BatchKey", cfg: Stream2RawConfig, path
     return filestore.stage(rows, paths["raw"], batch_id, "night", cfg.files_per_batch, ARCHIVE_OPTIONS)
 
 
+def planned_offsets(spark: "SparkSession", checkpoint: str, batch_id: int) -> dict[tuple[str, int], tuple[int, int]]:
+    """``{(topic, partition): (start, end)}``: the offsets the query's batch ``batch_id`` was to
+    read, from its checkpoint (``offsets/<n>``, the batch before's or the source's first ones);
+    empty when they are not known."""
+    import json
+
+    from fink.filestore import FileStore
+
+    store = FileStore(spark, checkpoint)
+
+    def offsets(*parts: str) -> dict | None:
+        if not store.exists(*parts):
+            return None
+        lines = [line for line in store.read_text(*parts).splitlines() if line.strip().startswith("{")]
+        return json.loads(lines[-1]) if lines else None  # the (one) Kafka source's offsets come last
+
+    end = offsets("offsets", str(batch_id))
+    start = offsets("offsets", str(batch_id - 1)) if batch_id > 0 else offsets("sources", "0", "0")
+    out = {}
+    for topic, parts in (end or {}).items():
+        for part, e in parts.items():
+            b = ((start or {}).get(topic) or {}).get(part)
+            if b is not None and 0 <= int(b) <= int(e):
+                out[(topic, int(part))] = (int(b), int(e))
+    return out
+
+
+def lost_offsets(spark: "SparkSession", checkpoint: str, batch_id: int, keys, bootstrap: str) -> list[dict[str, Any]]:
+    """The offset ranges batch ``batch_id`` planned to read but Kafka no longer held (retention,
+    deleted records): Spark skips them (``failOnDataLoss`` false), they are counted here.
+
+    A range is lost where the batch read fewer messages of a partition than it planned and
+    the partition's log now starts after the planned start (transaction markers, which take
+    offsets too, are not counted as lost: the log still holds them).
+    """
+    from fink import kafka
+
+    planned = planned_offsets(spark, checkpoint, batch_id)
+    read = keys.groupby(["topic", "partition"]).size().to_dict() if len(keys) else {}
+    short = {tp: r for tp, r in planned.items() if r[1] - r[0] > read.get(tp, 0)}
+    if not short:
+        return []
+    first = kafka.start_offsets(bootstrap, short)
+    out = []
+    for (topic, part), (b, e) in sorted(short.items()):
+        gone = min(first.get((topic, part), b), e) - b
+        n = min(gone, e - b - read.get((topic, part), 0))
+        if n > 0:
+            out.append({"topic": topic, "partition": part, "from": b, "to": b + gone, "messages": n})
+    return out
+
+
 def _commit(spark: "SparkSession", batch_id: int, name: "BatchKey", paths: dict[str, str],
             folders: dict[str, list[str]], keys, bootstrap: str | None, index: "ArchivedCandids",
-            clock: "metrics.Clock") -> dict[str, Any]:
+            clock: "metrics.Clock", checkpoint: str = "") -> dict[str, Any]:
     """The end of batch ``batch_id`` (``name``: its key in the tables): the messages set aside
     (``keys`` with a reason) to the quarantine with their bytes, the staged alerts into the
-    table, the commit record."""
+    table, the commit record (with the offsets the batch planned but Kafka no longer had:
+    :func:`lost_offsets`, from the query's ``checkpoint``)."""
     from fink import filestore
 
     set_aside = keys[keys["reason"].notna()]
@@ -568,6 +629,11 @@ def _commit(spark: "SparkSession", batch_id: int, name: "BatchKey", paths: dict[
     counts = {str(r): int(n) for r, n in sorted(counts.items())}
     record = {"messages": len(keys), "archived": archived, "quarantined": len(set_aside), "reasons": counts,
               "seconds": clock.laps}
+    lost = lost_offsets(spark, checkpoint, batch_id, keys, bootstrap) if checkpoint and bootstrap else []
+    if lost:
+        record |= {"lost": sum(r["messages"] for r in lost), "lost_ranges": lost}
+        logger.warning("stream2raw: batch %d: %d messages were gone from Kafka before they were read (retention, "
+                       "or deleted): %s", batch_id, record["lost"], lost)
     logger.info("stream2raw: batch %d: %s", batch_id, record)
     filestore.commit(spark, paths["raw"], name, record)
     metrics.note(QUERY_NAME, batch_id, record)
@@ -893,10 +959,13 @@ def step(spark: "SparkSession", cfg: Stream2RawConfig, fink: FinkConfig, **conte
         def finish() -> dict[str, Any]:
             folders = _stage(kept, name, cfg, paths, fields)
             clock.lap("write")
-            _commit(spark, batch_id, name, paths, folders, keys, fink.kafka_bootstrap, index, clock)
+            record = _commit(spark, batch_id, name, paths, folders, keys, fink.kafka_bootstrap, index, clock,
+                             context["checkpoint"])
             # counted by Spark over the batch itself, apart from the record (which counts the keys
             # collected): reconcile compares the two
             observed = {k: int(v or 0) for k, v in cached.agg(*counts()).first().asDict().items()}
+            if record.get("lost"):  # offsets the batch planned that Kafka no longer had
+                observed["lost"] = record["lost"]
             waited = (keys["brokerIngestTimestamp"] - keys["timestamp"]).dt.total_seconds()
             latency = [float(waited.quantile(q)) for q in metrics.QUANTILES] if len(keys) else None
             return report(QUERY_NAME, batch_id, len(keys), observed, latency, started, laps=clock.laps, id=writer[0])
@@ -913,13 +982,14 @@ def reconcile(spark: "SparkSession", progress: list[dict], raw_path: str) -> dic
 
     ``messages`` and ``decoded`` come from the query's observed metrics (counted as Spark
     read the batch); ``archived``, ``quarantined`` and the reasons (duplicates included)
-    from the commit records the batches wrote. ``balanced`` says whether
-    messages = archived + quarantined.
+    from the commit records the batches wrote, with ``lost``: messages the batches planned to
+    read but Kafka no longer held (:func:`lost_offsets`; never read, so not in ``messages``).
+    ``balanced`` says whether messages = archived + quarantined.
     """
     from fink import filestore
 
     totals: dict[str, Any] = {"batches": 0, "messages": 0, "decoded": 0, "archived": 0, "quarantined": 0,
-                              "reasons": {}}
+                              "reasons": {}, "lost": 0, "lost_ranges": []}
     for p in progress:
         values = observed(p, QUERY_NAME)
         if values is None:
@@ -927,11 +997,13 @@ def reconcile(spark: "SparkSession", progress: list[dict], raw_path: str) -> dic
         totals["messages"] += int(values.get("messages") or 0)
         totals["decoded"] += int(values.get("decoded") or 0)
         name = filestore.batch_key(p.get("id") or "", int(p["batchId"]))
-        record = filestore.committed(spark, raw_path, name) if values.get("messages") else None
+        record = filestore.committed(spark, raw_path, name)  # a batch that read nothing may have lost some
         if record is not None:
-            totals["batches"] += 1
+            totals["batches"] += 1 if record["messages"] else 0
             totals["archived"] += record["archived"]
             totals["quarantined"] += record["quarantined"]
+            totals["lost"] += record.get("lost", 0)
+            totals["lost_ranges"] += record.get("lost_ranges", [])
             for reason, n in record["reasons"].items():
                 totals["reasons"][reason] = totals["reasons"].get(reason, 0) + n
     totals["balanced"] = totals["messages"] == totals["archived"] + totals["quarantined"]

@@ -136,36 +136,60 @@ def test_an_alert_id_outside_the_surveys_range_is_set_aside_and_the_others_archi
 
 
 @pytest.mark.timeout(900)
-def test_set_aside_messages_by_hundreds_of_megabytes_are_quarantined_whole_in_bounded_parts(
+def test_set_aside_messages_reach_the_quarantine_whole_a_bounded_part_at_a_time(
         fresh_spark, kafka_bootstrap, topic, tmp_path, monkeypatch):
-    """300 junk messages of 900 KB and the night replayed 5 times, in one batch: every message
-    accounted for, each quarantined with its bytes (before the fix, every set-aside message of
-    a batch went through the driver at once: a replayed night ran it out of heap)."""
+    """100 junk messages of 900 KB and the night replayed 3 times, in one batch: every message
+    accounted for, each quarantined with its bytes, the driver holding one part of about
+    ``FETCH_BYTES`` at a time (before the fix, every set-aside message of a batch went
+    through the driver at once: a night replayed 40 times ran it out of heap)."""
     import numpy as np
 
     rng = np.random.default_rng(3)
-    junk = [b"Z" + rng.bytes(900_000 - 1) for _ in range(300)]
+    junk = [b"Z" + rng.bytes(900_000 - 1) for _ in range(100)]
     night = load_messages(SimulatorConfig(source=SAMPLE))
-    replay(SimulatorConfig(topic=topic), kafka_bootstrap, messages=junk + night * 5, progress=False)
+    replay(SimulatorConfig(topic=topic), kafka_bootstrap, messages=junk + night * 3, progress=False)
+    monkeypatch.setattr(s2r, "FETCH_BYTES", 8 << 20)  # parts of 8 MB: several of them, on the tests' small heap
     parts = []
     real = s2r.fetch_messages
 
-    def counted(*args, **kwargs):  # the parts the driver held, one at a time
-        for part in real(*args, **kwargs):
+    def counted(spark, bootstrap, keys, part_bytes=None):  # the parts the driver held, one at a time
+        for part in real(spark, bootstrap, keys, s2r.FETCH_BYTES):
             parts.append(part.agg(F.count("*"), F.sum(F.length("value"))).first())
             yield part
 
     monkeypatch.setattr(s2r, "fetch_messages", counted)
     paths, totals = run(fresh_spark, kafka_bootstrap, topic, tmp_path, max_offsets=5000)
-    assert totals["balanced"] and totals["messages"] == 300 + 5 * 229 and totals["archived"] == 229
-    assert totals["reasons"] == {"not_avro": 300, "duplicate": 4 * 229}
-    assert sum(n for n, _ in parts) == 300 + 4 * 229 and len(parts) > 8
-    assert max(size for _, size in parts) <= 2 * s2r.FETCH_BYTES  # the driver held a part at a time
+    assert totals["balanced"] and totals["messages"] == 100 + 3 * 229 and totals["archived"] == 229
+    assert totals["reasons"] == {"not_avro": 100, "duplicate": 2 * 229}
+    assert sum(n for n, _ in parts) == 100 + 2 * 229 and len(parts) > 8
+    assert max(size for _, size in parts) <= 2 * s2r.FETCH_BYTES
     quarantine = fresh_spark.read.parquet(paths["quarantine"])
     sizes = {r["reason"]: (r["n"], r["bytes"]) for r in quarantine.groupBy("reason").agg(
         F.count("*").alias("n"), F.sum(F.length("raw")).alias("bytes")).collect()}
-    assert sizes["not_avro"] == (300, 300 * 900_000)
-    assert sizes["duplicate"] == (4 * 229, 4 * sum(len(m) for m in night))
+    assert sizes["not_avro"] == (100, 100 * 900_000)
+    assert sizes["duplicate"] == (2 * 229, 2 * sum(len(m) for m in night))
+
+
+def test_offsets_gone_from_kafka_before_they_were_read_are_counted_as_lost(fresh_spark, kafka_bootstrap, topic,
+                                                                           tmp_path):
+    """Records deleted (as retention does) between two batches: Spark skips them
+    (failOnDataLoss false); before the fix the run balanced without a word of them."""
+    from confluent_kafka import TopicPartition
+    from confluent_kafka.admin import AdminClient
+
+    replay(SimulatorConfig(topic=topic), kafka_bootstrap, messages=load_messages(SimulatorConfig(source=SAMPLE)),
+           progress=False)
+    _, first = run(fresh_spark, kafka_bootstrap, topic, tmp_path, max_offsets=60, stop_after=1)
+    assert first["lost"] == 0 and 60 <= first["messages"] < 229
+    done = first["messages"]
+    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+    for future in admin.delete_records([TopicPartition(topic, 0, 150)]).values():
+        future.result(30)
+    _, second = run(fresh_spark, kafka_bootstrap, topic, tmp_path, max_offsets=60)  # the same checkpoint
+    assert second["lost"] == 150 - done and second["messages"] == 229 - 150
+    assert second["balanced"] and second["archived"] == 229 - 150
+    assert [(r["topic"], r["partition"]) for r in second["lost_ranges"]] == [(topic, 0)] * len(second["lost_ranges"])
+    assert min(r["from"] for r in second["lost_ranges"]) == done and max(r["to"] for r in second["lost_ranges"]) == 150
 
 
 def test_stop_midstream_then_restart_loses_and_doubles_nothing(fresh_spark, kafka_bootstrap, topic, tmp_path):
