@@ -620,20 +620,36 @@ class Writer:
         return counts
 
 
-def ensure_tables(conn, layout: Layout) -> Layout:
+def ensure_tables(conn, layout: Layout, opener: Callable[[], Any] | None = None) -> Layout:
     """Create the main and index tables if absent and record the layout in the main table.
 
     An existing table keeps its layout, extended by new columns; a clash is an
-    :class:`ArchiveError`. Returns the layout now stored.
+    :class:`ArchiveError`. Returns the layout now stored. With ``opener`` (a function
+    returning a new connection), the missing tables are created side by side, each through
+    a connection of its own (HBase takes about a second per table).
     """
     existing = {t.decode() for t in conn.tables()}
-    for name, families in layout.tables.items():
-        if name not in existing:
-            try:
-                conn.create_table(name, families)
-            except Exception as exc:  # created meanwhile by another writer
-                if "TableExistsException" not in repr(exc) and "already exists" not in str(exc):
-                    raise
+
+    def create(name: str, families: dict, through=None) -> None:
+        own = through is None and opener is not None
+        c = opener() if own else (through or conn)
+        try:
+            c.create_table(name, families)
+        except Exception as exc:  # created meanwhile by another writer
+            if "TableExistsException" not in repr(exc) and "already exists" not in str(exc):
+                raise
+        finally:
+            if own:
+                c.close()
+
+    missing = [(name, families) for name, families in layout.tables.items() if name not in existing]
+    if opener is not None and len(missing) > 1:
+        with ThreadPoolExecutor(len(missing)) as pool:
+            for done in [pool.submit(create, name, families) for name, families in missing]:
+                done.result()
+    else:
+        for name, families in missing:
+            create(name, families, conn)
     main = conn.table(layout.table)
     cells = main.row(META_ROW)
     merged = layout.merged_with(Layout.from_meta(layout.table, cells)) if cells else layout

@@ -376,7 +376,7 @@ def prepare(spark: "SparkSession", cfg: ArchiveConfig, fink: FinkConfig, science
     def create() -> Layout:
         conn = connect(host, port)
         try:
-            return ensure_tables(conn, lay)
+            return ensure_tables(conn, lay, opener=lambda: connect(host, port))
         finally:
             conn.close()
 
