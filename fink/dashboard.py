@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 #: where each stage's accounts are: (``observed`` metrics name, key) or (``note``, key)
 ACCOUNTS: dict[str, dict[str, tuple[str, ...]]] = {
     "stream2raw": {"in": ("observed", "stream2raw", "messages"), "out": ("note", "archived"),
-                   "quarantined": ("note", "quarantined")},
+                   "quarantined": ("note", "quarantined"), "lost": ("note", "lost")},
     "raw2science": {"in": ("observed", "raw2science", "alerts"), "out": ("note", "alerts"),
                     "rejected": ("observed", "raw2science", "rejected")},
     "distribution": {"in": ("observed", "distribution", "alerts"), "out": ("note", "delivered"),
@@ -73,7 +73,7 @@ def _value(row: "pd.Series", where: tuple[str, ...]) -> float:
 
 
 def summary(batches: "pd.DataFrame") -> dict[str, dict[str, Any]]:
-    """Per query: batches, alerts in and out (and rejected, quarantined, selected), rates, latency.
+    """Per query: batches, alerts in and out (and rejected, quarantined, lost, selected), rates, latency.
 
     Latency p50 is the median of the batches' p50, weighted by their alerts; p95 the
     weighted 95th percentile of the batches' p95 (both from :data:`fink.metrics.LATENCY`).

@@ -132,6 +132,19 @@ def test_summary_accounts_each_stage_and_weights_latency_by_alerts(night_metrics
     assert dashboard.summary(dashboard.batches_of(store, "20261127"))["stream2raw"]["in"] == 30
 
 
+def test_offsets_lost_before_they_were_read_are_shown_per_stage(tmp_path, progress):
+    store = metrics.Store(tmp_path / "metrics.db")
+    store.begin_run("r1", "stream2raw")
+    t = 1796300000.0
+    for batch, lost in ((0, 0), (1, 40)):
+        store.add_progress("r1", progress("stream2raw", batch, 10, t + 10 * batch,
+                                          observed={"stream2raw": {"messages": 10}}))
+        note = {"archived": 10, "quarantined": 0} | ({"lost": lost} if lost else {})
+        store.add_note("r1", "stream2raw", batch, note)
+    s = dashboard.summary(store.batches(runs=["r1"]))
+    assert (s["stream2raw"]["in"], s["stream2raw"]["out"], s["stream2raw"]["lost"]) == (20, 20, 40)
+
+
 def test_the_report_of_a_night_has_its_summary_table_and_plots(tmp_path, night_metrics):
     store = metrics.Store(night_metrics)
     report = dashboard.write_report(store, tmp_path / "report", night="20261128")
