@@ -240,15 +240,16 @@ _LAYOUTS: dict[tuple, "StructType"] = {}
 
 
 def table_columns(spark: "SparkSession", cfg: Raw2ScienceConfig, paths: dict[str, str],
-                  modules: list[ScienceModule]) -> list["Column"]:
-    """The science archive's columns of a science row (its key and what the stage adds); the
-    archive's layout is recorded at its root (:mod:`fink.stages.science_table`)."""
+                  modules: list[ScienceModule]) -> tuple[list["Column"], "StructType"]:
+    """The science archive's columns of a science row (its key and what the stage adds) and
+    their schema; the archive's layout is recorded at its root (:mod:`fink.stages.science_table`)."""
     from fink.stages import science_table
 
     full, raw = science_layout(spark, cfg, modules), raw_schema(spark, cfg.survey)
-    science_table.write_layout(spark, paths["science"], paths["raw"], cfg.survey,
-                               science_table.slim_schema(spark, cfg.description(), full, raw))
-    return science_table.slim_columns(cfg.description(), science_table.added(full.fieldNames(), raw.fieldNames()))
+    slim = science_table.slim_schema(spark, cfg.description(), full, raw)
+    science_table.write_layout(spark, paths["science"], paths["raw"], cfg.survey, slim)
+    columns = science_table.slim_columns(cfg.description(), science_table.added(full.fieldNames(), raw.fieldNames()))
+    return columns, slim
 
 
 def build(spark: "SparkSession", cfg: Raw2ScienceConfig, fink: FinkConfig) -> "DataStreamWriter":
@@ -262,7 +263,7 @@ def build(spark: "SparkSession", cfg: Raw2ScienceConfig, fink: FinkConfig) -> "D
     paths = cfg.paths(fink)
     modules = cfg.load_modules()
     rows = transform(source(spark, cfg, paths["raw"]), cfg, modules)
-    kept = table_columns(spark, cfg, paths, modules)
+    kept, _ = table_columns(spark, cfg, paths, modules)
     writer: list[str] = []  # the query's id, once it has started
 
     def sink(batch, batch_id):
@@ -294,10 +295,9 @@ def step(spark: "SparkSession", cfg: Raw2ScienceConfig, fink: FinkConfig, **cont
     except Exception as exc:  # an unparsable or unknown-column condition: name the cut, before anything runs
         raise ConfigError(f"quality cuts {cuts}: {str(exc).splitlines()[0]}") from exc
     writer: list[str] = []  # the pipeline query's id, once it has started
-    kept = table_columns(spark, cfg, paths, modules)
+    kept, slim = table_columns(spark, cfg, paths, modules)
     layout = science_layout(spark, cfg, modules)
-    stored = science_table.stored_schema(science_table.read_layout(spark, paths["science"])["schema"],
-                                         cfg.description())
+    stored = science_table.stored_schema(slim, cfg.description())
     columns = [f.name for f in raw_schema(spark, cfg.survey).fields]
     plain = [F.col(f"`{c}`") for c in columns]
     made = ModuleColumns(modules, cfg.fail_on_module_error, "processingEnd", "_metrics")
