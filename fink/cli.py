@@ -238,12 +238,13 @@ def _compact(args: argparse.Namespace) -> int:
     from fink.config import FinkConfig
     from fink.session import get_spark
     from fink.stages.stream2raw import ARCHIVE_OPTIONS
+    from fink.table_use import TableInUse
 
     raw = args.raw or FinkConfig().data_uri("raw")
     spark = get_spark(FinkConfig(log_level="ERROR"), app_name="fink-compact")
     try:
         report = filestore.compact(spark, raw, f"night={args.night}", files=args.files, options=ARCHIVE_OPTIONS)
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, TableInUse) as exc:
         print(f"fink: error: {exc}", file=sys.stderr)
         return 1
     finally:

@@ -250,14 +250,41 @@ def compact(spark: "SparkSession", root: str, partition: str, files: int = 1,
     -----
     The new files are written to a hidden folder, then the partition folder is swapped
     with two renames, so a reader sees either the old files or the new ones; the old
-    folder is deleted only after the swap. Run it on a night that is no longer written.
+    folder is deleted only after the swap.
+
+    It refuses (:class:`fink.table_use.TableInUse`) while a stage query reads or writes the
+    table, while a reader's checkpoint has not read every file of the night, and while a
+    writer's checkpoint has a batch to replay; stages that start while it runs are refused
+    too. The readers that had read the old files skip the new ones when they start again
+    (:mod:`fink.table_use`): a compaction is invisible downstream.
     """
+    import os
+    import socket
+
+    from fink import table_use
+
     store = FileStore(spark, root)
     before = [f for f in store.files(partition) if f.endswith(".parquet")]
     if not before:
         raise FileNotFoundError(f"{root}/{partition}: no Parquet file to compact")
+    lock = table_use.compaction(spark, root)
+    if lock is not None:
+        raise table_use.TableInUse(f"{root}: a compaction of {lock.get('partition')} runs already "
+                                   f"(process {lock.get('pid')} on {lock.get('host')})")
+    store.replace_text(json.dumps({"partition": partition, "pid": os.getpid(), "host": socket.gethostname(),
+                                   "time": time.time()}), table_use.LOCK)
+    try:
+        return _compact(spark, store, partition, before, files, options)
+    finally:
+        store.delete(table_use.LOCK)
+
+
+def _compact(spark: "SparkSession", store: FileStore, partition: str, before: list[str], files: int,
+             options: Mapping[str, str] | None) -> dict[str, Any]:
+    from fink import table_use
+
+    readers = table_use.check_compactable(spark, store.root, partition, [f.rpartition("/")[2] for f in before])
     t0 = time.perf_counter()
-    key, _, value = partition.partition("=")
     df = spark.read.parquet(*(f"{store.root}/{partition}/{f}" for f in before))
     rows = df.count()
     new, old = f".compacting-{partition}", f".compacted-{partition}"
@@ -268,11 +295,16 @@ def compact(spark: "SparkSession", root: str, partition: str, files: int = 1,
     if check != rows:
         store.delete(new)
         raise RuntimeError(f"compaction of {partition} wrote {check} rows instead of {rows}; nothing changed")
+    # who must skip the new files is known before they appear
+    store.replace_text(json.dumps({"partition": partition, "time": time.time(), "read_by": readers,
+                                   "files": [f.rpartition("/")[2] for f in written],
+                                   "replaced": [f.rpartition("/")[2] for f in before]}),
+                       table_use.COMPACTIONS, f"{partition}.json")
     store.delete(old)
     store.move((partition,), (old,))
     store.move((new,), (partition,))
     store.delete(old)
     report = {"partition": partition, "rows": rows, "files_before": len(before), "files_after": len(written),
-              "seconds": round(time.perf_counter() - t0, 2)}
+              "readers_told": len(readers), "seconds": round(time.perf_counter() - t0, 2)}
     logger.info("compacted %s", report)
     return report

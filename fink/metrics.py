@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from fink import table_use
 from fink.config import fink_home
 from fink.log import logger
 
@@ -369,6 +370,7 @@ def _listener_class():
 
         def __init__(self, rec: Recorder):
             self.rec = rec
+            self.names: dict[str, str] = {}  # query id -> name (idle and end events give only the id)
 
         def _safely(self, what: str, fn, *args) -> None:
             try:
@@ -377,17 +379,23 @@ def _listener_class():
                 logger.warning("metrics: could not record %s: %s", what, exc)
 
         def onQueryStarted(self, event) -> None:  # noqa: N802 - Spark's names
+            self.names[str(event.id)] = event.name
+            self._safely("a query's tables", table_use.started, event.name or "", str(event.id))
             self._safely("a query start", self.rec.store.add_event, self.rec.run, event.name, "started", str(event.id))
 
         def onQueryProgress(self, event) -> None:  # noqa: N802
+            self._safely("a heartbeat", table_use.beat, str(event.progress.id))  # the tables it uses: still in use
             if event.progress.name in _SELF_REPORTED:  # its step records its accounts (record())
                 return
             self._safely("a progress report", self.rec.progress, json.loads(event.progress.json))
 
         def onQueryIdle(self, event) -> None:  # noqa: N802
+            self._safely("a heartbeat", table_use.beat, str(event.id))
             self._safely("an idle event", self.rec.store.idle, self.rec.run, epoch(event.timestamp))
 
         def onQueryTerminated(self, event) -> None:  # noqa: N802
+            self._safely("a query's tables released", table_use.ended, self.names.pop(str(event.id), ""),
+                         str(event.id))
             kind = "failed" if event.exception else "terminated"
             self._safely("a query end", self.rec.store.add_event, self.rec.run, None, kind,
                          (event.exception or str(event.id))[:4000])

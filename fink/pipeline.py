@@ -149,7 +149,7 @@ def one_pass(spark: "SparkSession", stages: list[Stage], fink: FinkConfig, trigg
     tables, topics) are raised here, as is a stage that reads what no stage before it writes.
     Start it with :func:`fink.streaming.start`; its ``fink_sink`` is the :class:`OnePass`.
     """
-    from fink.stages.step import FRAMES, OnePass
+    from fink.stages.step import FRAMES, OnePass, attach, source
 
     _check_trigger(trigger)
     where = checkpoint_path or checkpoint(stages, fink)
@@ -166,8 +166,9 @@ def one_pass(spark: "SparkSession", stages: list[Stage], fink: FinkConfig, trigg
             available.add(s.step.writes)
     if stages[0].step.source is None:
         raise ConfigError(f"pipeline: {stages[0].name} cannot start a pipeline (it has no source of its own)")
+    attach(spark, [s.step for s in stages], where, ONE_PASS)
     sink = OnePass([s.step for s in stages])
-    writer = (stages[0].step.source().writeStream.foreachBatch(sink).option("checkpointLocation", where)
+    writer = (source(stages[0].step, where).writeStream.foreachBatch(sink).option("checkpointLocation", where)
               .queryName(ONE_PASS))
     writer = _trigger(writer, trigger)
     writer.fink_sink = sink  # type: ignore[attr-defined]

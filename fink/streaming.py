@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from fink import table_use
 from fink.errors import FinkError
 from fink.log import logger
 
@@ -189,6 +190,8 @@ def run_until(queries: Iterable["StreamingQuery"], duration: float, stop_file: s
         for q in queries:
             if q.isActive:
                 stop_at_boundary(q, timeout=boundary_timeout)
+            if not q.isActive:  # its tables are free now, not when the listener hears of it
+                table_use.ended(q.name or "", str(q.id))
             reports = getattr(q, "fink_reports", None)  # a stage's step keeps its own accounts
             progress[q.name or q.id] = list(q.recentProgress if reports is None else reports)
         from fink import metrics

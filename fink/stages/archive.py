@@ -419,7 +419,7 @@ def step(spark: "SparkSession", cfg: ArchiveConfig, fink: FinkConfig, *, produce
     files = dist.DistributionConfig(max_files_per_trigger=cfg.max_files_per_trigger, survey=cfg.survey)
     survey = producer.survey if producer is not None else cfg.survey
     return Step(QUERY_NAME, reads="science", writes=None, run=run, sink=sink,
-                source=lambda: dist.source(spark, files, paths["science"], producer),
+                source=lambda: dist.source(spark, files, paths["science"], producer), source_table=paths["science"],
                 expand=dist.expander(spark, paths["science"], survey, fink, schema))
 
 

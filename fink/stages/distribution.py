@@ -560,7 +560,7 @@ def step(spark: "SparkSession", cfg: DistributionConfig, fink: FinkConfig, *, ch
         return Output(None, 0, None, [flags], finish)
 
     return Step(QUERY_NAME, reads="science", writes=None, run=run, sink=sink,
-                source=lambda: source(spark, cfg, paths["science"], producer),
+                source=lambda: source(spark, cfg, paths["science"], producer), source_table=paths["science"],
                 expand=expander(spark, paths["science"], producer.survey if producer is not None else cfg.survey,
                                 fink, schema))
 

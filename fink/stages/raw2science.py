@@ -258,11 +258,14 @@ def build(spark: "SparkSession", cfg: Raw2ScienceConfig, fink: FinkConfig) -> "D
     Module loading errors (missing module, wrong signature, undeclared column) are raised
     here, before anything starts.
     """
-    from fink import filestore
+    from fink import filestore, table_use
 
     paths = cfg.paths(fink)
     modules = cfg.load_modules()
-    rows = transform(source(spark, cfg, paths["raw"]), cfg, modules)
+    table_use.attach(spark, paths["raw"], "read", paths["checkpoint"], QUERY_NAME)
+    table_use.attach(spark, paths["science"], "write", paths["checkpoint"], QUERY_NAME)
+    stream = table_use.skip_compacted(spark, source(spark, cfg, paths["raw"]), paths["raw"], paths["checkpoint"])
+    rows = transform(stream, cfg, modules)
     kept, _ = table_columns(spark, cfg, paths, modules)
     writer: list[str] = []  # the query's id, once it has started
 
@@ -355,7 +358,7 @@ def step(spark: "SparkSession", cfg: Raw2ScienceConfig, fink: FinkConfig, **cont
         return Output(out, None, None, [science], finish)
 
     return Step(QUERY_NAME, reads="raw", writes="science", run=run,
-                source=lambda: source(spark, cfg, paths["raw"]))
+                source=lambda: source(spark, cfg, paths["raw"]), source_table=paths["raw"], tables=[paths["science"]])
 
 
 def reconcile(spark: "SparkSession", progress: list[dict], science_path: str) -> dict[str, Any]:

@@ -30,7 +30,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from pyspark.sql import Column, DataFrame
+    from pyspark.sql import Column, DataFrame, SparkSession
     from pyspark.sql.streaming import DataStreamWriter
 
 #: what a step may read or hand on
@@ -87,6 +87,11 @@ class Step:
     expand
         When it reads its own source: what makes a batch of it the frame it reads (the
         science archive's rows joined to their raw alerts).
+    source_table
+        The archive table its source streams files from (None: not a table), and
+    tables
+        those it writes: the query that runs the step records itself in each
+        (:func:`fink.table_use.attach`), so that no compaction pulls files from under it.
     """
 
     name: str
@@ -96,6 +101,8 @@ class Step:
     source: Callable[[], "DataFrame"] | None = None
     sink: Any = None
     expand: Callable[["DataFrame"], "DataFrame"] | None = None
+    source_table: str | None = None
+    tables: list[str] = dataclasses.field(default_factory=list)
 
 
 class OnePass:
@@ -151,6 +158,29 @@ class OnePass:
                 df.unpersist()
 
 
+def attach(spark: "SparkSession", steps: "list[Step]", checkpoint: str, query: str) -> None:
+    """Record the query ``query`` in the tables its steps read (the first step's source) and
+    write (:func:`fink.table_use.attach`)."""
+    from fink import table_use
+
+    if steps[0].source_table:
+        table_use.attach(spark, steps[0].source_table, "read", checkpoint, query)
+    for step in steps:
+        for table in step.tables:
+            table_use.attach(spark, table, "write", checkpoint, query)
+
+
+def source(step: Step, checkpoint: str) -> "DataFrame":
+    """The step's own streaming source, without what a compaction rewrote from files the
+    query of ``checkpoint`` had read (:func:`fink.table_use.skip_compacted`)."""
+    from fink import table_use
+
+    df = step.source()
+    if step.source_table:
+        df = table_use.skip_compacted(df.sparkSession, df, step.source_table, checkpoint)
+    return df
+
+
 def standalone(step: Step, checkpoint: str) -> "DataStreamWriter":
     """The step as its stage's own streaming query (unstarted, named after the stage): its
     source, each batch through :class:`OnePass`. Its ``fink_sink`` is the step's sink, its
@@ -158,8 +188,10 @@ def standalone(step: Step, checkpoint: str) -> "DataStreamWriter":
     the query: :func:`fink.streaming.run_until` gives them as its progress)."""
     if step.source is None:
         raise ValueError(f"{step.name}: no source of its own")
+    stream = source(step, checkpoint)
+    attach(stream.sparkSession, [step], checkpoint, step.name)
     batches = OnePass([step])
-    writer = (step.source().writeStream.foreachBatch(batches).option("checkpointLocation", checkpoint)
+    writer = (stream.writeStream.foreachBatch(batches).option("checkpointLocation", checkpoint)
               .queryName(step.name))
     writer.fink_sink = step.sink  # type: ignore[attr-defined]
     writer.fink_reports = batches.reports[step.name]  # type: ignore[attr-defined]

@@ -860,9 +860,10 @@ def build(spark: "SparkSession", cfg: Stream2RawConfig, fink: FinkConfig) -> "Da
     Start it with :func:`fink.streaming.start`; pick a trigger first, e.g.
     ``.trigger(availableNow=True)`` to catch up and stop, or ``processingTime="10 seconds"``.
     """
-    from fink import filestore
+    from fink import filestore, table_use
 
     paths = cfg.paths(fink)
+    table_use.attach(spark, paths["raw"], "write", paths["checkpoint"], QUERY_NAME)
     rows = transform(source(spark, cfg, fink.kafka_bootstrap), cfg)
 
     index = ArchivedCandids(spark, paths["raw"], cfg.description().alert_id)
@@ -973,7 +974,7 @@ def step(spark: "SparkSession", cfg: Stream2RawConfig, fink: FinkConfig, **conte
         alerts = raw_columns(kept.where(F.col("reason").isNull()), fields) if archived else None
         return Output(alerts, archived, None, [cached], finish)
 
-    return Step(QUERY_NAME, reads="kafka", writes="raw", run=run,
+    return Step(QUERY_NAME, reads="kafka", writes="raw", run=run, tables=[paths["raw"]],
                 source=lambda: decoded(source(spark, cfg, fink.kafka_bootstrap), cfg).drop("key", "value"))
 
 
