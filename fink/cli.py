@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import sys
+import time
 from pathlib import Path
 
 from fink import jvm, runner, services
@@ -178,8 +179,31 @@ def _show(as_json: bool = False) -> int:
         print(f"{r['service']:14s} {r['pid']:8d} {r['started_at'][:19]:19s} {uptime:>8s} {r['state']:10s} "
               f"{r.get('input_rate', '-')!s:>7s} {r.get('batches', '-')!s:>7s} {r.get('last_batch', '-'):19s} "
               f"{r.get('lag') if r.get('lag') is not None else '-'!s:>6s}")
+    ended = _ended_runs({r["service"] for r in rows})
+    if ended:
+        print("\nlast run of each service not running:")
+        for r in ended:
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["ended"] or r["started"] or 0))
+            error = f"  {(r.get('error') or '').splitlines()[0][:160]}" if r["state"] == "failed" else ""
+            print(f"  {r['service']:14s} {r['state'] or 'unknown':10s} ended {when}  {r['run_dir'] or ''}{error}")
     print("\n fink start <service> [-c conf/local.yaml]  |  fink stop <service|all>  |  fink show [--json]")
     return 0
+
+
+def _ended_runs(running: set[str], days: float = 7.0) -> list[dict]:
+    """The latest run of each service that is not running, if it ended in the last ``days``
+    (a failed run says so, with its error, until the service runs again)."""
+    from fink import metrics
+
+    try:
+        runs = metrics.Store().runs(since=time.time() - days * 86400)
+    except Exception:  # noqa: BLE001 - no metrics store yet: nothing ended
+        return []
+    latest: dict[str, dict] = {}
+    for r in runs:  # newest first
+        if r["service"] not in running and r["service"] not in latest and r["ended"] is not None:
+            latest[r["service"]] = r
+    return sorted(latest.values(), key=lambda r: r["service"])
 
 
 def _params(pairs: list[str]) -> dict:

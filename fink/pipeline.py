@@ -58,6 +58,7 @@ class Stage:
     config: Any
     writer: "DataStreamWriter | None" = None
     step: "Step | None" = None
+    checkpoint: str = ""  # the checkpoint of the query that runs it (the pipeline's, in one pass)
 
     @property
     def query_name(self) -> str:
@@ -157,6 +158,7 @@ def one_pass(spark: "SparkSession", stages: list[Stage], fink: FinkConfig, trigg
     available: set[str] = set()
     for k, s in enumerate(stages):
         s.step = _module(s.name).step(spark, s.config, fink, checkpoint=where, producer=producer)
+        s.checkpoint = where
         if k == 0:
             available.add(s.step.reads)
         elif s.step.reads not in available:
@@ -226,7 +228,8 @@ def reconcile(spark: "SparkSession", stage: Stage, progress: list[dict], fink: F
     """The stage's own accounts of a run (each has ``balanced``)."""
     module, p = _module(stage.name), stage.config.paths(fink)
     if stage.name == "stream2raw":
-        return module.reconcile(spark, progress, p["raw"])
+        unread = module.unread(spark, stage.config, fink.kafka_bootstrap, stage.checkpoint or p["checkpoint"])
+        return module.reconcile(spark, progress, p["raw"], unread)
     if stage.name == "raw2science":
         return module.reconcile(spark, progress, p["science"])
     if stage.name == "distribution":

@@ -316,7 +316,9 @@ def _execute(notebook: str, run_dir: str) -> int:
         status["state"] = "finished"
         code = 0
     except Exception as exc:  # noqa: BLE001 - recorded for `fink show` and the log, then exit 1
-        status.update(state="failed", error=f"{type(exc).__name__}: {exc}"[:2000])
+        # a cell's exception: its own name and message first (papermill's text is the traceback)
+        what = f"{exc.ename}: {exc.evalue}" if hasattr(exc, "ename") else f"{type(exc).__name__}: {exc}"
+        status.update(state="failed", error=what[:2000])
         print(status["error"], file=sys.stderr)
         code = 1
     if (out / "STOP").exists() and code == 0:

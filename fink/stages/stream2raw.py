@@ -978,14 +978,34 @@ def step(spark: "SparkSession", cfg: Stream2RawConfig, fink: FinkConfig, **conte
                 source=lambda: decoded(source(spark, cfg, fink.kafka_bootstrap), cfg).drop("key", "value"))
 
 
-def reconcile(spark: "SparkSession", progress: list[dict], raw_path: str) -> dict[str, Any]:
+def unread(spark: "SparkSession", cfg: Stream2RawConfig, bootstrap: str, checkpoint: str) -> int | None:
+    """How many messages the source holds beyond what the query of ``checkpoint`` has
+    planned to read (its latest offsets), or None when that cannot be told (a topic pattern
+    never read, a source starting at its latest offsets)."""
+    from fink import kafka
+    from fink.filestore import FileStore
+    from fink.table_use import _batches
+
+    latest = max(_batches(FileStore(spark, checkpoint), "offsets"), default=None)
+    planned = planned_offsets(spark, checkpoint, latest) if latest is not None else {}
+    topics = {t for t, _ in planned} or ({cfg.topic} if cfg.topic and not cfg.topic_pattern else set())
+    if not topics or (not planned and cfg.starting_offsets != "earliest"):
+        return None
+    ends = {(t, p): e for t in topics for p, e in kafka.end_offsets(bootstrap, t).items()}
+    starts = kafka.start_offsets(bootstrap, [tp for tp in ends if tp not in planned])
+    return sum(max(0, e - (planned[tp][1] if tp in planned else starts.get(tp, 0))) for tp, e in ends.items())
+
+
+def reconcile(spark: "SparkSession", progress: list[dict], raw_path: str, unread: int | None = None) -> dict[str, Any]:
     """Account for every message of a run, from two independent counts.
 
     ``messages`` and ``decoded`` come from the query's observed metrics (counted as Spark
     read the batch); ``archived``, ``quarantined`` and the reasons (duplicates included)
     from the commit records the batches wrote, with ``lost``: messages the batches planned to
     read but Kafka no longer held (:func:`lost_offsets`; never read, so not in ``messages``).
-    ``balanced`` says whether messages = archived + quarantined.
+    ``balanced`` says whether messages = archived + quarantined; with ``unread`` (what the
+    source still held after the run, :func:`unread`), a run that read nothing while its
+    source held messages is not balanced, and ``problem`` says so.
     """
     from fink import filestore
 
@@ -1008,6 +1028,12 @@ def reconcile(spark: "SparkSession", progress: list[dict], raw_path: str) -> dic
             for reason, n in record["reasons"].items():
                 totals["reasons"][reason] = totals["reasons"].get(reason, 0) + n
     totals["balanced"] = totals["messages"] == totals["archived"] + totals["quarantined"]
+    if unread is not None:
+        totals["unread"] = unread
+        if unread and not totals["messages"]:
+            totals["balanced"] = False
+            totals["problem"] = f"read nothing while its source holds {unread} unread messages"
+            logger.warning("stream2raw: %s", totals["problem"])
     return totals
 
 

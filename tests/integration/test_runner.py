@@ -80,3 +80,24 @@ def test_stop_forces_a_notebook_that_ignores_the_stop_file(env):
     assert "stubborn: terminated after timeout" in stopped.stdout or "killed after timeout" in stopped.stdout
     assert wait_for(lambda: process_start_time(record['pid']) is None, 15)
     assert fink(env, "stop", "stubborn").stdout.strip() == "stubborn: not running"
+
+
+def test_a_notebook_whose_query_dies_is_a_failed_run(env):
+    """Before, a run whose streaming query died still ended ``finished`` (the notebook printed
+    its totals, papermill exited 0) and ``fink show`` had nothing to say."""
+    started = fink(env, "start", "deadquery")
+    assert started.returncode == 0, started.stderr
+    record = json.loads((Path(env["FINK_HOME"]) / "run" / "deadquery.json").read_text())
+    run_dir = Path(record["run_dir"])
+    assert wait_for(lambda: (run_dir / "status.json").exists(), 150)
+    status = json.loads((run_dir / "status.json").read_text())
+    assert status["state"] == "failed"
+    assert "QueryFailed" in status["error"] and "an alert this sink cannot take" in status["error"]
+    assert wait_for(lambda: process_start_time(record["pid"]) is None, 30)
+    show = fink(env, "show").stdout
+    line = next(x for x in show.splitlines() if x.strip().startswith("deadquery"))
+    assert "failed" in line and "QueryFailed" in line and str(run_dir) in line
+    from fink import metrics
+
+    (stored,) = metrics.Store(metrics.default_path(Path(env["FINK_HOME"]))).runs()
+    assert stored["state"] == "failed"

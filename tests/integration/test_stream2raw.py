@@ -205,6 +205,25 @@ def test_stop_midstream_then_restart_loses_and_doubles_nothing(fresh_spark, kafk
     assert first["archived"] + second["archived"] == 229 and second["quarantined"] == 0
 
 
+def test_a_run_that_read_nothing_while_its_source_held_messages_says_so(fresh_spark, kafka_bootstrap, topic,
+                                                                         tmp_path):
+    """Before, a run that read nothing (a dead query, a checkpoint past the data) reported
+    ``balanced`` over zero messages."""
+    night = load_messages(SimulatorConfig(source=SAMPLE))
+    replay(SimulatorConfig(topic=topic), kafka_bootstrap, messages=night[:50], progress=False)
+    fink = FinkConfig(kafka_bootstrap=kafka_bootstrap, data_dir=str(tmp_path))
+    cfg = s2r.Stream2RawConfig(topic=topic)
+    paths = cfg.paths(fink)
+    assert s2r.unread(fresh_spark, cfg, kafka_bootstrap, paths["checkpoint"]) == 50  # never run: all of it
+    nothing = s2r.reconcile(fresh_spark, [], paths["raw"], unread=50)
+    assert not nothing["balanced"] and nothing["problem"] == "read nothing while its source holds 50 unread messages"
+    _, totals = run(fresh_spark, kafka_bootstrap, topic, tmp_path)
+    assert totals["archived"] == 50 and totals["balanced"]
+    assert s2r.unread(fresh_spark, cfg, kafka_bootstrap, paths["checkpoint"]) == 0
+    replay(SimulatorConfig(topic=topic), kafka_bootstrap, messages=night[50:70], progress=False)
+    assert s2r.unread(fresh_spark, cfg, kafka_bootstrap, paths["checkpoint"]) == 20
+
+
 def test_a_replayed_batch_replaces_its_own_files(fresh_spark, tmp_path):
     df = fresh_spark.range(10).selectExpr("id", "'20261127' as night")
     root = str(tmp_path / "table")
