@@ -30,6 +30,40 @@ def jd_to_iso(jd: float) -> str:
     return dt.datetime.fromtimestamp((jd - JD_UNIX_EPOCH) * 86400, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
+class RecentIds:
+    """The alert ids seen lately, in bounded memory: two generations of at most ``limit`` ids
+    each (sorted int64 arrays, :class:`fink.stages.stream2raw.NightIds`), the older dropped
+    when the newer fills. A repeat is caught while its first copy is among the last
+    ``limit`` to ``2 * limit`` ids (5 to 10 million by default: a Rubin night), in at most
+    about 16 bytes an id."""
+
+    def __init__(self, limit: int = 5_000_000):
+        from fink.stages.stream2raw import NightIds
+
+        self.limit, self._new = limit, NightIds
+        self.older, self.newer = NightIds(), NightIds()
+
+    def __len__(self) -> int:
+        return len(self.older) + len(self.newer)
+
+    def __iter__(self):
+        yield from self.older
+        yield from self.newer
+
+    @staticmethod
+    def _int(key: Any) -> int:
+        return key if isinstance(key, int) else hash(key)  # an id that is not a number: its hash
+
+    def __contains__(self, key: Any) -> bool:
+        key = self._int(key)
+        return self.newer.contains([key])[0] or self.older.contains([key])[0]
+
+    def add(self, key: Any) -> None:
+        self.newer.update([self._int(key)])
+        if len(self.newer) >= self.limit:
+            self.older, self.newer = self.newer, self._new()
+
+
 @dataclass
 class StreamStats:
     """What a watch has seen so far (``latest`` rows: the survey's object and alert ids as
@@ -44,7 +78,7 @@ class StreamStats:
     latest: deque = field(default_factory=lambda: deque(maxlen=10))
     lag: int | None = None
     started: float = field(default_factory=time.monotonic)
-    seen: set = field(default_factory=set, repr=False)
+    seen: RecentIds = field(default_factory=RecentIds, repr=False)
     survey: str = "ztf"
     decode: Callable[[bytes | None], Decoded] | None = field(default=None, repr=False)
 

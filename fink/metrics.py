@@ -167,6 +167,19 @@ class Store:
                        "VALUES (?, ?, ?, ?, ?, 'running', ?)",
                        (run, service, pid or os.getpid(), socket.gethostname(), started or time.time(), run_dir))
 
+    def prune(self, days: float = 30.0) -> int:
+        """Forget what is older than ``days``: runs that ended before (with their batches,
+        notes and events), and the batches, notes and events of longer runs; return how many
+        rows went. ``fink start`` calls it, so the store does not grow without end."""
+        cutoff = time.time() - days * 86400
+        with self._db() as db:
+            old = "SELECT run FROM runs WHERE ended IS NOT NULL AND ended < ?"
+            n = 0
+            for table in ("progress", "notes", "events"):
+                n += db.execute(f"DELETE FROM {table} WHERE run IN ({old}) OR time < ?", (cutoff, cutoff)).rowcount
+            n += db.execute("DELETE FROM runs WHERE ended IS NOT NULL AND ended < ?", (cutoff,)).rowcount
+        return n
+
     def end_run(self, run: str, state: str, error: str | None = None) -> None:
         """Record how ``run`` ended (``finished``, ``failed``, ``stopped``...)."""
         with self._db() as db:

@@ -22,6 +22,7 @@ import yaml
 
 from fink.config import FinkConfig, fink_home
 from fink.errors import ConfigError, RunnerError
+from fink.log import logger
 from fink.services.process import process_start_time
 
 # the services this process started, by PID: kept (a Popen dropped while its child runs warns)
@@ -113,6 +114,27 @@ def resolve_parameters(notebook: Path, conf: str | None, simulator: bool) -> dic
     return params
 
 
+#: run folders kept per service (the oldest go when a new run starts), and days of metrics kept
+RUNS_KEPT, METRICS_DAYS = 20, 30.0
+
+
+def _retire(home: Path, service: str) -> None:
+    """Bound what runs leave behind: the ``RUNS_KEPT`` newest run folders of ``service``
+    stay (their notebooks, logs and pages), and the metrics store forgets what is older
+    than ``METRICS_DAYS``."""
+    import shutil
+
+    from fink import metrics
+
+    folders = sorted((p for p in (home / "runs" / service).glob("*") if p.is_dir()), key=lambda p: p.name)
+    for old in folders[:max(0, len(folders) - (RUNS_KEPT - 1))]:
+        shutil.rmtree(old, ignore_errors=True)
+    try:
+        metrics.Store(metrics.default_path(home)).prune(METRICS_DAYS)
+    except Exception as exc:  # noqa: BLE001 - a full or locked store must not stop a start
+        logger.warning("metrics: could not prune the store: %s", exc)
+
+
 def start(service: str, conf: str | None = None, simulator: bool = False, home: Path | None = None,
           params: dict[str, Any] | None = None) -> Run:
     """Run ``notebooks/<service>.ipynb`` headless in the background; return its record.
@@ -139,6 +161,7 @@ def start(service: str, conf: str | None = None, simulator: bool = False, home: 
             raise ConfigError(f"unknown parameter(s) {', '.join(unknown)} for {notebook.name} "
                               f"(it declares: {', '.join(declared)})")
     params = {**resolve_parameters(notebook, conf, simulator), **params_override}
+    _retire(home, service)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     run_dir = home / "runs" / service / stamp
     suffix = 1

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from fink import table_use
 from fink.errors import FinkError
@@ -125,6 +125,20 @@ def stop_at_boundary(query: "StreamingQuery", timeout: float = 60.0) -> bool:
     return ended
 
 
+def gather(query: "StreamingQuery", into: dict[tuple, Any]) -> None:
+    """Add the query's latest progress reports to ``into`` (keyed by run, batch and time).
+
+    Spark keeps only the last 100 (a step the last 1,000): gathered at each poll of
+    :func:`run_until`, every batch of a long run reaches the accounts. A trigger that found
+    no data and observed nothing is not kept (a long idle run would pile them up).
+    """
+    reports = getattr(query, "fink_reports", None)  # a stage's step keeps its own accounts
+    for r in list(query.recentProgress if reports is None else reports):
+        if not r.get("numInputRows") and not r.get("observedMetrics"):
+            continue
+        into.setdefault((r.get("runId"), r.get("batchId"), r.get("timestamp")), r)
+
+
 def run_until(queries: Iterable["StreamingQuery"], duration: float, stop_file: str | Path | None = None,
               poll: float = 1.0, on_poll: Callable[[list["StreamingQuery"]], None] | None = None,
               boundary_timeout: float = 60.0, watch: Iterable["StreamingQuery"] = ()) -> RunResult:
@@ -157,11 +171,12 @@ def run_until(queries: Iterable["StreamingQuery"], duration: float, stop_file: s
     queries, watch = list(queries), list(watch)
     t0 = time.monotonic()
     reason = "finished"
-    progress: dict[str, list[dict]] = {}
+    gathered: dict[str, dict[tuple, Any]] = {q.name or q.id: {} for q in queries}
     try:
         while True:
             active = []
             for q in queries:
+                gather(q, gathered[q.name or q.id])
                 try:
                     q.awaitTermination(poll / max(1, len(queries)))
                 except Exception as exc:  # PySpark raises a query's own failure here: the same as below
@@ -192,8 +207,8 @@ def run_until(queries: Iterable["StreamingQuery"], duration: float, stop_file: s
                 stop_at_boundary(q, timeout=boundary_timeout)
             if not q.isActive:  # its tables are free now, not when the listener hears of it
                 table_use.ended(q.name or "", str(q.id))
-            reports = getattr(q, "fink_reports", None)  # a stage's step keeps its own accounts
-            progress[q.name or q.id] = list(q.recentProgress if reports is None else reports)
+            gather(q, gathered[q.name or q.id])
+        progress = {name: list(reports.values()) for name, reports in gathered.items()}
         from fink import metrics
 
         metrics.catch_up(progress)  # the listener's last events may not have arrived yet

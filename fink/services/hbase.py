@@ -28,7 +28,10 @@ JAVA17_OPENS = [
 
 LOG4J = """\
 log4j.rootLogger=INFO,console
-log4j.appender.console=org.apache.log4j.ConsoleAppender
+log4j.appender.console=org.apache.log4j.RollingFileAppender
+log4j.appender.console.File=${fink.log.file}
+log4j.appender.console.MaxFileSize=20MB
+log4j.appender.console.MaxBackupIndex=3
 log4j.appender.console.layout=org.apache.log4j.PatternLayout
 log4j.appender.console.layout.ConversionPattern=%d{ISO8601} %-5p [%t] %c{2}: %m%n
 log4j.logger.org.apache.zookeeper=WARN

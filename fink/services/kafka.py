@@ -14,10 +14,17 @@ LOG4J2 = """\
 Configuration:
   status: warn
   Appenders:
-    Console:
+    RollingFile:
       name: STDOUT
+      fileName: "${sys:fink.log.file}"
+      filePattern: "${sys:fink.log.file}.%i"
       PatternLayout:
         pattern: "[%d] %p %m (%c)%n"
+      Policies:
+        SizeBasedTriggeringPolicy:
+          size: "20 MB"
+      DefaultRolloverStrategy:
+        max: 3
   Loggers:
     Root:
       level: INFO
@@ -119,6 +126,7 @@ class KafkaService(Service):
 
     def _run_tool(self, args: list[str]) -> None:
         cmd = [java_executable(), "-Xmx256m", f"-Dlog4j2.configurationFile={self.run_dir / 'log4j2.yaml'}",
+               f"-Dfink.log.file={self.log_file}",
                "-cp", jvm.classpath("kafka"), *args]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:

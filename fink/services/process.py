@@ -79,6 +79,10 @@ def port_open(host: str, port: int, timeout: float = 1.0) -> bool:
         return False
 
 
+#: the size past which a service's console output is set aside (to ``<name>.out.1``) at its start
+OUT_BYTES = 20 * 1024 * 1024
+
+
 def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
@@ -108,8 +112,13 @@ class Service:
         self.config = config or ServicesConfig.load(self.home)
         self.run_dir = self.home / "services" / self.name
         self.pid_file = self.run_dir / "pid.json"
-        self.log_file = self.home / "logs" / f"{self.name}.log"
+        self.log_file = self.home / "logs" / f"{self.name}.log"  # its own log, rolled at 20 MB, 3 kept
+        self.out_file = self.home / "logs" / f"{self.name}.out"  # what the JVM prints (rolled at start)
         self._child: subprocess.Popen[bytes] | None = None
+
+    def tail(self) -> str:
+        """The last lines of its log and of its console output, and where to read them whole."""
+        return f"{log_tail(self.log_file)}\n{log_tail(self.out_file)}\n(full logs: {self.log_file}, {self.out_file})"
 
     # -- to be provided by subclasses ---------------------------------------------------
     def ports(self) -> dict[str, int]:
@@ -185,8 +194,10 @@ class Service:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         self.prepare()
-        cmd = [java, *self.java_args()]
-        with open(self.log_file, "ab") as log:
+        cmd = [java, f"-Dfink.log.file={self.log_file}", *self.java_args()]
+        if self.out_file.exists() and self.out_file.stat().st_size > OUT_BYTES:
+            self.out_file.replace(self.out_file.with_name(self.out_file.name + ".1"))
+        with open(self.out_file, "ab") as log:
             log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} starting {self.name}\n".encode())
             log.flush()
             self._child = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -200,13 +211,13 @@ class Service:
             if self._child.poll() is not None:
                 self.pid_file.unlink(missing_ok=True)
                 raise ServiceError(f"{self.name} exited with status {self._child.returncode} while starting; "
-                                   f"last lines of its log:\n{log_tail(self.log_file)}\n(full log: {self.log_file})")
+                                   f"last lines of its log:\n{self.tail()}")
             if self.ready():
                 return f"{self.name}: started (pid {self._child.pid}) in {time.monotonic() - t0:.1f} s"
             time.sleep(0.5)
         self.stop()
         raise ServiceError(f"{self.name} did not answer within {self.config.start_timeout:.0f} s; "
-                           f"last lines of its log:\n{log_tail(self.log_file)}\n(full log: {self.log_file})")
+                           f"last lines of its log:\n{self.tail()}")
 
     def stop(self) -> str:
         """Stop the recorded process: SIGTERM, then SIGKILL after ``stop_timeout``."""

@@ -99,5 +99,5 @@ def test_failing_service_prints_its_log_tail(tmp_path, monkeypatch):
     message = str(info.value)
     assert "kafka exited with status 1 while starting; last lines of its log:" in message, message
     assert "meta.properties" in message, message
-    assert f"(full log: {tmp_path / 'logs' / 'kafka.log'})" in message
+    assert f"(full logs: {tmp_path / 'logs' / 'kafka.log'}, {tmp_path / 'logs' / 'kafka.out'})" in message
     assert svc.status().state == "stopped"

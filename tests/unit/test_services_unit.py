@@ -50,7 +50,7 @@ class SleeperService(Service):
         (self.run_dir / "Sleeper.java").write_text(SLEEPER)
 
     def ready(self):
-        return "sleeper up" in self.log_file.read_text()
+        return "sleeper up" in self.out_file.read_text()  # its console output
 
 
 @pytest.fixture
@@ -130,7 +130,7 @@ def test_failed_start_shows_log_tail_and_where_the_rest_is(service):
     message = str(info.value)
     assert "sleeper exited with status 3 while starting" in message
     assert "cannot bind: bad config" in message
-    assert f"(full log: {service.log_file})" in message
+    assert f"(full logs: {service.log_file}, {service.out_file})" in message
     assert service.status().state == "stopped"
 
 

@@ -162,3 +162,27 @@ def test_a_failure_raised_by_await_termination_is_a_failed_run():
     with pytest.raises(QueryFailed, match="'dead' failed.*LayoutChanged"):
         run_until([q], duration=60, poll=0.01)
     assert q.polls == 2
+
+
+class LongQuery(FakeQuery):
+    """Runs 350 batches, 7 between two polls; like Spark, it keeps only its last 100 reports."""
+
+    def __init__(self):
+        super().__init__("long", finish_after=50)
+        self.batches, self.recentProgress = [], []
+
+    def awaitTermination(self, timeout):
+        super().awaitTermination(timeout)
+        for _ in range(7):
+            n = len(self.batches)
+            self.batches.append({"runId": "r", "batchId": n, "timestamp": f"t{n}", "numInputRows": 2})
+            self.batches.append({"runId": "r", "batchId": n + 1, "timestamp": f"idle{n}", "numInputRows": 0})
+        self.recentProgress = self.batches[-100:]
+
+
+def test_the_accounts_of_a_long_run_cover_every_batch_not_the_last_100():
+    """Before, run_until handed on Spark's recentProgress at the end: the last 100 reports."""
+    result = run_until([LongQuery()], duration=0, poll=0.01)
+    batches = [r["batchId"] for r in result.progress["long"]]
+    assert len(batches) == 350 and batches == sorted(set(batches))  # every batch once, in order
+    assert all(r["numInputRows"] for r in result.progress["long"])  # the idle triggers are not kept
