@@ -46,8 +46,17 @@ stop: venv
 	-$(BIN)/fink stop all
 	$(BIN)/fink services stop
 
+# The notebooks are the source, each paired with a py:percent twin in notebooks/py/ (notebooks/jupytext.toml).
+# JupyterLab's jupytext extension writes both files on save; after an edit made elsewhere, this takes the newer
+# file of each pair, strips outputs and run metadata (keeping tags and cell ids), and writes the twin again.
+# Stripped too: what JupyterLab adds on save, the kernel's language_info beyond its name and the jupytext
+# options it copies from notebooks/jupytext.toml.
+NB_STRIP_KEYS := metadata.jupytext \
+	$(addprefix metadata.language_info.,version mimetype codemirror_mode file_extension nbconvert_exporter pygments_lexer)
 notebooks: venv
-	$(BIN)/python tools/nbbuild.py
+	$(BIN)/jupytext --sync notebooks/*.ipynb
+	$(BIN)/nbstripout --keep-id --extra-keys "$(NB_STRIP_KEYS)" notebooks/*.ipynb tests/notebooks/*.ipynb
+	$(BIN)/jupytext --sync notebooks/*.ipynb
 
 # the end-to-end benchmark writes bench-results.json and bench-results.png (the phases plus their drains);
 # the per-stage benchmarks follow

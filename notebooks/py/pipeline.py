@@ -1,31 +1,30 @@
-"""Cells of notebooks/pipeline.ipynb (see tools/nbbuild.py)."""
+# %% [markdown]
+# # pipeline: the four stages in one pass
+#
+# stream2raw, raw2science, distribution and archive in one Spark session. By default
+# (`mode = "one-pass"`) one streaming query reads the survey's topic once, and each
+# micro-batch goes through every stage in memory: decoded once, archived raw, cut, given the
+# modules' values, archived as science, sent to each filter's topic in one Kafka transaction,
+# written to HBase. No stage waits for the files of the one before: an alert reaches its
+# users about a trigger after it entered. Each stage's settings are the parameters of its
+# notebook, given here as a mapping per stage.
+#
+# With `mode = "queries"` the stages run as four streaming queries of the session, with the
+# checkpoints of their own notebooks (`stream2raw.ipynb`, ...): with a `"<N> seconds"`
+# trigger side by side, with `availableNow` one after the other, each catching up with the
+# files the one before wrote.
+#
+# * **reads**: Kafka `topic`
+# * **writes**: `<data_dir>/raw`, `quarantine`, `science`, the distribution topics, the HBase tables
+# * **headless**: `fink start pipeline -c conf/local.yaml [--simulator]`
 
-from nbbuild import COMMON_PARAMETERS
-
-NOTEBOOKS: dict[str, list[tuple]] = {}
-
-NOTEBOOKS["notebooks/pipeline.ipynb"] = [
-("md", """
-# pipeline: the four stages in one pass
-
-stream2raw, raw2science, distribution and archive in one Spark session. By default
-(`mode = "one-pass"`) one streaming query reads the survey's topic once, and each
-micro-batch goes through every stage in memory: decoded once, archived raw, cut, given the
-modules' values, archived as science, sent to each filter's topic in one Kafka transaction,
-written to HBase. No stage waits for the files of the one before: an alert reaches its
-users about a trigger after it entered. Each stage's settings are the parameters of its
-notebook, given here as a mapping per stage.
-
-With `mode = "queries"` the stages run as four streaming queries of the session, with the
-checkpoints of their own notebooks (`stream2raw.ipynb`, ...): with a `"<N> seconds"`
-trigger side by side, with `availableNow` one after the other, each catching up with the
-files the one before wrote.
-
-* **reads**: Kafka `topic`
-* **writes**: `<data_dir>/raw`, `quarantine`, `science`, the distribution topics, the HBase tables
-* **headless**: `fink start pipeline -c conf/local.yaml [--simulator]`
-"""),
-("code", COMMON_PARAMETERS + '''
+# %% tags=["parameters"]
+kafka_bootstrap: str = "127.0.0.1:9092"  # Kafka bootstrap servers, host:port[,host:port]
+hbase_thrift: str = "127.0.0.1:9090"  # HBase Thrift gateway, host:port
+spark_master: str = "local[2]"  # local[N] | spark://host:7077 | yarn | k8s://...
+spark_conf: dict = {}  # extra Spark settings, e.g. {"spark.executor.memory": "4g"}
+data_dir: str = ""  # archive root, "" means $FINK_HOME/data
+log_level: str = "WARN"  # Spark log level in this notebook
 topic: str = "ztf_20261127_programid1"  # the survey topic stream2raw reads
 survey: str = "ztf"  # ztf | rubin | a survey description file: every stage's (unless its settings name one)
 stages: list = ["stream2raw", "raw2science", "distribution", "archive"]  # which stages run here
@@ -38,8 +37,8 @@ trigger: str = "availableNow"  # availableNow (catch up, then stop) | "<N> secon
 duration: float = 600.0  # upper bound of the run, seconds
 simulator: bool = False  # publish the bundled sample night to the topic first (fink start --simulator)
 stop_file: str = ""  # set by `fink start`, `fink stop` creates it to end the run
-''', ["parameters"]),
-("code", """
+
+# %%
 from fink import pipeline
 from fink.config import FinkConfig
 
@@ -48,8 +47,8 @@ settings = {"stream2raw": stream2raw, "raw2science": raw2science, "distribution"
 plan = pipeline.configure(stages, topic, settings, survey)  # an unknown stage or parameter fails here, by name
 for name, where in pipeline.paths(plan, cfg).items():
     print(f"{name:13s} {where}")
-"""),
-("code", """
+
+# %%
 if simulator:
     from fink import survey as surveys
     from fink.simulator import SimulatorConfig, replay
@@ -58,9 +57,11 @@ if simulator:
     sent = replay(SimulatorConfig(source=sample, survey=survey, topic=pipeline.input_topic(plan, topic)),
                   cfg.kafka_bootstrap, progress=False)
     print(f"simulator: {sent['alerts']} alerts published to {sent['topic']}")
-"""),
-("md", "## Session and writers (filters, modules, topics and tables are loaded here)"),
-("code", """
+
+# %% [markdown]
+# ## Session and writers (filters, modules, topics and tables are loaded here)
+
+# %%
 from fink import streaming
 from fink.session import get_spark
 
@@ -74,9 +75,11 @@ else:
     raise ValueError(f"mode must be 'one-pass' or 'queries', got {mode!r}")
 lane = pipeline.realtime_lane(spark, plan, cfg)  # None unless a filter asks for lane: realtime
 print(f"built ({mode}):", ", ".join(s.name for s in plan), "+ real-time lane" if lane else "")
-"""),
-("md", "## Start, watch live, and end within `duration`"),
-("code", """
+
+# %% [markdown]
+# ## Start, watch live, and end within `duration`
+
+# %%
 import time
 
 from fink.monitor import QueryMonitor
@@ -106,9 +109,11 @@ else:
 for q in fast:  # the lane ends with the pass (its offsets since its last batch are sent again on restart)
     q.stop()
 print(f"ended after {time.monotonic() - t0:.1f} s: {reasons}")
-"""),
-("md", "## Accounts: every alert in each stage processed or set aside with its reason"),
-("code", """
+
+# %% [markdown]
+# ## Accounts: every alert in each stage processed or set aside with its reason
+
+# %%
 import pandas as pd
 
 totals = {s.name: pipeline.reconcile(spark, s, progress.get(s.query_name, []), cfg) for s in plan}
@@ -117,9 +122,11 @@ unbalanced = [name for name, t in totals.items() if not t["balanced"]]
 if unbalanced:
     raise RuntimeError(f"the accounts of {unbalanced} do not balance: {totals}")
 flow
-"""),
-("md", "## Summary"),
-("code", """
+
+# %% [markdown]
+# ## Summary
+
+# %%
 import matplotlib.pyplot as plt
 
 fig, axes = plt.subplots(1, 2, figsize=(11, 3.4))
@@ -142,8 +149,6 @@ plt.show()
 
 summary = {"stopped_because": reasons, "flow": pipeline.flow(totals)}
 summary
-"""),
-("code", """
+
+# %%
 streaming.stop_active(spark)
-"""),
-]

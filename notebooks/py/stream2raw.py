@@ -1,25 +1,24 @@
-"""Cells of notebooks/stream2raw.ipynb (see tools/nbbuild.py)."""
+# %% [markdown]
+# # stream2raw: the survey stream into the raw archive
+#
+# Reads the survey's Kafka topic(s) with Spark's Kafka source, decodes every alert in the JVM
+# (ZTF schemas 3.1 to 4.02, mixed, each message an Avro container file; or Rubin schemas 7.0
+# onwards in the Confluent wire format, with `survey = "rubin"`), adds the ingest
+# metadata, and archives the alerts as Parquet partitioned by observing night, exactly once.
+# Messages that are not alerts go to the quarantine table with their reason and bytes; every
+# micro-batch reconciles (messages = archived + quarantined) in the query's metrics.
+#
+# * **reads**: Kafka `topic` (or `topic_pattern`) at `kafka_bootstrap`
+# * **writes**: `<data_dir>/raw` (alerts), `<data_dir>/quarantine`, checkpoint `<data_dir>/checkpoints/stream2raw`
+# * **headless**: `fink start stream2raw -c conf/local.yaml [--simulator]`
 
-from nbbuild import COMMON_PARAMETERS
-
-NOTEBOOKS: dict[str, list[tuple]] = {}
-
-NOTEBOOKS["notebooks/stream2raw.ipynb"] = [
-("md", """
-# stream2raw: the survey stream into the raw archive
-
-Reads the survey's Kafka topic(s) with Spark's Kafka source, decodes every alert in the JVM
-(ZTF schemas 3.1 to 4.02, mixed, each message an Avro container file; or Rubin schemas 7.0
-onwards in the Confluent wire format, with `survey = "rubin"`), adds the ingest
-metadata, and archives the alerts as Parquet partitioned by observing night, exactly once.
-Messages that are not alerts go to the quarantine table with their reason and bytes; every
-micro-batch reconciles (messages = archived + quarantined) in the query's metrics.
-
-* **reads**: Kafka `topic` (or `topic_pattern`) at `kafka_bootstrap`
-* **writes**: `<data_dir>/raw` (alerts), `<data_dir>/quarantine`, checkpoint `<data_dir>/checkpoints/stream2raw`
-* **headless**: `fink start stream2raw -c conf/local.yaml [--simulator]`
-"""),
-("code", COMMON_PARAMETERS + '''
+# %% tags=["parameters"]
+kafka_bootstrap: str = "127.0.0.1:9092"  # Kafka bootstrap servers, host:port[,host:port]
+hbase_thrift: str = "127.0.0.1:9090"  # HBase Thrift gateway, host:port
+spark_master: str = "local[2]"  # local[N] | spark://host:7077 | yarn | k8s://...
+spark_conf: dict = {}  # extra Spark settings, e.g. {"spark.executor.memory": "4g"}
+data_dir: str = ""  # archive root, "" means $FINK_HOME/data
+log_level: str = "WARN"  # Spark log level in this notebook
 topic: str = "ztf_20261127_programid1"  # topic(s) to read, comma-separated (or use topic_pattern)
 topic_pattern: str = ""  # a regular expression of topics, e.g. ztf_.*_programid1
 survey: str = "ztf"  # ztf | rubin | a survey description file (what the messages are, see fink/data/surveys)
@@ -35,8 +34,8 @@ trigger: str = "availableNow"  # availableNow (catch up, then stop) | "<N> secon
 duration: float = 600.0  # upper bound of the run, seconds
 simulator: bool = False  # publish the bundled sample night to the topic first (fink start --simulator)
 stop_file: str = ""  # set by `fink start`, `fink stop` creates it to end the run
-''', ["parameters"]),
-("code", """
+
+# %%
 from fink.config import FinkConfig
 from fink.stages.stream2raw import Stream2RawConfig
 
@@ -46,8 +45,8 @@ paths = stage.paths(cfg)
 if trigger != "availableNow" and not trigger.endswith("seconds"):
     raise ValueError(f"trigger must be 'availableNow' or '<N> seconds', got {trigger!r}")
 print(f"{stage.topic or stage.topic_pattern} on {cfg.kafka_bootstrap} -> {paths}")
-"""),
-("code", """
+
+# %%
 if simulator:
     from fink.simulator import SimulatorConfig, replay
 
@@ -55,9 +54,11 @@ if simulator:
     sent = replay(SimulatorConfig(source=sample, survey=stage.survey, topic=stage.topic.split(",")[0]),
                   cfg.kafka_bootstrap, progress=False)
     print(f"simulator: {sent['alerts']} alerts published to {sent['topic']}")
-"""),
-("md", "## Session, source, transform, writer"),
-("code", """
+
+# %% [markdown]
+# ## Session, source, transform, writer
+
+# %%
 from fink import streaming
 from fink.monitor import QueryMonitor
 from fink.session import get_spark
@@ -67,9 +68,11 @@ spark = get_spark(cfg, app_name="fink-stream2raw")
 streaming.stop_active(spark)  # a re-run of this cell must not leave a second query behind
 writer = stream2raw.build(spark, stage, cfg)
 writer = writer.trigger(availableNow=True) if trigger == "availableNow" else writer.trigger(processingTime=trigger)
-"""),
-("md", "## Start, watch live, and end within `duration`"),
-("code", """
+
+# %% [markdown]
+# ## Start, watch live, and end within `duration`
+
+# %%
 monitor = QueryMonitor("stream2raw")  # input and processed rows/s, batch time, lag, quarantined
 query = streaming.start(writer, stream2raw.QUERY_NAME)
 result = streaming.run_until([query], duration=duration, stop_file=stop_file, poll=2.0, on_poll=monitor)
@@ -78,9 +81,11 @@ totals = stream2raw.reconcile(spark, progress, paths["raw"])
 print(f"ended: {result.reason} after {result.seconds:.1f} s: {totals}")
 if not totals["balanced"]:
     raise RuntimeError(f"messages read != archived + quarantined: {totals}")
-"""),
-("md", "## Summary"),
-("code", """
+
+# %% [markdown]
+# ## Summary
+
+# %%
 import matplotlib.pyplot as plt
 
 batches = [p for p in progress if p.get("numInputRows")]
@@ -99,13 +104,11 @@ plt.show()
 
 summary = {"stopped_because": result.reason, "batches": len(progress), **totals, **paths}
 summary
-"""),
-("code", """
+
+# %%
 try:
     raw = stream2raw.read_raw(spark, paths["raw"])
     display(raw.groupBy("night").count().orderBy("night").toPandas())
 except Exception as exc:  # an empty archive has no Parquet file yet
     print(f"no raw archive yet: {exc.__class__.__name__}")
 streaming.stop_active(spark)
-"""),
-]

@@ -1,24 +1,23 @@
-"""Cells of notebooks/raw2science.ipynb and notebooks/science_module.ipynb (see tools/nbbuild.py)."""
+# %% [markdown]
+# # raw2science: quality cuts and science modules
+#
+# Reads the raw archive as a stream of new Parquet files (what stream2raw writes), drops the
+# alerts failing the quality cuts (counted per cut), runs the science modules in order
+# (light-curve features, SN Ia classifier, solar-system flag, catalogue cross-match, and any
+# module of yours), and writes the science archive by night, exactly once, with provenance
+# (module versions; ingest, processing start and end times).
+#
+# * **reads**: `<data_dir>/raw` (or `raw_path`)
+# * **writes**: `<data_dir>/science`, checkpoint `<data_dir>/checkpoints/raw2science`
+# * **headless**: `fink start raw2science -c conf/local.yaml [--simulator]`
 
-from nbbuild import COMMON_PARAMETERS
-
-NOTEBOOKS: dict[str, list[tuple]] = {}
-
-NOTEBOOKS["notebooks/raw2science.ipynb"] = [
-("md", """
-# raw2science: quality cuts and science modules
-
-Reads the raw archive as a stream of new Parquet files (what stream2raw writes), drops the
-alerts failing the quality cuts (counted per cut), runs the science modules in order
-(light-curve features, SN Ia classifier, solar-system flag, catalogue cross-match, and any
-module of yours), and writes the science archive by night, exactly once, with provenance
-(module versions; ingest, processing start and end times).
-
-* **reads**: `<data_dir>/raw` (or `raw_path`)
-* **writes**: `<data_dir>/science`, checkpoint `<data_dir>/checkpoints/raw2science`
-* **headless**: `fink start raw2science -c conf/local.yaml [--simulator]`
-"""),
-("code", COMMON_PARAMETERS + '''
+# %% tags=["parameters"]
+kafka_bootstrap: str = "127.0.0.1:9092"  # Kafka bootstrap servers, host:port[,host:port]
+hbase_thrift: str = "127.0.0.1:9090"  # HBase Thrift gateway, host:port
+spark_master: str = "local[2]"  # local[N] | spark://host:7077 | yarn | k8s://...
+spark_conf: dict = {}  # extra Spark settings, e.g. {"spark.executor.memory": "4g"}
+data_dir: str = ""  # archive root, "" means $FINK_HOME/data
+log_level: str = "WARN"  # Spark log level in this notebook
 survey: str = "ztf"  # ztf | rubin | a survey description file: the raw layout, default cuts, built-in modules
 cuts: dict = {}  # name: SQL condition an alert must meet; {} means the survey's (ZTF: nbad, rb, fid)
 modules: list = ["builtin"]  # dotted paths, applied in order; "builtin" is the survey's built-in modules
@@ -34,8 +33,8 @@ duration: float = 600.0  # upper bound of the run, seconds
 simulator: bool = False  # first archive the bundled sample night (simulator to Kafka, then stream2raw)
 topic: str = "ztf_20261127_programid1"  # the topic the simulator fills (with simulator only)
 stop_file: str = ""  # set by `fink start`, `fink stop` creates it to end the run
-''', ["parameters"]),
-("code", """
+
+# %%
 from fink.config import FinkConfig
 from fink.stages.raw2science import Raw2ScienceConfig
 
@@ -46,9 +45,11 @@ if trigger != "availableNow" and not trigger.endswith("seconds"):
     raise ValueError(f"trigger must be 'availableNow' or '<N> seconds', got {trigger!r}")
 science_modules = stage.load_modules()  # a missing module or a wrong declaration fails here, by name
 print(f"{paths['raw']} -> {paths['science']}; cuts {list(stage.quality_cuts())}; modules {[m.key for m in science_modules]}")
-"""),
-("md", "## Session (and, with `simulator`, a raw archive of the sample night)"),
-("code", """
+
+# %% [markdown]
+# ## Session (and, with `simulator`, a raw archive of the sample night)
+
+# %%
 from fink import streaming
 from fink.monitor import QueryMonitor
 from fink.session import get_spark
@@ -68,9 +69,11 @@ if simulator:
                                                    stream2raw.QUERY_NAME)], duration=duration, stop_file=stop_file)
     print(f"simulator: {sent['alerts']} alerts -> raw archive:",
           stream2raw.reconcile(spark, raw_run.progress[stream2raw.QUERY_NAME], raw_stage.paths(cfg)["raw"]))
-"""),
-("md", "## Source, cuts, modules, writer; start, watch live, end within `duration`"),
-("code", """
+
+# %% [markdown]
+# ## Source, cuts, modules, writer; start, watch live, end within `duration`
+
+# %%
 writer = raw2science.build(spark, stage, cfg)
 writer = writer.trigger(availableNow=True) if trigger == "availableNow" else writer.trigger(processingTime=trigger)
 monitor = QueryMonitor("raw2science")  # input and processed rows/s, batch time
@@ -82,9 +85,11 @@ print(f"ended: {result.reason} after {result.seconds:.1f} s")
 if not totals["balanced"]:
     raise RuntimeError(f"alerts != kept + rejected, or kept != written: {totals}")
 {k: v for k, v in totals.items() if k != "modules"}
-"""),
-("md", "## Summary: where the alerts went, what each module cost"),
-("code", """
+
+# %% [markdown]
+# ## Summary: where the alerts went, what each module cost
+
+# %%
 import json
 
 import matplotlib.pyplot as plt
@@ -110,9 +115,11 @@ plt.show()
 summary = {"stopped_because": result.reason, **totals, **paths}
 (report / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
 summary
-"""),
-("md", "## The most likely SN Ia of the run, and the known objects"),
-("code", """
+
+# %% [markdown]
+# ## The most likely SN Ia of the run, and the known objects
+
+# %%
 try:
     science = raw2science.read_science(spark, paths["science"])
     cols = ["objectId", "candid", "snia_prob", "roid", "xm_type", "lc_amplitude_r", "lc_observation_count_r"]
@@ -125,105 +132,3 @@ try:
 except Exception as exc:  # an empty archive has no Parquet file yet
     print(f"no science archive yet: {exc.__class__.__name__}")
 streaming.stop_active(spark)
-"""),
-]
-
-NOTEBOOKS["notebooks/science_module.ipynb"] = [
-("md", """
-# Writing a science module
-
-A science module is a plain Python function over alert columns, declared with
-`@fink.science.module`. This notebook writes one, tries it on the bundled sample night
-without Spark, then shows how raw2science runs it.
-
-* **reads**: `../datasim/sample_night/alerts.avro` (the project's simulated night)
-* **writes**: nothing
-"""),
-("code", '''
-sample: str = "../datasim/sample_night"  # a folder of alerts (.avro files, or alerts.avro)
-limit: int = 300  # alerts to try the module on
-''', ["parameters"]),
-("md", """
-## The alerts, as the stage hands them to a module
-
-Each input is a pandas Series with one value per alert: `candidate.magpsf` a number,
-`prv_candidates.magpsf` an array per alert (NaN where the survey has no value: upper limits).
-"""),
-("code", """
-import io
-
-import fastavro
-import numpy as np
-import pandas as pd
-
-from fink.datasim.sources import read_messages
-
-records = [next(fastavro.reader(io.BytesIO(m))) for m, _ in zip(read_messages(sample), range(limit), strict=False)]
-
-def column(path):
-    head, _, leaf = path.partition(".")
-    if head == "prv_candidates":
-        return pd.Series([np.array([np.nan if p[leaf] is None else p[leaf] for p in (r["prv_candidates"] or [])],
-                                   dtype=float) for r in records])
-    return pd.Series([r[head][leaf] if leaf else r[head] for r in records])
-
-print(len(records), "alerts;", column("objectId").nunique(), "objects")
-"""),
-("md", "## Write the module"),
-("code", """
-from fink.science import module
-
-
-@module(inputs=["candidate.magpsf", "prv_candidates.magpsf", "prv_candidates.jd", "candidate.jd"],
-        outputs={"rise_rate": "double", "fast_riser": "boolean"}, version="0.1")
-def rise_rate(mag, history_mag, history_jd, jd, *, threshold: float = 0.1):
-    \"\"\"Brightening in mag/day since the faintest earlier detection (positive: rising).\"\"\"
-    rates = []
-    for m, hm, hj, t in zip(mag, history_mag, history_jd, jd, strict=True):
-        ok = np.isfinite(hm)
-        if not ok.any():
-            rates.append(np.nan)
-            continue
-        k = np.nanargmax(np.where(ok, hm, -np.inf))
-        rates.append((hm[k] - m) / max(t - hj[k], 1e-3))
-    rates = np.array(rates)
-    return pd.DataFrame({"rise_rate": rates, "fast_riser": rates > threshold})
-"""),
-("md", "## Try it: exactly what each Spark worker does per batch"),
-("code", """
-from fink.science.api import run_module
-
-mod = rise_rate.__fink_module__
-out = run_module(mod, [column(c) for c in mod.inputs])
-print(f"{out['_seconds'].sum() * 1000 / len(out):.3f} ms per alert; error: {out['_error'].iloc[0]}")
-out[["rise_rate", "fast_riser"]].describe(include="all")
-"""),
-("code", """
-import matplotlib.pyplot as plt
-
-fig, ax = plt.subplots(figsize=(6, 3.2))
-ax.hist(out["rise_rate"].dropna().clip(-2, 2), bins=40)
-ax.set_xlabel("rise rate (mag/day, clipped to +-2)")
-ax.set_ylabel("alerts")
-plt.show()
-"""),
-("md", """
-## Plug it in
-
-Save the function in a module of your package (e.g. `mymodules/risers.py`, with the same
-`@module` declaration), make it importable where Spark runs, and list it in raw2science's
-parameters, after the built-in ones if it uses their outputs:
-
-```yaml
-modules:
-  - fink.science.modules.features:lightcurve_features
-  - mymodules.risers:rise_rate
-module_params:
-  mymodules.risers:rise_rate: {threshold: 0.2}
-```
-
-A module that raises on a batch gives null columns for that batch and is reported in the
-query's metrics (`<name>_errors`, `<name>_error`); `fail_on_module_error: true` stops instead.
-`fink/science/modules/template.py` is a commented starting point.
-"""),
-]

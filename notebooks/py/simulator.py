@@ -1,24 +1,23 @@
-"""Cells of notebooks/simulator.ipynb (see tools/nbbuild.py)."""
+# %% [markdown]
+# # Simulator: replay alerts into Kafka in ZTF's wire format
+#
+# Publishes alerts to a Kafka topic the way ZTF does (one Avro container file per message, topic
+# `ztf_YYYYMMDD_programid1`), from the bundled sample night, the generator, a folder of `.avro`
+# files (a downloaded night, `../shared/datasim/ztf/...`) or a ZTF tarball. Paces them (steady
+# rate, or a burst every 39 s like survey visits), optionally injects malformed messages, and
+# reports the rate it achieved.
+#
+# * **reads**: `source`; **writes**: Kafka topic `topic` at `kafka_bootstrap`
+# * **headless**: `fink start simulator -c conf/local.yaml`, or
+#   `papermill notebooks/simulator.ipynb out.ipynb -f conf/local.yaml -p rate 50`
 
-from nbbuild import COMMON_PARAMETERS
-
-NOTEBOOKS: dict[str, list[tuple]] = {}
-
-NOTEBOOKS["notebooks/simulator.ipynb"] = [
-("md", """
-# Simulator: replay alerts into Kafka in ZTF's wire format
-
-Publishes alerts to a Kafka topic the way ZTF does (one Avro container file per message, topic
-`ztf_YYYYMMDD_programid1`), from the bundled sample night, the generator, a folder of `.avro`
-files (a downloaded night, `../shared/datasim/ztf/...`) or a ZTF tarball. Paces them (steady
-rate, or a burst every 39 s like survey visits), optionally injects malformed messages, and
-reports the rate it achieved.
-
-* **reads**: `source`; **writes**: Kafka topic `topic` at `kafka_bootstrap`
-* **headless**: `fink start simulator -c conf/local.yaml`, or
-  `papermill notebooks/simulator.ipynb out.ipynb -f conf/local.yaml -p rate 50`
-"""),
-("code", COMMON_PARAMETERS + '''
+# %% tags=["parameters"]
+kafka_bootstrap: str = "127.0.0.1:9092"  # Kafka bootstrap servers, host:port[,host:port]
+hbase_thrift: str = "127.0.0.1:9090"  # HBase Thrift gateway, host:port
+spark_master: str = "local[2]"  # local[N] | spark://host:7077 | yarn | k8s://...
+spark_conf: dict = {}  # extra Spark settings, e.g. {"spark.executor.memory": "4g"}
+data_dir: str = ""  # archive root, "" means $FINK_HOME/data
+log_level: str = "WARN"  # Spark log level in this notebook
 source: str = "../datasim/sample_night"  # generator | folder of .avro | .avro file | .tar.gz
 survey: str = "ztf"  # ztf | rubin | a survey description file: what the generator writes, the topic naming
 topic: str = ""  # "" means the survey's topic of the night (ztf_<night>_programid1, lsst_<night>)
@@ -35,8 +34,8 @@ loop: bool = False  # start the source again when it runs out
 fresh_ids: bool = True  # with loop, new candids on each pass (else the broker sees duplicates)
 faults: dict = {}  # fraction of malformed messages per kind, e.g. {"truncated": 0.05, "empty": 0.01}
 stop_file: str = ""  # set by `fink start`, `fink stop` creates it to end the run
-''', ["parameters"]),
-("code", """
+
+# %%
 import json
 
 from fink import metrics
@@ -47,21 +46,27 @@ from fink.streaming import stop_requested
 cfg = FinkConfig.from_namespace(globals())
 sim = SimulatorConfig.from_namespace(globals())
 print(f"{sim.source} -> {sim.topic_name} on {cfg.kafka_bootstrap}")
-"""),
-("md", "## Load (or generate and encode) the alerts"),
-("code", """
+
+# %% [markdown]
+# ## Load (or generate and encode) the alerts
+
+# %%
 messages = load_messages(sim, progress=True)
 print(f"{len(messages)} alerts ready, {sum(map(len, messages)) / 1e6:.1f} MB")
-"""),
-("md", "## Publish"),
-("code", """
+
+# %% [markdown]
+# ## Publish
+
+# %%
 report = replay(sim, cfg.kafka_bootstrap, messages=messages, progress=True,
                 stop=lambda: stop_requested(stop_file))
 metrics.process_recorder("simulator").note("simulator", 0, report)  # for the dashboard and `fink demo`
 print(json.dumps(report, indent=1))
-"""),
-("md", "## What was sent"),
-("code", """
+
+# %% [markdown]
+# ## What was sent
+
+# %%
 import matplotlib.pyplot as plt
 import numpy as np
 
@@ -82,5 +87,3 @@ ax.set_ylabel("magpsf")
 ax.legend(title="band")
 ax.set_title(f"{report['alerts']} alerts to {report['topic']} at {report['alerts_per_s']} alerts/s")
 plt.show()
-"""),
-]
