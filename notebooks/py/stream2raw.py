@@ -77,10 +77,11 @@ monitor = QueryMonitor("stream2raw")  # input and processed rows/s, batch time, 
 query = streaming.start(writer, stream2raw.QUERY_NAME)
 result = streaming.run_until([query], duration=duration, stop_file=stop_file, poll=2.0, on_poll=monitor)
 progress = result.progress[stream2raw.QUERY_NAME]
-totals = stream2raw.reconcile(spark, progress, paths["raw"])
+unread = stream2raw.unread(spark, stage, cfg.kafka_bootstrap, paths["checkpoint"])  # what Kafka still holds for it
+totals = stream2raw.reconcile(spark, progress, paths["raw"], unread)
 print(f"ended: {result.reason} after {result.seconds:.1f} s: {totals}")
 if not totals["balanced"]:
-    raise RuntimeError(f"messages read != archived + quarantined: {totals}")
+    raise RuntimeError(totals.get("problem") or f"messages read != archived + quarantined: {totals}")
 
 # %% [markdown]
 # ## Summary
