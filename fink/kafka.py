@@ -7,6 +7,7 @@ switched on, as the Fink community client does; otherwise plaintext.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -107,6 +108,7 @@ def ensure_topic(bootstrap: str, topic: str, partitions: int = 1, timeout: float
 
     admin = AdminClient(client_config(bootstrap))
     created = False
+    track(topic)
     if topic not in admin.list_topics(timeout=timeout).topics:
         future = admin.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=1,
                                                config=dict(config or {}))])[topic]
@@ -161,24 +163,53 @@ def delete_topics(bootstrap: str, names: Iterable[str], timeout: float = 60.0) -
     return deleted
 
 
+#: the environment variable naming the file where the topics made inside a
+#: :func:`temporary_topics` block are listed (child processes inherit it)
+TEMPORARY_TOPICS = "FINK_TEMPORARY_TOPICS"
+
+
+def track(topic: str) -> None:
+    """List ``topic`` as made inside the current :func:`temporary_topics` block, if any."""
+    path = os.environ.get(TEMPORARY_TOPICS)
+    if path:
+        with open(path, "a") as f:
+            f.write(topic + "\n")
+
+
 @contextmanager
 def temporary_topics(bootstrap: str) -> Iterator[str]:
-    """Delete, on exit, the topics created on ``bootstrap`` inside the block.
+    """Delete, on exit, the topics this process and its children made inside the block.
 
     For tests and benchmarks: without it every run leaves its topics' data on the
-    broker's disk. Topics that existed before the block are kept; if the broker is down
-    on exit, or a deletion fails, the topics left are logged: the block's own outcome stands.
+    broker's disk. The topics go by name: those :func:`ensure_topic` (and so the simulator,
+    distribution, the delivery log) made or met while the block ran, listed in a file that
+    child processes inherit (:data:`TEMPORARY_TOPICS`); a topic another process made
+    meanwhile stays, as do the topics there before the block. If the broker is down on
+    exit, or a deletion fails, the topics left are logged: the block's own outcome stands.
     """
+    import tempfile
+
     before = topics(bootstrap)
+    fd, path = tempfile.mkstemp(prefix="fink-topics-", suffix=".txt")
+    os.close(fd)
+    outer = os.environ.get(TEMPORARY_TOPICS)
+    os.environ[TEMPORARY_TOPICS] = path
     try:
         yield bootstrap
     finally:
+        if outer is None:
+            os.environ.pop(TEMPORARY_TOPICS, None)
+        else:
+            os.environ[TEMPORARY_TOPICS] = outer
+        with open(path) as f:
+            made = {line.strip() for line in f if line.strip()} - before
+        os.unlink(path)
         try:
             current = topics(bootstrap, timeout=10.0)
         except Exception:  # the broker is down: its topics stay, nothing else to do
             current = set()
         try:
-            delete_topics(bootstrap, current - before)
+            delete_topics(bootstrap, made & current)
         except KafkaError as exc:
             logger.warning("temporary topics left on the broker: %s", exc)
 

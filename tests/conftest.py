@@ -50,8 +50,12 @@ def hbase_thrift(kafka_bootstrap: str, services_config: ServicesConfig) -> tuple
 
 @pytest.fixture
 def topic() -> str:
-    """A topic name no other test uses."""
-    return f"test_{uuid.uuid4().hex[:12]}"
+    """A topic name no other test uses (deleted with the session's temporary topics)."""
+    from fink import kafka
+
+    name = f"test_{uuid.uuid4().hex[:12]}"
+    kafka.track(name)
+    return name
 
 
 @pytest.fixture(scope="session")

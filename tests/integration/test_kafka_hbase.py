@@ -55,6 +55,26 @@ def test_end_offsets_mark_where_new_messages_begin(kafka_bootstrap, topic):
     assert json.loads(kafka.starting_offsets_json(topic, offsets)) == {topic: {str(p): o for p, o in offsets.items()}}
 
 
+def test_temporary_topics_go_by_name_and_spare_what_another_process_made(kafka_bootstrap):
+    """Before, every topic made while the block ran was deleted, another process's too (a
+    test session beside a demo on the same broker deleted the demo's topics)."""
+    import subprocess
+    import sys
+
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    mine, child, other = (f"tmp_{k}_{uuid.uuid4().hex[:8]}" for k in ("mine", "child", "other"))
+    with kafka.temporary_topics(kafka_bootstrap):
+        kafka.ensure_topic(kafka_bootstrap, mine)
+        subprocess.run([sys.executable, "-c", f"from fink import kafka; kafka.ensure_topic({kafka_bootstrap!r}, "
+                                              f"{child!r})"], check=True)  # inherits the list
+        admin = AdminClient(kafka.client_config(kafka_bootstrap))  # as another program would
+        admin.create_topics([NewTopic(other, num_partitions=1, replication_factor=1)])[other].result(30)
+    left = kafka.topics(kafka_bootstrap)
+    assert mine not in left and child not in left and other in left
+    kafka.delete_topics(kafka_bootstrap, {other})
+
+
 def test_unreachable_broker_is_a_clear_error(topic):
     with pytest.raises(kafka.KafkaError, match="not delivered"):
         kafka.produce("127.0.0.1:1", topic, [b"x"], timeout=2, **{"message.timeout.ms": 1500})
