@@ -80,7 +80,7 @@ def main() -> None:
     parser.add_argument("--junk-bytes", type=int, default=900_000)
     parser.add_argument("--replays", type=int, default=40)
     args = parser.parse_args()
-    night = read_messages(SHARED)
+    night = list(read_messages(SHARED))
     bootstrap = ServicesConfig.load().kafka_bootstrap
     topic = f"bench_quarantine_{uuid.uuid4().hex[:8]}"
     with kafka.temporary_topics(bootstrap), tempfile.TemporaryDirectory(prefix="bench-quarantine-") as tmp:

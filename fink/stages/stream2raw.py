@@ -30,7 +30,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from fink import avro, metrics
@@ -615,10 +614,9 @@ def _commit(spark: "SparkSession", batch_id: int, name: "BatchKey", paths: dict[
     if len(set_aside):
         if bootstrap is None:
             raise ValueError("stream2raw.write_batch: messages to quarantine but no Kafka bootstrap to read them from")
-        staged: dict[str, list[str]] = {}
-        for k, part in enumerate(fetch_messages(spark, bootstrap, set_aside)):  # a few MB at a time
-            staged = filestore.stage(quarantine_columns(part), paths["quarantine"], name, "ingest_night", 1,
-                                     append=k > 0)
+        staged = filestore.stage(quarantine_columns(set_aside_messages(spark, bootstrap, set_aside)),
+                                 paths["quarantine"], name, "ingest_night", 1)
+        _warn_missing(spark, paths["quarantine"], name, staged)
         filestore.publish(spark, paths["quarantine"], name, staged)
     clock.lap("quarantine")
     filestore.publish(spark, paths["raw"], name,
@@ -639,6 +637,18 @@ def _commit(spark: "SparkSession", batch_id: int, name: "BatchKey", paths: dict[
     metrics.note(QUERY_NAME, batch_id, record)
     index.add(keys[keys["reason"].isna()])
     return record
+
+
+def _warn_missing(spark: "SparkSession", root: str, name: "BatchKey", staged: dict[str, list[str]]) -> None:
+    """Log the set-aside messages Kafka no longer held when they were read again (retention):
+    quarantined without their bytes."""
+    from fink import filestore
+
+    base = f"{root.rstrip('/')}/{filestore.staging_folder(name)}"
+    files = [f"{base}/{rel}" for rels in staged.values() for rel in rels]
+    missing = spark.read.parquet(*files).where("raw IS NULL").count() if files else 0
+    if missing:
+        logger.warning("stream2raw: %d set-aside messages no longer in Kafka; quarantined without bytes", missing)
 
 
 #: Parquet writer options of the raw archive, measured on real ZTF alerts: zstd writes these
@@ -813,45 +823,41 @@ def _restage_without(spark: "SparkSession", root: str, batch_id: "BatchKey", fol
     return out
 
 
-#: the bytes of set-aside messages the driver holds at most at a time (one part of the quarantine)
-FETCH_BYTES = 32 << 20
-
-
-def fetch_messages(spark: "SparkSession", bootstrap: str, keys, part_bytes: int = FETCH_BYTES
-                   ) -> Iterator["DataFrame"]:
+def set_aside_messages(spark: "SparkSession", bootstrap: str, keys) -> "DataFrame":
     """The set-aside messages of ``keys`` (pandas: topic, partition, offset, timestamp, reason,
-    brokerIngestTimestamp) with their bytes as ``value``, read again from Kafka by offset, in
-    parts of about ``part_bytes`` (one DataFrame each, written before the next is read).
+    brokerIngestTimestamp) with their bytes as ``value``, read again from Kafka by the
+    executors: one batch read of each partition's offset range, kept to the keys' offsets
+    (a broadcast join on the offsets). A message gone from Kafka meanwhile (retention) keeps
+    a null ``value``.
 
     Notes
     -----
-    A plain consumer in the driver reads them, a part at a time: a Spark batch read per
-    micro-batch would leave a cached consumer (and its fetch buffers) behind each time, and
-    a whole batch of them at once (a night replayed many times: gigabytes of duplicates)
-    would not fit in the driver. A message gone from Kafka meanwhile (retention) is
-    quarantined without its bytes.
+    The bytes never go through the driver: a night replayed 40 times (gigabytes of
+    duplicates) or thousands of 900 KB junk messages are written to the quarantine by the
+    tasks that read them, a row at a time. The driver holds the offsets alone.
     """
+    import json
+
+    from pyspark.sql import functions as F
+
     from fink import kafka
 
-    schema = ("topic string, partition int, offset long, reason string, brokerIngestTimestamp timestamp, "
-              "value binary, timestamp timestamp")
-    rows = keys[["topic", "partition", "offset", "timestamp", "reason", "brokerIngestTimestamp"]] \
-        .sort_values(["topic", "partition", "offset"])
-    missing, start, per = 0, 0, 16  # messages per read: grows or shrinks to fill part_bytes
-    while start < len(rows):
-        chunk = rows.iloc[start:start + per].copy()
-        values = kafka.fetch(bootstrap, chunk[["topic", "partition", "offset"]].itertuples(index=False, name=None))
-        chunk["value"] = [values.get((t, int(p), int(o))) for t, p, o in
-                          chunk[["topic", "partition", "offset"]].itertuples(index=False, name=None)]
-        del values
-        missing += sum(v is None for v in chunk["value"])
-        size = sum(len(v) for v in chunk["value"] if v is not None)
-        yield spark.createDataFrame(chunk[["topic", "partition", "offset", "reason", "brokerIngestTimestamp", "value",
-                                           "timestamp"]], schema)
-        start += len(chunk)
-        per = max(1, min(4096, int(per * part_bytes / max(size, 1))))
-    if missing:
-        logger.warning("stream2raw: %d set-aside messages no longer in Kafka; quarantined without bytes", missing)
+    wanted = keys[["topic", "partition", "offset", "timestamp", "reason", "brokerIngestTimestamp"]]
+    ranges = wanted.groupby(["topic", "partition"])["offset"].agg(["min", "max"])
+    assign: dict[str, list[int]] = {}
+    start: dict[str, dict[str, int]] = {}
+    end: dict[str, dict[str, int]] = {}
+    for (topic, part), (lo, hi) in ranges.iterrows():
+        assign.setdefault(topic, []).append(int(part))
+        start.setdefault(topic, {})[str(int(part))] = int(lo)
+        end.setdefault(topic, {})[str(int(part))] = int(hi) + 1
+    messages = (spark.read.format("kafka").options(**kafka.spark_options(bootstrap))
+                .option("assign", json.dumps(assign)).option("startingOffsets", json.dumps(start))
+                .option("endingOffsets", json.dumps(end)).option("failOnDataLoss", "false").load()
+                .select("topic", "partition", "offset", "value"))
+    offsets = spark.createDataFrame(wanted, "topic string, partition int, offset long, timestamp timestamp, "
+                                            "reason string, brokerIngestTimestamp timestamp")
+    return F.broadcast(offsets).join(messages, ["topic", "partition", "offset"], "left")
 
 
 def build(spark: "SparkSession", cfg: Stream2RawConfig, fink: FinkConfig) -> "DataStreamWriter":

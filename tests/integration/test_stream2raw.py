@@ -136,38 +136,35 @@ def test_an_alert_id_outside_the_surveys_range_is_set_aside_and_the_others_archi
 
 
 @pytest.mark.timeout(900)
-def test_set_aside_messages_reach_the_quarantine_whole_a_bounded_part_at_a_time(
+def test_set_aside_messages_reach_the_quarantine_whole_without_passing_through_the_driver(
         fresh_spark, kafka_bootstrap, topic, tmp_path, monkeypatch):
     """100 junk messages of 900 KB and the night replayed 3 times, in one batch: every message
-    accounted for, each quarantined with its bytes, the driver holding one part of about
-    ``FETCH_BYTES`` at a time (before the fix, every set-aside message of a batch went
-    through the driver at once: a night replayed 40 times ran it out of heap)."""
+    accounted for, each quarantined with its bytes, read again by the executors (before, the
+    driver fetched them: at the issue's sizes, 3,000 junk messages of 900 KB, it ran the
+    default 2 GB heap out of memory; `benchmarks/bench_quarantine.py` runs those sizes)."""
     import numpy as np
+
+    from fink import kafka
 
     rng = np.random.default_rng(3)
     junk = [b"Z" + rng.bytes(900_000 - 1) for _ in range(100)]
     night = load_messages(SimulatorConfig(source=SAMPLE))
     replay(SimulatorConfig(topic=topic), kafka_bootstrap, messages=junk + night * 3, progress=False)
-    monkeypatch.setattr(s2r, "FETCH_BYTES", 8 << 20)  # parts of 8 MB: several of them, on the tests' small heap
-    parts = []
-    real = s2r.fetch_messages
 
-    def counted(spark, bootstrap, keys, part_bytes=None):  # the parts the driver held, one at a time
-        for part in real(spark, bootstrap, keys, s2r.FETCH_BYTES):
-            parts.append(part.agg(F.count("*"), F.sum(F.length("value"))).first())
-            yield part
+    def driver_fetch(*args, **kwargs):
+        raise AssertionError("the driver fetched message bytes")
 
-    monkeypatch.setattr(s2r, "fetch_messages", counted)
+    monkeypatch.setattr(kafka, "fetch", driver_fetch)
     paths, totals = run(fresh_spark, kafka_bootstrap, topic, tmp_path, max_offsets=5000)
     assert totals["balanced"] and totals["messages"] == 100 + 3 * 229 and totals["archived"] == 229
     assert totals["reasons"] == {"not_avro": 100, "duplicate": 2 * 229}
-    assert sum(n for n, _ in parts) == 100 + 2 * 229 and len(parts) > 8
-    assert max(size for _, size in parts) <= 2 * s2r.FETCH_BYTES
     quarantine = fresh_spark.read.parquet(paths["quarantine"])
     sizes = {r["reason"]: (r["n"], r["bytes"]) for r in quarantine.groupBy("reason").agg(
         F.count("*").alias("n"), F.sum(F.length("raw")).alias("bytes")).collect()}
     assert sizes["not_avro"] == (100, 100 * 900_000)
     assert sizes["duplicate"] == (2 * 229, 2 * sum(len(m) for m in night))
+    kept = {bytes(r.raw) for r in quarantine.where("reason = 'not_avro'").select("raw").collect()}
+    assert kept == set(junk)  # the very bytes, not only their sizes
 
 
 def test_offsets_gone_from_kafka_before_they_were_read_are_counted_as_lost(fresh_spark, kafka_bootstrap, topic,
