@@ -132,8 +132,8 @@ def end_to_end(spark, bootstrap: str, messages: list[bytes], rate: float, second
     stop = threading.Event()
 
     def consume():
-        c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-{out_topic}",
-                      "auto.offset.reset": "earliest"})
+        c = Consumer(kafka.client_config(bootstrap, **{"group.id": f"bench-{out_topic}",
+                                                       "auto.offset.reset": "earliest"}))
         c.subscribe([out_topic])
         while not stop.is_set():
             msg = c.poll(0.2)

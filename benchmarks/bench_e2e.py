@@ -122,8 +122,9 @@ class Receiver(threading.Thread):
 
         from fink.client import decode
 
-        c = Consumer({"bootstrap.servers": self.bootstrap, "group.id": f"bench-{uuid.uuid4().hex[:8]}",
-                      "auto.offset.reset": "earliest", "isolation.level": "read_committed"})
+        c = Consumer(kafka.client_config(self.bootstrap, **{"group.id": f"bench-{uuid.uuid4().hex[:8]}",
+                                                            "auto.offset.reset": "earliest",
+                                                            "isolation.level": "read_committed"}))
         c.subscribe([self.topic])
         while not self.done.is_set():
             msg = c.poll(0.2)

@@ -2,9 +2,11 @@
 
 A user connects to the broker's SASL listener (``kafka_sasl_port``) with SCRAM-SHA-512, as
 the Fink community client does, and may read the topics granted to them (and their
-``_schema`` topics) with consumer groups whose id starts with their name, nothing else: no
-other topic, no write, no topic creation. These calls go through the internal listener,
-which only the machine's operator reaches.
+``_schema`` topics) with consumer groups whose id starts with ``<name>-``, nothing else: no
+other topic, no write, no topic creation. Only distribution topics can be granted (a topic
+with its ``_schema`` topic): never ``*``, Kafka's internal topics, the delivery log or a
+survey's topic. These calls go through the internal listener as the service account
+(:func:`fink.kafka.client_config`), whose password only the machine's operator reads.
 
 Notes
 -----
@@ -29,6 +31,7 @@ from fink.errors import FinkError
 #: SCRAM iterations (Kafka's minimum is 4096)
 ITERATIONS = 8192
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")
+_TOPIC = re.compile(r"^[A-Za-z0-9._-]{1,249}$")  # Kafka's own rule for topic names
 
 
 class AccessError(FinkError, ValueError):
@@ -124,10 +127,35 @@ def _bindings(name: str, topic: str | None):
         for t in (topic, f"{topic}_schema"):
             for op in (AclOperation.READ, AclOperation.DESCRIBE):
                 out.append(AclBinding(ResourceType.TOPIC, t, ResourcePatternType.LITERAL, principal, "*", op, allow))
-    else:  # consumer groups named after the user
-        out.append(AclBinding(ResourceType.GROUP, name, ResourcePatternType.PREFIXED, principal, "*",
+    else:  # consumer groups named "<user>-...": a bare "<user>" prefix would give alice the groups of alicia
+        out.append(AclBinding(ResourceType.GROUP, group_prefix(name), ResourcePatternType.PREFIXED, principal, "*",
                               AclOperation.READ, allow))
     return out
+
+
+def group_prefix(name: str) -> str:
+    """What the ids of ``name``'s consumer groups start with."""
+    return f"{_check_name(name)}-"
+
+
+def _check_topic(bootstrap: str, topic: str) -> None:
+    """Refuse to grant anything but a distribution topic: one that exists with its ``_schema`` topic,
+    and is neither internal (``__*``), a ``_schema`` topic nor the delivery log."""
+    from fink.delivery import LOG_TOPIC
+
+    why = None
+    if not isinstance(topic, str) or not _TOPIC.match(topic):
+        why = "not a topic name (a grant names one topic: no '*', no pattern)"
+    elif topic.startswith("_") or topic == LOG_TOPIC or topic.endswith("_schema"):
+        why = "a topic of the broker itself"
+    else:
+        found = kafka.topics(bootstrap)
+        if topic not in found:
+            why = "no such topic on the broker (run distribution first)"
+        elif f"{topic}_schema" not in found:
+            why = f"no {topic}_schema topic beside it"
+    if why:
+        raise AccessError(f"grant {topic!r}: not a distribution topic: {why}")
 
 
 def users(bootstrap: str) -> list[str]:
@@ -141,14 +169,39 @@ def users(bootstrap: str) -> list[str]:
 
 
 def grant(bootstrap: str, name: str, topic: str) -> None:
-    """Let ``name`` read ``topic`` (and its ``_schema`` topic) with groups starting with ``name``."""
+    """Let ``name`` read the distribution topic ``topic`` (and its ``_schema`` topic) with groups
+    whose id starts with ``<name>-``.
+
+    Raises
+    ------
+    AccessError
+        If ``name`` has no credential, or ``topic`` is not a distribution topic (``*``, an
+        internal topic, the delivery log, a ``_schema`` or survey topic, an absent one).
+    """
     if name not in users(bootstrap):
         raise AccessError(f"grant {topic} to {name}: no such user (add it first: fink users add {name})")
+    _check_topic(bootstrap, topic)
     admin = _admin(bootstrap)
+    _drop_bare_group_prefix(admin, name)
     bindings = _bindings(name, topic) + _bindings(name, None)
     _result(admin.create_acls(bindings), f"grant {topic} to {name}")
     wanted = {(b.restype, b.name, b.operation) for b in bindings}
     _applied(f"grant {topic} to {name}", lambda: wanted <= _user_acls(admin, name, None))
+
+
+def _drop_bare_group_prefix(admin, name: str) -> None:
+    """Delete the group grant of earlier versions (prefix ``<name>``, no dash), if there is one."""
+    from confluent_kafka.admin import (
+        AclBindingFilter,
+        AclOperation,
+        AclPermissionType,
+        ResourcePatternType,
+        ResourceType,
+    )
+
+    old = AclBindingFilter(ResourceType.GROUP, name, ResourcePatternType.PREFIXED, f"User:{name}", None,
+                           AclOperation.READ, AclPermissionType.ALLOW)
+    _result(admin.delete_acls([old]), f"drop {name}'s former group grant")
 
 
 def revoke(bootstrap: str, name: str, topic: str) -> None:

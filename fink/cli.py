@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from fink import jvm, runner, services
-from fink.config import ServicesConfig, fink_home, local_path
+from fink.config import ServicesConfig, fink_home, local_path, service_password
 from fink.errors import FinkError
 from fink.log import logger
 
@@ -144,6 +144,7 @@ def _init(conf: str | None = None) -> int:
     ServicesConfig.load(home)  # validate an existing one
     secrets = home / "secrets"
     secrets.mkdir(mode=0o700, exist_ok=True)
+    service_password(home, create=True)  # the local broker's service account (fink.services.kafka)
     print(f"FINK_HOME: {home}\nservices configuration: {conf}\nsecrets (mode 0600 files): {secrets}")
     return 0
 

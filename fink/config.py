@@ -250,6 +250,47 @@ class ServicesConfig(Validated):
         return f"{self.host}:{self.thrift_port}"
 
 
+#: the principal of the broker's own clients (stages, simulator, operator's commands) on the
+#: internal listeners: the one super user of the local broker
+SERVICE_ACCOUNT = "fink-broker"
+#: the file under ``$FINK_HOME/secrets`` holding the service account's password
+SERVICE_SECRET = "kafka_service"
+
+
+def _private_text(path: Path) -> str:
+    """The text of a secret file, refused if anyone but its owner may read it."""
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o077:
+        raise ConfigError(f"{path}: secret file has mode {mode:o}; run `chmod 600 {path}`")
+    return path.read_text().strip()
+
+
+def service_password(home: Path | None = None, create: bool = False) -> str | None:
+    """The password of :data:`SERVICE_ACCOUNT` (``$FINK_HOME/secrets/kafka_service``), or None.
+
+    With ``create``, a missing one is generated (32 random bytes, URL-safe) in a file of mode
+    0600, in a folder of mode 0700: ``fink init`` and ``fink services start`` do this.
+
+    Notes
+    -----
+    Only this machine's operator (the owner of ``$FINK_HOME``) reads it: the local broker's
+    internal listeners accept no other identity as super user, so whoever holds it may write
+    any topic, the delivery log included.
+    """
+    import secrets as random
+
+    folder = (home or fink_home()) / "secrets"
+    path = folder / SERVICE_SECRET
+    if not path.exists():
+        if not create:
+            return None
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(random.token_urlsafe(32) + "\n")
+    return _private_text(path)
+
+
 def secret(name: str) -> str | None:
     """Return the secret ``name`` from ``$FINK_<NAME>`` or ``$FINK_HOME/secrets/<name>``.
 
@@ -266,7 +307,4 @@ def secret(name: str) -> str | None:
     path = fink_home() / "secrets" / name.lower()
     if not path.exists():
         return None
-    mode = stat.S_IMODE(path.stat().st_mode)
-    if mode & 0o077:
-        raise ConfigError(f"{path}: secret file has mode {mode:o}; run `chmod 600 {path}`")
-    return path.read_text().strip()
+    return _private_text(path)

@@ -178,9 +178,9 @@ class LaneWatch:
 
         from fink.client import decode
 
-        c = Consumer({"bootstrap.servers": self.bootstrap, "group.id": f"demo-watch-{uuid.uuid4().hex[:8]}",
-                      "auto.offset.reset": "earliest", "isolation.level": "read_committed",
-                      "topic.metadata.refresh.interval.ms": 1000})
+        c = Consumer(kafka.client_config(self.bootstrap, **{
+            "group.id": f"demo-watch-{uuid.uuid4().hex[:8]}", "auto.offset.reset": "earliest",
+            "isolation.level": "read_committed", "topic.metadata.refresh.interval.ms": 1000}))
         c.subscribe([self.topic])
         try:
             while not self.done.is_set():

@@ -1,8 +1,12 @@
 """Kafka clients: confluent-kafka for Python producers and consumers, options for Spark's source.
 
-Credentials are never parameters: when ``FINK_KAFKA_USERNAME`` and the secret
-``kafka_password`` (see :func:`fink.config.secret`) are both set, SASL/SCRAM-SHA-512 is
-switched on, as the Fink community client does; otherwise plaintext.
+Credentials are never parameters. A client of the local broker's internal listener
+(``kafka_port`` of ``$FINK_HOME/services.yaml``) authenticates as the service account
+(:data:`fink.config.SERVICE_ACCOUNT`, its password in ``$FINK_HOME/secrets/kafka_service``),
+the only identity that listener accepts. ``FINK_KAFKA_USERNAME`` and the secret
+``kafka_password`` (see :func:`fink.config.secret`), when both are set, are used instead, for
+any broker (one run elsewhere, for instance). Every client uses SASL/SCRAM-SHA-512, as the
+Fink community client does, or plaintext when it has no credentials.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from fink.config import secret
+from fink.config import LOOPBACK, SERVICE_ACCOUNT, ServicesConfig, secret, service_password
 from fink.errors import FinkError
 from fink.log import logger
 
@@ -22,30 +26,52 @@ class KafkaError(FinkError, RuntimeError):
     """A produce, consume or admin request failed."""
 
 
-def _sasl() -> dict[str, str]:
+def internal(bootstrap: str) -> bool:
+    """Whether ``bootstrap`` is the local broker's internal listener (loopback, ``kafka_port``)."""
+    port = ServicesConfig.load().kafka_port
+    servers = [s.strip().rpartition(":") for s in bootstrap.split(",") if s.strip()]
+    return bool(servers) and all(host.strip("[]") in LOOPBACK and p == str(port) for host, _, p in servers)
+
+
+def credentials(bootstrap: str) -> tuple[str, str] | None:
+    """The (user, password) a client of ``bootstrap`` authenticates with, or None for plaintext."""
     user, password = secret("kafka_username"), secret("kafka_password")
-    if not (user and password):
-        return {}
-    return {"security.protocol": "SASL_PLAINTEXT", "sasl.mechanism": "SCRAM-SHA-512",
-            "sasl.username": user, "sasl.password": password}
+    if user and password:
+        return user, password
+    if internal(bootstrap):
+        password = service_password()
+        if password:
+            return SERVICE_ACCOUNT, password
+    return None
+
+
+def sasl_config(bootstrap: str, user: str, password: str, **extra: Any) -> dict[str, Any]:
+    """A confluent-kafka configuration that authenticates ``user`` with SCRAM-SHA-512."""
+    return {"bootstrap.servers": bootstrap, "security.protocol": "SASL_PLAINTEXT", "sasl.mechanism": "SCRAM-SHA-512",
+            "sasl.username": user, "sasl.password": password, **extra}
 
 
 def client_config(bootstrap: str, **extra: Any) -> dict[str, Any]:
-    """Return a confluent-kafka configuration for ``bootstrap`` (plus SASL if configured)."""
-    return {"bootstrap.servers": bootstrap, **_sasl(), **extra}
+    """Return a confluent-kafka configuration for ``bootstrap``, authenticated as :func:`credentials` says."""
+    found = credentials(bootstrap)
+    if found is None:
+        return {"bootstrap.servers": bootstrap, **extra}
+    return sasl_config(bootstrap, *found, **extra)
 
 
 def spark_options(bootstrap: str) -> dict[str, str]:
-    """Return the ``kafka.*`` options of Spark's Kafka source and sink for ``bootstrap``."""
+    """Return the ``kafka.*`` options of Spark's Kafka source and sink for ``bootstrap``
+    (authenticated as :func:`client_config`)."""
     opts = {"kafka.bootstrap.servers": bootstrap}
-    sasl = _sasl()
-    if sasl:
-        opts["kafka.security.protocol"] = sasl["security.protocol"]
-        opts["kafka.sasl.mechanism"] = sasl["sasl.mechanism"]
+    found = credentials(bootstrap)
+    if found:
+        user, password = found
+        opts["kafka.security.protocol"] = "SASL_PLAINTEXT"
+        opts["kafka.sasl.mechanism"] = "SCRAM-SHA-512"
         # the JAAS line carries the password: it stays in memory, in the query's options only
         opts["kafka.sasl.jaas.config"] = (
             "org.apache.kafka.common.security.scram.ScramLoginModule required "
-            f'username="{sasl["sasl.username"]}" password="{sasl["sasl.password"]}";')
+            f'username="{user}" password="{password}";')
     return opts
 
 

@@ -7,6 +7,11 @@ distinct schema once.
 Credentials: a user connects to the broker's SASL listener with SCRAM-SHA-512. The password
 is never an argument: it is read from ``$FINK_CLIENT_PASSWORD`` or from a file readable by
 its owner only (by default the operator's copy, ``$FINK_HOME/secrets/users/<user>``).
+
+Offsets: an alert counts as read once :meth:`AlertStream.poll` returns it. Its offset is
+stored then, and committed by the consumer in the background and at :meth:`AlertStream.close`;
+a message received but not handed over (it failed to decode, or the broker's refusal was
+raised first) is read again by the next stream of the group, never skipped.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from fink import kafka
 from fink.avro import ALERT_ID_HEADER
 from fink.errors import FinkError
 
@@ -71,8 +77,8 @@ class AlertStream:
     topics
         Topic names.
     group_id
-        The consumer group: its committed offsets say where a new stream resumes. A user's
-        groups must start with their user name.
+        The consumer group: its committed offsets say where a new stream resumes (after the
+        last alert handed over). A user's groups must start with ``<user>-``.
     user, password_file
         Connect as ``user`` on the SASL listener (see the module notes for the password);
         without ``user``, plaintext on the internal listener (the operator's own use).
@@ -98,14 +104,18 @@ class AlertStream:
 
         self.topics = [topics] if isinstance(topics, str) else list(topics)
         services = ServicesConfig.load()
+        # offsets stored by poll() once it hands an alert over (librdkafka would store them as it
+        # receives messages), committed in the background and at close()
         conf: dict[str, Any] = {"group.id": group_id, "auto.offset.reset": offsets, "enable.auto.commit": True,
-                                "isolation.level": "read_committed", "error_cb": self._on_error}
+                                "enable.auto.offset.store": False, "isolation.level": "read_committed",
+                                "error_cb": self._on_error}
         if user:
-            conf.update({"bootstrap.servers": bootstrap or services.kafka_users_bootstrap,
-                         "security.protocol": "SASL_PLAINTEXT", "sasl.mechanism": "SCRAM-SHA-512",
-                         "sasl.username": user, "sasl.password": read_password(user, password_file)})
-        else:
-            conf["bootstrap.servers"] = bootstrap or services.kafka_bootstrap
+            if not group_id.startswith(f"{user}-"):
+                raise ClientError(f"group {group_id!r}: {user}'s consumer groups must start with '{user}-'")
+            conf = kafka.sasl_config(bootstrap or services.kafka_users_bootstrap, user,
+                                     read_password(user, password_file), **conf)
+        else:  # the operator, on the internal listener, as the service account
+            conf = kafka.client_config(bootstrap or services.kafka_bootstrap, **conf)
         self._errors: list[str] = []
         self._seen: OrderedDict[tuple[bytes, bytes], None] | None = OrderedDict() if dedup else None
         self.repeats = 0
@@ -137,8 +147,17 @@ class AlertStream:
                 raise ClientError(f"topics {self.topics}: {msg.error()}")
             if not self._repeated(msg):
                 break
-        alert = decode(msg.key(), msg.value())
+            self._consumer.store_offsets(message=msg)  # a repeat dropped on purpose is done with
+        try:
+            alert = decode(msg.key(), msg.value())
+        except Exception as exc:  # not stored, and read again: neither this stream nor the group skips it
+            from confluent_kafka import TopicPartition
+
+            self._consumer.seek(TopicPartition(msg.topic(), msg.partition(), msg.offset()))
+            where = f"{msg.topic()}[{msg.partition()}] offset {msg.offset()}"
+            raise ClientError(f"{where}: {exc} (not committed: the group reads it again)") from exc
         self._keys[msg.topic()] = msg.key()
+        self._consumer.store_offsets(message=msg)
         return msg.topic(), alert
 
     def _repeated(self, msg) -> bool:

@@ -18,7 +18,7 @@
 topics: list = ["fink_early_snia"]  # topics to read
 user: str = ""  # your user name on the SASL listener, "" for the internal listener (operator)
 password_file: str = ""  # where your password is, "" means $FINK_CLIENT_PASSWORD or the operator's copy
-group_id: str = "notebook-client"  # consumer group (must start with your user name)
+group_id: str = "notebook-client"  # consumer group (yours start with "<user>-"; added if missing)
 max_alerts: int = 50  # alerts to read
 idle: float = 10.0  # stop reading after this many seconds without an alert
 save_to: str = "saved_alerts"  # where the scanner saves alerts
@@ -26,7 +26,7 @@ save_to: str = "saved_alerts"  # where the scanner saves alerts
 # %%
 from fink.client import AlertStream
 
-with AlertStream(topics, group_id=group_id if not user or group_id.startswith(user) else f"{user}-{group_id}",
+with AlertStream(topics, group_id=group_id if not user or group_id.startswith(f"{user}-") else f"{user}-{group_id}",
                  user=user or None, password_file=password_file or None) as stream:
     received = list(stream.alerts(limit=max_alerts, idle=idle))
     # topics may send different fields: with one topic, the scanner saves alerts as Avro, else as JSON

@@ -16,7 +16,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from test_raw2science import science
 from test_stream2raw import SAMPLE, run
 
-from fink import access, streaming
+from fink import access, kafka, streaming
 from fink.config import FinkConfig, ServicesConfig
 from fink.delivery import BatchPublisher
 from fink.filters import alert_filter
@@ -45,7 +45,7 @@ def sample_science(spark, kafka_bootstrap, tmp_path_factory):
 
 def distribute(spark, data_dir, filters, checkpoint=None, stop_after=None, **options):
     """Run the stage (availableNow) and return (reconciled totals, sink)."""
-    fink = FinkConfig(data_dir=str(data_dir))
+    fink = FinkConfig(kafka_bootstrap=ServicesConfig.load().kafka_bootstrap, data_dir=str(data_dir))
     cfg = dist.DistributionConfig(filters=filters, checkpoint=checkpoint or str(data_dir / f"ck_{uuid.uuid4().hex}"),
                                   **options)
     writer = dist.build(spark, cfg, fink)
@@ -62,8 +62,8 @@ def distribute(spark, data_dir, filters, checkpoint=None, stop_after=None, **opt
 
 def consume(topics, group=None, **conf):
     """Every committed message of ``topics``: {topic: [(key, value)]}."""
-    c = Consumer({"bootstrap.servers": ServicesConfig.load().kafka_bootstrap, "auto.offset.reset": "earliest",
-                  "group.id": group or f"t-{uuid.uuid4().hex}", **conf})
+    c = Consumer(kafka.client_config(ServicesConfig.load().kafka_bootstrap, **{
+        "auto.offset.reset": "earliest", "group.id": group or f"t-{uuid.uuid4().hex}", **conf}))
     assigned = []
     c.subscribe(list(topics), on_assign=lambda consumer, parts: assigned.append(parts))
     out, idle, deadline = {t: [] for t in topics}, 0, time.monotonic() + 120
@@ -206,7 +206,8 @@ def test_a_column_raw2science_adds_after_the_start_fails_the_query_naming_it(spa
     shutil.copytree(sample_science / "science", science)
     cfg = dist.DistributionConfig(filters={f"drift_{uuid.uuid4().hex[:6]}": "fink.filters.builtin:bright"},
                                   science_path=str(science), checkpoint=str(tmp_path / "ck"))
-    writer = dist.build(spark, cfg, FinkConfig(data_dir=str(sample_science)))
+    writer = dist.build(spark, cfg, FinkConfig(kafka_bootstrap=ServicesConfig.load().kafka_bootstrap,
+                                               data_dir=str(sample_science)))
     layout = science_table.read_layout(spark, str(science))  # raw2science restarted with one more module
     science_table.write_layout(spark, str(science), layout["raw"], "ztf", layout["schema"].add("new_score", "double"))
     query = streaming.start(writer.trigger(availableNow=True), dist.QUERY_NAME)
@@ -222,13 +223,13 @@ def test_users_are_refused_what_they_were_not_granted(sample_science, spark):
     user = f"u{sfx}"
     password = access.add_user(services.kafka_bootstrap, user).read_text().strip()
     access.grant(services.kafka_bootstrap, user, granted)
-    sasl = {"bootstrap.servers": services.kafka_users_bootstrap, "security.protocol": "SASL_PLAINTEXT",
-            "sasl.mechanism": "SCRAM-SHA-512", "sasl.username": user}
+    def sasl(pw, **conf):
+        return kafka.sasl_config(services.kafka_users_bootstrap, user, pw, **conf)
 
     def read(topic, pw, group):
         errors = []
-        c = Consumer({**sasl, "sasl.password": pw, "group.id": group, "auto.offset.reset": "earliest",
-                      "error_cb": lambda e: errors.append(e)})
+        c = Consumer(sasl(pw, **{"group.id": group, "auto.offset.reset": "earliest",
+                                 "error_cb": lambda e: errors.append(e)}))
         c.subscribe([topic])
         n = 0
         for _ in range(20):
@@ -250,11 +251,11 @@ def test_users_are_refused_what_they_were_not_granted(sample_science, spark):
         assert "AUTHORIZATION" in read(granted, password, "someone-else")[1].upper()  # not their group
         assert "AUTHENTICATION" in read(granted, "wrong" + password, f"{user}-d")[1].upper()
         failures = []
-        p = Producer({**sasl, "sasl.password": password})
+        p = Producer(sasl(password))
         p.produce(granted, b"forged", on_delivery=lambda err, msg: failures.append(err))
         p.flush(15)
         assert failures and "AUTHORIZATION" in str(failures[0]).upper()  # cannot write
-        admin = AdminClient({**sasl, "sasl.password": password})
+        admin = AdminClient(sasl(password))
         with pytest.raises(Exception, match="(?i)authoriz"):
             admin.create_topics([NewTopic(f"mine_{sfx}", 1, 1)])[f"mine_{sfx}"].result(15)
         access.revoke(services.kafka_bootstrap, user, granted)
@@ -422,8 +423,9 @@ def test_topics_exist_with_their_settings_before_any_alert(spark, tmp_path):
     services = ServicesConfig.load()
     cfg = dist.DistributionConfig(filters={topic: "fink.filters.builtin:bright"}, partitions=3,
                                   retention_ms=3600000)
-    dist.build(spark, cfg, FinkConfig(data_dir=str(tmp_path)))  # an empty science archive: nothing written
-    admin = AdminClient({"bootstrap.servers": services.kafka_bootstrap})
+    # an empty science archive: nothing written
+    dist.build(spark, cfg, FinkConfig(kafka_bootstrap=services.kafka_bootstrap, data_dir=str(tmp_path)))
+    admin = AdminClient(kafka.client_config(services.kafka_bootstrap))
     meta = admin.list_topics(timeout=10).topics
     assert len(meta[topic].partitions) == 3 and all(p.leader >= 0 for p in meta[topic].partitions.values())
     from confluent_kafka.admin import ConfigResource

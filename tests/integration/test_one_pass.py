@@ -14,10 +14,10 @@ from confluent_kafka import Consumer
 from test_operations import candids, consume, hbase_candids, science_alerts, wait_for
 from test_raw2science import passes
 
-from fink import hbase, metrics, runner
+from fink import hbase, kafka, metrics, runner
 from fink.avro import ALERT_ID_HEADER
 from fink.client import AlertStream, decode
-from fink.config import ServicesConfig
+from fink.config import SERVICE_ACCOUNT, ServicesConfig, service_password
 from fink.services.process import process_start_time
 from fink.simulator import SimulatorConfig, load_messages, replay
 
@@ -42,8 +42,8 @@ def plan(data: Path, topic: str, realtime: str, bright: str, table: str, **strea
 
 def raw_messages(topic: str, expected: int, timeout: float = 120.0) -> list:
     """Every message of ``topic`` (key, value, headers), until ``expected`` came or 8 s of silence."""
-    consumer = Consumer({"bootstrap.servers": ServicesConfig.load().kafka_bootstrap, "group.id": uuid.uuid4().hex,
-                         "auto.offset.reset": "earliest"})
+    consumer = Consumer(kafka.client_config(ServicesConfig.load().kafka_bootstrap, **{
+        "group.id": uuid.uuid4().hex, "auto.offset.reset": "earliest"}))
     consumer.subscribe([topic])
     out, deadline, last = [], time.monotonic() + timeout, time.monotonic() + 30
     try:
@@ -103,7 +103,9 @@ def test_the_realtime_lane_sends_what_its_condition_selects_in_the_community_for
         # the community client reads the real-time topic unchanged, values equal to the raw archive's
         raw = {r["candid"]: r for r in pq.read_table(str(data / "raw"), columns=["candid", "objectId", "candidate"])
                .to_pylist()}
+        # on the internal listener as the service account (fink-client speaks SCRAM-SHA-512 too)
         client = AlertConsumer([rt], {"bootstrap.servers": ServicesConfig.load().kafka_bootstrap,
+                                      "username": SERVICE_ACCOUNT, "password": service_password(),
                                       "group.id": f"fc-{sfx}"}, survey="ztf")
         seen, deadline = [], time.monotonic() + 120
         while len(seen) < len(messages) and time.monotonic() < deadline:

@@ -64,8 +64,8 @@ def science_alerts(data: Path) -> list[dict]:
 
 def consume(topic: str, expected: int, timeout: float = 120.0) -> list[int]:
     """Candids of every committed message of ``topic``, reading until ``expected`` came or 8 s of silence."""
-    consumer = Consumer({"bootstrap.servers": ServicesConfig.load().kafka_bootstrap, "group.id": uuid.uuid4().hex,
-                         "auto.offset.reset": "earliest", "isolation.level": "read_committed"})
+    consumer = Consumer(kafka.client_config(ServicesConfig.load().kafka_bootstrap, **{
+        "group.id": uuid.uuid4().hex, "auto.offset.reset": "earliest", "isolation.level": "read_committed"}))
     out, deadline = [], time.monotonic() + timeout
     last = [time.monotonic() + 30]  # the last message, or the assignment (30 s to join the group)
 

@@ -1,16 +1,20 @@
 """`fink services` on the real processes."""
 
+import hashlib
 import json
 import os
 import socket
+import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+from confluent_kafka.admin import NewTopic
 
-from fink import services
-from fink.config import ServicesConfig
+from fink import kafka, services
+from fink.config import SERVICE_ACCOUNT, SERVICE_SECRET, ServicesConfig, service_password
 from fink.errors import ServiceError
 from fink.services.process import process_start_time
 
@@ -68,7 +72,14 @@ def test_kafka_lifecycle_in_its_own_home(tmp_path):
 
         from confluent_kafka.admin import AdminClient
 
-        meta = AdminClient({"bootstrap.servers": f"127.0.0.1:{kafka_port}"}).list_topics(timeout=10)
+        # the service account's password: made at the first start, readable by its owner only
+        secret = home / "secrets" / SERVICE_SECRET
+        assert stat.S_IMODE(secret.stat().st_mode) == 0o600
+        assert stat.S_IMODE((home / "services" / "kafka" / "server.properties").stat().st_mode) == 0o600
+        password = service_password(home)
+        assert password not in " ".join(status_command(home))  # not on the broker's command line
+        conf = kafka.sasl_config(f"127.0.0.1:{kafka_port}", SERVICE_ACCOUNT, password)
+        meta = AdminClient(conf).list_topics(timeout=10)
         assert [b.port for b in meta.brokers.values()] == [kafka_port]
 
         # another home configured on the same ports: a one-line error naming the port
@@ -83,6 +94,60 @@ def test_kafka_lifecycle_in_its_own_home(tmp_path):
     assert stop.returncode == 0 and "kafka: stopped" in stop.stdout, stop.stdout + stop.stderr
     assert process_start_time(status['pid']) is None
     assert fink("services", "status", "kafka", env=env).returncode == 3
+
+
+def status_command(home):
+    return json.loads((home / "services" / "kafka" / "pid.json").read_text())["command"]
+
+
+def test_a_storage_formatted_without_the_service_account_is_migrated_and_a_wrong_password_is_a_clear_error(
+        tmp_path):
+    from confluent_kafka.admin import AdminClient
+
+    from fink.services.kafka import KafkaService, cluster_id
+
+    kafka_port, controller, sasl = free_ports(3)
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "services.yaml").write_text(f"kafka_port: {kafka_port}\nkafka_controller_port: {controller}\n"
+                                        f"kafka_sasl_port: {sasl}\nstart_timeout: 90\n")
+    env = {**os.environ, "FINK_HOME": str(home)}
+    bootstrap = f"127.0.0.1:{kafka_port}"
+    # a storage as earlier versions formatted it: plaintext internal listeners, no account
+    old = KafkaService(home=home)
+    old._legacy = True
+    old.run_dir.mkdir(parents=True)
+    old.prepare()
+    (old.run_dir / "log4j2.yaml").write_text("Configuration:\n  status: warn\n")
+    old.data_dir.mkdir(parents=True)
+    old._run_tool(["kafka.tools.StorageTool", "format", "-t", cluster_id(), "-c", str(old.conf_file)])
+    try:
+        old.start()
+        admin = AdminClient({"bootstrap.servers": bootstrap})  # kept alive until its future is done
+        admin.create_topics([NewTopic("kept", 1, 1)])["kept"].result(30)
+    finally:
+        old.stop()
+    try:
+        proc = fink("services", "start", "kafka", env=env)
+        assert proc.returncode == 0, proc.stderr
+        assert "no credential for fink-broker" in proc.stderr and "kafka: started" in proc.stdout
+        conf = kafka.sasl_config(bootstrap, SERVICE_ACCOUNT, service_password(home))
+        assert "kept" in AdminClient(conf).list_topics(timeout=10).topics
+        plain = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0})
+        with pytest.raises(Exception):  # noqa: B017 - librdkafka's KafkaException (the connection is closed)
+            plain.list_topics(timeout=5)
+    finally:
+        assert fink("services", "stop", "kafka", env=env).returncode == 0
+    # the password file replaced behind the broker's back (and its digest with it): a clear error, no hang
+    (home / "secrets" / SERVICE_SECRET).write_text("not-the-password\n")
+    account = json.loads((home / "services" / "kafka" / "account.json").read_text())
+    account["sha256"] = hashlib.sha256(b"not-the-password").hexdigest()
+    (home / "services" / "kafka" / "account.json").write_text(json.dumps(account))
+    t0 = time.monotonic()
+    proc = fink("services", "start", "kafka", env=env)
+    assert proc.returncode == 1 and "refuses the service account fink-broker" in proc.stderr, proc.stderr
+    assert time.monotonic() - t0 < 60
+    assert fink("services", "status", "kafka", env=env).returncode == 3  # stopped, not left running
 
 
 def test_failing_service_prints_its_log_tail(tmp_path, monkeypatch):

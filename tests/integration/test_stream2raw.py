@@ -8,7 +8,7 @@ import fastavro
 import pytest
 from pyspark.sql import functions as F
 
-from fink import filestore, streaming
+from fink import filestore, kafka, streaming
 from fink.config import FinkConfig
 from fink.datasim import faults
 from fink.simulator import SimulatorConfig, load_messages, replay
@@ -179,7 +179,7 @@ def test_offsets_gone_from_kafka_before_they_were_read_are_counted_as_lost(fresh
     _, first = run(fresh_spark, kafka_bootstrap, topic, tmp_path, max_offsets=60, stop_after=1)
     assert first["lost"] == 0 and 60 <= first["messages"] < 229
     done = first["messages"]
-    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+    admin = AdminClient(kafka.client_config(kafka_bootstrap))
     for future in admin.delete_records([TopicPartition(topic, 0, 150)]).values():
         future.result(30)
     _, second = run(fresh_spark, kafka_bootstrap, topic, tmp_path, max_offsets=60)  # the same checkpoint

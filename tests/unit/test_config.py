@@ -118,3 +118,25 @@ def test_a_location_is_a_local_folder_or_none_for_another_file_system(tmp_path):
     assert local_path("relative/ck") == Path("relative/ck")
     assert local_path(f"file://{tmp_path}/ck") == local_path(f"file:{tmp_path}/ck") == tmp_path / "ck"
     assert local_path("hdfs://namenode:8020/fink/ck") is None and local_path("s3a://bucket/fink") is None
+
+
+def test_internal_clients_authenticate_as_the_service_account_and_others_do_not(monkeypatch, tmp_path):
+    from fink import kafka
+    from fink.config import SERVICE_ACCOUNT, service_password
+
+    monkeypatch.setenv("FINK_HOME", str(tmp_path))
+    monkeypatch.delenv("FINK_KAFKA_USERNAME", raising=False)
+    monkeypatch.delenv("FINK_KAFKA_PASSWORD", raising=False)
+    (tmp_path / "services.yaml").write_text("kafka_port: 19092\n")
+    assert "security.protocol" not in kafka.client_config("127.0.0.1:19092")  # no secret yet: plaintext
+    password = service_password(create=True)
+    assert oct(os.stat(tmp_path / "secrets" / "kafka_service").st_mode & 0o777) == "0o600"
+    assert service_password(create=True) == password  # made once
+    for internal in ("127.0.0.1:19092", "localhost:19092"):
+        conf = kafka.client_config(internal, **{"group.id": "g"})
+        assert (conf["sasl.username"], conf["sasl.password"], conf["group.id"]) == (SERVICE_ACCOUNT, password, "g")
+        assert f'username="{SERVICE_ACCOUNT}" password="{password}"' in kafka.spark_options(internal)[
+            "kafka.sasl.jaas.config"]
+    for other in ("127.0.0.1:19094", "broker.example.org:19092"):  # the users' listener, another broker
+        assert "sasl.password" not in kafka.client_config(other)
+        assert "kafka.sasl.jaas.config" not in kafka.spark_options(other)
