@@ -11,10 +11,10 @@ export FINK_HOME ?= $(HOME)/.fink
 export FINK_JVM_CACHE ?= $(HOME)/.cache/fink/jvm
 PYTEST_ARGS ?=
 
-.PHONY: help venv jvm services test demo stop status notebooks bench lint lock clean
+.PHONY: help venv jvm services test demo stop status notebooks bench lint docs lock clean
 
 help:
-	@echo "make demo | make test | make services | make stop | make status | make lint | make lock"
+	@echo "make demo | make test | make services | make stop | make status | make lint | make docs | make lock"
 
 venv: $(VENV)/.installed
 
@@ -68,6 +68,12 @@ bench: services
 
 lint: venv
 	$(BIN)/ruff check fink tests tools notebooks benchmarks
+
+# The documentation (docs/, mkdocs.yml) into site/: the pages, the API reference from the docstrings and the
+# newest benchmark results (benchmarks/results/, rendered by the hook benchmarks/results.py). --strict: a warning
+# (a broken link, a docstring mkdocstrings cannot read) fails the build; tests/unit/test_docs.py builds it too.
+docs: venv
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict -d site
 
 # Re-pin the Python stack from the current virtualenv.
 lock: venv

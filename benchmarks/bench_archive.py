@@ -20,6 +20,7 @@ import time
 import uuid
 
 from bench_distribution import SHARED, science_archive
+from results import save as save_result
 
 from fink import kafka, streaming
 from fink.config import FinkConfig, ServicesConfig
@@ -144,6 +145,7 @@ def main() -> None:
             delete_tables(conn, table)
         conn.close()
     print(json.dumps(report, indent=1))
+    save_result("archive", {"args": vars(args), **report})
 
 
 if __name__ == "__main__":

@@ -14,6 +14,8 @@ import platform
 import time
 import uuid
 
+from results import save as save_result
+
 from fink.config import ServicesConfig
 from fink.datasim import NightConfig, generate_night
 from fink.datasim.sources import read_messages
@@ -50,6 +52,7 @@ def main() -> None:
             runs.append({k: report[k] for k in ("alerts", "seconds", "alerts_per_s", "mb_per_s")})
         results[f"replay_{name}"] = {"mean_alert_bytes": sum(map(len, msgs)) // len(msgs), "runs": runs}
     print(json.dumps(results, indent=1))
+    save_result("datasim", results)
 
 
 if __name__ == "__main__":

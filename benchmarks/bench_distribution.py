@@ -31,6 +31,7 @@ import uuid
 import pandas as pd
 from bench_raw2science import raw_archive, science_config
 from bench_stream2raw import SHARED, unique_copies
+from results import save as save_result
 
 from fink import kafka, metrics, streaming
 from fink.config import FinkConfig, ServicesConfig
@@ -208,6 +209,7 @@ def main() -> None:
         streaming.stop_active(spark)
         spark.stop()
     print(json.dumps(report, indent=1))
+    save_result("distribution", {"args": vars(args), **report})
 
 
 if __name__ == "__main__":

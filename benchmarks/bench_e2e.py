@@ -48,6 +48,7 @@ import fastavro
 import numpy as np
 import pandas as pd
 import psutil
+from results import save as save_result
 
 from fink import demo, kafka, metrics, runner, services
 from fink.config import FinkConfig, ServicesConfig, fink_home
@@ -432,6 +433,14 @@ def main() -> int:
           "one-pass": "one pass through every stage (fink start pipeline)"}[args.mode],
          every=receiver.every)
     print(json.dumps(results, indent=1))
+    # the same figures as data, for the docs' benchmarks page (docs/benchmarks.md)
+    name = "e2e" if (args.survey, args.mode) == ("ztf", "one-pass") else f"e2e-{args.survey}-{args.mode}"
+    lanes = [("latency per phase (micro-batch lane)", "latency_s")]
+    if fast is not None:
+        lanes.append(("latency per phase (real-time lane)", "realtime_latency_s"))
+    save_result(name, results, plots=[
+        {"title": title, "table": "phases", "x": "name", "y": [f"{key}.p{q}" for q in (50, 95, 99)],
+         "ylabel": "seconds"} for title, key in lanes])
     return 0
 
 

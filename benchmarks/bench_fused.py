@@ -29,6 +29,7 @@ import uuid
 from bench_e2e import Receiver
 from bench_raw2science import science_config
 from bench_stream2raw import SHARED, unique_copies
+from results import save as save_result
 
 from fink import hbase, kafka, streaming
 from fink.config import FinkConfig, ServicesConfig
@@ -134,6 +135,7 @@ def main() -> None:
                               for i, n in enumerate(names)},
     }
     print(json.dumps(report, indent=1))
+    save_result("fused-archive" if args.archive else "fused", report)
     spark.stop()
 
 

@@ -28,6 +28,7 @@ import uuid
 from pathlib import Path
 
 from bench_stream2raw import SHARED, unique_copies
+from results import save as save_result
 
 from fink import kafka, streaming
 from fink.config import FinkConfig, ServicesConfig
@@ -173,6 +174,7 @@ def main() -> None:
         streaming.stop_active(spark)
         spark.stop()
     print(json.dumps(report, indent=1))
+    save_result("raw2science", {"args": vars(args), **report})
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ import uuid
 from pathlib import Path
 
 import fastavro
+from results import save as save_result
 
 from fink import filestore, streaming
 from fink.config import FinkConfig, ServicesConfig
@@ -114,7 +115,7 @@ def main() -> None:
         steady_secs = sum(p["durationMs"]["triggerExecution"] for p in steady) / 1000
         spark.stop()
     throughput = steady_rows / steady_secs
-    print(json.dumps({
+    report = {
         "alerts_replayed": sent["alerts"], "mean_alert_bytes": sum(map(len, messages)) // len(messages),
         "archived": totals["archived"], "quarantined": totals["quarantined"], "balanced": totals["balanced"],
         "batches": len(progress), "wall_seconds": round(elapsed, 1),
@@ -128,7 +129,9 @@ def main() -> None:
         "driver_jvm_peak_rss_mib": round(peak["jvm"]),
         "fastavro_decode_limit_alerts_per_s": round(decode_limit, 1),
         "ratio_to_decode_limit": round(throughput / decode_limit, 2),
-    }, indent=1))
+    }
+    print(json.dumps(report, indent=1))
+    save_result("stream2raw", {"alerts": args.alerts, "per_batch": args.per_batch, **report})
 
 
 if __name__ == "__main__":
