@@ -11,7 +11,7 @@ export FINK_HOME ?= $(HOME)/.fink
 export FINK_JVM_CACHE ?= $(HOME)/.cache/fink/jvm
 PYTEST_ARGS ?=
 
-.PHONY: help venv jvm services test demo stop status notebooks bench lint docs lock clean
+.PHONY: help venv jvm services chromium test demo stop status notebooks bench lint docs lock clean
 
 help:
 	@echo "make demo | make test | make services | make stop | make status | make lint | make docs | make lock"
@@ -34,7 +34,15 @@ services: jvm
 status: venv
 	$(BIN)/fink services status
 
-test: services
+# The browser test (tests/integration/test_browser.py) drives JupyterLab in Debian's chromium, never a
+# browser that Playwright downloads. Installed here when missing and we are root (CI is); else the test skips.
+chromium:
+	@command -v chromium > /dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get > /dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium > /dev/null; \
+	  else echo "chromium is not installed and this is not root: the browser test will skip (apt-get install -y chromium)"; fi; }
+
+test: services chromium
 	$(BIN)/pytest --durations=20 $(PYTEST_ARGS)
 
 # the demo starts the services it needs and stops them (and everything it started) at the end
