@@ -616,7 +616,7 @@ def _commit(spark: "SparkSession", batch_id: int, name: "BatchKey", paths: dict[
             raise ValueError("stream2raw.write_batch: messages to quarantine but no Kafka bootstrap to read them from")
         staged = filestore.stage(quarantine_columns(set_aside_messages(spark, bootstrap, set_aside)),
                                  paths["quarantine"], name, "ingest_night", 1)
-        _warn_missing(spark, paths["quarantine"], name, staged)
+        staged = _stage_missing(spark, paths["quarantine"], name, staged, set_aside)
         filestore.publish(spark, paths["quarantine"], name, staged)
     clock.lap("quarantine")
     filestore.publish(spark, paths["raw"], name,
@@ -639,16 +639,33 @@ def _commit(spark: "SparkSession", batch_id: int, name: "BatchKey", paths: dict[
     return record
 
 
-def _warn_missing(spark: "SparkSession", root: str, name: "BatchKey", staged: dict[str, list[str]]) -> None:
-    """Log the set-aside messages Kafka no longer held when they were read again (retention):
-    quarantined without their bytes."""
+def _stage_missing(spark: "SparkSession", root: str, name: "BatchKey", staged: dict[str, list[str]],
+                   set_aside) -> dict[str, list[str]]:
+    """Stage, without bytes, the set-aside messages Kafka no longer held when they were read
+    again (retention); return the staged files. Nothing is lost from the quarantine's count."""
+    import pandas as pd
+
     from fink import filestore
 
     base = f"{root.rstrip('/')}/{filestore.staging_folder(name)}"
     files = [f"{base}/{rel}" for rels in staged.values() for rel in rels]
-    missing = spark.read.parquet(*files).where("raw IS NULL").count() if files else 0
-    if missing:
-        logger.warning("stream2raw: %d set-aside messages no longer in Kafka; quarantined without bytes", missing)
+    found = spark.read.parquet(*files).select(*KAFKA_COLUMNS[:3]).toPandas() if files else \
+        pd.DataFrame(columns=KAFKA_COLUMNS[:3])
+    missing = set_aside.astype({"partition": "int64", "offset": "int64"}).merge(
+        found.astype({"partition": "int64", "offset": "int64"}), how="left",
+                              on=KAFKA_COLUMNS[:3], indicator=True)
+    missing = missing[missing["_merge"] == "left_only"].drop(columns="_merge")
+    if not len(missing):
+        return staged
+    logger.warning("stream2raw: %d set-aside messages no longer in Kafka; quarantined without bytes", len(missing))
+    rows = spark.createDataFrame(missing[["topic", "partition", "offset", "timestamp", "reason",
+                                          "brokerIngestTimestamp"]],
+                                 "topic string, partition int, offset long, timestamp timestamp, reason string, "
+                                 "brokerIngestTimestamp timestamp")
+    from pyspark.sql import functions as F
+
+    return filestore.stage(quarantine_columns(rows.withColumn("value", F.lit(None).cast("binary"))), root, name,
+                           "ingest_night", 1, append=True)
 
 
 #: Parquet writer options of the raw archive, measured on real ZTF alerts: zstd writes these
@@ -827,8 +844,8 @@ def set_aside_messages(spark: "SparkSession", bootstrap: str, keys) -> "DataFram
     """The set-aside messages of ``keys`` (pandas: topic, partition, offset, timestamp, reason,
     brokerIngestTimestamp) with their bytes as ``value``, read again from Kafka by the
     executors: one batch read of each partition's offset range, kept to the keys' offsets
-    (a broadcast join on the offsets). A message gone from Kafka meanwhile (retention) keeps
-    a null ``value``.
+    (an inner join with the broadcast offsets: the messages stream through it, a row at a
+    time). A message gone from Kafka meanwhile (retention) is not in it.
 
     Notes
     -----
@@ -857,7 +874,7 @@ def set_aside_messages(spark: "SparkSession", bootstrap: str, keys) -> "DataFram
                 .select("topic", "partition", "offset", "value"))
     offsets = spark.createDataFrame(wanted, "topic string, partition int, offset long, timestamp timestamp, "
                                             "reason string, brokerIngestTimestamp timestamp")
-    return F.broadcast(offsets).join(messages, ["topic", "partition", "offset"], "left")
+    return messages.join(F.broadcast(offsets), ["topic", "partition", "offset"], "inner")
 
 
 def build(spark: "SparkSession", cfg: Stream2RawConfig, fink: FinkConfig) -> "DataStreamWriter":

@@ -167,6 +167,28 @@ def test_set_aside_messages_reach_the_quarantine_whole_without_passing_through_t
     assert kept == set(junk)  # the very bytes, not only their sizes
 
 
+def test_a_set_aside_message_gone_from_kafka_is_quarantined_without_its_bytes(fresh_spark, tmp_path):
+    """The executors' read finds what Kafka still holds; what retention took meanwhile is
+    still quarantined (its place and reason, no bytes), never dropped from the count."""
+    import datetime as dt
+
+    import pandas as pd
+
+    now = dt.datetime(2026, 12, 4, 1, 0, 0)
+    set_aside = pd.DataFrame({"topic": ["t", "t"], "partition": [0, 0], "offset": [5, 9],
+                              "timestamp": [now, now], "reason": ["not_avro", "duplicate"],
+                              "brokerIngestTimestamp": [now, now]})
+    found = fresh_spark.createDataFrame(set_aside.iloc[:1].assign(value=[b"junk"]),
+                                        "topic string, partition int, offset long, timestamp timestamp, "
+                                        "reason string, brokerIngestTimestamp timestamp, value binary")
+    root = str(tmp_path / "quarantine")
+    staged = filestore.stage(s2r.quarantine_columns(found), root, "k-0", "ingest_night", 1)
+    staged = s2r._stage_missing(fresh_spark, root, "k-0", staged, set_aside)
+    filestore.publish(fresh_spark, root, "k-0", staged)
+    rows = {r.offset: (r.reason, r.raw) for r in fresh_spark.read.parquet(root).collect()}
+    assert rows == {5: ("not_avro", bytearray(b"junk")), 9: ("duplicate", None)}
+
+
 def test_offsets_gone_from_kafka_before_they_were_read_are_counted_as_lost(fresh_spark, kafka_bootstrap, topic,
                                                                            tmp_path):
     """Records deleted (as retention does) between two batches: Spark skips them
