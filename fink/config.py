@@ -270,6 +270,8 @@ def service_password(home: Path | None = None, create: bool = False) -> str | No
 
     With ``create``, a missing one is generated (32 random bytes, URL-safe) in a file of mode
     0600, in a folder of mode 0700: ``fink init`` and ``fink services start`` do this.
+    ``$FINK_KAFKA_SERVICE``, when set, is the password, whatever the home holds: a process
+    whose ``FINK_HOME`` keeps its own data but talks to the services of another home.
 
     Notes
     -----
@@ -279,6 +281,9 @@ def service_password(home: Path | None = None, create: bool = False) -> str | No
     """
     import secrets as random
 
+    given = os.environ.get(f"FINK_{SERVICE_SECRET.upper()}")
+    if given:  # a process whose FINK_HOME is not the services' one (a test's, a second data home)
+        return given.strip()
     folder = (home or fink_home()) / "secrets"
     path = folder / SERVICE_SECRET
     if not path.exists():

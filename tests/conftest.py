@@ -35,9 +35,13 @@ def kafka_bootstrap(services_config: ServicesConfig):
     Without that, every run leaves its topics' data on the broker's disk (gigabytes after
     a few hundred runs). The topics there before the session are kept.
     """
+    from fink.config import SERVICE_SECRET, service_password
     from fink.kafka import temporary_topics
 
     services.start(["kafka"])
+    # the tests that keep their data in a FINK_HOME of their own (the demo, the notebooks, the
+    # browser, the fault suite) talk to these services: they log in with these services' account
+    os.environ.setdefault(f"FINK_{SERVICE_SECRET.upper()}", service_password() or "")
     with temporary_topics(services_config.kafka_bootstrap) as bootstrap:
         yield bootstrap
 

@@ -55,8 +55,9 @@ def test_start_again_starts_no_duplicate(hbase_thrift):
     assert {s.name: s.pid for s in services.status()} == before
 
 
-def test_kafka_lifecycle_in_its_own_home(tmp_path):
+def test_kafka_lifecycle_in_its_own_home(tmp_path, monkeypatch):
     """A second broker on other ports: start, answer, refuse a duplicate port, stop by PID."""
+    monkeypatch.delenv("FINK_KAFKA_SERVICE", raising=False)  # its own account, in its own home
     kafka_port, controller, sasl = free_ports(3)
     home = tmp_path / "home"
     home.mkdir()
@@ -101,7 +102,7 @@ def status_command(home):
 
 
 def test_a_storage_formatted_without_the_service_account_is_migrated_and_a_wrong_password_is_a_clear_error(
-        tmp_path):
+        tmp_path, monkeypatch):
     from confluent_kafka.admin import AdminClient
 
     from fink.services.kafka import KafkaService, cluster_id
@@ -111,6 +112,7 @@ def test_a_storage_formatted_without_the_service_account_is_migrated_and_a_wrong
     home.mkdir()
     (home / "services.yaml").write_text(f"kafka_port: {kafka_port}\nkafka_controller_port: {controller}\n"
                                         f"kafka_sasl_port: {sasl}\nstart_timeout: 90\n")
+    monkeypatch.delenv("FINK_KAFKA_SERVICE", raising=False)  # the password is this home's file
     env = {**os.environ, "FINK_HOME": str(home)}
     bootstrap = f"127.0.0.1:{kafka_port}"
     # a storage as earlier versions formatted it: plaintext internal listeners, no account

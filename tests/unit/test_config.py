@@ -127,6 +127,7 @@ def test_internal_clients_authenticate_as_the_service_account_and_others_do_not(
     monkeypatch.setenv("FINK_HOME", str(tmp_path))
     monkeypatch.delenv("FINK_KAFKA_USERNAME", raising=False)
     monkeypatch.delenv("FINK_KAFKA_PASSWORD", raising=False)
+    monkeypatch.delenv("FINK_KAFKA_SERVICE", raising=False)  # the test session's: not this home's
     (tmp_path / "services.yaml").write_text("kafka_port: 19092\n")
     assert "security.protocol" not in kafka.client_config("127.0.0.1:19092")  # no secret yet: plaintext
     password = service_password(create=True)
