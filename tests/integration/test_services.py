@@ -83,6 +83,20 @@ def test_kafka_lifecycle_in_its_own_home(tmp_path, monkeypatch):
         meta = AdminClient(conf).list_topics(timeout=10)
         assert [b.port for b in meta.brokers.values()] == [kafka_port]
 
+        # a user removed, then a restart: every other credential is still there (before, the
+        # removal was a SCRAM deletion, and KRaft lost every credential at the next restart)
+        for name in ("keep", "gone"):
+            assert fink("users", "add", name, env=env).returncode == 0
+        assert fink("users", "remove", "gone", env=env).returncode == 0
+        assert fink("services", "stop", "kafka", env=env).returncode == 0
+        restarted = fink("services", "start", "kafka", env=env)
+        assert restarted.returncode == 0, restarted.stderr  # the service account logs in again
+        listed = fink("users", "list", "--json", env=env)
+        assert set(json.loads(listed.stdout)) == {"fink-broker", "keep"}, listed.stdout + listed.stderr
+        keep = kafka.sasl_config(f"127.0.0.1:{sasl}", "keep", (home / "secrets" / "users" / "keep").read_text().strip())
+        assert AdminClient(keep).list_topics(timeout=10).brokers
+        status = json.loads(fink("services", "status", "--json", "kafka", env=env).stdout)[0]
+
         # another home configured on the same ports: a one-line error naming the port
         other = tmp_path / "other"
         other.mkdir()
