@@ -615,7 +615,7 @@ def _commit(spark: "SparkSession", batch_id: int, name: "BatchKey", paths: dict[
         if bootstrap is None:
             raise ValueError("stream2raw.write_batch: messages to quarantine but no Kafka bootstrap to read them from")
         staged = filestore.stage(quarantine_columns(set_aside_messages(spark, bootstrap, set_aside)),
-                                 paths["quarantine"], name, "ingest_night", 1)
+                                 paths["quarantine"], name, "ingest_night", 1, options=QUARANTINE_OPTIONS)
         staged = _stage_missing(spark, paths["quarantine"], name, staged, set_aside)
         filestore.publish(spark, paths["quarantine"], name, staged)
     clock.lap("quarantine")
@@ -667,6 +667,12 @@ def _stage_missing(spark: "SparkSession", root: str, name: "BatchKey", staged: d
     return filestore.stage(quarantine_columns(rows.withColumn("value", F.lit(None).cast("binary"))), root, name,
                            "ingest_night", 1, append=True)
 
+
+#: Parquet writer options of the quarantine: the writer holds a row group in memory, and a row
+#: group of the default 128 MB of messages that do not compress (junk of 900 KB each) is more
+#: than a task should hold; its size is checked every few rows, not after the first 100
+QUARANTINE_OPTIONS = {"parquet.block.size": str(16 << 20), "parquet.page.size.row.check.min": "2",
+                      "parquet.page.size.row.check.max": "16"}
 
 #: Parquet writer options of the raw archive, measured on real ZTF alerts: zstd writes these
 #: rows as fast as snappy and smaller (the gzipped cutouts do not compress, the rest does);

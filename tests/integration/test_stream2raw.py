@@ -138,7 +138,7 @@ def test_an_alert_id_outside_the_surveys_range_is_set_aside_and_the_others_archi
 @pytest.mark.timeout(900)
 def test_set_aside_messages_reach_the_quarantine_whole_without_passing_through_the_driver(
         fresh_spark, kafka_bootstrap, topic, tmp_path, monkeypatch):
-    """100 junk messages of 900 KB and the night replayed 3 times, in one batch: every message
+    """40 junk messages of 900 KB and the night replayed 3 times, in one batch: every message
     accounted for, each quarantined with its bytes, read again by the executors (before, the
     driver fetched them: at the issue's sizes, 3,000 junk messages of 900 KB, it ran the
     default 2 GB heap out of memory; `benchmarks/bench_quarantine.py` runs those sizes)."""
@@ -147,7 +147,7 @@ def test_set_aside_messages_reach_the_quarantine_whole_without_passing_through_t
     from fink import kafka
 
     rng = np.random.default_rng(3)
-    junk = [b"Z" + rng.bytes(900_000 - 1) for _ in range(100)]
+    junk = [b"Z" + rng.bytes(900_000 - 1) for _ in range(40)]
     night = load_messages(SimulatorConfig(source=SAMPLE))
     replay(SimulatorConfig(topic=topic), kafka_bootstrap, messages=junk + night * 3, progress=False)
 
@@ -156,12 +156,12 @@ def test_set_aside_messages_reach_the_quarantine_whole_without_passing_through_t
 
     monkeypatch.setattr(kafka, "fetch", driver_fetch)
     paths, totals = run(fresh_spark, kafka_bootstrap, topic, tmp_path, max_offsets=5000)
-    assert totals["balanced"] and totals["messages"] == 100 + 3 * 229 and totals["archived"] == 229
-    assert totals["reasons"] == {"not_avro": 100, "duplicate": 2 * 229}
+    assert totals["balanced"] and totals["messages"] == 40 + 3 * 229 and totals["archived"] == 229
+    assert totals["reasons"] == {"not_avro": 40, "duplicate": 2 * 229}
     quarantine = fresh_spark.read.parquet(paths["quarantine"])
     sizes = {r["reason"]: (r["n"], r["bytes"]) for r in quarantine.groupBy("reason").agg(
         F.count("*").alias("n"), F.sum(F.length("raw")).alias("bytes")).collect()}
-    assert sizes["not_avro"] == (100, 100 * 900_000)
+    assert sizes["not_avro"] == (40, 40 * 900_000)
     assert sizes["duplicate"] == (2 * 229, 2 * sum(len(m) for m in night))
     kept = {bytes(r.raw) for r in quarantine.where("reason = 'not_avro'").select("raw").collect()}
     assert kept == set(junk)  # the very bytes, not only their sizes
