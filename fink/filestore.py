@@ -258,9 +258,6 @@ def compact(spark: "SparkSession", root: str, partition: str, files: int = 1,
     too. The readers that had read the old files skip the new ones when they start again
     (:mod:`fink.table_use`): a compaction is invisible downstream.
     """
-    import os
-    import socket
-
     from fink import table_use
 
     store = FileStore(spark, root)
@@ -271,8 +268,8 @@ def compact(spark: "SparkSession", root: str, partition: str, files: int = 1,
     if lock is not None:
         raise table_use.TableInUse(f"{root}: a compaction of {lock.get('partition')} runs already "
                                    f"(process {lock.get('pid')} on {lock.get('host')})")
-    store.replace_text(json.dumps({"partition": partition, "pid": os.getpid(), "host": socket.gethostname(),
-                                   "time": time.time()}), table_use.LOCK)
+    store.replace_text(json.dumps({"partition": partition, **table_use.process_identity(), "time": time.time()}),
+                       table_use.LOCK)
     try:
         return _compact(spark, store, partition, before, files, options)
     finally:

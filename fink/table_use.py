@@ -67,14 +67,21 @@ def _name(role: str, checkpoint: str) -> str:
     return f"{role}-{hashlib.sha1(checkpoint.rstrip('/').encode()).hexdigest()[:12]}.json"
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process: it exists
-        return True
-    return True
+def _alive(record: dict[str, Any]) -> bool:
+    """Whether the process of ``record`` (a stream record or the lock, written on this host)
+    still runs: the services' own check, by PID and the process's start time when recorded
+    (a PID reused by another process is not the record's)."""
+    from fink.services.process import process_start_time
+
+    started = process_start_time(int(record.get("pid", 0)))
+    return started is not None and record.get("pid_start") in (None, started)
+
+
+def process_identity() -> dict[str, Any]:
+    """This process, as the records name it."""
+    from fink.services.process import process_start_time
+
+    return {"host": socket.gethostname(), "pid": os.getpid(), "pid_start": process_start_time(os.getpid())}
 
 
 def running(record: dict[str, Any], now: float | None = None) -> bool:
@@ -83,7 +90,7 @@ def running(record: dict[str, Any], now: float | None = None) -> bool:
     if not record.get("running") or now - float(record.get("heartbeat", 0)) > STALE:
         return False
     if record.get("host") == socket.gethostname():
-        return _alive(int(record.get("pid", 0)))
+        return _alive(record)
     return True
 
 
@@ -117,7 +124,7 @@ def compaction(spark: "SparkSession", root: str) -> dict[str, Any] | None:
         lock = json.loads(store.read_text(LOCK))
     except Exception:  # noqa: BLE001 - being written: it runs
         return {"partition": "?", "pid": 0, "host": "?"}
-    if lock.get("host") == socket.gethostname() and not _alive(int(lock.get("pid", 0))):
+    if lock.get("host") == socket.gethostname() and not _alive(lock):
         return None  # a compaction killed mid-way: its lock is stale
     return lock
 
@@ -136,8 +143,8 @@ def attach(spark: "SparkSession", root: str, role: str, checkpoint: str, query: 
     store = FileStore(spark, root)
     store.fs.mkdirs(store.path(FOLDER))
     now = time.time()
-    record = {"role": role, "query": query, "checkpoint": checkpoint, "host": socket.gethostname(),
-              "pid": os.getpid(), "running": True, "started": now, "heartbeat": now}
+    record = {"role": role, "query": query, "checkpoint": checkpoint, **process_identity(), "running": True,
+              "started": now, "heartbeat": now}
     name = _name(role, checkpoint)
     store.replace_text(json.dumps(record), FOLDER, name)
     lock = compaction(spark, root)
@@ -209,7 +216,7 @@ def _log_entries(store: "FileStore", folder: str) -> list[dict[str, Any]]:
     return out
 
 
-def _batches(store: "FileStore", folder: str) -> list[int]:
+def batches(store: "FileStore", folder: str) -> list[int]:
     if not store.exists(folder):
         return []
     return [int(n) for n in (str(s.getPath().getName()) for s in store.fs.listStatus(store.path(folder)))
@@ -221,7 +228,7 @@ def files_read(spark: "SparkSession", checkpoint: str) -> set[str]:
     from fink.filestore import FileStore
 
     store = FileStore(spark, checkpoint)
-    done = max(_batches(store, "commits"), default=-1)
+    done = max(batches(store, "commits"), default=-1)
     return {str(e["path"]).rpartition("/")[2] for e in _log_entries(store, "sources/0")
             if int(e.get("batchId", 0)) <= done}
 
@@ -231,7 +238,7 @@ def unfinished(spark: "SparkSession", checkpoint: str) -> int | None:
     from fink.filestore import FileStore
 
     store = FileStore(spark, checkpoint)
-    planned, done = max(_batches(store, "offsets"), default=-1), max(_batches(store, "commits"), default=-1)
+    planned, done = max(batches(store, "offsets"), default=-1), max(batches(store, "commits"), default=-1)
     return planned if planned > done else None
 
 

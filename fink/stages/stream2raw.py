@@ -649,6 +649,8 @@ def _stage_missing(spark: "SparkSession", root: str, name: "BatchKey", staged: d
 
     base = f"{root.rstrip('/')}/{filestore.staging_folder(name)}"
     files = [f"{base}/{rel}" for rels in staged.values() for rel in rels]
+    if files and spark.read.parquet(*files).count() == len(set_aside):  # the usual case: Parquet's footers tell
+        return staged
     found = spark.read.parquet(*files).select(*KAFKA_COLUMNS[:3]).toPandas() if files else \
         pd.DataFrame(columns=KAFKA_COLUMNS[:3])
     missing = set_aside.astype({"partition": "int64", "offset": "int64"}).merge(
@@ -1013,9 +1015,9 @@ def unread(spark: "SparkSession", cfg: Stream2RawConfig, bootstrap: str, checkpo
     never read, a source starting at its latest offsets)."""
     from fink import kafka
     from fink.filestore import FileStore
-    from fink.table_use import _batches
+    from fink.table_use import batches
 
-    latest = max(_batches(FileStore(spark, checkpoint), "offsets"), default=None)
+    latest = max(batches(FileStore(spark, checkpoint), "offsets"), default=None)
     planned = planned_offsets(spark, checkpoint, latest) if latest is not None else {}
     topics = {t for t, _ in planned} or ({cfg.topic} if cfg.topic and not cfg.topic_pattern else set())
     if not topics or (not planned and cfg.starting_offsets != "earliest"):
