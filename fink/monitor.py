@@ -121,3 +121,41 @@ class Background:
         if self._error is not None:
             raise self._error
         return None if self._thread.is_alive() else self._result
+
+
+def batch_summary(progress: list[dict], title: str, count: str = "input rows"):
+    """The summary figure of a stage's run, as readable for one micro-batch as for a hundred:
+    the rows each batch took in and how long it ran, as bars over whole batch numbers (a single
+    batch is one bar, not a point on a degenerate axis), with the run's totals in the title.
+
+    Returns the matplotlib figure (the notebooks show it and save it in their report).
+    """
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    batches = [p for p in progress if p.get("numInputRows")]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.2))
+    ids = [int(p["batchId"]) for p in batches]
+    rows = [int(p["numInputRows"]) for p in batches]
+    seconds = [p.get("durationMs", {}).get("triggerExecution", 0) / 1000 for p in batches]
+    for ax, values, label in ((axes[0], rows, count), (axes[1], seconds, "batch duration (s)")):
+        if not batches:
+            ax.text(0.5, 0.5, "no micro-batch read anything", ha="center", va="center", transform=ax.transAxes)
+            ax.set_axis_off()
+            continue
+        ax.bar(ids, values, width=0.8, color="tab:blue")
+        ax.set_xlabel("micro-batch")
+        ax.set_ylabel(label)
+        if len(ids) <= 10:  # each batch its tick
+            ax.set_xticks(ids)
+        else:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True, nbins=10))
+        ax.set_xlim(min(ids) - 0.6, max(ids) + 0.6)
+        ax.set_ylim(0, max(max(values), 1e-9) * 1.15)
+    if batches:
+        total, took = sum(rows), sum(seconds)
+        axes[0].set_title(f"{total} in {len(batches)} batch{'es' if len(batches) > 1 else ''}", fontsize=9)
+        axes[1].set_title(f"{took:.1f} s in all, {total / max(took, 1e-9):.0f} rows/s", fontsize=9)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig

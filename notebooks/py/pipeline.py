@@ -128,22 +128,25 @@ flow
 
 # %%
 import matplotlib.pyplot as plt
+import numpy as np
 
+counts = pipeline.flow(totals)
 fig, axes = plt.subplots(1, 2, figsize=(11, 3.4))
-for name, reports in progress.items():
-    busy = [p for p in reports if p.get("numInputRows")]
-    if busy:
-        axes[0].plot([p["timestamp"][11:19] for p in busy], [p.get("processedRowsPerSecond", 0) for p in busy],
-                     ".-", label=name)
-        axes[1].plot([p["timestamp"][11:19] for p in busy],
-                     [p["durationMs"].get("triggerExecution", 0) / 1000 for p in busy], ".-", label=name)
-axes[0].set_ylabel("alerts/s processed")
+stages = list(counts)
+x = np.arange(len(stages))  # alerts in and out of each stage: one group a stage, however many batches ran
+axes[0].bar(x - 0.2, [counts[s]["in"] for s in stages], 0.4, label="in")
+axes[0].bar(x + 0.2, [counts[s]["out"] for s in stages], 0.4, label="out")
+axes[0].set_xticks(x, stages, fontsize=8)
+axes[0].set_ylabel("alerts")
+axes[0].legend(fontsize=8)
+durations = {name: [p["durationMs"].get("triggerExecution", 0) / 1000 for p in reports if p.get("numInputRows")]
+             for name, reports in progress.items()}
+durations = {name: d for name, d in durations.items() if d}
+if durations:  # each stage's batch durations: a box for many batches, a line for one
+    axes[1].boxplot(list(durations.values()), showfliers=True)
+    axes[1].set_xticks(range(1, len(durations) + 1), [f"{n}\n({len(d)} batches)" for n, d in durations.items()],
+                       fontsize=8)
 axes[1].set_ylabel("batch duration (s)")
-for ax in axes:
-    ax.set_xlabel("batch time (UTC)")
-    ax.tick_params(axis="x", labelrotation=45, labelsize=7)
-    if ax.lines:
-        ax.legend(fontsize=8)
 fig.tight_layout()
 plt.show()
 

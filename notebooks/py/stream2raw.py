@@ -89,18 +89,10 @@ if not totals["balanced"]:
 # %%
 import matplotlib.pyplot as plt
 
-batches = [p for p in progress if p.get("numInputRows")]
-fig, axes = plt.subplots(1, 2, figsize=(10, 3.2))
-if batches:
-    ids = [p["batchId"] for p in batches]
-    axes[0].plot(ids, [p.get("processedRowsPerSecond", 0) for p in batches], "o-", label="processed rows/s")
-    axes[0].plot(ids, [p.get("inputRowsPerSecond", 0) for p in batches], "s--", label="input rows/s")
-    axes[0].set_xlabel("batch")
-    axes[0].legend()
-    axes[1].bar(ids, [p["durationMs"].get("triggerExecution", 0) / 1000 for p in batches])
-    axes[1].set_xlabel("batch")
-    axes[1].set_ylabel("batch duration (s)")
-fig.suptitle(f"stream2raw: {totals['archived']} archived, {totals['quarantined']} quarantined {totals['reasons']}")
+from fink.monitor import batch_summary
+
+fig = batch_summary(progress, f"stream2raw: {totals['archived']} archived, {totals['quarantined']} quarantined "
+                              f"{totals['reasons'] or ''}", count="messages")
 plt.show()
 
 summary = {"stopped_because": result.reason, "batches": len(progress), **totals, **paths}
