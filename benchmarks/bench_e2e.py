@@ -251,6 +251,8 @@ def main() -> int:
     parser.add_argument("--realtime", default="candidate.magpsf < 18.5",
                         help="the SQL condition of a real-time lane filter, timed by a second consumer ('': no lane)")
     parser.add_argument("--driver-memory", default="6g", help="the pipeline's Spark driver heap")
+    parser.add_argument("--spark-conf", action="append", default=[], metavar="KEY=VALUE",
+                        help="a Spark setting of the pipeline (repeatable), e.g. spark.ui.enabled=true")
     parser.add_argument("--survey", default="ztf", choices=("ztf", "rubin"),
                         help="real alerts of which survey (../shared/datasim/ztf/native-4.02_* or rubin/)")
     parser.add_argument("--out", default=str(ROOT / "bench-results.json"))
@@ -315,7 +317,8 @@ def main() -> int:
             else:
                 runs["pipeline"] = runner.start("pipeline", conf, params={
                     **common, **extra, "topic": topic, "mode": args.mode,
-                    "spark_conf": {"spark.driver.memory": args.driver_memory}})
+                    "spark_conf": {"spark.driver.memory": args.driver_memory,
+                                   **dict(kv.split("=", 1) for kv in args.spark_conf)}})
             deadline = time.monotonic() + 300
             queries = 1 if args.mode == "one-pass" else len(STAGES)
 
