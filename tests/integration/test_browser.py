@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parents[2]
 #: where the screenshot is copied for a person or a CI job to look at (ignored by git)
 OUTPUT = ROOT / "tests" / "output" / "browser"
 NOTEBOOK = "stream2raw"
-SAMPLE_ALERTS = 229  # the bundled ZTF night (test_notebooks.py::test_stream2raw_headless)
+SAMPLE_ALERTS = 229  # the bundled ZTF night
 PER_BATCH = 60
 #: the issue's bound for the whole test; JupyterLab, the kernel and the run share it
 RUN_TIMEOUT_S = 110.0

@@ -141,3 +141,13 @@ def test_internal_clients_authenticate_as_the_service_account_and_others_do_not(
     for other in ("127.0.0.1:19094", "broker.example.org:19092"):  # the users' listener, another broker
         assert "sasl.password" not in kafka.client_config(other)
         assert "kafka.sasl.jaas.config" not in kafka.spark_options(other)
+
+
+def test_driver_java_options_from_the_environment_are_appended_to_fink_s_own(monkeypatch):
+    from fink.session import DRIVER_JAVA_OPTIONS, spark_conf
+
+    monkeypatch.delenv(DRIVER_JAVA_OPTIONS, raising=False)
+    plain = spark_conf(FinkConfig())["spark.driver.extraJavaOptions"]
+    monkeypatch.setenv(DRIVER_JAVA_OPTIONS, "-XX:TieredStopAtLevel=1")
+    quick = spark_conf(FinkConfig())["spark.driver.extraJavaOptions"]
+    assert quick == plain + " -XX:TieredStopAtLevel=1" and "-Dlog4j.configurationFile=" in plain
