@@ -31,11 +31,12 @@ from bench_raw2science import science_config
 from bench_stream2raw import SHARED, unique_copies
 from results import save as save_result
 
-from fink import hbase, kafka, streaming
 from fink.config import FinkConfig, ServicesConfig
-from fink.datasim.sources import read_messages
-from fink.session import get_spark
-from fink.simulator import SimulatorConfig, replay
+from fink.io import hbase, kafka
+from fink.runtime import streaming
+from fink.runtime.session import get_spark
+from fink.sim.simulator import SimulatorConfig, replay
+from fink.sim.sources import read_messages
 from fink.stages import archive
 from fink.stages import distribution as dist
 from fink.stages import raw2science as r2s
@@ -43,7 +44,7 @@ from fink.stages import stream2raw as s2r
 
 
 def batch_files(root: str, batch_id: int) -> str:
-    """The files batch ``batch_id`` published into an archive (``fink.filestore`` names them so)."""
+    """The files batch ``batch_id`` published into an archive (``fink.io.filestore`` names them so)."""
     return f"{root}/night=*/part-b{batch_id:010d}-*"
 
 

@@ -5,7 +5,7 @@ Notes
 One streaming query reads the science archive as a file stream (as distribution does),
 runs the tag filters (the classes of the class index) in one Arrow UDF, and writes each
 micro-batch through the HBase Thrift gateway with ``happybase``: the main table first,
-then the class, pixel and night indexes (layout in :mod:`fink.hbase`).
+then the class, pixel and night indexes (layout in :mod:`fink.io.hbase`).
 
 A batch is done only when HBase has accepted all of its rows: the ``foreachBatch``
 function returns after the last write, so Spark commits the batch only then. While the
@@ -21,14 +21,14 @@ import dataclasses
 import time
 from typing import TYPE_CHECKING, Any
 
-from fink import metrics
-from fink import survey as surveys
 from fink.config import ConfigError, FinkConfig, Validated
-from fink.filters.api import AlertFilter, FilterError, load_filters
-from fink.hbase import DEFAULT_ORDER, INDEXES, ArchiveError, Keys, Layout, Writer, connect, ensure_tables
+from fink.filters.filter_api import AlertFilter, FilterError, load_filters
+from fink.io.hbase import DEFAULT_ORDER, INDEXES, ArchiveError, Keys, Layout, Writer, connect, ensure_tables
 from fink.log import logger
-from fink.science.api import ScienceModuleError, add_metrics, check_inputs
-from fink.streaming import observed
+from fink.runtime import metrics
+from fink.runtime.streaming import observed
+from fink.science.science_api import ScienceModuleError, add_metrics, check_inputs
+from fink.survey import description as surveys
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -121,7 +121,7 @@ class ArchiveConfig(surveys.OfSurvey, Validated):
 
     def groups(self, added: list[str]) -> dict[str, list[str]]:
         """Cell groups: per module of ``modules`` with two or more outputs among ``added``."""
-        from fink.science.api import load_modules
+        from fink.science.science_api import load_modules
 
         out = {}
         for m in load_modules(self.description().module_paths(self.modules)):
@@ -166,12 +166,12 @@ def inputs_of(tags: list[AlertFilter]) -> list[str]:
 def run_tags(table, tags: list[AlertFilter], columns: dict[str, str]) -> tuple[list[list[str]], dict[str, Any]]:
     """Run the tag filters on an Arrow batch (in the writer task, on columns it already has):
     per alert the tags that selected it, and the metrics of each filter (``<tag>_seconds``,
-    ``<tag>_errors``, ``<tag>_error``, as :func:`fink.science.api.add_metrics` sums them).
+    ``<tag>_errors``, ``<tag>_error``, as :func:`fink.science.science_api.add_metrics` sums them).
 
     ``columns`` maps each input path to the batch column holding it. A filter that raises
     tags nothing in the batch (its error is counted); a null answer does not select.
     """
-    from fink.science.api import run_chain
+    from fink.science.science_api import run_chain
 
     n = table.num_rows
     if not tags or not n:
@@ -250,8 +250,8 @@ def writer_task(layout: Layout, tags: list[AlertFilter], host: str, port: int, c
 
         import pyarrow as pa
 
-        from fink.hbase import Writer
-        from fink.science.api import add_metrics
+        from fink.io.hbase import Writer
+        from fink.science.science_api import add_metrics
 
         writer = Writer(host, port, pool_size=cfg.pool_size, batch_size=cfg.batch_size, retry_for=cfg.retry_for_s)
         report = dict.fromkeys(("alerts", "archived", *INDEXES, "retries"), 0) | {"encode_s": 0.0, "write_s": 0.0}
@@ -349,7 +349,7 @@ class Sink:
         replay); the alerts themselves stay in the raw and science archives."""
         import json
 
-        from fink.filestore import FileStore
+        from fink.io.filestore import FileStore
 
         logger.warning("archive: batch %d: %d alert(s) cannot be keyed, listed in %s (first: %s)", batch_id,
                        len(aside), self.quarantine, aside[0])

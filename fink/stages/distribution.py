@@ -5,7 +5,7 @@ Notes
 One streaming query serves every filter: the science archive is read as a file stream,
 all filters run in one Arrow UDF per micro-batch (:func:`fink.filters.apply_filters`),
 each selected alert becomes one row per topic that wants it, and the batch goes to Kafka
-in one transaction (:class:`fink.delivery.BatchPublisher`): after a crash and restart no
+in one transaction (:class:`fink.io.delivery.BatchPublisher`): after a crash and restart no
 alert reaches a topic twice.
 
 The wire format is the Fink community client's: the message value is the alert with its
@@ -26,14 +26,15 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fink import kafka, metrics
-from fink import survey as surveys
-from fink.avro import avro_schema
 from fink.config import ConfigError, FinkConfig, Validated, local_path
-from fink.filters.api import SELECTED, AlertFilter, label, load_filters
+from fink.filters.filter_api import SELECTED, AlertFilter, label, load_filters
+from fink.io import kafka
 from fink.log import logger
-from fink.science.api import add_metrics
-from fink.streaming import observed
+from fink.runtime import metrics
+from fink.runtime.streaming import observed
+from fink.science.science_api import add_metrics
+from fink.survey import description as surveys
+from fink.survey.avro import avro_schema
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -171,7 +172,7 @@ def science_schema(spark: "SparkSession", science_path: str, producer: Any = Non
 def source(spark: "SparkSession", cfg: DistributionConfig, science_path: str, producer: Any = None) -> "DataFrame":
     """The science archive as a stream of new files (its folder created if absent), each
     file's rows as stored (:func:`stored_schema`): :func:`expander` joins them to their alerts."""
-    from fink.filestore import FileStore
+    from fink.io.filestore import FileStore
 
     store = FileStore(spark, science_path)
     store.fs.mkdirs(store.path())
@@ -256,7 +257,7 @@ def select(df: "DataFrame", filters: list[AlertFilter]) -> "DataFrame":
     """Run every filter; count alerts and selections per topic in the query's metrics."""
     from pyspark.sql import functions as F
 
-    from fink.filters.api import apply_filters
+    from fink.filters.filter_api import apply_filters
 
     df = apply_filters(df, filters, observe_as=FILTERS_METRICS)
     counts = [F.sum(F.array_contains(F.col(SELECTED), k).cast("int")).alias(f"selected_{f.module.key}")
@@ -317,7 +318,7 @@ def prepare_topics(bootstrap: str, cfg: DistributionConfig, encs: list[Encoding]
 
 def query_id(spark: "SparkSession", checkpoint: str) -> str:
     """The id Spark keeps in the checkpoint: the same across restarts, new for a new checkpoint."""
-    from fink.filestore import writer_id
+    from fink.io.filestore import writer_id
 
     return writer_id(spark, checkpoint)
 
@@ -348,7 +349,7 @@ class Sink:
         self._failed: BaseException | None = None
 
     def _publisher(self, spark: "SparkSession"):
-        from fink.delivery import BatchPublisher
+        from fink.io.delivery import BatchPublisher
 
         if self.publisher is None:
             self.publisher = BatchPublisher(self.bootstrap, f"{QUERY_NAME}-{query_id(spark, self.checkpoint)}")
@@ -498,8 +499,8 @@ def step(spark: "SparkSession", cfg: DistributionConfig, fink: FinkConfig, *, ch
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
-    from fink.filters.api import FilterError, selected
-    from fink.science.api import ModuleColumns, ScienceModuleError, check_inputs, module_metrics
+    from fink.filters.filter_api import FilterError, selected
+    from fink.science.science_api import ModuleColumns, ScienceModuleError, check_inputs, module_metrics
     from fink.stages.step import Output, Step, count_where, latency_quantiles, report
 
     paths = cfg.paths(fink)

@@ -25,10 +25,10 @@ import dataclasses
 import time
 from typing import TYPE_CHECKING, Any
 
-from fink import metrics
-from fink import survey as surveys
 from fink.config import ConfigError, FinkConfig, Validated
-from fink.science.api import (
+from fink.runtime import metrics
+from fink.runtime.streaming import observed
+from fink.science.science_api import (
     ModuleColumns,
     ScienceModule,
     add_metrics,
@@ -37,7 +37,7 @@ from fink.science.api import (
     load_modules,
     provenance,
 )
-from fink.streaming import observed
+from fink.survey import description as surveys
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame, SparkSession
@@ -130,7 +130,7 @@ def source(spark: "SparkSession", cfg: Raw2ScienceConfig, raw_path: str) -> "Dat
 
     The folder is created if stream2raw has not written yet, so the stages start in any order.
     """
-    from fink.filestore import FileStore
+    from fink.io.filestore import FileStore
 
     store = FileStore(spark, raw_path)
     store.fs.mkdirs(store.path())
@@ -199,8 +199,8 @@ def write_batch(batch: "DataFrame", batch_id: int, cfg: Raw2ScienceConfig, paths
     """Write one micro-batch of science alerts by night, exactly once; return its commit record.
 
     ``batch`` holds the archive's columns (:func:`science_table.slim_columns`: the key and what
-    the stage added); ``writer`` is the query's id (:func:`fink.filestore.batch_key`)."""
-    from fink import filestore
+    the stage added); ``writer`` is the query's id (:func:`fink.io.filestore.batch_key`)."""
+    from fink.io import filestore
     from fink.stages.stream2raw import ARCHIVE_OPTIONS
 
     spark = batch.sparkSession
@@ -258,7 +258,7 @@ def build(spark: "SparkSession", cfg: Raw2ScienceConfig, fink: FinkConfig) -> "D
     Module loading errors (missing module, wrong signature, undeclared column) are raised
     here, before anything starts.
     """
-    from fink import filestore, table_use
+    from fink.io import filestore, table_use
 
     paths = cfg.paths(fink)
     modules = cfg.load_modules()
@@ -284,8 +284,8 @@ def step(spark: "SparkSession", cfg: Raw2ScienceConfig, fink: FinkConfig, **cont
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
-    from fink import filestore
-    from fink.science.api import module_metrics
+    from fink.io import filestore
+    from fink.science.science_api import module_metrics
     from fink.stages import science_table
     from fink.stages.step import Output, Step, count_where, latency_quantiles, report
 
@@ -367,7 +367,7 @@ def reconcile(spark: "SparkSession", progress: list[dict], science_path: str) ->
     The first three come from the query's observed metrics, ``written`` from the commit
     records of the science archive; module costs and errors are summed alongside.
     """
-    from fink import filestore
+    from fink.io import filestore
 
     totals: dict[str, Any] = {"batches": 0, "alerts": 0, "kept": 0, "rejected": 0, "written": 0,
                               "reasons": {}, "modules": {}}
@@ -397,8 +397,8 @@ def fill_from_simulator(spark: "SparkSession", fink: FinkConfig, topic: str, sci
     into ``topic``, then stream2raw and raw2science with every built-in module, each caught
     up (``availableNow``). For the notebooks of the stages that read the science archive,
     run with ``simulator``."""
-    from fink import streaming
-    from fink.simulator import SimulatorConfig, replay
+    from fink.runtime import streaming
+    from fink.sim.simulator import SimulatorConfig, replay
     from fink.stages import stream2raw
 
     sample = surveys.load(survey).simulator

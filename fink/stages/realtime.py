@@ -87,7 +87,7 @@ def messages(rows: "DataFrame", alert_id: str) -> "tuple[DataFrame, str]":
     from pyspark.sql import functions as F
     from pyspark.sql.avro.functions import to_avro
 
-    from fink.avro import ALERT_ID_HEADER, avro_schema
+    from fink.survey.avro import ALERT_ID_HEADER, avro_schema
 
     layout = alert_layout(rows)
     schema = json.dumps(avro_schema(layout))
@@ -106,7 +106,7 @@ def build(spark: "SparkSession", cfg: "DistributionConfig", source_cfg: "Stream2
     alerts are good enough to send (default: the survey's quality cuts). The topics and their
     ``_schema`` topics are created here, the schema published.
     """
-    from fink import kafka
+    from fink.io import kafka
     from fink.stages import distribution as dist
     from fink.stages import stream2raw as s2r
 

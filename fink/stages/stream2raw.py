@@ -1,6 +1,6 @@
 """stream2raw: the survey's Kafka stream into a decoded, exactly-once raw archive.
 
-What the survey sends is read from its description (:mod:`fink.survey`): how messages
+What the survey sends is read from its description (:mod:`fink.survey.description`): how messages
 are framed (:data:`PARSERS`), which schemas they may carry, where the alert's identity
 and time are. ZTF and Rubin run through the same code.
 
@@ -15,11 +15,11 @@ too), reads the schema version from the header, and :func:`decode` applies ``fro
 with the project's schema of that version. A Rubin message (Confluent wire format) is a
 zero byte, a 4-byte schema id and the schemaless record: :func:`parse_confluent` reads the
 id with SQL functions and :func:`decode` applies the schema of that id
-(:class:`fink.wire.SchemaResolver`). Every version is then laid out in one layout, the
+(:class:`fink.survey.wire.SchemaResolver`). Every version is then laid out in one layout, the
 union of all versions the stage knows, newest first (:func:`union_type`), fields a
 version lacks being null. No Python runs per row.
 
-A message that is not an alert gets a ``reason`` (:data:`fink.avro.REASONS`) instead, and
+A message that is not an alert gets a ``reason`` (:data:`fink.survey.avro.REASONS`) instead, and
 :func:`write_batch` sends it to the quarantine table with its raw bytes. Each micro-batch
 is written under names derived from its batch id and committed with a marker, so a batch
 replayed after a failure rewrites the same files: the archive is exactly once.
@@ -32,20 +32,21 @@ import json
 import time
 from typing import TYPE_CHECKING, Any
 
-from fink import avro, metrics
-from fink import survey as surveys
 from fink.config import ConfigError, FinkConfig, Validated
 from fink.log import logger
-from fink.streaming import observed
+from fink.runtime import metrics
+from fink.runtime.streaming import observed
+from fink.survey import avro
+from fink.survey import description as surveys
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame, SparkSession
     from pyspark.sql.streaming import DataStreamWriter
     from pyspark.sql.types import DataType, StructType
 
-    from fink.filestore import BatchKey
+    from fink.io.filestore import BatchKey
     from fink.stages.step import Step
-    from fink.wire import SchemaResolver
+    from fink.survey.wire import SchemaResolver
 
 QUERY_NAME = "stream2raw"
 KAFKA_COLUMNS = ["topic", "partition", "offset", "timestamp"]
@@ -79,7 +80,7 @@ class Stream2RawConfig(surveys.OfSurvey, Validated):
         A shipped survey (``ztf``, ``rubin``) or the path of a description YAML file.
     schema_registry_url, schema_dir
         Where schema ids come from besides the packaged schemas (wire-format surveys): a
-        Confluent-compatible registry, a folder of ``.avsc`` files (:class:`fink.wire.SchemaResolver`).
+        Confluent-compatible registry, a folder of ``.avsc`` files (:class:`fink.survey.wire.SchemaResolver`).
     """
 
     topic: str = ""
@@ -117,7 +118,7 @@ class Stream2RawConfig(surveys.OfSurvey, Validated):
 
     def resolver(self) -> "SchemaResolver | None":
         """The schema-id resolver of a wire-format survey (None for container files)."""
-        from fink.wire import SchemaResolver
+        from fink.survey.wire import SchemaResolver
 
         survey = self.description()
         if survey.wire != "confluent":
@@ -138,7 +139,7 @@ def schema_texts(survey: surveys.Survey, resolver: "SchemaResolver | None" = Non
 def source(spark: "SparkSession", cfg: Stream2RawConfig, bootstrap: str, batches: bool = True) -> "DataFrame":
     """Spark's Kafka source for the configured topic(s) or pattern; with ``batches`` (micro-batches),
     bounded by ``max_offsets_per_trigger`` and split into ``min_partitions`` tasks."""
-    from fink import kafka
+    from fink.io import kafka
 
     reader = spark.readStream.format("kafka").options(**kafka.spark_options(bootstrap))
     reader = reader.option("subscribePattern", cfg.topic_pattern) if cfg.topic_pattern else \
@@ -226,7 +227,7 @@ def parse_confluent(df: "DataFrame", versions: list[str], max_alert_bytes: int =
 #: the survey description's ``wire`` -> how its messages are split into version and record
 PARSERS = {"container": parse_container, "confluent": parse_confluent}
 #: the survey description's ``wire`` -> the reason for a record its announced schema cannot
-#: read: a wire-format body is cut short or corrupt (as :mod:`fink.wire` says); a container's
+#: read: a wire-format body is cut short or corrupt (as :mod:`fink.survey.wire` says); a container's
 #: blocks were checked whole before, so its record is in a foreign layout
 UNDECODABLE = {"container": "unknown_schema", "confluent": "truncated"}
 
@@ -352,7 +353,7 @@ def decode(df: "DataFrame", schemas: dict[str, str], survey: surveys.Survey | No
     :data:`UNDECODABLE` says for the survey's wire format; one that reads into inconsistent
     identifiers, or without its identity records, ``unknown_schema``; an alert without the
     survey's alert or object identity the reason ``missing_identifiers``; one whose time
-    is null, NaN or outside :data:`fink.avro.JD_RANGE` (no night to file it under) ``bad_time``.
+    is null, NaN or outside :data:`fink.survey.avro.JD_RANGE` (no night to file it under) ``bad_time``.
     """
     from pyspark.sql import functions as F
     from pyspark.sql.avro.functions import from_avro
@@ -494,7 +495,7 @@ def write_batch(batch: "DataFrame", batch_id: int, cfg: Stream2RawConfig, paths:
 
     Returns what the batch held (also written in the raw table's commit marker). A batch
     already committed (replayed after a restart) is skipped. ``writer`` is the query's id
-    (:func:`fink.filestore.batch_key`: its files and commit marker are named after both).
+    (:func:`fink.io.filestore.batch_key`: its files and commit marker are named after both).
 
     Notes
     -----
@@ -505,7 +506,7 @@ def write_batch(batch: "DataFrame", batch_id: int, cfg: Stream2RawConfig, paths:
     from Kafka by offset (``bootstrap``), not carried through the decode. Only then do the
     alert files move into the table.
     """
-    from fink import filestore
+    from fink.io import filestore
 
     spark = batch.sparkSession
     name = filestore.batch_key(writer, batch_id)
@@ -530,7 +531,7 @@ def write_batch(batch: "DataFrame", batch_id: int, cfg: Stream2RawConfig, paths:
 def _begin(spark: "SparkSession", batch_id: "BatchKey", paths: dict[str, str]) -> dict[str, Any] | None:
     """The batch's commit record if it was committed (a replay), else None, the remains of an
     interrupted attempt removed from the raw table and the quarantine."""
-    from fink import filestore
+    from fink.io import filestore
 
     return filestore.begin(spark, paths["raw"], batch_id, paths["quarantine"])
 
@@ -541,7 +542,7 @@ def _stage(batch: "DataFrame", batch_id: "BatchKey", cfg: Stream2RawConfig, path
     ``night=q_<reason>``; return the staged files by folder (``fields``: see :func:`raw_columns`)."""
     from pyspark.sql import functions as F
 
-    from fink import filestore
+    from fink.io import filestore
 
     reason = F.col("reason")
     rows = raw_columns(batch.withColumn("night", F.when(reason.isNull(), F.col("night"))
@@ -555,7 +556,7 @@ def planned_offsets(spark: "SparkSession", checkpoint: str, batch_id: int) -> di
     empty when they are not known."""
     import json
 
-    from fink.filestore import FileStore
+    from fink.io.filestore import FileStore
 
     store = FileStore(spark, checkpoint)
 
@@ -584,7 +585,7 @@ def lost_offsets(spark: "SparkSession", checkpoint: str, batch_id: int, keys, bo
     the partition's log now starts after the planned start (transaction markers, which take
     offsets too, are not counted as lost: the log still holds them).
     """
-    from fink import kafka
+    from fink.io import kafka
 
     planned = planned_offsets(spark, checkpoint, batch_id)
     read = keys.groupby(["topic", "partition"]).size().to_dict() if len(keys) else {}
@@ -608,7 +609,7 @@ def _commit(spark: "SparkSession", batch_id: int, name: "BatchKey", paths: dict[
     (``keys`` with a reason) to the quarantine with their bytes, the staged alerts into the
     table, the commit record (with the offsets the batch planned but Kafka no longer had:
     :func:`lost_offsets`, from the query's ``checkpoint``)."""
-    from fink import filestore
+    from fink.io import filestore
 
     set_aside = keys[keys["reason"].notna()]
     if len(set_aside):
@@ -645,7 +646,7 @@ def _stage_missing(spark: "SparkSession", root: str, name: "BatchKey", staged: d
     again (retention); return the staged files. Nothing is lost from the quarantine's count."""
     import pandas as pd
 
-    from fink import filestore
+    from fink.io import filestore
 
     base = f"{root.rstrip('/')}/{filestore.staging_folder(name)}"
     files = [f"{base}/{rel}" for rels in staged.values() for rel in rels]
@@ -693,7 +694,7 @@ def _staged_keys(spark: "SparkSession", root: str, batch_id: "BatchKey", folders
     import pandas as pd
     from pyspark.sql import functions as F
 
-    from fink import filestore
+    from fink.io import filestore
 
     base = f"{root.rstrip('/')}/{filestore.staging_folder(batch_id)}"
     files = [f"{base}/{rel}" for rels in folders.values() for rel in rels]
@@ -773,7 +774,7 @@ class ArchivedCandids:
     def night(self, night: str) -> "NightIds | set[int]":
         from pyspark.sql import functions as F
 
-        from fink.filestore import FileStore
+        from fink.io.filestore import FileStore
 
         if night not in self.nights:
             store = FileStore(self.spark, self.raw_path)
@@ -821,7 +822,7 @@ def _restage_without(spark: "SparkSession", root: str, batch_id: "BatchKey", fol
     """Rewrite the staged nights holding ``dups`` without them (rare: only duplicates pay for this)."""
     from pyspark.sql import functions as F
 
-    from fink import filestore
+    from fink.io import filestore
 
     staging = filestore.staging_folder(batch_id)
     store = filestore.FileStore(spark, root)
@@ -865,7 +866,7 @@ def set_aside_messages(spark: "SparkSession", bootstrap: str, keys) -> "DataFram
 
     from pyspark.sql import functions as F
 
-    from fink import kafka
+    from fink.io import kafka
 
     wanted = keys[["topic", "partition", "offset", "timestamp", "reason", "brokerIngestTimestamp"]]
     ranges = wanted.groupby(["topic", "partition"])["offset"].agg(["min", "max"])
@@ -888,10 +889,10 @@ def set_aside_messages(spark: "SparkSession", bootstrap: str, keys) -> "DataFram
 def build(spark: "SparkSession", cfg: Stream2RawConfig, fink: FinkConfig) -> "DataStreamWriter":
     """The stage's unstarted writer: Kafka -> decode -> raw archive + quarantine.
 
-    Start it with :func:`fink.streaming.start`; pick a trigger first, e.g.
+    Start it with :func:`fink.runtime.streaming.start`; pick a trigger first, e.g.
     ``.trigger(availableNow=True)`` to catch up and stop, or ``processingTime="10 seconds"``.
     """
-    from fink import filestore, table_use
+    from fink.io import filestore, table_use
 
     paths = cfg.paths(fink)
     table_use.attach(spark, paths["raw"], "write", paths["checkpoint"], QUERY_NAME)
@@ -917,7 +918,7 @@ def batch_files(spark: "SparkSession", root: str, batch_id: "BatchKey", schema: 
     FileNotFoundError
         The batch's files are gone (a compaction renamed them): its alerts cannot be handed on.
     """
-    from fink import filestore
+    from fink.io import filestore
 
     files = filestore.batch_files(spark, root, batch_id)
     if not files:
@@ -948,7 +949,7 @@ def step(spark: "SparkSession", cfg: Stream2RawConfig, fink: FinkConfig, **conte
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
-    from fink import filestore
+    from fink.io import filestore
     from fink.stages.step import Output, Step, report
 
     paths = cfg.paths(fink)
@@ -1013,9 +1014,9 @@ def unread(spark: "SparkSession", cfg: Stream2RawConfig, bootstrap: str, checkpo
     """How many messages the source holds beyond what the query of ``checkpoint`` has
     planned to read (its latest offsets), or None when that cannot be told (a topic pattern
     never read, a source starting at its latest offsets)."""
-    from fink import kafka
-    from fink.filestore import FileStore
-    from fink.table_use import batches
+    from fink.io import kafka
+    from fink.io.filestore import FileStore
+    from fink.io.table_use import batches
 
     latest = max(batches(FileStore(spark, checkpoint), "offsets"), default=None)
     planned = planned_offsets(spark, checkpoint, latest) if latest is not None else {}
@@ -1038,7 +1039,7 @@ def reconcile(spark: "SparkSession", progress: list[dict], raw_path: str, unread
     source still held after the run, :func:`unread`), a run that read nothing while its
     source held messages is not balanced, and ``problem`` says so.
     """
-    from fink import filestore
+    from fink.io import filestore
 
     totals: dict[str, Any] = {"batches": 0, "messages": 0, "decoded": 0, "archived": 0, "quarantined": 0,
                               "reasons": {}, "lost": 0, "lost_ranges": []}

@@ -15,7 +15,7 @@
 # * **writes**: HBase tables `<table>`, `<table>_class`, `<table>_pixel`, `<table>_night`;
 #   checkpoint `<data_dir>/checkpoints/archive`
 # * **headless**: `fink start archive -c conf/local.yaml [--simulator]`
-# * **queries**: `archive_explorer.ipynb`, or `fink.client.archive.Archive`
+# * **queries**: `archive_explorer.ipynb`, or `fink.client.explorer.Archive`
 
 # %% tags=["parameters"]
 kafka_bootstrap: str = "127.0.0.1:9092"  # Kafka bootstrap servers, host:port[,host:port]
@@ -58,9 +58,9 @@ print(f"{paths['science']} -> HBase {cfg.hbase_thrift} table {stage.table_name()
 # ## Session (and, with `simulator`, a science archive of the sample night)
 
 # %%
-from fink import streaming
-from fink.monitor import QueryMonitor
-from fink.session import get_spark
+from fink.runtime import streaming
+from fink.runtime.monitor import QueryMonitor
+from fink.runtime.session import get_spark
 from fink.stages import archive
 
 spark = get_spark(cfg, app_name="fink-archive")

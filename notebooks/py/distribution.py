@@ -50,9 +50,9 @@ print(f"{paths['science']} -> topics {[f.topic for f in user_filters]}")
 # ## Session (and, with `simulator`, a science archive of the sample night)
 
 # %%
-from fink import streaming
-from fink.monitor import QueryMonitor
-from fink.session import get_spark
+from fink.runtime import streaming
+from fink.runtime.monitor import QueryMonitor
+from fink.runtime.session import get_spark
 from fink.stages import distribution
 
 spark = get_spark(cfg, app_name="fink-distribution")

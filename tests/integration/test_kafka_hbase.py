@@ -4,7 +4,7 @@ import uuid
 
 import pytest
 
-from fink import kafka
+from fink.io import kafka
 
 pytestmark = pytest.mark.integration
 

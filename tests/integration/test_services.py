@@ -13,13 +13,14 @@ from pathlib import Path
 import pytest
 from confluent_kafka.admin import NewTopic
 
-from fink import kafka, services
 from fink.config import SERVICE_ACCOUNT, SERVICE_SECRET, ServicesConfig, service_password
 from fink.errors import ServiceError
-from fink.services.process import process_start_time
+from fink.io import kafka
+from fink.ops import services
+from fink.processes import process_start_time
 
 pytestmark = pytest.mark.integration
-FINK = [sys.executable, "-m", "fink.cli"]
+FINK = [sys.executable, "-m", "fink.ops.cli"]
 
 
 def free_ports(n):
@@ -119,7 +120,7 @@ def test_a_storage_formatted_without_the_service_account_is_migrated_and_a_wrong
         tmp_path, monkeypatch):
     from confluent_kafka.admin import AdminClient
 
-    from fink.services.kafka import KafkaService, cluster_id
+    from fink.ops.services.kafka_server import KafkaService, cluster_id
 
     kafka_port, controller, sasl = free_ports(3)
     home = tmp_path / "home"

@@ -8,10 +8,11 @@ import fastavro
 import pytest
 from pyspark.sql import functions as F
 
-from fink import filestore, kafka, streaming
 from fink.config import FinkConfig
-from fink.datasim import faults
-from fink.simulator import SimulatorConfig, load_messages, replay
+from fink.io import filestore, kafka
+from fink.runtime import streaming
+from fink.sim import faults
+from fink.sim.simulator import SimulatorConfig, load_messages, replay
 from fink.stages import stream2raw as s2r
 
 pytestmark = [pytest.mark.integration, pytest.mark.spark]
@@ -144,7 +145,7 @@ def test_set_aside_messages_reach_the_quarantine_whole_without_passing_through_t
     default 2 GB heap out of memory; `benchmarks/bench_quarantine.py` runs those sizes)."""
     import numpy as np
 
-    from fink import kafka
+    from fink.io import kafka
 
     rng = np.random.default_rng(3)
     junk = [b"Z" + rng.bytes(900_000 - 1) for _ in range(40)]

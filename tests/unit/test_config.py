@@ -98,7 +98,7 @@ def test_secret_file_must_be_private(monkeypatch, tmp_path):
 
 
 def test_sasl_options_only_with_both_credentials(monkeypatch, tmp_path):
-    from fink import kafka
+    from fink.io import kafka
 
     monkeypatch.setenv("FINK_HOME", str(tmp_path))
     monkeypatch.delenv("FINK_KAFKA_PASSWORD", raising=False)
@@ -121,8 +121,8 @@ def test_a_location_is_a_local_folder_or_none_for_another_file_system(tmp_path):
 
 
 def test_internal_clients_authenticate_as_the_service_account_and_others_do_not(monkeypatch, tmp_path):
-    from fink import kafka
     from fink.config import SERVICE_ACCOUNT, service_password
+    from fink.io import kafka
 
     monkeypatch.setenv("FINK_HOME", str(tmp_path))
     monkeypatch.delenv("FINK_KAFKA_USERNAME", raising=False)

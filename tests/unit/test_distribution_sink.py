@@ -4,7 +4,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from fink import kafka
+from fink.io import kafka
 from fink.stages import distribution as dist
 
 KEY = '{"type": "record"}'
