@@ -41,6 +41,7 @@ from fink.stages import archive
 from fink.stages import distribution as dist
 from fink.stages import raw2science as r2s
 from fink.stages import stream2raw as s2r
+from fink.stages.duplicates import ArchivedCandids
 
 
 def batch_files(root: str, batch_id: int) -> str:
@@ -68,7 +69,7 @@ def main() -> None:
     raw_paths, sci_paths, checkpoint = raw.paths(fink), sci.paths(fink), f"{tmp}/checkpoints/fused"
 
     rows = s2r.transform(s2r.source(spark, raw, bootstrap), raw)
-    index = s2r.ArchivedCandids(spark, raw_paths["raw"], "candid")
+    index = ArchivedCandids(spark, raw_paths["raw"], "candid")
     raw_schema, modules = r2s.raw_schema(spark), sci.load_modules()
     sci_schema = dist.science_schema(spark, sci_paths["science"], sci)
     filters = dcfg.load_filters()

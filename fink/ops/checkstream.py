@@ -32,13 +32,13 @@ def jd_to_iso(jd: float) -> str:
 
 class RecentIds:
     """The alert ids seen lately, in bounded memory: two generations of at most ``limit`` ids
-    each (sorted int64 arrays, :class:`fink.stages.stream2raw.NightIds`), the older dropped
+    each (sorted int64 arrays, :class:`fink.stages.duplicates.NightIds`), the older dropped
     when the newer fills. A repeat is caught while its first copy is among the last
     ``limit`` to ``2 * limit`` ids (5 to 10 million by default: a Rubin night), in at most
     about 16 bytes an id."""
 
     def __init__(self, limit: int = 5_000_000):
-        from fink.stages.stream2raw import NightIds
+        from fink.stages.duplicates import NightIds
 
         self.limit, self._new = limit, NightIds
         self.older, self.newer = NightIds(), NightIds()

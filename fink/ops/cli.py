@@ -264,7 +264,7 @@ def _compact(args: argparse.Namespace) -> int:
     from fink.io import filestore
     from fink.io.table_use import TableInUse
     from fink.runtime.session import get_spark
-    from fink.stages.stream2raw import ARCHIVE_OPTIONS
+    from fink.stages.raw_archive import ARCHIVE_OPTIONS
 
     raw = args.raw or FinkConfig().data_uri("raw")
     spark = get_spark(FinkConfig(log_level="ERROR"), app_name="fink-compact")

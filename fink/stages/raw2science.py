@@ -201,7 +201,7 @@ def write_batch(batch: "DataFrame", batch_id: int, cfg: Raw2ScienceConfig, paths
     ``batch`` holds the archive's columns (:func:`science_table.slim_columns`: the key and what
     the stage added); ``writer`` is the query's id (:func:`fink.io.filestore.batch_key`)."""
     from fink.io import filestore
-    from fink.stages.stream2raw import ARCHIVE_OPTIONS
+    from fink.stages.raw_archive import ARCHIVE_OPTIONS
 
     spark = batch.sparkSession
     name = filestore.batch_key(writer, batch_id)
@@ -319,7 +319,7 @@ def step(spark: "SparkSession", cfg: Raw2ScienceConfig, fink: FinkConfig, **cont
         writer[:] = writer or [filestore.writer_id(spark, context["checkpoint"])]
         done = filestore.committed(spark, paths["science"], filestore.batch_key(writer[0], batch_id))
         if done is not None:  # committed before a crash: what it wrote, from the archive, joined to the batch
-            from fink.stages.stream2raw import batch_files
+            from fink.stages.raw_archive import batch_files
 
             written = int(done.get("alerts", 0))
             out = science_table.join_raw(

@@ -59,7 +59,7 @@ def selection(df: "DataFrame", cuts: dict[str, str], lane: dict[str, str]) -> "D
     from pyspark.sql import functions as F
 
     from fink.stages.raw2science import cut_reason
-    from fink.stages.stream2raw import raw_columns
+    from fink.stages.raw_archive import raw_columns
 
     try:
         kept = raw_columns(df.where(F.col("reason").isNull()))

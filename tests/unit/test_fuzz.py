@@ -33,7 +33,7 @@ from fink.science import ScienceModule, ScienceModuleError, load_modules
 from fink.science.science_api import load_module
 from fink.sim import NightConfig, conform, faults, generate_night
 from fink.sim.sources import SourceError, read_messages
-from fink.stages.stream2raw import ArchivedCandids, NightIds, find_duplicates
+from fink.stages.duplicates import ArchivedCandids, NightIds, find_duplicates
 from fink.survey import avro
 from fink.survey.avro import AVRO_MAGIC, AlertDecodeError, SchemaError, avro_schema
 

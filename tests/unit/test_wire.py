@@ -247,7 +247,7 @@ def test_the_union_layout_keeps_every_field_of_every_version():
     from pyspark.sql.types import ArrayType, DoubleType, FloatType, IntegerType, LongType, StringType, StructField
     from pyspark.sql.types import StructType as S
 
-    from fink.stages.stream2raw import union_type
+    from fink.stages.decoding import union_type
     from fink.survey.avro import SchemaError
 
     def st(*fields):
@@ -271,7 +271,7 @@ def test_the_newest_version_is_already_in_the_union_layout_when_older_ones_add_n
     from pyspark.sql.types import ArrayType, DoubleType, FloatType, LongType, StructField
     from pyspark.sql.types import StructType as S
 
-    from fink.stages.stream2raw import _same, union_type
+    from fink.stages.decoding import _same, union_type
 
     item = S([StructField("jd", DoubleType(), False), StructField("mag", FloatType(), True)])
     newest = S([StructField("candid", LongType(), False), StructField("prv", ArrayType(item, False), True)])
