@@ -18,9 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fink.io import kafka
-from fink.sim.generator import JD_UNIX_EPOCH
 from fink.survey import description as surveys
-from fink.survey.avro import AlertDecodeError, Decoded
+from fink.survey.avro import JD_UNIX_EPOCH, AlertDecodeError, Decoded
 
 #: ZTF's filter ids; other surveys name their bands
 BANDS = {1: "g", 2: "r", 3: "i"}

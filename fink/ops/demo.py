@@ -24,7 +24,7 @@ import shutil
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fink.config import FinkConfig, ServicesConfig, checkout, fink_home
 from fink.errors import FinkError
@@ -32,6 +32,9 @@ from fink.io import kafka
 from fink.ops import dashboard, runner, services
 from fink.runtime import metrics
 from fink.stages.pipeline import STAGES
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
 
 TABLE = "demo_ztf_alerts"
 USER = "demo"
@@ -350,3 +353,29 @@ def _print_summary(store: metrics.Store, runs: dict[str, runner.Run], got: dict[
     if not ok:
         raise DemoError(f"accounts do not balance: {_progress_line(acc)}; client {got['received']}/{got['expected']}")
     return 0
+
+
+def fill_from_simulator(spark: "SparkSession", fink: FinkConfig, topic: str, science_path: str = "",
+                        duration: float = 600.0, stop_file: str = "", survey: str = "ztf") -> dict[str, Any]:
+    """Fill the science archive from the survey's bundled night replayed by the simulator
+    (the description's ``simulator.sample``, relative to ``notebooks/``, and its catalogue)
+    into ``topic``, then stream2raw and raw2science with every built-in module, each caught
+    up (``availableNow``). For the notebooks of the stages that read the science archive,
+    run with ``simulator``."""
+    from fink.runtime import streaming
+    from fink.sim.simulator import SimulatorConfig, replay
+    from fink.stages import raw2science, stream2raw
+    from fink.survey import description as surveys
+
+    sample = surveys.load(survey).simulator
+    sent = replay(SimulatorConfig(source=sample["sample"], topic=topic, survey=survey), fink.kafka_bootstrap,
+                  progress=False)
+    raw_stage = stream2raw.Stream2RawConfig(topic=topic, survey=survey)
+    science_stage = raw2science.Raw2ScienceConfig(
+        modules=["builtin"], science_path=science_path, survey=survey,
+        module_params={"crossmatch": {"catalogue_path": sample["catalogue"]}})
+    for make, conf, name in ((stream2raw.build, raw_stage, stream2raw.QUERY_NAME),
+                             (raw2science.build, science_stage, raw2science.QUERY_NAME)):
+        query = streaming.start(make(spark, conf, fink).trigger(availableNow=True), name)  # one after the other
+        streaming.run_until([query], duration=duration, stop_file=stop_file)
+    return {"alerts": sent["alerts"], "science": science_stage.paths(fink)["science"]}

@@ -25,9 +25,9 @@ from fink.sim import cutouts, lightcurves
 from fink.sim.catalogue import make_catalogue
 from fink.sim.lightcurves import CLASSES
 from fink.survey import avro
+from fink.survey.avro import JD_UNIX_EPOCH
 
 VISIT_SECONDS = 39.0  # ZTF: 30 s exposure + readout and slew
-JD_UNIX_EPOCH = 2440587.5
 PUBLISHER = "fink.datasim (simulated ZTF-like alerts)"  # the data says so: kept as the sample night has it
 ZP = {1: 26.32, 2: 26.20}  # photometric zero points (DN), g and r
 LIMIT = {1: 20.6, 2: 20.4}  # median 5-sigma limiting magnitudes

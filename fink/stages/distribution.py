@@ -22,30 +22,28 @@ import dataclasses
 import json
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fink.config import ConfigError, FinkConfig, Validated, local_path
 from fink.filters.filter_api import SELECTED, AlertFilter, label, load_filters
-from fink.io import kafka
 from fink.log import logger
 from fink.runtime import metrics
 from fink.runtime.streaming import observed
 from fink.science.science_api import add_metrics
+from fink.stages.science_stream import expander, science_schema, source
+from fink.stages.topics import Encoding, alert_columns, derived, encodings, messages, prepare_topics
 from fink.survey import description as surveys
-from fink.survey.avro import avro_schema
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
     from pyspark.sql.streaming import DataStreamWriter
-    from pyspark.sql.types import StructType
 
     from fink.stages.step import Step
 
 QUERY_NAME = "distribution"
 FILTERS_METRICS = "distribution_filters"
-CUTOUTS = ("cutoutScience", "cutoutTemplate", "cutoutDifference")
 #: Parquet options of an outbox, read once then deleted: its values are whole encoded alerts,
 #: not worth compressing or a dictionary
 OUTBOX_OPTIONS = {"compression": "none", "parquet.enable.dictionary": "false"}
@@ -53,8 +51,6 @@ OUTBOX_OPTIONS = {"compression": "none", "parquet.enable.dictionary": "false"}
 SEAL = "_fink_outbox.json"
 #: where a filter runs: in the micro-batch pass (any filter), or in the real-time lane (SQL conditions)
 LANES = ("microbatch", "realtime")
-#: columns of the science archive that are not part of a distributed alert
-INTERNAL = ("night", SELECTED)
 
 @dataclasses.dataclass(frozen=True)
 class DistributionConfig(surveys.OfSurvey, Validated):
@@ -137,120 +133,8 @@ class DistributionConfig(surveys.OfSurvey, Validated):
 
 # -- the science archive as a stream ---------------------------------------------------------
 
-def stored_schema(spark: "SparkSession", science_path: str, producer: Any = None, survey: str = "ztf",
-                  from_files: bool = True) -> "StructType":
-    """The schema the science archive's files are read with (:mod:`~fink.stages.science_table`):
-    the layout its root records (and ``from_files``), else what raw2science writes with
-    ``producer`` (its :class:`~fink.stages.raw2science.Raw2ScienceConfig`; by default
-    ``survey``'s built-in modules), so that the stages may start in any order."""
-    from fink.stages import raw2science as r2s
-    from fink.stages import science_table
-
-    cfg = producer or r2s.Raw2ScienceConfig(modules=["builtin"], survey=survey)
-    layout = science_table.read_layout(spark, science_path) if from_files else None
-    if layout is not None:
-        slim = layout["schema"]
-    else:
-        full = r2s.science_layout(spark, cfg, cfg.load_modules())
-        slim = science_table.slim_schema(spark, cfg.description(), full, r2s.raw_schema(spark, cfg.survey))
-    return science_table.stored_schema(slim, cfg.description())
-
-
-def science_schema(spark: "SparkSession", science_path: str, producer: Any = None, survey: str = "ztf",
-                   from_files: bool = True) -> "StructType":
-    """The science rows' schema: every raw column, the columns raw2science adds (those
-    :func:`stored_schema` reads), ``night`` last."""
-    from fink.stages import raw2science as r2s
-    from fink.stages import science_table
-
-    survey = producer.survey if producer is not None else survey
-    return science_table.full_schema(r2s.raw_schema(spark, survey),
-                                     stored_schema(spark, science_path, producer, survey, from_files),
-                                     surveys.load(survey))
-
-
-def source(spark: "SparkSession", cfg: DistributionConfig, science_path: str, producer: Any = None) -> "DataFrame":
-    """The science archive as a stream of new files (its folder created if absent), each
-    file's rows as stored (:func:`stored_schema`): :func:`expander` joins them to their alerts."""
-    from fink.io.filestore import FileStore
-
-    store = FileStore(spark, science_path)
-    store.fs.mkdirs(store.path())
-    reader = spark.readStream.schema(stored_schema(spark, science_path, producer, cfg.survey)) \
-        .option("basePath", science_path)
-    if cfg.max_files_per_trigger:
-        reader = reader.option("maxFilesPerTrigger", cfg.max_files_per_trigger)
-    return reader.parquet(science_path)
-
-
-def expander(spark: "SparkSession", science_path: str, survey: str, fink: FinkConfig,
-             full: "StructType") -> "Callable[[DataFrame], DataFrame]":
-    """A micro-batch of :func:`source` -> the science rows of ``full`` (joined to their raw
-    alerts in the raw archive its layout records, else the survey's default one)."""
-    from fink.stages import raw2science as r2s
-    from fink.stages import science_table
-
-    description = surveys.load(survey)
-    raw_schema = r2s.raw_schema(spark, survey)
-
-    def expand(batch: "DataFrame") -> "DataFrame":
-        layout = science_table.read_layout(spark, science_path)  # a small file: its latest, each batch
-        if layout is None:  # an archive written whole, before layouts: beside the survey's raw archive
-            return science_table.expand(batch, r2s.Raw2ScienceConfig(survey=survey).paths(fink)["raw"],
-                                        raw_schema, description, full)
-        new = [c for c in layout["schema"].fieldNames() if c not in full.fieldNames() and c != layout["key"]]
-        if new:  # raw2science writes columns this query would not send: say so, not drop them
-            raise science_table.LayoutChanged(
-                f"{science_path}: raw2science now writes {', '.join(new)}, which this query started without: "
-                "restart it to read them")
-        return science_table.expand(batch, layout["raw"], raw_schema, description, full)
-
-    return expand
-
 
 # -- what each topic receives ----------------------------------------------------------------
-
-@dataclasses.dataclass(frozen=True)
-class Encoding:
-    """One Avro layout shared by the topics (by index) that chose the same fields."""
-
-    fields: tuple[str, ...]
-    schema: str  # the Avro schema as JSON: the message key, and the _schema topic's content
-    topics: tuple[int, ...]
-
-
-def alert_columns(df: "DataFrame") -> "DataFrame":
-    """A distributed alert's columns: the science row without internal columns, plus Fink's
-    ``cdsxmatch`` (the cross-match type or "Unknown") that the community client displays."""
-    from pyspark.sql import functions as F
-
-    out = df.drop(*[c for c in INTERNAL if c in df.columns])
-    if "xm_type" in out.columns and "cdsxmatch" not in out.columns:
-        out = out.withColumn("cdsxmatch", F.coalesce(F.col("xm_type"), F.lit("Unknown")))
-    return out
-
-
-def encodings(schema: "StructType", cfg: DistributionConfig, topics: list[str]) -> list[Encoding]:
-    """Group the topics by the fields they send; each group gets its Avro schema."""
-    from pyspark.sql.types import StructType
-
-    available = [f.name for f in schema.fields]
-    groups: dict[tuple[str, ...], list[int]] = {}
-    for k, topic in enumerate(topics):
-        opts = cfg.topic_options.get(topic, {})
-        fields = list(opts.get("fields") or available)
-        unknown = [f for f in fields if f not in available]
-        if unknown:
-            raise ConfigError(f"topic_options['{topic}']: field '{unknown[0]}' is not a column of the "
-                              f"science alerts (columns: {', '.join(available)})")
-        if opts.get("cutouts", True) is False:
-            fields = [f for f in fields if f not in CUTOUTS]
-        groups.setdefault(tuple(fields), []).append(k)
-    out = []
-    for fields, members in groups.items():
-        struct = StructType([schema[f] for f in fields])
-        out.append(Encoding(fields, json.dumps(avro_schema(struct)), tuple(members)))
-    return out
 
 
 def select(df: "DataFrame", filters: list[AlertFilter]) -> "DataFrame":
@@ -267,53 +151,7 @@ def select(df: "DataFrame", filters: list[AlertFilter]) -> "DataFrame":
     return metrics.observe_latency(df)  # Kafka timestamp -> start of the batch that sends it
 
 
-def derived(schema: "StructType") -> dict[str, Any]:
-    """The columns :func:`alert_columns` adds to science rows of ``schema``: name -> expression."""
-    from pyspark.sql import functions as F
-
-    names = schema.fieldNames()
-    return {"cdsxmatch": F.coalesce(F.col("xm_type"), F.lit("Unknown"))} \
-        if "xm_type" in names and "cdsxmatch" not in names else {}
-
-
-def messages(batch: "DataFrame", encs: list[Encoding], added: dict[str, Any] | None = None) -> "DataFrame":
-    """One row per (alert, topic that selected it): ``_k`` (the topic's index) and ``value``.
-
-    ``added``: what :func:`derived` gives for the batch's schema, when known (then the batch's
-    schema is not asked of the JVM: tens of milliseconds per batch for an alert's fields)."""
-    from pyspark.sql import functions as F
-    from pyspark.sql.avro.functions import to_avro
-
-    picked = batch.where(F.size(F.col(SELECTED)) > 0)
-    if added is None:
-        rows = alert_columns(picked.withColumn("_k", F.explode(SELECTED)).drop(SELECTED))
-    else:
-        fields = list(dict.fromkeys(f for enc in encs for f in enc.fields))
-        rows = picked.select(F.explode(SELECTED).alias("_k"), *[added.get(f, F.col(f)).alias(f) for f in fields])
-    value = None
-    for enc in encs:
-        encoded = to_avro(F.struct(*[F.col(f) for f in enc.fields]), enc.schema)
-        hit = F.col("_k").isin(*enc.topics)
-        value = F.when(hit, encoded) if value is None else value.when(hit, encoded)
-    return rows.select("_k", value.alias("value"))
-
-
 # -- the stage -------------------------------------------------------------------------------
-
-def prepare_topics(bootstrap: str, cfg: DistributionConfig, encs: list[Encoding], topics: list[str]) -> None:
-    """Create every topic and its ``_schema`` topic (waiting for their leaders) and publish the schemas."""
-    from confluent_kafka import Producer
-
-    conf = {"retention.ms": str(cfg.retention_ms)}
-    for topic in topics:
-        kafka.ensure_topic(bootstrap, topic, cfg.partitions, config=conf)
-        kafka.ensure_topic(bootstrap, f"{topic}_schema", 1, config={"cleanup.policy": "compact"})
-    producer = Producer(kafka.client_config(bootstrap, **{"enable.idempotence": True}))
-    for enc in encs:
-        for k in enc.topics:
-            producer.produce(f"{topics[k]}_schema", key=enc.schema.encode(), value=b"")
-    if producer.flush(30):
-        raise kafka.KafkaError(f"distribution: schema topics not written on {bootstrap}")
 
 
 def query_id(spark: "SparkSession", checkpoint: str) -> str:
@@ -507,8 +345,8 @@ def step(spark: "SparkSession", cfg: DistributionConfig, fink: FinkConfig, *, ch
     filters = cfg.load_filters()
     topics = [f.topic for f in filters]
     schema = science_schema(spark, paths["science"], producer, cfg.survey, from_files=from_files)
-    encs = encodings(alert_columns(spark.createDataFrame([], schema)).schema, cfg, topics)
-    prepare_topics(fink.kafka_bootstrap, cfg, encs, topics)
+    encs = encodings(alert_columns(spark.createDataFrame([], schema)).schema, cfg.topic_options, topics)
+    prepare_topics(fink.kafka_bootstrap, encs, topics, cfg.partitions, cfg.retention_ms)
     sink = Sink(fink.kafka_bootstrap, topics, encs, checkpoint, derived(schema))
     sink.recover(spark)
     ids = ["kafka_topic", "kafka_partition", "kafka_offset"]
@@ -561,7 +399,8 @@ def step(spark: "SparkSession", cfg: DistributionConfig, fink: FinkConfig, *, ch
         return Output(None, 0, None, [flags], finish)
 
     return Step(QUERY_NAME, reads="science", writes=None, run=run, sink=sink,
-                source=lambda: source(spark, cfg, paths["science"], producer), source_table=paths["science"],
+                source=lambda: source(spark, paths["science"], cfg.survey, cfg.max_files_per_trigger, producer),
+                source_table=paths["science"],
                 expand=expander(spark, paths["science"], producer.survey if producer is not None else cfg.survey,
                                 fink, schema))
 

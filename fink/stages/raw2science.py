@@ -390,29 +390,6 @@ def reconcile(spark: "SparkSession", progress: list[dict], science_path: str) ->
     return totals
 
 
-def fill_from_simulator(spark: "SparkSession", fink: FinkConfig, topic: str, science_path: str = "",
-                        duration: float = 600.0, stop_file: str = "", survey: str = "ztf") -> dict[str, Any]:
-    """Fill the science archive from the survey's bundled night replayed by the simulator
-    (the description's ``simulator.sample``, relative to ``notebooks/``, and its catalogue)
-    into ``topic``, then stream2raw and raw2science with every built-in module, each caught
-    up (``availableNow``). For the notebooks of the stages that read the science archive,
-    run with ``simulator``."""
-    from fink.runtime import streaming
-    from fink.sim.simulator import SimulatorConfig, replay
-    from fink.stages import stream2raw
-
-    sample = surveys.load(survey).simulator
-    sent = replay(SimulatorConfig(source=sample["sample"], topic=topic, survey=survey), fink.kafka_bootstrap,
-                  progress=False)
-    raw_stage = stream2raw.Stream2RawConfig(topic=topic, survey=survey)
-    science_stage = Raw2ScienceConfig(modules=["builtin"], science_path=science_path, survey=survey,
-                                      module_params={"crossmatch": {"catalogue_path": sample["catalogue"]}})
-    for make, conf, name in ((stream2raw.build, raw_stage, stream2raw.QUERY_NAME), (build, science_stage, QUERY_NAME)):
-        query = streaming.start(make(spark, conf, fink).trigger(availableNow=True), name)  # one after the other
-        streaming.run_until([query], duration=duration, stop_file=stop_file)
-    return {"alerts": sent["alerts"], "science": science_stage.paths(fink)["science"]}
-
-
 def read_science(spark: "SparkSession", path: str, raw_path: str = "") -> "DataFrame":
     """The science archive as a table: one row per kept alert, its raw columns joined to what
     the stage added (:func:`fink.stages.science_table.read_science`)."""

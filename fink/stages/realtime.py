@@ -107,8 +107,8 @@ def build(spark: "SparkSession", cfg: "DistributionConfig", source_cfg: "Stream2
     ``_schema`` topics are created here, the schema published.
     """
     from fink.io import kafka
-    from fink.stages import distribution as dist
     from fink.stages import stream2raw as s2r
+    from fink.stages.topics import Encoding, prepare_topics
 
     lane = conditions(cfg)
     if not lane:
@@ -119,7 +119,8 @@ def build(spark: "SparkSession", cfg: "DistributionConfig", source_cfg: "Stream2
     rows = selection(s2r.decoded(stream, source_cfg), cuts, lane)
     out, schema = messages(rows, survey.alert_id)
     topics = list(lane)
-    dist.prepare_topics(fink.kafka_bootstrap, cfg, [dist.Encoding((), schema, tuple(range(len(topics))))], topics)
+    prepare_topics(fink.kafka_bootstrap, [Encoding((), schema, tuple(range(len(topics))))], topics, cfg.partitions,
+                   cfg.retention_ms)
     return (out.writeStream.format("kafka").options(**kafka.spark_options(fink.kafka_bootstrap))
             .option("checkpointLocation", checkpoint).outputMode("update").trigger(realTime=BATCH)
             .queryName(QUERY_NAME))

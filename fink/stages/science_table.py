@@ -152,13 +152,13 @@ def read_science(spark: "SparkSession", path: str, raw_path: str = "") -> "DataF
     cutouts are read only if selected. An archive written whole (before this layout) is read
     as it is.
     """
-    from fink.stages import raw2science as r2s
+    from fink.stages import stream2raw as s2r
 
     layout = read_layout(spark, path)
     if layout is None:
         return spark.read.parquet(path)
     survey = surveys.load(layout["survey"])
-    raw_schema = r2s.raw_schema(spark, layout["survey"])
+    raw_schema = s2r.raw_schema(spark, s2r.Stream2RawConfig(topic="-", survey=layout["survey"]))
     stored = stored_schema(layout["schema"], survey)
     science = spark.read.schema(stored).option("basePath", path).parquet(path)
     raw = spark.read.schema(raw_schema).option("basePath", raw_path or layout["raw"]).parquet(raw_path or layout["raw"])

@@ -43,6 +43,8 @@ REASONS = {
     "duplicate": "an alert with this candid was already seen",
 }
 
+#: the Julian date of the Unix epoch (1970-01-01T00:00:00 UTC)
+JD_UNIX_EPOCH = 2440587.5
 #: the Julian dates an observation may have (years 1858 to 2132): beyond them a night cannot be named
 JD_RANGE = (2400000.5, 2500000.5)
 

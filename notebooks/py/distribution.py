@@ -58,7 +58,7 @@ from fink.stages import distribution
 spark = get_spark(cfg, app_name="fink-distribution")
 streaming.stop_active(spark)  # a re-run of this cell must not leave a second query behind
 if simulator:
-    from fink.stages.raw2science import fill_from_simulator
+    from fink.ops.demo import fill_from_simulator
 
     filled = fill_from_simulator(spark, cfg, topic, science_path, duration, stop_file, survey=stage.survey)
     print(f"simulator: {filled['alerts']} alerts -> raw -> science archive {filled['science']}")

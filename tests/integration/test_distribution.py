@@ -24,6 +24,7 @@ from fink.runtime import streaming
 from fink.science.modules import BUILTIN
 from fink.sim.simulator import SimulatorConfig, load_messages, replay
 from fink.stages import distribution as dist
+from fink.stages.topics import CUTOUTS
 
 pytestmark = [pytest.mark.integration, pytest.mark.spark]
 CATALOGUE = str(Path(__file__).resolve().parents[2] / "datasim" / "sample_night" / "catalogue.csv")
@@ -136,7 +137,7 @@ def test_the_community_client_decodes_every_alert_equal_to_the_science_archive(s
             for alert in got:
                 want = dict(rows[alert["candid"]])
                 if topic == light:
-                    for c in dist.CUTOUTS:
+                    for c in CUTOUTS:
                         assert c not in alert
                         want.pop(c)
                 want["cdsxmatch"] = want["xm_type"] or "Unknown"
