@@ -37,19 +37,9 @@ _TIMED = re.compile(rb"-?\d+\.\d{7}_")
 POINT_COLUMNS = ("jd", "fid", "magpsf", "sigmapsf", "diffmaglim", "isdiffpos", "candid", "ra", "dec")
 
 
-class Archive:
-    """A reader of one archive table (and its indexes) through the Thrift gateway.
-
-    Parameters
-    ----------
-    thrift
-        The gateway, ``host:port``.
-    table
-        The main table (what the archive stage's ``table`` parameter named).
-    survey
-        A shipped survey's name or a description file; empty: the shipped survey whose
-        identity and time fields the table's columns hold (:func:`table_survey`).
-    """
+class ArchiveReader:
+    """The connection to one archive table through the Thrift gateway, its layout and survey,
+    and the scans every query is made of (:class:`Archive` adds the queries)."""
 
     def __init__(self, thrift: str = "127.0.0.1:9090", table: str = "ztf_alerts", timeout_ms: int = 30000,
                  survey: str = ""):
@@ -111,12 +101,43 @@ class Archive:
     def _scan(self, index: str, **scan: Any) -> list[tuple[bytes, dict]]:
         return list(self.conn.table(self.layout.index_table(index)).scan(**scan))
 
-    # -- queries --------------------------------------------------------------------------------
-
     def count(self) -> int:
         """Alerts in the main table (a full key-only scan: slow on big tables)."""
         scan = self.conn.table(self.layout.table).scan(filter=b"KeyOnlyFilter() AND FirstKeyOnlyFilter()")
         return sum(1 for key, _ in scan if key != b"~schema")
+
+    def tags(self) -> dict[str, int]:
+        """How many alerts each tag (class) has."""
+        counts: dict[str, int] = {}
+        for key, _ in self._scan("class", filter=b"KeyOnlyFilter()"):
+            name = key.decode().rsplit("_", 4)[0]  # <tag>_<time>_<object>_<time>_<alert id>
+            counts[name] = counts.get(name, 0) + 1
+        return counts
+
+    def nights(self) -> dict[str, int]:
+        """How many alerts each night has (a key-only scan of the night index)."""
+        counts: dict[str, int] = {}
+        for key, _ in self._scan("night", filter=b"KeyOnlyFilter()"):
+            night = key.decode().partition("_")[0]
+            counts[night] = counts.get(night, 0) + 1
+        return counts
+
+
+class Archive(ArchiveReader):
+    """A reader of one archive table (and its indexes) through the Thrift gateway.
+
+    Parameters
+    ----------
+    thrift
+        The gateway, ``host:port``.
+    table
+        The main table (what the archive stage's ``table`` parameter named).
+    survey
+        A shipped survey's name or a description file; empty: the shipped survey whose
+        identity and time fields the table's columns hold (:func:`table_survey`).
+    """
+
+    # -- queries --------------------------------------------------------------------------------
 
     def alerts(self, object_id: str, columns: Iterable[str] | None = None) -> pd.DataFrame:
         """Every alert of ``object_id``, oldest first (a prefix scan of the main table)."""
@@ -155,22 +176,6 @@ class Archive:
         start_at = len(tag) + 1
         keys = [cells[b"r:k"] for key, cells in refs if _TIMED.match(key, start_at)][::-1][:limit]
         return self._frame(self._fetch(keys, columns), columns)
-
-    def tags(self) -> dict[str, int]:
-        """How many alerts each tag (class) has."""
-        counts: dict[str, int] = {}
-        for key, _ in self._scan("class", filter=b"KeyOnlyFilter()"):
-            name = key.decode().rsplit("_", 4)[0]  # <tag>_<time>_<object>_<time>_<alert id>
-            counts[name] = counts.get(name, 0) + 1
-        return counts
-
-    def nights(self) -> dict[str, int]:
-        """How many alerts each night has (a key-only scan of the night index)."""
-        counts: dict[str, int] = {}
-        for key, _ in self._scan("night", filter=b"KeyOnlyFilter()"):
-            night = key.decode().partition("_")[0]
-            counts[night] = counts.get(night, 0) + 1
-        return counts
 
     def night(self, night: str, columns: Iterable[str] | None = None) -> pd.DataFrame:
         """The alerts of ``night`` (``YYYYMMDD``), in object then time order."""

@@ -120,7 +120,7 @@ def test_a_storage_formatted_without_the_service_account_is_migrated_and_a_wrong
         tmp_path, monkeypatch):
     from confluent_kafka.admin import AdminClient
 
-    from fink.ops.services.kafka_server import KafkaService, cluster_id
+    from fink.ops.services.kafka_server import KafkaService, cluster_id, run_tool
 
     kafka_port, controller, sasl = free_ports(3)
     home = tmp_path / "home"
@@ -137,7 +137,8 @@ def test_a_storage_formatted_without_the_service_account_is_migrated_and_a_wrong
     old.prepare()
     (old.run_dir / "log4j2.yaml").write_text("Configuration:\n  status: warn\n")
     old.data_dir.mkdir(parents=True)
-    old._run_tool(["kafka.tools.StorageTool", "format", "-t", cluster_id(), "-c", str(old.conf_file)])
+    run_tool(old.run_dir, old.log_file,
+             ["kafka.tools.StorageTool", "format", "-t", cluster_id(), "-c", str(old.conf_file)])
     try:
         old.start()
         admin = AdminClient({"bootstrap.servers": bootstrap})  # kept alive until its future is done

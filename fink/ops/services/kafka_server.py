@@ -9,8 +9,9 @@ import os
 import subprocess
 import time
 import uuid
+from pathlib import Path
 
-from fink.config import SERVICE_ACCOUNT, SERVICE_SECRET, service_password
+from fink.config import SERVICE_ACCOUNT, SERVICE_SECRET, ServicesConfig, service_password
 from fink.errors import ServiceError
 from fink.io import kafka
 from fink.log import logger
@@ -114,76 +115,7 @@ class KafkaService(Service):
 
     def properties(self, legacy: bool = False) -> str:
         """``server.properties``; ``legacy``: the unauthenticated listeners of a migration."""
-        c = self.config
-        if legacy:
-            security = [
-                f"listeners=PLAINTEXT://{c.host}:{c.kafka_port},CONTROLLER://{c.host}:{c.kafka_controller_port},"
-                f"SASL_PLAINTEXT://{c.host}:{c.kafka_sasl_port}",
-                f"advertised.listeners=PLAINTEXT://{c.host}:{c.kafka_port},"
-                f"SASL_PLAINTEXT://{c.host}:{c.kafka_sasl_port}",
-                "controller.listener.names=CONTROLLER",
-                "inter.broker.listener.name=PLAINTEXT",
-                "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT",
-                "sasl.enabled.mechanisms=SCRAM-SHA-512",
-                "listener.name.sasl_plaintext.scram-sha-512.sasl.jaas.config="
-                "org.apache.kafka.common.security.scram.ScramLoginModule required;",
-                "super.users=User:ANONYMOUS",
-            ]
-        else:
-            account, password = SERVICE_ACCOUNT, self.password()
-            security = [
-                f"listeners=INTERNAL://{c.host}:{c.kafka_port},CONTROLLER://{c.host}:{c.kafka_controller_port},"
-                f"SASL_PLAINTEXT://{c.host}:{c.kafka_sasl_port}",
-                f"advertised.listeners=INTERNAL://{c.host}:{c.kafka_port},"
-                f"SASL_PLAINTEXT://{c.host}:{c.kafka_sasl_port}",
-                "controller.listener.names=CONTROLLER",
-                "inter.broker.listener.name=INTERNAL",
-                "listener.security.protocol.map=INTERNAL:SASL_PLAINTEXT,CONTROLLER:SASL_PLAINTEXT,"
-                "SASL_PLAINTEXT:SASL_PLAINTEXT",
-                # the stages and the broker itself: SCRAM, the account's credential kept by KRaft
-                "listener.name.internal.sasl.enabled.mechanisms=SCRAM-SHA-512",
-                "sasl.mechanism.inter.broker.protocol=SCRAM-SHA-512",
-                "listener.name.internal.scram-sha-512.sasl.jaas.config="
-                f'org.apache.kafka.common.security.scram.ScramLoginModule required username="{account}" '
-                f'password="{password}";',
-                # KRaft: PLAIN, the one credential in this file (the controller cannot read SCRAM's)
-                "listener.name.controller.sasl.enabled.mechanisms=PLAIN",
-                "sasl.mechanism.controller.protocol=PLAIN",
-                "listener.name.controller.plain.sasl.jaas.config="
-                f'org.apache.kafka.common.security.plain.PlainLoginModule required username="{account}" '
-                f'password="{password}" user_{account}="{password}";',
-                # users: SCRAM-SHA-512 (what the Fink client speaks), credentials kept by KRaft
-                "listener.name.sasl_plaintext.sasl.enabled.mechanisms=SCRAM-SHA-512",
-                "listener.name.sasl_plaintext.scram-sha-512.sasl.jaas.config="
-                "org.apache.kafka.common.security.scram.ScramLoginModule required;",
-                f"super.users=User:{account}",
-            ]
-        return "\n".join([
-            "process.roles=broker,controller",
-            "node.id=1",
-            f"controller.quorum.voters=1@{c.host}:{c.kafka_controller_port}",
-            *security,
-            # ACLs: a user may only do what is granted
-            "authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer",
-            "allow.everyone.if.no.acl.found=false",
-            f"log.dirs={self.data_dir}",
-            "num.partitions=1",
-            "offsets.topic.replication.factor=1",
-            # one partition for the groups' offsets and one for the transactions' states (the default
-            # 50 each are created at the first group join and the first transaction, seconds on 2 cores)
-            "offsets.topic.num.partitions=1",
-            "transaction.state.log.num.partitions=1",
-            "transaction.state.log.replication.factor=1",
-            "transaction.state.log.min.isr=1",
-            "share.coordinator.state.topic.replication.factor=1",
-            "share.coordinator.state.topic.min.isr=1",
-            "group.initial.rebalance.delay.ms=0",
-            # ZTF cutouts make alerts 50-80 KB; an oversized one must still be accepted up to 10 MB
-            "message.max.bytes=10485760",
-            "replica.fetch.max.bytes=10485760",
-            "auto.create.topics.enable=true",
-            "",
-        ])
+        return server_properties(self.config, self.data_dir, None if legacy else self.password())
 
     @property
     def conf_file(self):
@@ -199,8 +131,9 @@ class KafkaService(Service):
         if not (self.data_dir / "meta.properties").exists():
             self.data_dir.mkdir(parents=True, exist_ok=True)
             scram = f"SCRAM-SHA-512=[name={SERVICE_ACCOUNT},iterations={SCRAM_ITERATIONS},password={password}]"
-            self._run_tool(["kafka.tools.StorageTool", "format", "-t", cluster_id(), "-c", str(self.conf_file)],
-                           secret_args=["--add-scram", scram], secret=password)
+            run_tool(self.run_dir, self.log_file,
+                     ["kafka.tools.StorageTool", "format", "-t", cluster_id(), "-c", str(self.conf_file)],
+                     secret_args=["--add-scram", scram], secret=password)
             self._record_account(password)
         elif self._account_recorded() != _digest(password):
             self._migrate(password)
@@ -217,8 +150,6 @@ class KafkaService(Service):
 
     def _migrate(self, password: str) -> None:
         """Give a storage formatted without the service account its SCRAM credential."""
-        from confluent_kafka.admin import AdminClient, ScramCredentialInfo, ScramMechanism, UserScramCredentialUpsertion
-
         logger.warning("kafka: the storage in %s has no credential for %s (formatted by an earlier version, or "
                        "its password file replaced): setting it, with one start of the broker on its former "
                        "unauthenticated listeners", self.data_dir, SERVICE_ACCOUNT)
@@ -226,26 +157,7 @@ class KafkaService(Service):
         try:
             Service.start(self)
             try:
-                admin = AdminClient({"bootstrap.servers": self.config.kafka_bootstrap, "log_level": 0})
-                info = ScramCredentialInfo(ScramMechanism.SCRAM_SHA_512, SCRAM_ITERATIONS)
-                futures = admin.alter_user_scram_credentials(
-                    [UserScramCredentialUpsertion(SERVICE_ACCOUNT, info, password.encode())])
-                for future in futures.values():
-                    future.result(30)
-                # done once the broker lets the account log in (on the users' SCRAM listener, which the
-                # former layout had too), not merely once the credential is described
-                login = AdminClient(kafka.sasl_config(self.config.kafka_users_bootstrap, SERVICE_ACCOUNT, password,
-                                                      **{"log_level": 0}))
-                deadline = time.monotonic() + 30
-                while True:
-                    try:
-                        login.list_topics(timeout=2)
-                        break
-                    except Exception:  # noqa: BLE001 - not applied yet
-                        if time.monotonic() > deadline:
-                            raise ServiceError(f"kafka: the broker does not accept the credential of "
-                                               f"{SERVICE_ACCOUNT} 30 s after it was set") from None
-                        time.sleep(0.2)
+                set_credential(self.config, password)
             except ServiceError:
                 raise
             except Exception as exc:  # noqa: BLE001 - confluent's KafkaException, named in the error
@@ -257,25 +169,6 @@ class KafkaService(Service):
             self._legacy = False
             self.conf_file.with_name("migration.properties").unlink(missing_ok=True)
         self._record_account(password)
-
-    def _run_tool(self, args: list[str], secret_args: list[str] = (), secret: str = "") -> None:
-        """Run a Kafka tool; ``secret_args`` go through a 0600 ``@file`` (one argument a line, read by
-        the tool's own argument parser), not the command line; ``secret`` is masked in its errors."""
-        cmd = [java_executable(), "-Xmx256m", f"-Dlog4j2.configurationFile={self.run_dir / 'log4j2.yaml'}",
-               f"-Dfink.log.file={self.log_file}",
-               "-cp", jvm.classpath("kafka"), *args]
-        argfile = self.run_dir / "tool.args"
-        if secret_args:
-            _private_write(argfile, "\n".join(secret_args))
-            cmd.append(f"@{argfile}")
-        try:
-            proc = subprocess.run(cmd, capture_output=True, text=True)
-        finally:
-            argfile.unlink(missing_ok=True)
-        if proc.returncode != 0:
-            out = proc.stdout + proc.stderr
-            raise ServiceError(f"kafka: storage format failed ({' '.join(args[:2])}):\n"
-                               + (out.replace(secret, "***") if secret else out))
 
     def java_args(self) -> list[str]:
         heap = self.config.kafka_heap
@@ -315,6 +208,127 @@ class KafkaService(Service):
                 f"kafka: the broker refuses the service account {SERVICE_ACCOUNT} ({refused[-1]}): the password "
                 f"in {self.home / 'secrets' / SERVICE_SECRET} is not the one its storage ({self.data_dir}) holds. "
                 f"Remove {self.account_file} and start again to set it") from None
+
+
+def server_properties(c: ServicesConfig, data_dir: Path, password: str | None) -> str:
+    """The broker's ``server.properties``, its data in ``data_dir``; without ``password`` (the
+    service account's), the unauthenticated listeners of a migration."""
+    if password is None:
+        security = [
+            f"listeners=PLAINTEXT://{c.host}:{c.kafka_port},CONTROLLER://{c.host}:{c.kafka_controller_port},"
+            f"SASL_PLAINTEXT://{c.host}:{c.kafka_sasl_port}",
+            f"advertised.listeners=PLAINTEXT://{c.host}:{c.kafka_port},"
+            f"SASL_PLAINTEXT://{c.host}:{c.kafka_sasl_port}",
+            "controller.listener.names=CONTROLLER",
+            "inter.broker.listener.name=PLAINTEXT",
+            "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT",
+            "sasl.enabled.mechanisms=SCRAM-SHA-512",
+            "listener.name.sasl_plaintext.scram-sha-512.sasl.jaas.config="
+            "org.apache.kafka.common.security.scram.ScramLoginModule required;",
+            "super.users=User:ANONYMOUS",
+        ]
+    else:
+        account = SERVICE_ACCOUNT
+        security = [
+            f"listeners=INTERNAL://{c.host}:{c.kafka_port},CONTROLLER://{c.host}:{c.kafka_controller_port},"
+            f"SASL_PLAINTEXT://{c.host}:{c.kafka_sasl_port}",
+            f"advertised.listeners=INTERNAL://{c.host}:{c.kafka_port},"
+            f"SASL_PLAINTEXT://{c.host}:{c.kafka_sasl_port}",
+            "controller.listener.names=CONTROLLER",
+            "inter.broker.listener.name=INTERNAL",
+            "listener.security.protocol.map=INTERNAL:SASL_PLAINTEXT,CONTROLLER:SASL_PLAINTEXT,"
+            "SASL_PLAINTEXT:SASL_PLAINTEXT",
+            # the stages and the broker itself: SCRAM, the account's credential kept by KRaft
+            "listener.name.internal.sasl.enabled.mechanisms=SCRAM-SHA-512",
+            "sasl.mechanism.inter.broker.protocol=SCRAM-SHA-512",
+            "listener.name.internal.scram-sha-512.sasl.jaas.config="
+            f'org.apache.kafka.common.security.scram.ScramLoginModule required username="{account}" '
+            f'password="{password}";',
+            # KRaft: PLAIN, the one credential in this file (the controller cannot read SCRAM's)
+            "listener.name.controller.sasl.enabled.mechanisms=PLAIN",
+            "sasl.mechanism.controller.protocol=PLAIN",
+            "listener.name.controller.plain.sasl.jaas.config="
+            f'org.apache.kafka.common.security.plain.PlainLoginModule required username="{account}" '
+            f'password="{password}" user_{account}="{password}";',
+            # users: SCRAM-SHA-512 (what the Fink client speaks), credentials kept by KRaft
+            "listener.name.sasl_plaintext.sasl.enabled.mechanisms=SCRAM-SHA-512",
+            "listener.name.sasl_plaintext.scram-sha-512.sasl.jaas.config="
+            "org.apache.kafka.common.security.scram.ScramLoginModule required;",
+            f"super.users=User:{account}",
+        ]
+    return "\n".join([
+        "process.roles=broker,controller",
+        "node.id=1",
+        f"controller.quorum.voters=1@{c.host}:{c.kafka_controller_port}",
+        *security,
+        # ACLs: a user may only do what is granted
+        "authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+        "allow.everyone.if.no.acl.found=false",
+        f"log.dirs={data_dir}",
+        "num.partitions=1",
+        "offsets.topic.replication.factor=1",
+        # one partition for the groups' offsets and one for the transactions' states (the default
+        # 50 each are created at the first group join and the first transaction, seconds on 2 cores)
+        "offsets.topic.num.partitions=1",
+        "transaction.state.log.num.partitions=1",
+        "transaction.state.log.replication.factor=1",
+        "transaction.state.log.min.isr=1",
+        "share.coordinator.state.topic.replication.factor=1",
+        "share.coordinator.state.topic.min.isr=1",
+        "group.initial.rebalance.delay.ms=0",
+        # ZTF cutouts make alerts 50-80 KB; an oversized one must still be accepted up to 10 MB
+        "message.max.bytes=10485760",
+        "replica.fetch.max.bytes=10485760",
+        "auto.create.topics.enable=true",
+        "",
+    ])
+
+
+def run_tool(run_dir: Path, log_file: Path, args: list[str], secret_args: list[str] = (),
+             secret: str = "") -> None:
+    """Run a Kafka tool; ``secret_args`` go through a 0600 ``@file`` (one argument a line, read by
+    the tool's own argument parser), not the command line; ``secret`` is masked in its errors."""
+    cmd = [java_executable(), "-Xmx256m", f"-Dlog4j2.configurationFile={run_dir / 'log4j2.yaml'}",
+           f"-Dfink.log.file={log_file}",
+           "-cp", jvm.classpath("kafka"), *args]
+    argfile = run_dir / "tool.args"
+    if secret_args:
+        _private_write(argfile, "\n".join(secret_args))
+        cmd.append(f"@{argfile}")
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+    finally:
+        argfile.unlink(missing_ok=True)
+    if proc.returncode != 0:
+        out = proc.stdout + proc.stderr
+        raise ServiceError(f"kafka: storage format failed ({' '.join(args[:2])}):\n"
+                           + (out.replace(secret, "***") if secret else out))
+
+
+def set_credential(config: ServicesConfig, password: str) -> None:
+    """Set the service account's SCRAM credential on a broker that runs unauthenticated (a
+    migration's start); done once the broker lets the account log in (on the users' SCRAM
+    listener, which the former layout had too), not merely once the credential is described."""
+    from confluent_kafka.admin import AdminClient, ScramCredentialInfo, ScramMechanism, UserScramCredentialUpsertion
+
+    admin = AdminClient({"bootstrap.servers": config.kafka_bootstrap, "log_level": 0})
+    info = ScramCredentialInfo(ScramMechanism.SCRAM_SHA_512, SCRAM_ITERATIONS)
+    futures = admin.alter_user_scram_credentials(
+        [UserScramCredentialUpsertion(SERVICE_ACCOUNT, info, password.encode())])
+    for future in futures.values():
+        future.result(30)
+    login = AdminClient(kafka.sasl_config(config.kafka_users_bootstrap, SERVICE_ACCOUNT, password,
+                                          **{"log_level": 0}))
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            login.list_topics(timeout=2)
+            break
+        except Exception:  # noqa: BLE001 - not applied yet
+            if time.monotonic() > deadline:
+                raise ServiceError(f"kafka: the broker does not accept the credential of "
+                                   f"{SERVICE_ACCOUNT} 30 s after it was set") from None
+            time.sleep(0.2)
 
 
 def _digest(password: str) -> str:
