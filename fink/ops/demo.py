@@ -355,7 +355,7 @@ def _print_summary(store: metrics.Store, runs: dict[str, runner.Run], got: dict[
     return 0
 
 
-def fill_from_simulator(spark: "SparkSession", fink: FinkConfig, topic: str, science_path: str = "",
+def fill_from_simulator(spark: "SparkSession", fink_cfg: FinkConfig, topic: str, science_path: str = "",
                         duration: float = 600.0, stop_file: str = "", survey: str = "ztf") -> dict[str, Any]:
     """Fill the science archive from the survey's bundled night replayed by the simulator
     (the description's ``simulator.sample``, relative to ``notebooks/``, and its catalogue)
@@ -368,7 +368,7 @@ def fill_from_simulator(spark: "SparkSession", fink: FinkConfig, topic: str, sci
     from fink.survey import description as surveys
 
     sample = surveys.load(survey).simulator
-    sent = replay(SimulatorConfig(source=sample["sample"], topic=topic, survey=survey), fink.kafka_bootstrap,
+    sent = replay(SimulatorConfig(source=sample["sample"], topic=topic, survey=survey), fink_cfg.kafka_bootstrap,
                   progress=False)
     raw_stage = stream2raw.Stream2RawConfig(topic=topic, survey=survey)
     science_stage = raw2science.Raw2ScienceConfig(
@@ -376,6 +376,6 @@ def fill_from_simulator(spark: "SparkSession", fink: FinkConfig, topic: str, sci
         module_params={"crossmatch": {"catalogue_path": sample["catalogue"]}})
     for make, conf, name in ((stream2raw.build, raw_stage, stream2raw.QUERY_NAME),
                              (raw2science.build, science_stage, raw2science.QUERY_NAME)):
-        query = streaming.start(make(spark, conf, fink).trigger(availableNow=True), name)  # one after the other
+        query = streaming.start(make(spark, conf, fink_cfg).trigger(availableNow=True), name)  # one after the other
         streaming.run_until([query], duration=duration, stop_file=stop_file)
-    return {"alerts": sent["alerts"], "science": science_stage.paths(fink)["science"]}
+    return {"alerts": sent["alerts"], "science": science_stage.paths(fink_cfg)["science"]}

@@ -70,18 +70,18 @@ LOCAL_DEFAULTS: dict[str, str] = {
 }
 
 
-def spark_conf(config: FinkConfig | None = None, app_name: str = "fink",
+def spark_conf(fink_cfg: FinkConfig | None = None, app_name: str = "fink",
                overrides: Mapping[str, Any] | None = None) -> dict[str, str]:
     """Return the Spark settings :func:`get_spark` would use, without starting anything.
 
     Order of precedence: :data:`DEFAULTS`, then the local ones when the master is
-    ``local[...]``, then the connector jars, then ``config.spark_conf``, then ``overrides``.
+    ``local[...]``, then the connector jars, then ``fink_cfg.spark_conf``, then ``overrides``.
     """
-    config = config or FinkConfig()
+    fink_cfg = fink_cfg or FinkConfig()
     conf = dict(DEFAULTS)
-    if config.spark_master.startswith("local"):
+    if fink_cfg.spark_master.startswith("local"):
         conf.update(LOCAL_DEFAULTS)
-    conf["spark.master"] = config.spark_master
+    conf["spark.master"] = fink_cfg.spark_master
     conf["spark.app.name"] = app_name
     conf["spark.jars"] = ",".join(str(p) for p in jvm.jars("spark"))
     log4j = resources.files("fink") / "data" / "log4j2-spark.properties"
@@ -92,18 +92,18 @@ def spark_conf(config: FinkConfig | None = None, app_name: str = "fink",
                                              "-XX:+IgnoreUnrecognizedVMOptions -XX:+UnlockDiagnosticVMOptions "
                                              "-XX:GCLockerRetryAllocationCount=100")
     conf["spark.sql.warehouse.dir"] = str(fink_home() / "spark-warehouse")
-    conf.update({k: str(v) for k, v in config.spark_conf.items()})
+    conf.update({k: str(v) for k, v in fink_cfg.spark_conf.items()})
     conf.update({k: str(v) for k, v in (overrides or {}).items()})
     return conf
 
 
-def get_spark(config: FinkConfig | None = None, app_name: str = "fink",
+def get_spark(fink_cfg: FinkConfig | None = None, app_name: str = "fink",
               overrides: Mapping[str, Any] | None = None) -> "SparkSession":
     """Return the Spark session (created on first call, reused after).
 
     Parameters
     ----------
-    config
+    fink_cfg
         Master and extra settings (``spark_master``, ``spark_conf``); defaults to local[2].
     app_name
         Name shown in the Spark UI and in cluster managers.
@@ -114,16 +114,16 @@ def get_spark(config: FinkConfig | None = None, app_name: str = "fink",
     -------
     SparkSession
         With the Kafka and Avro connectors on its classpath and the log level of
-        ``config.log_level``.
+        ``fink_cfg.log_level``.
     """
     from pyspark.sql import SparkSession
 
-    config = config or FinkConfig()
+    fink_cfg = fink_cfg or FinkConfig()
     # pyspark starts its JVM with this python for the workers too
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     builder = SparkSession.builder
-    for key, value in spark_conf(config, app_name, overrides).items():
+    for key, value in spark_conf(fink_cfg, app_name, overrides).items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
-    spark.sparkContext.setLogLevel(config.log_level.upper())
+    spark.sparkContext.setLogLevel(fink_cfg.log_level.upper())
     return spark

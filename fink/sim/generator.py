@@ -158,11 +158,11 @@ def _mag(flux: float, zp: float) -> float:
 class _Object:
     """One simulated object: its class, position, light curve and measured epochs."""
 
-    def __init__(self, cfg: NightConfig, index: int, kind: str):
-        self.cfg, self.index, self.kind = cfg, index, kind
-        self.rng = rng = np.random.default_rng([cfg.seed, index])
-        t_night = cfg.jd_start
-        self.lc = lightcurves.draw(kind, rng, t_night, cfg.history_days)
+    def __init__(self, night_cfg: NightConfig, index: int, kind: str):
+        self.cfg, self.index, self.kind = night_cfg, index, kind
+        self.rng = rng = np.random.default_rng([night_cfg.seed, index])
+        t_night = night_cfg.jd_start
+        self.lc = lightcurves.draw(kind, rng, t_night, night_cfg.history_days)
         self.ra = float(rng.uniform(0.0, 360.0))
         self.dec = float(np.degrees(np.arcsin(rng.uniform(-0.5, 1.0))))  # north of -30 deg
         self.field, self.rcid = int(rng.integers(250, 880)), int(rng.integers(0, 64))

@@ -111,11 +111,11 @@ class ArchiveConfig(surveys.OfSurvey, Validated):
         """The fields (or expressions) keying and placing the rows: the survey's."""
         return Keys(**self.description().keys)
 
-    def paths(self, fink: FinkConfig) -> dict[str, str]:
+    def paths(self, fink_cfg: FinkConfig) -> dict[str, str]:
         survey = self.description()
-        return {"science": self.science_path or survey.data_uri(fink, "science"),
-                "checkpoint": self.checkpoint or survey.data_uri(fink, "checkpoints", "archive"),
-                "quarantine": survey.data_uri(fink, "quarantine_archive")}
+        return {"science": self.science_path or survey.data_uri(fink_cfg, "science"),
+                "checkpoint": self.checkpoint or survey.data_uri(fink_cfg, "checkpoints", "archive"),
+                "quarantine": survey.data_uri(fink_cfg, "quarantine_archive")}
 
     def groups(self, added: list[str]) -> dict[str, list[str]]:
         """Cell groups: per module of ``modules`` with two or more outputs among ``added``."""
@@ -132,36 +132,36 @@ class ArchiveConfig(surveys.OfSurvey, Validated):
         return load_filters(self.class_tags(), self.tag_params)
 
 
-def thrift_address(fink: FinkConfig) -> tuple[str, int]:
-    host, _, port = fink.hbase_thrift.rpartition(":")
+def thrift_address(fink_cfg: FinkConfig) -> tuple[str, int]:
+    host, _, port = fink_cfg.hbase_thrift.rpartition(":")
     return host, int(port)
 
 
-def layout(spark: "SparkSession", cfg: ArchiveConfig, science_path: str, producer: Any = None,
+def layout(spark: "SparkSession", stage_cfg: ArchiveConfig, science_path: str, producer: Any = None,
            from_files: bool = True) -> Layout:
     """The table layout for the science alerts: their Arrow schema as batches deliver it,
     the columns modules added (family ``d``: not in the raw archive) and the cutouts."""
     from fink.stages import raw2science as r2s
     from fink.stages.science_stream import science_schema
 
-    schema = science_schema(spark, science_path, producer, cfg.survey, from_files)
+    schema = science_schema(spark, science_path, producer, stage_cfg.survey, from_files)
     alert = spark.createDataFrame([], schema).drop("night")
-    raw = set(r2s.raw_schema(spark, cfg.survey).fieldNames())
+    raw = set(r2s.raw_schema(spark, stage_cfg.survey).fieldNames())
     added = [c for c in alert.columns if c not in raw]
-    cutouts = [c for c in cfg.description().cutouts if c in alert.columns]
-    return Layout(cfg.table_name(), alert.toArrow().schema, added=added, cutouts=cutouts,
-                  keys=cfg.keys(), order=cfg.healpix_order, groups=cfg.groups(added))
+    cutouts = [c for c in stage_cfg.description().cutouts if c in alert.columns]
+    return Layout(stage_cfg.table_name(), alert.toArrow().schema, added=added, cutouts=cutouts,
+                  keys=stage_cfg.keys(), order=stage_cfg.healpix_order, groups=stage_cfg.groups(added))
 
 
-def prepare(spark: "SparkSession", cfg: ArchiveConfig, fink: FinkConfig, science_path: str, schema: "StructType",
-            producer: Any = None, from_files: bool = True) -> Sink:
+def prepare(spark: "SparkSession", stage_cfg: ArchiveConfig, fink_cfg: FinkConfig, science_path: str,
+            schema: "StructType", producer: Any = None, from_files: bool = True) -> Sink:
     """The sink of the stage, its tables created (or their recorded layout checked) and its tag
     filters' inputs checked against ``schema`` (the science alerts'); an unreachable gateway is
     retried for ``retry_for_s`` like a write."""
-    tags = cfg.load_tags()
-    host, port = thrift_address(fink)
-    lay = layout(spark, cfg, science_path, producer, from_files)
-    probe = Writer(host, port, pool_size=1, retry_for=cfg.retry_for_s)
+    tags = stage_cfg.load_tags()
+    host, port = thrift_address(fink_cfg)
+    lay = layout(spark, stage_cfg, science_path, producer, from_files)
+    probe = Writer(host, port, pool_size=1, retry_for=stage_cfg.retry_for_s)
 
     def create() -> Layout:
         conn = connect(host, port)
@@ -170,17 +170,18 @@ def prepare(spark: "SparkSession", cfg: ArchiveConfig, fink: FinkConfig, science
         finally:
             conn.close()
 
-    lay = probe.retried(f"creating the archive tables {cfg.table_name()}", create)
+    lay = probe.retried(f"creating the archive tables {stage_cfg.table_name()}", create)
     probe.close()
     try:
         check_inputs([f.module for f in tags], schema)
     except ScienceModuleError as exc:  # a tag filter's input that is not a column of the alerts
         raise FilterError(str(exc).replace("science module", "tag filter", 1)) from exc
-    writer_options = {"pool_size": cfg.pool_size, "batch_size": cfg.batch_size, "retry_for": cfg.retry_for_s}
-    return Sink(lay, tags, host, port, writer_options, schema.fieldNames(), cfg.paths(fink)["quarantine"])
+    writer_options = {"pool_size": stage_cfg.pool_size, "batch_size": stage_cfg.batch_size,
+                      "retry_for": stage_cfg.retry_for_s}
+    return Sink(lay, tags, host, port, writer_options, schema.fieldNames(), stage_cfg.paths(fink_cfg)["quarantine"])
 
 
-def step(spark: "SparkSession", cfg: ArchiveConfig, fink: FinkConfig, *, producer: Any = None,
+def step(spark: "SparkSession", stage_cfg: ArchiveConfig, fink_cfg: FinkConfig, *, producer: Any = None,
          from_files: bool = False, **context: Any) -> "Step":
     """The stage as a step: the batch's science alerts in (in a pipeline: cached by
     raw2science; alone: the science archive's new rows joined to their alerts), into HBase;
@@ -191,9 +192,9 @@ def step(spark: "SparkSession", cfg: ArchiveConfig, fink: FinkConfig, *, produce
     from fink.stages import science_stream
     from fink.stages.step import Output, Step, latency_quantiles, report
 
-    paths = cfg.paths(fink)
-    schema = science_stream.science_schema(spark, paths["science"], producer, cfg.survey, from_files=from_files)
-    sink = prepare(spark, cfg, fink, paths["science"], schema, producer, from_files=from_files)
+    paths = stage_cfg.paths(fink_cfg)
+    schema = science_stream.science_schema(spark, paths["science"], producer, stage_cfg.survey, from_files=from_files)
+    sink = prepare(spark, stage_cfg, fink_cfg, paths["science"], schema, producer, from_files=from_files)
 
     def run(science: "DataFrame", batch_id: int, rows: int | None) -> Output:
         def finish() -> dict[str, Any]:  # after the alerts are on their way to the users
@@ -207,15 +208,16 @@ def step(spark: "SparkSession", cfg: ArchiveConfig, fink: FinkConfig, *, produce
 
         return Output(None, 0, None, finish=finish)
 
-    survey = producer.survey if producer is not None else cfg.survey
+    survey = producer.survey if producer is not None else stage_cfg.survey
     return Step(QUERY_NAME, reads="science", writes=None, run=run, sink=sink,
-                source=lambda: science_stream.source(spark, paths["science"], cfg.survey, cfg.max_files_per_trigger,
-                                                     producer),
-                source_table=paths["science"], expand=science_stream.expander(spark, paths["science"], survey, fink,
+                source=lambda: science_stream.source(spark, paths["science"], stage_cfg.survey,
+                                                     stage_cfg.max_files_per_trigger, producer),
+                source_table=paths["science"], expand=science_stream.expander(spark, paths["science"], survey, fink_cfg,
                                                                               schema))
 
 
-def build(spark: "SparkSession", cfg: ArchiveConfig, fink: FinkConfig, producer: Any = None) -> "DataStreamWriter":
+def build(spark: "SparkSession", stage_cfg: ArchiveConfig, fink_cfg: FinkConfig,
+          producer: Any = None) -> "DataStreamWriter":
     """The stage's unstarted writer: science archive -> tags -> HBase (main table and indexes).
 
     The stage's own query runs its step (:func:`step`) on each batch of the science
@@ -226,8 +228,8 @@ def build(spark: "SparkSession", cfg: ArchiveConfig, fink: FinkConfig, producer:
     """
     from fink.stages.step import standalone
 
-    paths = cfg.paths(fink)
-    return standalone(step(spark, cfg, fink, producer=producer, from_files=True), paths["checkpoint"])
+    paths = stage_cfg.paths(fink_cfg)
+    return standalone(step(spark, stage_cfg, fink_cfg, producer=producer, from_files=True), paths["checkpoint"])
 
 
 def reconcile(progress: list[dict], written: dict[int, dict[str, Any]]) -> dict[str, Any]:

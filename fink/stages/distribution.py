@@ -122,10 +122,10 @@ class DistributionConfig(surveys.OfSurvey, Validated):
         """Topic -> SQL condition of the real-time lane's filters (:mod:`fink.stages.realtime`)."""
         return {t: f["condition"] for t, f in self.filters.items() if isinstance(f, dict)}
 
-    def paths(self, fink: FinkConfig) -> dict[str, str]:
+    def paths(self, fink_cfg: FinkConfig) -> dict[str, str]:
         survey = self.description()
-        return {"science": self.science_path or survey.data_uri(fink, "science"),
-                "checkpoint": self.checkpoint or survey.data_uri(fink, "checkpoints", "distribution")}
+        return {"science": self.science_path or survey.data_uri(fink_cfg, "science"),
+                "checkpoint": self.checkpoint or survey.data_uri(fink_cfg, "checkpoints", "distribution")}
 
     def load_filters(self) -> list[AlertFilter]:
         return load_filters(self.topic_filters(), self.filter_params)
@@ -305,7 +305,7 @@ def read_outbox(folder: Path, rows_per_read: int = 64) -> Iterator[tuple[int, by
             yield from zip(chunk.column(0).to_pylist(), chunk.column(1).to_pylist(), strict=True)
 
 
-def build(spark: "SparkSession", cfg: DistributionConfig, fink: FinkConfig,
+def build(spark: "SparkSession", stage_cfg: DistributionConfig, fink_cfg: FinkConfig,
           producer: Any = None) -> "DataStreamWriter":
     """The stage's unstarted writer: science archive -> filters -> one Kafka topic per filter.
 
@@ -317,12 +317,12 @@ def build(spark: "SparkSession", cfg: DistributionConfig, fink: FinkConfig,
     """
     from fink.stages.step import standalone
 
-    paths = cfg.paths(fink)
-    return standalone(step(spark, cfg, fink, checkpoint=paths["checkpoint"], producer=producer, from_files=True),
-                      paths["checkpoint"])
+    paths = stage_cfg.paths(fink_cfg)
+    return standalone(step(spark, stage_cfg, fink_cfg, checkpoint=paths["checkpoint"], producer=producer,
+                           from_files=True), paths["checkpoint"])
 
 
-def step(spark: "SparkSession", cfg: DistributionConfig, fink: FinkConfig, *, checkpoint: str,
+def step(spark: "SparkSession", stage_cfg: DistributionConfig, fink_cfg: FinkConfig, *, checkpoint: str,
          producer: Any = None, from_files: bool = False, **context: Any) -> "Step":
     """The stage as a step: the batch's science alerts in (in a pipeline: cached by
     raw2science; alone: the science archive's new rows joined to their alerts), each
@@ -341,13 +341,13 @@ def step(spark: "SparkSession", cfg: DistributionConfig, fink: FinkConfig, *, ch
     from fink.science.science_api import ModuleColumns, ScienceModuleError, check_inputs, module_metrics
     from fink.stages.step import Output, Step, count_where, latency_quantiles, report
 
-    paths = cfg.paths(fink)
-    filters = cfg.load_filters()
+    paths = stage_cfg.paths(fink_cfg)
+    filters = stage_cfg.load_filters()
     topics = [f.topic for f in filters]
-    schema = science_schema(spark, paths["science"], producer, cfg.survey, from_files=from_files)
-    encs = encodings(alert_columns(spark.createDataFrame([], schema)).schema, cfg.topic_options, topics)
-    prepare_topics(fink.kafka_bootstrap, encs, topics, cfg.partitions, cfg.retention_ms)
-    sink = Sink(fink.kafka_bootstrap, topics, encs, checkpoint, derived(schema))
+    schema = science_schema(spark, paths["science"], producer, stage_cfg.survey, from_files=from_files)
+    encs = encodings(alert_columns(spark.createDataFrame([], schema)).schema, stage_cfg.topic_options, topics)
+    prepare_topics(fink_cfg.kafka_bootstrap, encs, topics, stage_cfg.partitions, stage_cfg.retention_ms)
+    sink = Sink(fink_cfg.kafka_bootstrap, topics, encs, checkpoint, derived(schema))
     sink.recover(spark)
     ids = ["kafka_topic", "kafka_partition", "kafka_offset"]
     heads = list(dict.fromkeys(c.split(".")[0] for f in filters for c in f.module.inputs))
@@ -399,10 +399,11 @@ def step(spark: "SparkSession", cfg: DistributionConfig, fink: FinkConfig, *, ch
         return Output(None, 0, None, [flags], finish)
 
     return Step(QUERY_NAME, reads="science", writes=None, run=run, sink=sink,
-                source=lambda: source(spark, paths["science"], cfg.survey, cfg.max_files_per_trigger, producer),
+                source=lambda: source(spark, paths["science"], stage_cfg.survey, stage_cfg.max_files_per_trigger,
+                                      producer),
                 source_table=paths["science"],
-                expand=expander(spark, paths["science"], producer.survey if producer is not None else cfg.survey,
-                                fink, schema))
+                expand=expander(spark, paths["science"], producer.survey if producer is not None else stage_cfg.survey,
+                                fink_cfg, schema))
 
 
 def reconcile(progress: list[dict], sink: Sink) -> dict[str, Any]:

@@ -99,8 +99,8 @@ def configure(stages: list[str], topic: str, settings: dict[str, dict] | None = 
     return out
 
 
-def paths(stages: list[Stage], fink: FinkConfig) -> dict[str, dict[str, str]]:
-    return {s.name: s.config.paths(fink) for s in stages}
+def paths(stages: list[Stage], fink_cfg: FinkConfig) -> dict[str, dict[str, str]]:
+    return {s.name: s.config.paths(fink_cfg) for s in stages}
 
 
 def input_topic(stages: list[Stage], default: str) -> str:
@@ -109,7 +109,7 @@ def input_topic(stages: list[Stage], default: str) -> str:
     return (s2r.topic.split(",")[0] if s2r is not None and s2r.topic else "") or default
 
 
-def build(spark: "SparkSession", stages: list[Stage], fink: FinkConfig, trigger: str) -> list[Stage]:
+def build(spark: "SparkSession", stages: list[Stage], fink_cfg: FinkConfig, trigger: str) -> list[Stage]:
     """Each stage's unstarted writer, with ``trigger`` (``availableNow`` or ``"<N> seconds"``).
 
     Loading errors (filters, modules, tables, topics) are raised here, before any query starts.
@@ -120,8 +120,8 @@ def build(spark: "SparkSession", stages: list[Stage], fink: FinkConfig, trigger:
     producer = next((s.config for s in stages if s.name == "raw2science"), None)
     for s in stages:
         module = _module(s.name)
-        writer = (module.build(spark, s.config, fink, producer) if s.name in ("distribution", "archive")
-                  else module.build(spark, s.config, fink))
+        writer = (module.build(spark, s.config, fink_cfg, producer) if s.name in ("distribution", "archive")
+                  else module.build(spark, s.config, fink_cfg))
         s.writer = _trigger(writer, trigger)  # trigger() returns the same writer: its fink_sink stays
     return stages
 
@@ -136,12 +136,12 @@ def _trigger(writer: "DataStreamWriter", trigger: str) -> "DataStreamWriter":
     return writer.trigger(availableNow=True) if trigger == "availableNow" else writer.trigger(processingTime=trigger)
 
 
-def checkpoint(stages: list[Stage], fink: FinkConfig) -> str:
+def checkpoint(stages: list[Stage], fink_cfg: FinkConfig) -> str:
     """Where the one-pass query keeps its checkpoint: ``checkpoints/pipeline`` (under the survey's folder)."""
-    return stages[0].config.description().data_uri(fink, "checkpoints", "pipeline")
+    return stages[0].config.description().data_uri(fink_cfg, "checkpoints", "pipeline")
 
 
-def one_pass(spark: "SparkSession", stages: list[Stage], fink: FinkConfig, trigger: str,
+def one_pass(spark: "SparkSession", stages: list[Stage], fink_cfg: FinkConfig, trigger: str,
              checkpoint_path: str = "") -> "DataStreamWriter":
     """The one-pass query's unstarted writer (named ``pipeline``); each stage gets its step.
 
@@ -153,11 +153,11 @@ def one_pass(spark: "SparkSession", stages: list[Stage], fink: FinkConfig, trigg
     from fink.stages.step import FRAMES, OnePass, attach, source
 
     _check_trigger(trigger)
-    where = checkpoint_path or checkpoint(stages, fink)
+    where = checkpoint_path or checkpoint(stages, fink_cfg)
     producer = next((s.config for s in stages if s.name == "raw2science"), None)
     available: set[str] = set()
     for k, s in enumerate(stages):
-        s.step = _module(s.name).step(spark, s.config, fink, checkpoint=where, producer=producer)
+        s.step = _module(s.name).step(spark, s.config, fink_cfg, checkpoint=where, producer=producer)
         s.checkpoint = where
         if k == 0:
             available.add(s.step.reads)
@@ -191,26 +191,26 @@ def _lane_configs(stages: list[Stage]):
     return dist, source
 
 
-def realtime_master(stages: list[Stage], fink: FinkConfig) -> FinkConfig:
-    """``fink`` with room in a local master for the real-time lane's tasks, if the plan has one
+def realtime_master(stages: list[Stage], fink_cfg: FinkConfig) -> FinkConfig:
+    """``fink_cfg`` with room in a local master for the real-time lane's tasks, if the plan has one
     (:func:`fink.stages.realtime.slots`: one per partition of the survey's topic)."""
     from fink.io import kafka
     from fink.stages import realtime
 
     dist, source = _lane_configs(stages)
     if dist is None:
-        return fink
+        return fink_cfg
     partitions = 1
     if source.topic:
         try:
-            partitions = sum(len(kafka.end_offsets(fink.kafka_bootstrap, t, timeout=10))
+            partitions = sum(len(kafka.end_offsets(fink_cfg.kafka_bootstrap, t, timeout=10))
                              for t in source.topic.split(","))
         except Exception:  # noqa: BLE001 - a topic not there yet: the simulator creates it with one
             partitions = 1
-    return dataclasses.replace(fink, spark_master=realtime.slots(fink.spark_master, partitions))
+    return dataclasses.replace(fink_cfg, spark_master=realtime.slots(fink_cfg.spark_master, partitions))
 
 
-def realtime_lane(spark: "SparkSession", stages: list[Stage], fink: FinkConfig) -> "DataStreamWriter | None":
+def realtime_lane(spark: "SparkSession", stages: list[Stage], fink_cfg: FinkConfig) -> "DataStreamWriter | None":
     """The unstarted writer of the real-time lane (:mod:`fink.stages.realtime`) of distribution's
     filters that ask for it, reading stream2raw's topic with raw2science's cuts; None if none does."""
     from fink.stages import realtime
@@ -220,15 +220,15 @@ def realtime_lane(spark: "SparkSession", stages: list[Stage], fink: FinkConfig) 
         return None
     science = next((s.config for s in stages if s.name == "raw2science"), None)
     cuts = science.quality_cuts() if science is not None else None
-    where = source.description().data_uri(fink, "checkpoints", "realtime")
-    return realtime.build(spark, dist, source, fink, where, cuts)
+    where = source.description().data_uri(fink_cfg, "checkpoints", "realtime")
+    return realtime.build(spark, dist, source, fink_cfg, where, cuts)
 
 
-def reconcile(spark: "SparkSession", stage: Stage, progress: list[dict], fink: FinkConfig) -> dict[str, Any]:
+def reconcile(spark: "SparkSession", stage: Stage, progress: list[dict], fink_cfg: FinkConfig) -> dict[str, Any]:
     """The stage's own accounts of a run (each has ``balanced``)."""
-    module, p = _module(stage.name), stage.config.paths(fink)
+    module, p = _module(stage.name), stage.config.paths(fink_cfg)
     if stage.name == "stream2raw":
-        unread = module.unread(spark, stage.config, fink.kafka_bootstrap, stage.checkpoint or p["checkpoint"])
+        unread = module.unread(spark, stage.config, fink_cfg.kafka_bootstrap, stage.checkpoint or p["checkpoint"])
         return module.reconcile(spark, progress, p["raw"], unread)
     if stage.name == "raw2science":
         return module.reconcile(spark, progress, p["science"])

@@ -67,7 +67,7 @@ def source(spark: "SparkSession", science_path: str, survey: str = "ztf", max_fi
 
 
 
-def expander(spark: "SparkSession", science_path: str, survey: str, fink: FinkConfig,
+def expander(spark: "SparkSession", science_path: str, survey: str, fink_cfg: FinkConfig,
              full: "StructType") -> "Callable[[DataFrame], DataFrame]":
     """A micro-batch of :func:`source` -> the science rows of ``full`` (joined to their raw
     alerts in the raw archive its layout records, else the survey's default one)."""
@@ -80,7 +80,7 @@ def expander(spark: "SparkSession", science_path: str, survey: str, fink: FinkCo
     def expand(batch: "DataFrame") -> "DataFrame":
         layout = science_table.read_layout(spark, science_path)  # a small file: its latest, each batch
         if layout is None:  # an archive written whole, before layouts: beside the survey's raw archive
-            return science_table.expand(batch, r2s.Raw2ScienceConfig(survey=survey).paths(fink)["raw"],
+            return science_table.expand(batch, r2s.Raw2ScienceConfig(survey=survey).paths(fink_cfg)["raw"],
                                         raw_schema, description, full)
         new = [c for c in layout["schema"].fieldNames() if c not in full.fieldNames() and c != layout["key"]]
         if new:  # raw2science writes columns this query would not send: say so, not drop them

@@ -108,12 +108,12 @@ class Stream2RawConfig(surveys.OfSurvey, Validated):
         self.description()  # an unknown survey fails here, by name
 
 
-    def paths(self, fink: FinkConfig) -> dict[str, str]:
+    def paths(self, fink_cfg: FinkConfig) -> dict[str, str]:
         """Where the stage writes; a survey with a ``folder`` keeps its archives under it."""
         survey = self.description()
-        return {"raw": self.raw_path or survey.data_uri(fink, "raw"),
-                "quarantine": self.quarantine_path or survey.data_uri(fink, "quarantine"),
-                "checkpoint": self.checkpoint or survey.data_uri(fink, "checkpoints", "stream2raw")}
+        return {"raw": self.raw_path or survey.data_uri(fink_cfg, "raw"),
+                "quarantine": self.quarantine_path or survey.data_uri(fink_cfg, "quarantine"),
+                "checkpoint": self.checkpoint or survey.data_uri(fink_cfg, "checkpoints", "stream2raw")}
 
     def schemas(self) -> dict[str, str]:
         """Version label -> writer schema (JSON text): every version this stage decodes."""
@@ -139,20 +139,20 @@ def schema_texts(survey: surveys.Survey, resolver: "SchemaResolver | None" = Non
 
 # -- source ------------------------------------------------------------------------------
 
-def source(spark: "SparkSession", cfg: Stream2RawConfig, bootstrap: str, batches: bool = True) -> "DataFrame":
+def source(spark: "SparkSession", stage_cfg: Stream2RawConfig, bootstrap: str, batches: bool = True) -> "DataFrame":
     """Spark's Kafka source for the configured topic(s) or pattern; with ``batches`` (micro-batches),
     bounded by ``max_offsets_per_trigger`` and split into ``min_partitions`` tasks."""
     from fink.io import kafka
 
     reader = spark.readStream.format("kafka").options(**kafka.spark_options(bootstrap))
-    reader = reader.option("subscribePattern", cfg.topic_pattern) if cfg.topic_pattern else \
-        reader.option("subscribe", cfg.topic)
-    reader = reader.option("startingOffsets", cfg.starting_offsets).option("failOnDataLoss", "false")
+    reader = reader.option("subscribePattern", stage_cfg.topic_pattern) if stage_cfg.topic_pattern else \
+        reader.option("subscribe", stage_cfg.topic)
+    reader = reader.option("startingOffsets", stage_cfg.starting_offsets).option("failOnDataLoss", "false")
     if not batches:  # Real-time Mode: one long-running task per partition, nothing to bound
         return reader.load()
-    if cfg.max_offsets_per_trigger:
-        reader = reader.option("maxOffsetsPerTrigger", cfg.max_offsets_per_trigger)
-    reader = reader.option("minPartitions", cfg.min_partitions or spark.sparkContext.defaultParallelism)
+    if stage_cfg.max_offsets_per_trigger:
+        reader = reader.option("maxOffsetsPerTrigger", stage_cfg.max_offsets_per_trigger)
+    reader = reader.option("minPartitions", stage_cfg.min_partitions or spark.sparkContext.defaultParallelism)
     return reader.load()
 
 
@@ -167,33 +167,33 @@ def source(spark: "SparkSession", cfg: Stream2RawConfig, bootstrap: str, batches
 _RAW_SCHEMAS: dict[tuple, "StructType"] = {}
 
 
-def raw_schema(spark: "SparkSession", cfg: Stream2RawConfig | None = None) -> "StructType":
-    """The raw archive's schema for ``cfg``'s survey (ZTF by default), without reading anything."""
-    cfg = cfg or Stream2RawConfig(topic="-")
-    key = (spark.sparkContext.applicationId, cfg.survey, cfg.schema_registry_url, cfg.schema_dir)
+def raw_schema(spark: "SparkSession", stage_cfg: Stream2RawConfig | None = None) -> "StructType":
+    """The raw archive's schema for ``stage_cfg``'s survey (ZTF by default), without reading anything."""
+    stage_cfg = stage_cfg or Stream2RawConfig(topic="-")
+    key = (spark.sparkContext.applicationId, stage_cfg.survey, stage_cfg.schema_registry_url, stage_cfg.schema_dir)
     if key not in _RAW_SCHEMAS:
         kafka = spark.createDataFrame([], "key binary, value binary, topic string, partition int, offset long, "
                                           "timestamp timestamp, timestampType int")
-        _RAW_SCHEMAS[key] = raw_columns(transform(kafka, cfg)).schema
+        _RAW_SCHEMAS[key] = raw_columns(transform(kafka, stage_cfg)).schema
     return _RAW_SCHEMAS[key]
 
 
-def transform(df: "DataFrame", cfg: Stream2RawConfig, schemas: dict[str, str] | None = None) -> "DataFrame":
+def transform(df: "DataFrame", stage_cfg: Stream2RawConfig, schemas: dict[str, str] | None = None) -> "DataFrame":
     """Kafka rows to decoded rows with ``reason``; observed counts land in the query's metrics.
 
     ``schemas`` (version -> writer schema text) defaults to :meth:`Stream2RawConfig.schemas`.
     """
-    out = decoded(df, cfg, schemas)
+    out = decoded(df, stage_cfg, schemas)
     # latency: Kafka timestamp -> this batch's ingest time
     return metrics.observe_latency(out.observe(QUERY_NAME, *counts()), until="brokerIngestTimestamp",
                                    since="timestamp")
 
 
-def decoded(df: "DataFrame", cfg: Stream2RawConfig, schemas: dict[str, str] | None = None) -> "DataFrame":
+def decoded(df: "DataFrame", stage_cfg: Stream2RawConfig, schemas: dict[str, str] | None = None) -> "DataFrame":
     """Kafka rows to decoded rows with ``reason`` (:func:`transform` without its observed metrics)."""
-    survey = cfg.description()
-    schemas = cfg.schemas() if schemas is None else schemas
-    return decode(PARSERS[survey.wire](df, list(schemas), cfg.max_alert_bytes), schemas, survey)
+    survey = stage_cfg.description()
+    schemas = stage_cfg.schemas() if schemas is None else schemas
+    return decode(PARSERS[survey.wire](df, list(schemas), stage_cfg.max_alert_bytes), schemas, survey)
 
 
 def counts() -> list["Column"]:
@@ -211,7 +211,7 @@ def counts() -> list["Column"]:
 # -- writing -----------------------------------------------------------------------------
 
 
-def build(spark: "SparkSession", cfg: Stream2RawConfig, fink: FinkConfig) -> "DataStreamWriter":
+def build(spark: "SparkSession", stage_cfg: Stream2RawConfig, fink_cfg: FinkConfig) -> "DataStreamWriter":
     """The stage's unstarted writer: Kafka -> decode -> raw archive + quarantine.
 
     Start it with :func:`fink.runtime.streaming.start`; pick a trigger first, e.g.
@@ -219,16 +219,16 @@ def build(spark: "SparkSession", cfg: Stream2RawConfig, fink: FinkConfig) -> "Da
     """
     from fink.io import filestore, table_use
 
-    paths = cfg.paths(fink)
+    paths = stage_cfg.paths(fink_cfg)
     table_use.attach(spark, paths["raw"], "write", paths["checkpoint"], QUERY_NAME)
-    rows = transform(source(spark, cfg, fink.kafka_bootstrap), cfg)
+    rows = transform(source(spark, stage_cfg, fink_cfg.kafka_bootstrap), stage_cfg)
 
-    index = ArchivedCandids(spark, paths["raw"], cfg.description().alert_id)
+    index = ArchivedCandids(spark, paths["raw"], stage_cfg.description().alert_id)
     writer: list[str] = []  # the query's id, once it has started
 
     def sink(batch, batch_id):
         writer[:] = writer or [filestore.writer_id(spark, paths["checkpoint"])]
-        write_batch(batch, batch_id, cfg, paths, fink.kafka_bootstrap, index, writer[0])
+        write_batch(batch, batch_id, stage_cfg, paths, fink_cfg.kafka_bootstrap, index, writer[0])
 
     return (rows.writeStream.foreachBatch(sink).option("checkpointLocation", paths["checkpoint"])
             .queryName(QUERY_NAME))
@@ -243,7 +243,7 @@ def _cached_keys(df: "DataFrame", key: str):
     return keys.sort_values(["topic", "partition", "offset"]).reset_index(drop=True)
 
 
-def step(spark: "SparkSession", cfg: Stream2RawConfig, fink: FinkConfig, **context: Any) -> "Step":
+def step(spark: "SparkSession", stage_cfg: Stream2RawConfig, fink_cfg: FinkConfig, **context: Any) -> "Step":
     """The stage as a step of the one-pass pipeline: decoded Kafka rows in (its source decodes),
     the alerts it archives out.
 
@@ -259,13 +259,13 @@ def step(spark: "SparkSession", cfg: Stream2RawConfig, fink: FinkConfig, **conte
     from fink.io import filestore
     from fink.stages.step import Output, Step, report
 
-    paths = cfg.paths(fink)
-    key = cfg.description().alert_id
+    paths = stage_cfg.paths(fink_cfg)
+    key = stage_cfg.description().alert_id
     index = ArchivedCandids(spark, paths["raw"], key)
-    layout = raw_schema(spark, cfg)
+    layout = raw_schema(spark, stage_cfg)
     kafka_rows = spark.createDataFrame([], "key binary, value binary, topic string, partition int, offset long, "
                                            "timestamp timestamp, timestampType int")
-    fields = decoded(kafka_rows, cfg).schema["alert"].dataType.fieldNames()  # the alert's own fields
+    fields = decoded(kafka_rows, stage_cfg).schema["alert"].dataType.fieldNames()  # the alert's own fields
     writer: list[str] = []  # the pipeline query's id, once it has started
 
     def run(batch: "DataFrame", batch_id: int, rows: int | None) -> Output:
@@ -297,9 +297,9 @@ def step(spark: "SparkSession", cfg: Stream2RawConfig, fink: FinkConfig, **conte
         archived = int(keys["reason"].isna().sum())
 
         def finish() -> dict[str, Any]:
-            folders = stage_batch(kept, name, cfg.files_per_batch, paths, fields)
+            folders = stage_batch(kept, name, stage_cfg.files_per_batch, paths, fields)
             clock.lap("write")
-            record = commit_batch(spark, batch_id, name, paths, folders, keys, fink.kafka_bootstrap, index, clock,
+            record = commit_batch(spark, batch_id, name, paths, folders, keys, fink_cfg.kafka_bootstrap, index, clock,
                              context["checkpoint"])
             # counted by Spark over the batch itself, apart from the record (which counts the keys
             # collected): reconcile compares the two
@@ -314,10 +314,11 @@ def step(spark: "SparkSession", cfg: Stream2RawConfig, fink: FinkConfig, **conte
         return Output(alerts, archived, None, [cached], finish)
 
     return Step(QUERY_NAME, reads="kafka", writes="raw", run=run, tables=[paths["raw"]],
-                source=lambda: decoded(source(spark, cfg, fink.kafka_bootstrap), cfg).drop("key", "value"))
+                source=lambda: decoded(source(spark, stage_cfg, fink_cfg.kafka_bootstrap),
+                                       stage_cfg).drop("key", "value"))
 
 
-def unread(spark: "SparkSession", cfg: Stream2RawConfig, bootstrap: str, checkpoint: str) -> int | None:
+def unread(spark: "SparkSession", stage_cfg: Stream2RawConfig, bootstrap: str, checkpoint: str) -> int | None:
     """How many messages the source holds beyond what the query of ``checkpoint`` has
     planned to read (its latest offsets), or None when that cannot be told (a topic pattern
     never read, a source starting at its latest offsets)."""
@@ -327,8 +328,9 @@ def unread(spark: "SparkSession", cfg: Stream2RawConfig, bootstrap: str, checkpo
 
     latest = max(batches(FileStore(spark, checkpoint), "offsets"), default=None)
     planned = planned_offsets(spark, checkpoint, latest) if latest is not None else {}
-    topics = {t for t, _ in planned} or ({cfg.topic} if cfg.topic and not cfg.topic_pattern else set())
-    if not topics or (not planned and cfg.starting_offsets != "earliest"):
+    asked = {stage_cfg.topic} if stage_cfg.topic and not stage_cfg.topic_pattern else set()
+    topics = {t for t, _ in planned} or asked
+    if not topics or (not planned and stage_cfg.starting_offsets != "earliest"):
         return None
     ends = {(t, p): e for t in topics for p, e in kafka.end_offsets(bootstrap, t).items()}
     starts = kafka.start_offsets(bootstrap, [tp for tp in ends if tp not in planned])
@@ -381,7 +383,7 @@ def read_raw(spark: "SparkSession", path: str) -> "DataFrame":
     return spark.read.parquet(path)
 
 
-def write_batch(batch: "DataFrame", batch_id: int, cfg: Stream2RawConfig, paths: dict[str, str],
+def write_batch(batch: "DataFrame", batch_id: int, stage_cfg: Stream2RawConfig, paths: dict[str, str],
                 bootstrap: str | None = None, index: "ArchivedCandids | None" = None,
                 writer: str = "") -> dict[str, Any]:
     """Archive one micro-batch: alerts to the raw table, the rest to quarantine; exactly once.
@@ -407,15 +409,15 @@ def write_batch(batch: "DataFrame", batch_id: int, cfg: Stream2RawConfig, paths:
     if done is not None:
         return done
     clock = metrics.Clock()
-    folders = stage_batch(batch, name, cfg.files_per_batch, paths)
+    folders = stage_batch(batch, name, stage_cfg.files_per_batch, paths)
     clock.lap("decode_write")
-    key = cfg.description().alert_id
+    key = stage_cfg.description().alert_id
     keys = staged_keys(spark, paths["raw"], name, folders, key)
     alerts = keys[keys["reason"].isna()]
     index = index or ArchivedCandids(spark, paths["raw"], key)
     dups = find_duplicates(alerts, index)
     if len(dups):
-        folders = restage_without(spark, paths["raw"], name, folders, dups, cfg.files_per_batch)
+        folders = restage_without(spark, paths["raw"], name, folders, dups, stage_cfg.files_per_batch)
         keys.loc[dups.index, "reason"] = "duplicate"
     clock.lap("duplicates")
     return commit_batch(spark, batch_id, name, paths, folders, keys, bootstrap, index, clock, paths["checkpoint"])

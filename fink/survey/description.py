@@ -160,9 +160,9 @@ class Survey(Validated):
         """The survey's topic of a night (``YYYYMMDD``)."""
         return self.topic.format(night=night)
 
-    def data_uri(self, fink: Any, *parts: str) -> str:
-        """A location under ``fink``'s archive root and this survey's ``folder``."""
-        return fink.data_uri(*[p for p in (self.folder, *parts) if p])
+    def data_uri(self, fink_cfg: Any, *parts: str) -> str:
+        """A location under ``fink_cfg``'s archive root and this survey's ``folder``."""
+        return fink_cfg.data_uri(*[p for p in (self.folder, *parts) if p])
 
     def module_paths(self, modules: list[str]) -> list[str]:
         """``modules`` with each ``builtin`` entry replaced by this survey's built-in modules."""
