@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Self
 
 from fink.io.hbase import ArchiveError, Layout, connect, read_layout, time_key
 from fink.survey import description as surveys
@@ -78,7 +78,7 @@ class ArchiveReader:
     def close(self) -> None:
         self.conn.close()
 
-    def __enter__(self) -> Archive:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
