@@ -74,8 +74,10 @@ bench: services
 	$(BIN)/python benchmarks/bench_stream2raw.py
 	$(BIN)/python benchmarks/bench_raw2science.py
 
+# ruff, then the layer contracts of setup.cfg ([importlinter]: imports only go down, docs/architecture.md)
 lint: venv
 	$(BIN)/ruff check fink tests tools notebooks benchmarks
+	$(BIN)/lint-imports --no-cache
 
 # The documentation (docs/, mkdocs.yml) into site/: the pages, the API reference from the docstrings and the
 # newest benchmark results (benchmarks/results/, rendered by the hook benchmarks/results.py). --strict: a warning

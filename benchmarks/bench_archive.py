@@ -22,10 +22,11 @@ import uuid
 from bench_distribution import SHARED, science_archive
 from results import save as save_result
 
-from fink import kafka, streaming
 from fink.config import FinkConfig, ServicesConfig
-from fink.datasim.sources import read_messages
-from fink.hbase import connect, delete_tables
+from fink.io import kafka
+from fink.io.hbase import connect, delete_tables
+from fink.runtime import streaming
+from fink.sim.sources import read_messages
 from fink.stages import archive
 
 
@@ -35,7 +36,7 @@ def cpu_seconds() -> dict[str, float]:
 
     import psutil
 
-    from fink import services
+    from fink.ops import services
 
     def used(p):
         try:
@@ -80,7 +81,7 @@ def write(spark, fink: FinkConfig, table: str, files: int, pool: int, tags: bool
 
 
 def queries(fink: FinkConfig, table: str, objects: int = 30) -> dict:
-    from fink.client.archive import Archive
+    from fink.client.explorer import Archive
 
     with Archive(fink.hbase_thrift, table) as a:
         nights = a.nights()
@@ -120,7 +121,7 @@ def main() -> None:
     parser.add_argument("--pool", type=int, nargs="+", default=[4])
     parser.add_argument("--no-tags", action="store_true", help="without the class index (tag filters)")
     args = parser.parse_args()
-    from fink.session import get_spark
+    from fink.runtime.session import get_spark
 
     services = ServicesConfig.load()
     messages = [m for folder in sorted(SHARED.glob("native-4.02_*")) for m in read_messages(folder)]

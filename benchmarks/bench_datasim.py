@@ -17,10 +17,10 @@ import uuid
 from results import save as save_result
 
 from fink.config import ServicesConfig
-from fink.datasim import NightConfig, generate_night
-from fink.datasim.sources import read_messages
-from fink.kafka import temporary_topics
-from fink.simulator import SimulatorConfig, replay
+from fink.io.kafka import temporary_topics
+from fink.sim import NightConfig, generate_night
+from fink.sim.simulator import SimulatorConfig, replay
+from fink.sim.sources import read_messages
 
 
 def main() -> None:

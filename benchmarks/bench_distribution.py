@@ -33,11 +33,12 @@ from bench_raw2science import raw_archive, science_config
 from bench_stream2raw import SHARED, unique_copies
 from results import save as save_result
 
-from fink import kafka, metrics, streaming
 from fink.config import FinkConfig, ServicesConfig
-from fink.datasim.sources import read_messages
 from fink.filters import alert_filter
-from fink.simulator import SimulatorConfig, replay
+from fink.io import kafka
+from fink.runtime import metrics, streaming
+from fink.sim.simulator import SimulatorConfig, replay
+from fink.sim.sources import read_messages
 from fink.stages import distribution as dist
 from fink.stages import raw2science as r2s
 from fink.stages import stream2raw as s2r
@@ -190,7 +191,7 @@ def main() -> None:
     _bench_filters()
     messages = [m for folder in sorted(SHARED.glob("native-4.02_*")) for m in read_messages(folder)]
     bootstrap = ServicesConfig.load().kafka_bootstrap
-    from fink.session import get_spark
+    from fink.runtime.session import get_spark
 
     spark = get_spark(FinkConfig(kafka_bootstrap=bootstrap, log_level="ERROR"), app_name="bench-distribution")
     report: dict = {}

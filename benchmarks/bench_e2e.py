@@ -50,11 +50,13 @@ import pandas as pd
 import psutil
 from results import save as save_result
 
-from fink import demo, kafka, metrics, runner, services
 from fink.config import FinkConfig, ServicesConfig, fink_home
-from fink.datasim.sources import read_messages
-from fink.datasim.stamp import fresh_copies
-from fink.simulator import SimulatorConfig, replay
+from fink.io import kafka
+from fink.ops import demo, runner, services
+from fink.runtime import metrics
+from fink.sim.simulator import SimulatorConfig, replay
+from fink.sim.sources import read_messages
+from fink.sim.stamp import fresh_copies
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "datasim"
@@ -64,7 +66,8 @@ STAGES = ("stream2raw", "raw2science", "distribution", "archive")
 def decode_limit(messages: list[bytes], count: int = 3000) -> float:
     """Alerts/s of a plain fastavro loop over the same bytes (one core, no Spark, no Kafka):
     container files read with their header's schema, wire-format messages with their id's."""
-    from fink import survey, wire
+    from fink.survey import description as survey
+    from fink.survey import wire
 
     batch = list(fresh_copies(messages, count))
     resolver = wire.SchemaResolver(survey.load("rubin"))
@@ -390,7 +393,7 @@ def main() -> int:
             receiver.done.set()
             if fast is not None:
                 fast.done.set()
-            from fink import hbase
+            from fink.io import hbase
 
             conn = hbase.connect(*FinkConfig().hbase_host_port)
             try:

@@ -31,19 +31,22 @@ from bench_raw2science import science_config
 from bench_stream2raw import SHARED, unique_copies
 from results import save as save_result
 
-from fink import hbase, kafka, streaming
 from fink.config import FinkConfig, ServicesConfig
-from fink.datasim.sources import read_messages
-from fink.session import get_spark
-from fink.simulator import SimulatorConfig, replay
-from fink.stages import archive
+from fink.io import hbase, kafka
+from fink.runtime import streaming
+from fink.runtime.session import get_spark
+from fink.sim.simulator import SimulatorConfig, replay
+from fink.sim.sources import read_messages
+from fink.stages import archive, science_stream
 from fink.stages import distribution as dist
 from fink.stages import raw2science as r2s
 from fink.stages import stream2raw as s2r
+from fink.stages import topics as topics_
+from fink.stages.duplicates import ArchivedCandids
 
 
 def batch_files(root: str, batch_id: int) -> str:
-    """The files batch ``batch_id`` published into an archive (``fink.filestore`` names them so)."""
+    """The files batch ``batch_id`` published into an archive (``fink.io.filestore`` names them so)."""
     return f"{root}/night=*/part-b{batch_id:010d}-*"
 
 
@@ -67,13 +70,14 @@ def main() -> None:
     raw_paths, sci_paths, checkpoint = raw.paths(fink), sci.paths(fink), f"{tmp}/checkpoints/fused"
 
     rows = s2r.transform(s2r.source(spark, raw, bootstrap), raw)
-    index = s2r.ArchivedCandids(spark, raw_paths["raw"], "candid")
+    index = ArchivedCandids(spark, raw_paths["raw"], "candid")
     raw_schema, modules = r2s.raw_schema(spark), sci.load_modules()
-    sci_schema = dist.science_schema(spark, sci_paths["science"], sci)
+    sci_schema = science_stream.science_schema(spark, sci_paths["science"], sci)
     filters = dcfg.load_filters()
     topics = [f.topic for f in filters]
-    encs = dist.encodings(dist.alert_columns(spark.createDataFrame([], sci_schema)).schema, dcfg, topics)
-    dist.prepare_topics(bootstrap, dcfg, encs, topics)
+    alert_schema = topics_.alert_columns(spark.createDataFrame([], sci_schema)).schema
+    encs = topics_.encodings(alert_schema, dcfg.topic_options, topics)
+    topics_.prepare_topics(bootstrap, encs, topics, dcfg.partitions, dcfg.retention_ms)
     deliver = dist.Sink(bootstrap, topics, encs, checkpoint)  # its outbox and delivery id: the fused query's
     table = f"bench_fused_{uuid.uuid4().hex[:6]}"
     store = archive.build(spark, archive.ArchiveConfig(table=table), fink, producer=sci).fink_sink \

@@ -23,10 +23,11 @@ from pathlib import Path
 import numpy as np
 from results import save as save_result
 
-from fink import kafka, streaming
 from fink.config import FinkConfig, ServicesConfig
-from fink.datasim.sources import read_messages
-from fink.session import get_spark
+from fink.io import kafka
+from fink.runtime import streaming
+from fink.runtime.session import get_spark
+from fink.sim.sources import read_messages
 from fink.stages import stream2raw as s2r
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasim" / "ztf" / "native-4.02_fink-broker-2023-10"

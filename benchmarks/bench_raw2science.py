@@ -30,11 +30,12 @@ from pathlib import Path
 from bench_stream2raw import SHARED, unique_copies
 from results import save as save_result
 
-from fink import kafka, streaming
 from fink.config import FinkConfig, ServicesConfig
-from fink.datasim.sources import read_messages
+from fink.io import kafka
+from fink.runtime import streaming
 from fink.science.modules import BUILTIN
-from fink.simulator import SimulatorConfig, replay
+from fink.sim.simulator import SimulatorConfig, replay
+from fink.sim.sources import read_messages
 from fink.stages import raw2science as r2s
 from fink.stages import stream2raw as s2r
 
@@ -155,7 +156,7 @@ def main() -> None:
     args = parser.parse_args()
     messages = [m for folder in sorted(SHARED.glob("native-4.02_*")) for m in read_messages(folder)]
     bootstrap = ServicesConfig.load().kafka_bootstrap
-    from fink.session import get_spark
+    from fink.runtime.session import get_spark
 
     report = {}
     extra = dict(kv.split("=", 1) for kv in args.conf)

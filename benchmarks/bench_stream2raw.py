@@ -22,11 +22,12 @@ from pathlib import Path
 import fastavro
 from results import save as save_result
 
-from fink import filestore, streaming
 from fink.config import FinkConfig, ServicesConfig
-from fink.datasim.sources import read_messages
-from fink.kafka import temporary_topics
-from fink.simulator import SimulatorConfig, replay
+from fink.io import filestore
+from fink.io.kafka import temporary_topics
+from fink.runtime import streaming
+from fink.sim.simulator import SimulatorConfig, replay
+from fink.sim.sources import read_messages
 from fink.stages import stream2raw as s2r
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasim" / "ztf"
@@ -83,7 +84,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         fink = FinkConfig(kafka_bootstrap=bootstrap, data_dir=tmp, log_level="ERROR",
                           spark_conf={"spark.driver.memory": "2g"})
-        from fink.session import get_spark
+        from fink.runtime.session import get_spark
 
         spark = get_spark(fink, app_name="bench-stream2raw")
         jvm_pid = int(spark.sparkContext._jvm.ProcessHandle.current().pid())

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Download and unpack one night of ZTF public alerts (https://ztf.uw.edu/alerts/public/).
-# A thin wrapper around `python -m fink.download`; see `--help` for the options.
+# A thin wrapper around `python -m fink.sim.download`; see `--help` for the options.
 set -euo pipefail
 
 if [ "$#" -eq 0 ]; then
@@ -16,4 +16,4 @@ else
 fi
 # run from a clone even where the package is not installed
 export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
-exec "$python" -m fink.download "$@"
+exec "$python" -m fink.sim.download "$@"

@@ -4,7 +4,7 @@ from importlib import metadata as _metadata
 
 from fink.config import FinkConfig, ServicesConfig, fink_home
 from fink.errors import ConfigError, FinkError, RunnerError, ServiceError
-from fink.session import get_spark
+from fink.runtime.session import get_spark
 
 try:  # setup.cfg is the one source of the version
     __version__ = _metadata.version("fink-broker-nb")

@@ -35,6 +35,47 @@ def fink_home() -> Path:
     return Path(os.environ.get("FINK_HOME") or Path.home() / ".fink").expanduser().resolve()
 
 
+def checkout() -> Path:
+    """Return the source checkout: the folder holding ``setup.cfg``, ``notebooks/`` and ``conf/``.
+
+    ``$FINK_CHECKOUT`` when set; else the folder that holds the imported package (a clone on
+    the path or installed editable); else the folder an editable install recorded (its
+    ``direct_url.json``); else the current directory or the nearest folder above it that is
+    a checkout.
+
+    Raises
+    ------
+    ConfigError
+        None of these is a checkout (a wheel installed without its sources): set ``FINK_CHECKOUT``.
+
+    Notes
+    -----
+    The notebooks and ``conf/`` are the project's sources, not package data: a service runs
+    the notebook a person edits, so they are read where the checkout is.
+    """
+    import importlib.metadata
+    import importlib.resources
+    import json
+
+    if os.environ.get("FINK_CHECKOUT"):
+        return Path(os.environ["FINK_CHECKOUT"]).expanduser().resolve()
+    candidates = [Path(str(importlib.resources.files("fink"))).parent]
+    try:
+        recorded = importlib.metadata.distribution("fink-broker-nb").read_text("direct_url.json")
+    except importlib.metadata.PackageNotFoundError:
+        recorded = None
+    url = json.loads(recorded).get("url", "") if recorded else ""
+    if url.startswith("file://"):
+        candidates.append(Path(urllib.parse.urlparse(url).path))
+    here = Path.cwd().resolve()
+    candidates += [here, *here.parents]
+    for folder in candidates:
+        if (folder / "setup.cfg").is_file() and (folder / "notebooks").is_dir() and (folder / "fink").is_dir():
+            return folder
+    raise ConfigError("no source checkout found (a folder with setup.cfg, notebooks/ and fink/): "
+                      "set FINK_CHECKOUT to the clone's folder")
+
+
 def local_path(location: str) -> Path | None:
     """The local folder a data location names (a path or a ``file:`` URI), or None for a URI
     of another file system (``hdfs://``, ``s3a://``), which only Spark's readers reach."""

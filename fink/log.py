@@ -1,4 +1,4 @@
-"""The package logger; handlers are attached only at the edge (``fink.cli``)."""
+"""The package logger; handlers are attached only at the edge (``fink.ops.cli``)."""
 
 import logging
 

@@ -15,10 +15,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from fink import metrics, services
 from fink.config import FinkConfig, ServicesConfig, fink_home
-from fink.session import DRIVER_JAVA_OPTIONS
-from fink.streaming import stop_active
+from fink.ops import services
+from fink.runtime import metrics
+from fink.runtime.session import DRIVER_JAVA_OPTIONS
+from fink.runtime.streaming import stop_active
 
 ROOT = Path(__file__).resolve().parents[1]
 # every Spark driver the suite starts (here, in notebook kernels, in `fink start` services, in the demo)
@@ -40,7 +41,7 @@ def kafka_bootstrap(services_config: ServicesConfig):
     a few hundred runs). The topics there before the session are kept.
     """
     from fink.config import SERVICE_SECRET, service_password
-    from fink.kafka import temporary_topics
+    from fink.io.kafka import temporary_topics
 
     services.start(["kafka"])
     # the tests that keep their data in a FINK_HOME of their own (the demo, the notebooks, the
@@ -59,7 +60,7 @@ def hbase_thrift(kafka_bootstrap: str, services_config: ServicesConfig) -> tuple
 @pytest.fixture
 def topic() -> str:
     """A topic name no other test uses (deleted with the session's temporary topics)."""
-    from fink import kafka
+    from fink.io import kafka
 
     name = f"test_{uuid.uuid4().hex[:12]}"
     kafka.track(name)
@@ -68,7 +69,7 @@ def topic() -> str:
 
 @pytest.fixture(scope="session")
 def spark(kafka_bootstrap: str):
-    from fink.session import get_spark
+    from fink.runtime.session import get_spark
 
     cfg = FinkConfig(kafka_bootstrap=kafka_bootstrap, log_level="ERROR",
                      spark_conf={"spark.driver.memory": "1g", "spark.sql.shuffle.partitions": "2"})
@@ -94,7 +95,7 @@ def shared_datasim() -> Path:
     return path
 
 
-# -- metrics (fink.metrics) ---------------------------------------------------------------
+# -- metrics (fink.runtime.metrics) ---------------------------------------------------------------
 
 def _progress(query, batch, rows, when, latency=None, observed=None, latest=None, end=None, duration_ms=2000):
     """A progress report shaped as ``StreamingQueryProgress.json`` gives it."""

@@ -25,9 +25,9 @@ import sklearn
 from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.metrics import roc_auc_score
 
-from fink.datasim.generator import NightConfig, generate_night
-from fink.science.api import load_module, run_module
 from fink.science.modules import classifier
+from fink.science.science_api import load_module, run_module
+from fink.sim.generator import NightConfig, generate_night
 
 ROOT = Path(__file__).resolve().parents[1]
 MIX = {"snia": 0.3, "sncc": 0.2, "varstar": 0.15, "agn": 0.15, "sso": 0.1, "bogus": 0.1}

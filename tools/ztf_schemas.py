@@ -1,4 +1,4 @@
-"""Write the project's ZTF alert schemas (fink/schemas/ztf/<version>.avsc) from ZTF's published ones.
+"""Write the project's ZTF alert schemas (fink/data/schemas/ztf/<version>.avsc) from ZTF's published ones.
 
 ZTF publishes each schema version as several .avsc files (alert, candidate,
 prv_candidate, cutout, fp_hist) that reference each other by name. The project keeps one
@@ -16,7 +16,7 @@ import json
 import sys
 from pathlib import Path
 
-OUT = Path(__file__).resolve().parents[1] / "fink" / "schemas" / "ztf"
+OUT = Path(__file__).resolve().parents[1] / "fink" / "data" / "schemas" / "ztf"
 VERSIONS = ("3.1", "3.2", "3.3", "4.02")
 
 

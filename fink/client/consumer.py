@@ -26,9 +26,9 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from fink import kafka
-from fink.avro import ALERT_ID_HEADER
 from fink.errors import FinkError
+from fink.io import kafka
+from fink.survey.avro import ALERT_ID_HEADER
 
 
 class ClientError(FinkError, RuntimeError):
@@ -54,7 +54,7 @@ def decode(key: bytes | None, value: bytes) -> dict[str, Any]:
 
 def read_password(user: str, password_file: str | os.PathLike[str] | None = None) -> str:
     """The user's password from ``$FINK_CLIENT_PASSWORD``, else from a 0600 file."""
-    from fink.access import password_file as operator_copy
+    from fink.io.access import password_file as operator_copy
 
     env = os.environ.get("FINK_CLIENT_PASSWORD")
     if env:

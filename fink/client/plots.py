@@ -4,7 +4,7 @@ The light curve merges the alert's detection with its history, per band, with er
 A ZTF alert is drawn in magnitudes, the history's non-detections as upper limits (the
 5-sigma limiting magnitude, ``diffmaglim``); a Rubin alert in difference flux (nJy), its
 previous sources filled and its forced photometry open. Which one is read from the
-survey description whose fields the alert has (:func:`fink.survey.detect`). Cutouts are
+survey description whose fields the alert has (:func:`fink.survey.description.detect`). Cutouts are
 FITS stamps (gzipped for ZTF): each is shown with percentile clipping and an asinh
 stretch, the usual way to see both a faint transient and a bright host.
 """
@@ -45,7 +45,7 @@ def light_curve(alert: dict[str, Any]):
 def plot_lightcurve(alert: dict[str, Any], ax=None, upper_limits: bool = True):
     """The alert's light curve as its survey measures it: ZTF magnitudes against MJD per band
     (error bars on detections, triangles for upper limits), Rubin fluxes (:func:`plot_fluxes`)."""
-    from fink import survey as surveys
+    from fink.survey import description as surveys
 
     desc = surveys.detect(alert)
     title = f"{desc.object_key(alert) or ''}  alert {desc.alert_key(alert) or ''}"
@@ -69,7 +69,7 @@ def flux_curve(alert: dict[str, Any], survey=None):
     """
     import pandas as pd
 
-    from fink import survey as surveys
+    from fink.survey import description as surveys
 
     desc = survey or surveys.detect(alert)
     leaf = {k: path.rsplit(".", 1)[-1] for k, path in (("time", desc.time["path"]), ("band", desc.band),

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from fink.filters.api import alert_filter
+from fink.filters.filter_api import alert_filter
 
 
 @alert_filter(inputs=["snia_prob", "candidate.ndethist"], version="1.0")

@@ -5,7 +5,7 @@ Notes
 One streaming query reads the science archive as a file stream (as distribution does),
 runs the tag filters (the classes of the class index) in one Arrow UDF, and writes each
 micro-batch through the HBase Thrift gateway with ``happybase``: the main table first,
-then the class, pixel and night indexes (layout in :mod:`fink.hbase`).
+then the class, pixel and night indexes (layout in :mod:`fink.io.hbase`).
 
 A batch is done only when HBase has accepted all of its rows: the ``foreachBatch``
 function returns after the last write, so Spark commits the batch only then. While the
@@ -21,14 +21,13 @@ import dataclasses
 import time
 from typing import TYPE_CHECKING, Any
 
-from fink import metrics
-from fink import survey as surveys
 from fink.config import ConfigError, FinkConfig, Validated
-from fink.filters.api import AlertFilter, FilterError, load_filters
-from fink.hbase import DEFAULT_ORDER, INDEXES, ArchiveError, Keys, Layout, Writer, connect, ensure_tables
-from fink.log import logger
-from fink.science.api import ScienceModuleError, add_metrics, check_inputs
-from fink.streaming import observed
+from fink.filters.filter_api import AlertFilter, FilterError, load_filters
+from fink.io.hbase import DEFAULT_ORDER, Keys, Layout, Writer, connect, ensure_tables
+from fink.runtime.streaming import observed
+from fink.science.science_api import ScienceModuleError, add_metrics, check_inputs
+from fink.stages.archive_sink import QUERY_NAME, Sink
+from fink.survey import description as surveys
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -37,7 +36,6 @@ if TYPE_CHECKING:
 
     from fink.stages.step import Step
 
-QUERY_NAME = "archive"
 
 @dataclasses.dataclass(frozen=True)
 class ArchiveConfig(surveys.OfSurvey, Validated):
@@ -113,15 +111,15 @@ class ArchiveConfig(surveys.OfSurvey, Validated):
         """The fields (or expressions) keying and placing the rows: the survey's."""
         return Keys(**self.description().keys)
 
-    def paths(self, fink: FinkConfig) -> dict[str, str]:
+    def paths(self, fink_cfg: FinkConfig) -> dict[str, str]:
         survey = self.description()
-        return {"science": self.science_path or survey.data_uri(fink, "science"),
-                "checkpoint": self.checkpoint or survey.data_uri(fink, "checkpoints", "archive"),
-                "quarantine": survey.data_uri(fink, "quarantine_archive")}
+        return {"science": self.science_path or survey.data_uri(fink_cfg, "science"),
+                "checkpoint": self.checkpoint or survey.data_uri(fink_cfg, "checkpoints", "archive"),
+                "quarantine": survey.data_uri(fink_cfg, "quarantine_archive")}
 
     def groups(self, added: list[str]) -> dict[str, list[str]]:
         """Cell groups: per module of ``modules`` with two or more outputs among ``added``."""
-        from fink.science.api import load_modules
+        from fink.science.science_api import load_modules
 
         out = {}
         for m in load_modules(self.description().module_paths(self.modules)):
@@ -134,244 +132,36 @@ class ArchiveConfig(surveys.OfSurvey, Validated):
         return load_filters(self.class_tags(), self.tag_params)
 
 
-def thrift_address(fink: FinkConfig) -> tuple[str, int]:
-    host, _, port = fink.hbase_thrift.rpartition(":")
+def thrift_address(fink_cfg: FinkConfig) -> tuple[str, int]:
+    host, _, port = fink_cfg.hbase_thrift.rpartition(":")
     return host, int(port)
 
 
-def layout(spark: "SparkSession", cfg: ArchiveConfig, science_path: str, producer: Any = None,
+def layout(spark: "SparkSession", stage_cfg: ArchiveConfig, science_path: str, producer: Any = None,
            from_files: bool = True) -> Layout:
     """The table layout for the science alerts: their Arrow schema as batches deliver it,
     the columns modules added (family ``d``: not in the raw archive) and the cutouts."""
-    from fink.stages import distribution as dist
     from fink.stages import raw2science as r2s
+    from fink.stages.science_stream import science_schema
 
-    schema = dist.science_schema(spark, science_path, producer, cfg.survey, from_files)
+    schema = science_schema(spark, science_path, producer, stage_cfg.survey, from_files)
     alert = spark.createDataFrame([], schema).drop("night")
-    raw = set(r2s.raw_schema(spark, cfg.survey).fieldNames())
+    raw = set(r2s.raw_schema(spark, stage_cfg.survey).fieldNames())
     added = [c for c in alert.columns if c not in raw]
-    cutouts = [c for c in cfg.description().cutouts if c in alert.columns]
-    return Layout(cfg.table_name(), alert.toArrow().schema, added=added, cutouts=cutouts,
-                  keys=cfg.keys(), order=cfg.healpix_order, groups=cfg.groups(added))
+    cutouts = [c for c in stage_cfg.description().cutouts if c in alert.columns]
+    return Layout(stage_cfg.table_name(), alert.toArrow().schema, added=added, cutouts=cutouts,
+                  keys=stage_cfg.keys(), order=stage_cfg.healpix_order, groups=stage_cfg.groups(added))
 
 
-def inputs_of(tags: list[AlertFilter]) -> list[str]:
-    """The columns the tag filters read, in order, each once."""
-    out: list[str] = []
-    for f in tags:
-        out += [c for c in f.module.inputs if c not in out]
-    return out
-
-
-def run_tags(table, tags: list[AlertFilter], columns: dict[str, str]) -> tuple[list[list[str]], dict[str, Any]]:
-    """Run the tag filters on an Arrow batch (in the writer task, on columns it already has):
-    per alert the tags that selected it, and the metrics of each filter (``<tag>_seconds``,
-    ``<tag>_errors``, ``<tag>_error``, as :func:`fink.science.api.add_metrics` sums them).
-
-    ``columns`` maps each input path to the batch column holding it. A filter that raises
-    tags nothing in the batch (its error is counted); a null answer does not select.
-    """
-    from fink.science.api import run_chain
-
-    n = table.num_rows
-    if not tags or not n:
-        return [[] for _ in range(n)], {}
-    series = {path: table.column(name).to_pandas() for path, name in columns.items()}
-    out = run_chain([f.module for f in tags], series)
-    metrics: dict[str, Any] = {}
-    selected = [[] for _ in range(n)]
-    for k, f in enumerate(tags):
-        flags = out[f"_sel{k}"].fillna(False).astype(bool).tolist()
-        for i in (i for i, hit in enumerate(flags) if hit):
-            selected[i].append(f.topic)
-        error = out[f"_error_{k}"].iloc[0]
-        metrics |= {f"{f.module.key}_seconds": float(out[f"_seconds_{k}"].sum()),
-                    f"{f.module.key}_errors": n if error is not None else 0, f"{f.module.key}_error": error}
-    return selected, metrics
-
-
-def extra_columns(layout: Layout, tag_inputs: list[str] = ()) -> dict[str, str]:
-    """Columns the writers need besides the encoded alert, by Spark-safe name: the key fields
-    inside structs (``{"_key_candidate_jd": "candidate.jd"}``: Spark reads a dot in a name as
-    a struct field) and the tag filters' inputs that the batch does not hold as they are."""
-    import dataclasses
-    import re
-
-    def alias(prefix: str, path: str) -> str:
-        return prefix + re.sub(r"\W+", "_", path).strip("_")
-
-    # a key may be a field inside a struct, or a Spark SQL expression (Rubin's object id)
-    out = {alias("_key_", path): path for path in dataclasses.astuple(layout.keys) if not path.isidentifier()}
-    plain = {c.name for c in layout.columns if c.kind != "avro" and "." not in c.name}
-    out |= {alias("_in_", path): path for path in tag_inputs if path not in plain}
-    return out
-
-
-def cells(df: "DataFrame", layout: Layout, extra: dict[str, str], columns: list[str] | None = None) -> "DataFrame":
-    """The batch as the writers take it: every nested column (structs, history arrays, maps)
-    already its Avro cell, encoded by Spark in the JVM (far faster than Python), and the key
-    fields that sit inside structs (``candidate.jd``, ``candidate.ra``...) and the tag
-    filters' inputs as top-level columns (``extra``, from :func:`extra_columns`)."""
-    import json
-
-    from pyspark.sql import functions as F
-    from pyspark.sql.avro.functions import to_avro
-
-    nested = {}
-    for col in layout.columns:
-        if col.kind == "avro":
-            if "." in col.name:
-                raise ArchiveError(f"{col.name}: a nested value inside a struct is only archived inside its struct")
-            members = layout.groups.get(col.name)
-            value = F.struct(*[F.col(m) for m in members]) if members else F.col(col.name)
-            nested[col.name] = to_avro(F.struct(value.alias(col.name)), json.dumps(layout.avro[col.name]))
-    names = columns if columns is not None else df.columns  # known: no schema asked of the JVM
-    return df.select(*[nested.get(c, F.col(c)).alias(c) for c in names if c not in layout.member_of],
-                     *[nested[g].alias(g) for g in layout.groups],
-                     *[F.expr(path).alias(alias) for alias, path in extra.items()])
-
-
-#: what each writer task reports (``tags``: JSON of the tag counts and filter metrics)
-REPORT = ("alerts long, archived long, class long, pixel long, night long, retries long, encode_s double, "
-          "write_s double, tags string, quarantined long, quarantine string")
-
-
-def writer_task(layout: Layout, tags: list[AlertFilter], host: str, port: int, cfg: ArchiveConfig,
-                extra: dict[str, str]):
-    """The function each Spark task runs on its Arrow batches (``mapInArrow``): run the tag
-    filters, encode the rows and write them, main table first, through its own Thrift
-    connections; report counts and the filters' metrics."""
-    keys_of = {alias: path for alias, path in extra.items() if alias.startswith("_key_")}
-    inputs = {path: next((a for a, p in extra.items() if p == path and a.startswith("_in_")), path)
-              for path in inputs_of(tags)}
-
-    def write(batches):
-        import json
-
-        import pyarrow as pa
-
-        from fink.hbase import Writer
-        from fink.science.api import add_metrics
-
-        writer = Writer(host, port, pool_size=cfg.pool_size, batch_size=cfg.batch_size, retry_for=cfg.retry_for_s)
-        report = dict.fromkeys(("alerts", "archived", *INDEXES, "retries"), 0) | {"encode_s": 0.0, "write_s": 0.0}
-        counts, metrics = dict.fromkeys((f.topic for f in tags), 0), {}
-        aside: list[dict[str, Any]] = []
-        try:
-            for rb in batches:
-                if not rb.num_rows:
-                    continue
-                t0 = time.perf_counter()
-                table = pa.Table.from_batches([rb])
-                tagged, batch_metrics = run_tags(table, tags, inputs)
-                add_metrics(metrics, batch_metrics)
-                for names in tagged:
-                    for name in names:
-                        counts[name] += 1
-                table = table.rename_columns([keys_of.get(n, n) for n in table.column_names])
-                reasons = layout.unkeyable(table)
-                if any(reasons):  # set aside, with their reason: the others go on
-                    ok = [r is None for r in reasons]
-                    ids = [layout.values(table, p).to_pylist() for p in (layout.keys.alert_id, layout.keys.object_id)]
-                    aside += [{"alert_id": a, "object_id": o, "reason": r}
-                              for a, o, r in zip(*ids, reasons, strict=True) if r is not None]
-                    report["alerts"] += len(reasons) - sum(ok)
-                    table = table.filter(pa.array(ok))
-                    tagged = [t for t, keep in zip(tagged, ok, strict=True) if keep]
-                    if not table.num_rows:
-                        continue
-                keys = layout.row_keys(table)
-                main = layout.encode(table.drop_columns(["night"]), keys)
-                index = layout.index_rows(table, keys, tagged, table.column("night").to_pylist())
-                t1 = time.perf_counter()
-                report["archived"] += writer.write({layout.table: main})[layout.table]
-                written = writer.write({layout.index_table(i): index[i] for i in INDEXES})
-                for i in INDEXES:
-                    report[i] += written[layout.index_table(i)]
-                report["alerts"] += table.num_rows
-                report["encode_s"] += t1 - t0
-                report["write_s"] += time.perf_counter() - t1
-        finally:
-            writer.close()
-        report["retries"] = writer.retries
-        report["tags"] = json.dumps({"counts": counts, "filters": metrics})
-        report["quarantined"], report["quarantine"] = len(aside), json.dumps(aside, default=str)
-        yield pa.RecordBatch.from_pylist([report])
-
-    return write
-
-
-class Sink:
-    """The ``foreachBatch`` function: the Spark tasks write the batch's rows to HBase (the main
-    table, then the indexes), each with its own connections; the batch ends when all have.
-
-    ``written`` keeps, per batch id, the alerts read, the rows HBase accepted per table, the
-    write retries and the times (``encode_s``, ``write_s``: summed over the tasks).
-    """
-
-    def __init__(self, layout: Layout, tags: list[AlertFilter], host: str, port: int, cfg: ArchiveConfig,
-                 columns: list[str] | None = None, quarantine: str = ""):
-        self.layout, self.columns = layout, columns  # the batches' columns, when known
-        self.quarantine = quarantine  # where the alerts that cannot be keyed are listed, per batch
-        self.extra = extra_columns(layout, inputs_of(tags))
-        self.task = writer_task(layout, tags, host, port, cfg, self.extra)
-        self.written: dict[int, dict[str, Any]] = {}
-
-    def __call__(self, batch: "DataFrame", batch_id: int) -> None:
-        import json
-
-        t0 = time.perf_counter()
-        reports = cells(batch, self.layout, self.extra, self.columns).mapInArrow(self.task, REPORT).collect()
-        total = {key: sum(r[key] for r in reports) for key in REPORT_KEYS if key not in ("tags", "quarantine")}
-        aside = [a for r in reports for a in json.loads(r["quarantine"])]
-        if aside:
-            self._set_aside(batch.sparkSession, batch_id, aside)
-        tags: dict[str, int] = {}
-        filters: dict[str, dict[str, Any]] = {}
-        for r in reports:
-            found = json.loads(r["tags"])
-            for name, n in found["counts"].items():
-                tags[name] = tags.get(name, 0) + n
-            for name, m in found["filters"].items():
-                add_metrics(filters, {f"{name}_{k}": v for k, v in m.items()})
-        self.written[batch_id] = {
-            "alerts": total["alerts"], "archived": total["archived"], "retries": total["retries"],
-            "quarantined": total["quarantined"],
-            "rows": {self.layout.table: total["archived"], **{self.layout.index_table(i): total[i] for i in INDEXES}},
-            "tags": tags, "filters": filters,
-            "encode_s": round(total["encode_s"], 3), "write_s": round(total["write_s"], 3),
-            "seconds": round(time.perf_counter() - t0, 3)}
-        metrics.note(QUERY_NAME, batch_id, self.written[batch_id])
-
-
-    def _set_aside(self, spark: "SparkSession", batch_id: int, aside: list[dict[str, Any]]) -> None:
-        """List the batch's alerts that cannot be keyed, with their reason (again, the same, on a
-        replay); the alerts themselves stay in the raw and science archives."""
-        import json
-
-        from fink.filestore import FileStore
-
-        logger.warning("archive: batch %d: %d alert(s) cannot be keyed, listed in %s (first: %s)", batch_id,
-                       len(aside), self.quarantine, aside[0])
-        if self.quarantine:
-            store = FileStore(spark, self.quarantine)
-            store.fs.mkdirs(store.path())
-            record = {"table": self.layout.table, "batch": batch_id, "alerts": aside}
-            store.replace_text(json.dumps(record, default=str), f"{self.layout.table}-{batch_id:010d}.json")
-
-
-REPORT_KEYS = [part.split()[0] for part in REPORT.split(", ")]
-
-
-def prepare(spark: "SparkSession", cfg: ArchiveConfig, fink: FinkConfig, science_path: str, schema: "StructType",
-            producer: Any = None, from_files: bool = True) -> Sink:
+def prepare(spark: "SparkSession", stage_cfg: ArchiveConfig, fink_cfg: FinkConfig, science_path: str,
+            schema: "StructType", producer: Any = None, from_files: bool = True) -> Sink:
     """The sink of the stage, its tables created (or their recorded layout checked) and its tag
     filters' inputs checked against ``schema`` (the science alerts'); an unreachable gateway is
     retried for ``retry_for_s`` like a write."""
-    tags = cfg.load_tags()
-    host, port = thrift_address(fink)
-    lay = layout(spark, cfg, science_path, producer, from_files)
-    probe = Writer(host, port, pool_size=1, retry_for=cfg.retry_for_s)
+    tags = stage_cfg.load_tags()
+    host, port = thrift_address(fink_cfg)
+    lay = layout(spark, stage_cfg, science_path, producer, from_files)
+    probe = Writer(host, port, pool_size=1, retry_for=stage_cfg.retry_for_s)
 
     def create() -> Layout:
         conn = connect(host, port)
@@ -380,16 +170,18 @@ def prepare(spark: "SparkSession", cfg: ArchiveConfig, fink: FinkConfig, science
         finally:
             conn.close()
 
-    lay = probe.retried(f"creating the archive tables {cfg.table_name()}", create)
+    lay = probe.retried(f"creating the archive tables {stage_cfg.table_name()}", create)
     probe.close()
     try:
         check_inputs([f.module for f in tags], schema)
     except ScienceModuleError as exc:  # a tag filter's input that is not a column of the alerts
         raise FilterError(str(exc).replace("science module", "tag filter", 1)) from exc
-    return Sink(lay, tags, host, port, cfg, schema.fieldNames(), cfg.paths(fink)["quarantine"])
+    writer_options = {"pool_size": stage_cfg.pool_size, "batch_size": stage_cfg.batch_size,
+                      "retry_for": stage_cfg.retry_for_s}
+    return Sink(lay, tags, host, port, writer_options, schema.fieldNames(), stage_cfg.paths(fink_cfg)["quarantine"])
 
 
-def step(spark: "SparkSession", cfg: ArchiveConfig, fink: FinkConfig, *, producer: Any = None,
+def step(spark: "SparkSession", stage_cfg: ArchiveConfig, fink_cfg: FinkConfig, *, producer: Any = None,
          from_files: bool = False, **context: Any) -> "Step":
     """The stage as a step: the batch's science alerts in (in a pipeline: cached by
     raw2science; alone: the science archive's new rows joined to their alerts), into HBase;
@@ -397,12 +189,12 @@ def step(spark: "SparkSession", cfg: ArchiveConfig, fink: FinkConfig, *, produce
     rows' layout from the archive's records (alone), not from ``producer``."""
     from pyspark.sql import functions as F
 
-    from fink.stages import distribution as dist
+    from fink.stages import science_stream
     from fink.stages.step import Output, Step, latency_quantiles, report
 
-    paths = cfg.paths(fink)
-    schema = dist.science_schema(spark, paths["science"], producer, cfg.survey, from_files=from_files)
-    sink = prepare(spark, cfg, fink, paths["science"], schema, producer, from_files=from_files)
+    paths = stage_cfg.paths(fink_cfg)
+    schema = science_stream.science_schema(spark, paths["science"], producer, stage_cfg.survey, from_files=from_files)
+    sink = prepare(spark, stage_cfg, fink_cfg, paths["science"], schema, producer, from_files=from_files)
 
     def run(science: "DataFrame", batch_id: int, rows: int | None) -> Output:
         def finish() -> dict[str, Any]:  # after the alerts are on their way to the users
@@ -416,26 +208,28 @@ def step(spark: "SparkSession", cfg: ArchiveConfig, fink: FinkConfig, *, produce
 
         return Output(None, 0, None, finish=finish)
 
-    files = dist.DistributionConfig(max_files_per_trigger=cfg.max_files_per_trigger, survey=cfg.survey)
-    survey = producer.survey if producer is not None else cfg.survey
+    survey = producer.survey if producer is not None else stage_cfg.survey
     return Step(QUERY_NAME, reads="science", writes=None, run=run, sink=sink,
-                source=lambda: dist.source(spark, files, paths["science"], producer), source_table=paths["science"],
-                expand=dist.expander(spark, paths["science"], survey, fink, schema))
+                source=lambda: science_stream.source(spark, paths["science"], stage_cfg.survey,
+                                                     stage_cfg.max_files_per_trigger, producer),
+                source_table=paths["science"], expand=science_stream.expander(spark, paths["science"], survey, fink_cfg,
+                                                                              schema))
 
 
-def build(spark: "SparkSession", cfg: ArchiveConfig, fink: FinkConfig, producer: Any = None) -> "DataStreamWriter":
+def build(spark: "SparkSession", stage_cfg: ArchiveConfig, fink_cfg: FinkConfig,
+          producer: Any = None) -> "DataStreamWriter":
     """The stage's unstarted writer: science archive -> tags -> HBase (main table and indexes).
 
     The stage's own query runs its step (:func:`step`) on each batch of the science
     archive's new files, joined to their raw alerts. The tables are created (or their
     recorded layout checked) here, before anything starts; an unreachable gateway is retried
     for ``retry_for_s`` like a write. ``producer``: the raw2science configuration that writes
-    the science archive (see ``distribution.stored_schema``).
+    the science archive (see :func:`fink.stages.science_stream.stored_schema`).
     """
     from fink.stages.step import standalone
 
-    paths = cfg.paths(fink)
-    return standalone(step(spark, cfg, fink, producer=producer, from_files=True), paths["checkpoint"])
+    paths = stage_cfg.paths(fink_cfg)
+    return standalone(step(spark, stage_cfg, fink_cfg, producer=producer, from_files=True), paths["checkpoint"])
 
 
 def reconcile(progress: list[dict], written: dict[int, dict[str, Any]]) -> dict[str, Any]:

@@ -5,7 +5,7 @@ Notes
 One streaming query serves every filter: the science archive is read as a file stream,
 all filters run in one Arrow UDF per micro-batch (:func:`fink.filters.apply_filters`),
 each selected alert becomes one row per topic that wants it, and the batch goes to Kafka
-in one transaction (:class:`fink.delivery.BatchPublisher`): after a crash and restart no
+in one transaction (:class:`fink.io.delivery.BatchPublisher`): after a crash and restart no
 alert reaches a topic twice.
 
 The wire format is the Fink community client's: the message value is the alert with its
@@ -22,29 +22,28 @@ import dataclasses
 import json
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fink import kafka, metrics
-from fink import survey as surveys
-from fink.avro import avro_schema
 from fink.config import ConfigError, FinkConfig, Validated, local_path
-from fink.filters.api import SELECTED, AlertFilter, label, load_filters
+from fink.filters.filter_api import SELECTED, AlertFilter, label, load_filters
 from fink.log import logger
-from fink.science.api import add_metrics
-from fink.streaming import observed
+from fink.runtime import metrics
+from fink.runtime.streaming import observed
+from fink.science.science_api import add_metrics
+from fink.stages.science_stream import expander, science_schema, source
+from fink.stages.topics import Encoding, alert_columns, derived, encodings, messages, prepare_topics
+from fink.survey import description as surveys
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
     from pyspark.sql.streaming import DataStreamWriter
-    from pyspark.sql.types import StructType
 
     from fink.stages.step import Step
 
 QUERY_NAME = "distribution"
 FILTERS_METRICS = "distribution_filters"
-CUTOUTS = ("cutoutScience", "cutoutTemplate", "cutoutDifference")
 #: Parquet options of an outbox, read once then deleted: its values are whole encoded alerts,
 #: not worth compressing or a dictionary
 OUTBOX_OPTIONS = {"compression": "none", "parquet.enable.dictionary": "false"}
@@ -52,8 +51,6 @@ OUTBOX_OPTIONS = {"compression": "none", "parquet.enable.dictionary": "false"}
 SEAL = "_fink_outbox.json"
 #: where a filter runs: in the micro-batch pass (any filter), or in the real-time lane (SQL conditions)
 LANES = ("microbatch", "realtime")
-#: columns of the science archive that are not part of a distributed alert
-INTERNAL = ("night", SELECTED)
 
 @dataclasses.dataclass(frozen=True)
 class DistributionConfig(surveys.OfSurvey, Validated):
@@ -125,10 +122,10 @@ class DistributionConfig(surveys.OfSurvey, Validated):
         """Topic -> SQL condition of the real-time lane's filters (:mod:`fink.stages.realtime`)."""
         return {t: f["condition"] for t, f in self.filters.items() if isinstance(f, dict)}
 
-    def paths(self, fink: FinkConfig) -> dict[str, str]:
+    def paths(self, fink_cfg: FinkConfig) -> dict[str, str]:
         survey = self.description()
-        return {"science": self.science_path or survey.data_uri(fink, "science"),
-                "checkpoint": self.checkpoint or survey.data_uri(fink, "checkpoints", "distribution")}
+        return {"science": self.science_path or survey.data_uri(fink_cfg, "science"),
+                "checkpoint": self.checkpoint or survey.data_uri(fink_cfg, "checkpoints", "distribution")}
 
     def load_filters(self) -> list[AlertFilter]:
         return load_filters(self.topic_filters(), self.filter_params)
@@ -136,127 +133,15 @@ class DistributionConfig(surveys.OfSurvey, Validated):
 
 # -- the science archive as a stream ---------------------------------------------------------
 
-def stored_schema(spark: "SparkSession", science_path: str, producer: Any = None, survey: str = "ztf",
-                  from_files: bool = True) -> "StructType":
-    """The schema the science archive's files are read with (:mod:`~fink.stages.science_table`):
-    the layout its root records (and ``from_files``), else what raw2science writes with
-    ``producer`` (its :class:`~fink.stages.raw2science.Raw2ScienceConfig`; by default
-    ``survey``'s built-in modules), so that the stages may start in any order."""
-    from fink.stages import raw2science as r2s
-    from fink.stages import science_table
-
-    cfg = producer or r2s.Raw2ScienceConfig(modules=["builtin"], survey=survey)
-    layout = science_table.read_layout(spark, science_path) if from_files else None
-    if layout is not None:
-        slim = layout["schema"]
-    else:
-        full = r2s.science_layout(spark, cfg, cfg.load_modules())
-        slim = science_table.slim_schema(spark, cfg.description(), full, r2s.raw_schema(spark, cfg.survey))
-    return science_table.stored_schema(slim, cfg.description())
-
-
-def science_schema(spark: "SparkSession", science_path: str, producer: Any = None, survey: str = "ztf",
-                   from_files: bool = True) -> "StructType":
-    """The science rows' schema: every raw column, the columns raw2science adds (those
-    :func:`stored_schema` reads), ``night`` last."""
-    from fink.stages import raw2science as r2s
-    from fink.stages import science_table
-
-    survey = producer.survey if producer is not None else survey
-    return science_table.full_schema(r2s.raw_schema(spark, survey),
-                                     stored_schema(spark, science_path, producer, survey, from_files),
-                                     surveys.load(survey))
-
-
-def source(spark: "SparkSession", cfg: DistributionConfig, science_path: str, producer: Any = None) -> "DataFrame":
-    """The science archive as a stream of new files (its folder created if absent), each
-    file's rows as stored (:func:`stored_schema`): :func:`expander` joins them to their alerts."""
-    from fink.filestore import FileStore
-
-    store = FileStore(spark, science_path)
-    store.fs.mkdirs(store.path())
-    reader = spark.readStream.schema(stored_schema(spark, science_path, producer, cfg.survey)) \
-        .option("basePath", science_path)
-    if cfg.max_files_per_trigger:
-        reader = reader.option("maxFilesPerTrigger", cfg.max_files_per_trigger)
-    return reader.parquet(science_path)
-
-
-def expander(spark: "SparkSession", science_path: str, survey: str, fink: FinkConfig,
-             full: "StructType") -> "Callable[[DataFrame], DataFrame]":
-    """A micro-batch of :func:`source` -> the science rows of ``full`` (joined to their raw
-    alerts in the raw archive its layout records, else the survey's default one)."""
-    from fink.stages import raw2science as r2s
-    from fink.stages import science_table
-
-    description = surveys.load(survey)
-    raw_schema = r2s.raw_schema(spark, survey)
-
-    def expand(batch: "DataFrame") -> "DataFrame":
-        layout = science_table.read_layout(spark, science_path)  # a small file: its latest, each batch
-        if layout is None:  # an archive written whole, before layouts: beside the survey's raw archive
-            return science_table.expand(batch, r2s.Raw2ScienceConfig(survey=survey).paths(fink)["raw"],
-                                        raw_schema, description, full)
-        new = [c for c in layout["schema"].fieldNames() if c not in full.fieldNames() and c != layout["key"]]
-        if new:  # raw2science writes columns this query would not send: say so, not drop them
-            raise science_table.LayoutChanged(
-                f"{science_path}: raw2science now writes {', '.join(new)}, which this query started without: "
-                "restart it to read them")
-        return science_table.expand(batch, layout["raw"], raw_schema, description, full)
-
-    return expand
-
 
 # -- what each topic receives ----------------------------------------------------------------
-
-@dataclasses.dataclass(frozen=True)
-class Encoding:
-    """One Avro layout shared by the topics (by index) that chose the same fields."""
-
-    fields: tuple[str, ...]
-    schema: str  # the Avro schema as JSON: the message key, and the _schema topic's content
-    topics: tuple[int, ...]
-
-
-def alert_columns(df: "DataFrame") -> "DataFrame":
-    """A distributed alert's columns: the science row without internal columns, plus Fink's
-    ``cdsxmatch`` (the cross-match type or "Unknown") that the community client displays."""
-    from pyspark.sql import functions as F
-
-    out = df.drop(*[c for c in INTERNAL if c in df.columns])
-    if "xm_type" in out.columns and "cdsxmatch" not in out.columns:
-        out = out.withColumn("cdsxmatch", F.coalesce(F.col("xm_type"), F.lit("Unknown")))
-    return out
-
-
-def encodings(schema: "StructType", cfg: DistributionConfig, topics: list[str]) -> list[Encoding]:
-    """Group the topics by the fields they send; each group gets its Avro schema."""
-    from pyspark.sql.types import StructType
-
-    available = [f.name for f in schema.fields]
-    groups: dict[tuple[str, ...], list[int]] = {}
-    for k, topic in enumerate(topics):
-        opts = cfg.topic_options.get(topic, {})
-        fields = list(opts.get("fields") or available)
-        unknown = [f for f in fields if f not in available]
-        if unknown:
-            raise ConfigError(f"topic_options['{topic}']: field '{unknown[0]}' is not a column of the "
-                              f"science alerts (columns: {', '.join(available)})")
-        if opts.get("cutouts", True) is False:
-            fields = [f for f in fields if f not in CUTOUTS]
-        groups.setdefault(tuple(fields), []).append(k)
-    out = []
-    for fields, members in groups.items():
-        struct = StructType([schema[f] for f in fields])
-        out.append(Encoding(fields, json.dumps(avro_schema(struct)), tuple(members)))
-    return out
 
 
 def select(df: "DataFrame", filters: list[AlertFilter]) -> "DataFrame":
     """Run every filter; count alerts and selections per topic in the query's metrics."""
     from pyspark.sql import functions as F
 
-    from fink.filters.api import apply_filters
+    from fink.filters.filter_api import apply_filters
 
     df = apply_filters(df, filters, observe_as=FILTERS_METRICS)
     counts = [F.sum(F.array_contains(F.col(SELECTED), k).cast("int")).alias(f"selected_{f.module.key}")
@@ -266,58 +151,12 @@ def select(df: "DataFrame", filters: list[AlertFilter]) -> "DataFrame":
     return metrics.observe_latency(df)  # Kafka timestamp -> start of the batch that sends it
 
 
-def derived(schema: "StructType") -> dict[str, Any]:
-    """The columns :func:`alert_columns` adds to science rows of ``schema``: name -> expression."""
-    from pyspark.sql import functions as F
-
-    names = schema.fieldNames()
-    return {"cdsxmatch": F.coalesce(F.col("xm_type"), F.lit("Unknown"))} \
-        if "xm_type" in names and "cdsxmatch" not in names else {}
-
-
-def messages(batch: "DataFrame", encs: list[Encoding], added: dict[str, Any] | None = None) -> "DataFrame":
-    """One row per (alert, topic that selected it): ``_k`` (the topic's index) and ``value``.
-
-    ``added``: what :func:`derived` gives for the batch's schema, when known (then the batch's
-    schema is not asked of the JVM: tens of milliseconds per batch for an alert's fields)."""
-    from pyspark.sql import functions as F
-    from pyspark.sql.avro.functions import to_avro
-
-    picked = batch.where(F.size(F.col(SELECTED)) > 0)
-    if added is None:
-        rows = alert_columns(picked.withColumn("_k", F.explode(SELECTED)).drop(SELECTED))
-    else:
-        fields = list(dict.fromkeys(f for enc in encs for f in enc.fields))
-        rows = picked.select(F.explode(SELECTED).alias("_k"), *[added.get(f, F.col(f)).alias(f) for f in fields])
-    value = None
-    for enc in encs:
-        encoded = to_avro(F.struct(*[F.col(f) for f in enc.fields]), enc.schema)
-        hit = F.col("_k").isin(*enc.topics)
-        value = F.when(hit, encoded) if value is None else value.when(hit, encoded)
-    return rows.select("_k", value.alias("value"))
-
-
 # -- the stage -------------------------------------------------------------------------------
-
-def prepare_topics(bootstrap: str, cfg: DistributionConfig, encs: list[Encoding], topics: list[str]) -> None:
-    """Create every topic and its ``_schema`` topic (waiting for their leaders) and publish the schemas."""
-    from confluent_kafka import Producer
-
-    conf = {"retention.ms": str(cfg.retention_ms)}
-    for topic in topics:
-        kafka.ensure_topic(bootstrap, topic, cfg.partitions, config=conf)
-        kafka.ensure_topic(bootstrap, f"{topic}_schema", 1, config={"cleanup.policy": "compact"})
-    producer = Producer(kafka.client_config(bootstrap, **{"enable.idempotence": True}))
-    for enc in encs:
-        for k in enc.topics:
-            producer.produce(f"{topics[k]}_schema", key=enc.schema.encode(), value=b"")
-    if producer.flush(30):
-        raise kafka.KafkaError(f"distribution: schema topics not written on {bootstrap}")
 
 
 def query_id(spark: "SparkSession", checkpoint: str) -> str:
     """The id Spark keeps in the checkpoint: the same across restarts, new for a new checkpoint."""
-    from fink.filestore import writer_id
+    from fink.io.filestore import writer_id
 
     return writer_id(spark, checkpoint)
 
@@ -348,7 +187,7 @@ class Sink:
         self._failed: BaseException | None = None
 
     def _publisher(self, spark: "SparkSession"):
-        from fink.delivery import BatchPublisher
+        from fink.io.delivery import BatchPublisher
 
         if self.publisher is None:
             self.publisher = BatchPublisher(self.bootstrap, f"{QUERY_NAME}-{query_id(spark, self.checkpoint)}")
@@ -466,7 +305,7 @@ def read_outbox(folder: Path, rows_per_read: int = 64) -> Iterator[tuple[int, by
             yield from zip(chunk.column(0).to_pylist(), chunk.column(1).to_pylist(), strict=True)
 
 
-def build(spark: "SparkSession", cfg: DistributionConfig, fink: FinkConfig,
+def build(spark: "SparkSession", stage_cfg: DistributionConfig, fink_cfg: FinkConfig,
           producer: Any = None) -> "DataStreamWriter":
     """The stage's unstarted writer: science archive -> filters -> one Kafka topic per filter.
 
@@ -478,12 +317,12 @@ def build(spark: "SparkSession", cfg: DistributionConfig, fink: FinkConfig,
     """
     from fink.stages.step import standalone
 
-    paths = cfg.paths(fink)
-    return standalone(step(spark, cfg, fink, checkpoint=paths["checkpoint"], producer=producer, from_files=True),
-                      paths["checkpoint"])
+    paths = stage_cfg.paths(fink_cfg)
+    return standalone(step(spark, stage_cfg, fink_cfg, checkpoint=paths["checkpoint"], producer=producer,
+                           from_files=True), paths["checkpoint"])
 
 
-def step(spark: "SparkSession", cfg: DistributionConfig, fink: FinkConfig, *, checkpoint: str,
+def step(spark: "SparkSession", stage_cfg: DistributionConfig, fink_cfg: FinkConfig, *, checkpoint: str,
          producer: Any = None, from_files: bool = False, **context: Any) -> "Step":
     """The stage as a step: the batch's science alerts in (in a pipeline: cached by
     raw2science; alone: the science archive's new rows joined to their alerts), each
@@ -498,17 +337,17 @@ def step(spark: "SparkSession", cfg: DistributionConfig, fink: FinkConfig, *, ch
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
-    from fink.filters.api import FilterError, selected
-    from fink.science.api import ModuleColumns, ScienceModuleError, check_inputs, module_metrics
+    from fink.filters.filter_api import FilterError, selected
+    from fink.science.science_api import ModuleColumns, ScienceModuleError, check_inputs, module_metrics
     from fink.stages.step import Output, Step, count_where, latency_quantiles, report
 
-    paths = cfg.paths(fink)
-    filters = cfg.load_filters()
+    paths = stage_cfg.paths(fink_cfg)
+    filters = stage_cfg.load_filters()
     topics = [f.topic for f in filters]
-    schema = science_schema(spark, paths["science"], producer, cfg.survey, from_files=from_files)
-    encs = encodings(alert_columns(spark.createDataFrame([], schema)).schema, cfg, topics)
-    prepare_topics(fink.kafka_bootstrap, cfg, encs, topics)
-    sink = Sink(fink.kafka_bootstrap, topics, encs, checkpoint, derived(schema))
+    schema = science_schema(spark, paths["science"], producer, stage_cfg.survey, from_files=from_files)
+    encs = encodings(alert_columns(spark.createDataFrame([], schema)).schema, stage_cfg.topic_options, topics)
+    prepare_topics(fink_cfg.kafka_bootstrap, encs, topics, stage_cfg.partitions, stage_cfg.retention_ms)
+    sink = Sink(fink_cfg.kafka_bootstrap, topics, encs, checkpoint, derived(schema))
     sink.recover(spark)
     ids = ["kafka_topic", "kafka_partition", "kafka_offset"]
     heads = list(dict.fromkeys(c.split(".")[0] for f in filters for c in f.module.inputs))
@@ -560,9 +399,11 @@ def step(spark: "SparkSession", cfg: DistributionConfig, fink: FinkConfig, *, ch
         return Output(None, 0, None, [flags], finish)
 
     return Step(QUERY_NAME, reads="science", writes=None, run=run, sink=sink,
-                source=lambda: source(spark, cfg, paths["science"], producer), source_table=paths["science"],
-                expand=expander(spark, paths["science"], producer.survey if producer is not None else cfg.survey,
-                                fink, schema))
+                source=lambda: source(spark, paths["science"], stage_cfg.survey, stage_cfg.max_files_per_trigger,
+                                      producer),
+                source_table=paths["science"],
+                expand=expander(spark, paths["science"], producer.survey if producer is not None else stage_cfg.survey,
+                                fink_cfg, schema))
 
 
 def reconcile(progress: list[dict], sink: Sink) -> dict[str, Any]:

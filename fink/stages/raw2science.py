@@ -25,10 +25,10 @@ import dataclasses
 import time
 from typing import TYPE_CHECKING, Any
 
-from fink import metrics
-from fink import survey as surveys
 from fink.config import ConfigError, FinkConfig, Validated
-from fink.science.api import (
+from fink.runtime import metrics
+from fink.runtime.streaming import observed
+from fink.science.science_api import (
     ModuleColumns,
     ScienceModule,
     add_metrics,
@@ -37,7 +37,7 @@ from fink.science.api import (
     load_modules,
     provenance,
 )
-from fink.streaming import observed
+from fink.survey import description as surveys
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame, SparkSession
@@ -108,11 +108,11 @@ class Raw2ScienceConfig(surveys.OfSurvey, Validated):
         """The modules' dotted paths, ``builtin`` expanded to the survey's built-in modules."""
         return self.description().module_paths(self.modules)
 
-    def paths(self, fink: FinkConfig) -> dict[str, str]:
+    def paths(self, fink_cfg: FinkConfig) -> dict[str, str]:
         survey = self.description()
-        return {"raw": self.raw_path or survey.data_uri(fink, "raw"),
-                "science": self.science_path or survey.data_uri(fink, "science"),
-                "checkpoint": self.checkpoint or survey.data_uri(fink, "checkpoints", "raw2science")}
+        return {"raw": self.raw_path or survey.data_uri(fink_cfg, "raw"),
+                "science": self.science_path or survey.data_uri(fink_cfg, "science"),
+                "checkpoint": self.checkpoint or survey.data_uri(fink_cfg, "checkpoints", "raw2science")}
 
     def load_modules(self) -> list[ScienceModule]:
         return load_modules(self.module_paths(), self.module_params)
@@ -125,18 +125,18 @@ def raw_schema(spark: "SparkSession", survey: str = "ztf") -> "StructType":
     return s2r.raw_schema(spark, s2r.Stream2RawConfig(topic="-", survey=survey))
 
 
-def source(spark: "SparkSession", cfg: Raw2ScienceConfig, raw_path: str) -> "DataFrame":
+def source(spark: "SparkSession", stage_cfg: Raw2ScienceConfig, raw_path: str) -> "DataFrame":
     """The raw archive as a stream of new files (partition folders ``night=`` included).
 
     The folder is created if stream2raw has not written yet, so the stages start in any order.
     """
-    from fink.filestore import FileStore
+    from fink.io.filestore import FileStore
 
     store = FileStore(spark, raw_path)
     store.fs.mkdirs(store.path())
-    reader = spark.readStream.schema(raw_schema(spark, cfg.survey)).option("basePath", raw_path)
-    if cfg.max_files_per_trigger:
-        reader = reader.option("maxFilesPerTrigger", cfg.max_files_per_trigger)
+    reader = spark.readStream.schema(raw_schema(spark, stage_cfg.survey)).option("basePath", raw_path)
+    if stage_cfg.max_files_per_trigger:
+        reader = reader.option("maxFilesPerTrigger", stage_cfg.max_files_per_trigger)
     return reader.parquet(raw_path)
 
 
@@ -168,16 +168,16 @@ def apply_cuts(df: "DataFrame", cuts: dict[str, str], observe_as: str | None = N
     return df.filter(F.col("_cut").isNull()).drop("_cut")
 
 
-def transform(df: "DataFrame", cfg: Raw2ScienceConfig, modules: list[ScienceModule] | None = None) -> "DataFrame":
+def transform(df: "DataFrame", stage_cfg: Raw2ScienceConfig, modules: list[ScienceModule] | None = None) -> "DataFrame":
     """Raw alerts -> kept alerts with every module's columns and the provenance columns."""
 
-    modules = cfg.load_modules() if modules is None else modules
-    df = apply_cuts(df, cfg.quality_cuts(), observe_as=QUERY_NAME)
-    df = add_science(df, cfg, modules, observe_as=MODULES_METRICS)
+    modules = stage_cfg.load_modules() if modules is None else modules
+    df = apply_cuts(df, stage_cfg.quality_cuts(), observe_as=QUERY_NAME)
+    df = add_science(df, stage_cfg, modules, observe_as=MODULES_METRICS)
     return metrics.observe_latency(df, until="processingEnd")  # Kafka timestamp -> end of the modules
 
 
-def add_science(df: "DataFrame", cfg: Raw2ScienceConfig, modules: list[ScienceModule],
+def add_science(df: "DataFrame", stage_cfg: Raw2ScienceConfig, modules: list[ScienceModule],
                 observe_as: str | None = None, metrics_column: str | None = None) -> "DataFrame":
     """Kept alerts -> the same with the modules' columns and the provenance columns (the
     modules' metrics observed as ``observe_as``, or kept in ``metrics_column``)."""
@@ -186,7 +186,7 @@ def add_science(df: "DataFrame", cfg: Raw2ScienceConfig, modules: list[ScienceMo
     df = df.withColumn("processingStart", F.current_timestamp())
     # processingEnd is stamped by the modules' own UDF: a second Python UDF would hold every
     # row (cutouts included) in the JVM once more while it runs
-    df = apply_modules(df, modules, fail=cfg.fail_on_module_error, observe_as=observe_as,
+    df = apply_modules(df, modules, fail=stage_cfg.fail_on_module_error, observe_as=observe_as,
                        stamp="processingEnd", metrics_column=metrics_column)
     versions = [F.lit(x) for name, version in provenance(modules).items() for x in (name, version)]
     fink_modules = F.create_map(*versions) if versions else F.create_map().cast("map<string,string>")
@@ -194,14 +194,14 @@ def add_science(df: "DataFrame", cfg: Raw2ScienceConfig, modules: list[ScienceMo
     return df.select(*[c for c in df.columns if c not in tail], fink_modules.alias("fink_modules"), *tail)
 
 
-def write_batch(batch: "DataFrame", batch_id: int, cfg: Raw2ScienceConfig, paths: dict[str, str],
+def write_batch(batch: "DataFrame", batch_id: int, stage_cfg: Raw2ScienceConfig, paths: dict[str, str],
                 writer: str = "") -> dict[str, Any]:
     """Write one micro-batch of science alerts by night, exactly once; return its commit record.
 
     ``batch`` holds the archive's columns (:func:`science_table.slim_columns`: the key and what
-    the stage added); ``writer`` is the query's id (:func:`fink.filestore.batch_key`)."""
-    from fink import filestore
-    from fink.stages.stream2raw import ARCHIVE_OPTIONS
+    the stage added); ``writer`` is the query's id (:func:`fink.io.filestore.batch_key`)."""
+    from fink.io import filestore
+    from fink.stages.raw_archive import ARCHIVE_OPTIONS
 
     spark = batch.sparkSession
     name = filestore.batch_key(writer, batch_id)
@@ -209,7 +209,7 @@ def write_batch(batch: "DataFrame", batch_id: int, cfg: Raw2ScienceConfig, paths
     if done is not None:
         return done
     t0 = time.perf_counter()
-    folders = filestore.stage(batch, paths["science"], name, "night", cfg.files_per_batch, ARCHIVE_OPTIONS)
+    folders = filestore.stage(batch, paths["science"], name, "night", stage_cfg.files_per_batch, ARCHIVE_OPTIONS)
     base = f"{paths['science'].rstrip('/')}/{filestore.staging_folder(name)}"
     files = [f"{base}/{rel}" for rels in folders.values() for rel in rels]
     written = spark.read.parquet(*files).count() if files else 0  # Parquet footers: no data read
@@ -220,17 +220,17 @@ def write_batch(batch: "DataFrame", batch_id: int, cfg: Raw2ScienceConfig, paths
     return record
 
 
-def science_layout(spark: "SparkSession", cfg: Raw2ScienceConfig, modules: list[ScienceModule]) -> "StructType":
+def science_layout(spark: "SparkSession", stage_cfg: Raw2ScienceConfig, modules: list[ScienceModule]) -> "StructType":
     """The schema of the science rows the stage hands on (every raw column, the added ones,
     ``night`` last), computed once (no batch asks the JVM for it)."""
     from pyspark.sql.types import StructType
 
-    settings = dataclasses.replace(cfg, raw_path="", science_path="", checkpoint="")
+    settings = dataclasses.replace(stage_cfg, raw_path="", science_path="", checkpoint="")
     key = (spark.sparkContext.applicationId, repr(settings),
            tuple((m.name, m.version, tuple(m.outputs.items())) for m in modules))
     if key not in _LAYOUTS:
-        made = add_science(apply_cuts(spark.createDataFrame([], raw_schema(spark, cfg.survey)), cfg.quality_cuts()),
-                           cfg, modules).schema
+        empty = spark.createDataFrame([], raw_schema(spark, stage_cfg.survey))
+        made = add_science(apply_cuts(empty, stage_cfg.quality_cuts()), stage_cfg, modules).schema
         _LAYOUTS[key] = StructType([f for f in made.fields if f.name != "night"] + [made["night"]])
     return _LAYOUTS[key]
 
@@ -239,71 +239,72 @@ def science_layout(spark: "SparkSession", cfg: Raw2ScienceConfig, modules: list[
 _LAYOUTS: dict[tuple, "StructType"] = {}
 
 
-def table_columns(spark: "SparkSession", cfg: Raw2ScienceConfig, paths: dict[str, str],
+def table_columns(spark: "SparkSession", stage_cfg: Raw2ScienceConfig, paths: dict[str, str],
                   modules: list[ScienceModule]) -> tuple[list["Column"], "StructType"]:
     """The science archive's columns of a science row (its key and what the stage adds) and
     their schema; the archive's layout is recorded at its root (:mod:`fink.stages.science_table`)."""
     from fink.stages import science_table
 
-    full, raw = science_layout(spark, cfg, modules), raw_schema(spark, cfg.survey)
-    slim = science_table.slim_schema(spark, cfg.description(), full, raw)
-    science_table.write_layout(spark, paths["science"], paths["raw"], cfg.survey, slim)
-    columns = science_table.slim_columns(cfg.description(), science_table.added(full.fieldNames(), raw.fieldNames()))
+    full, raw = science_layout(spark, stage_cfg, modules), raw_schema(spark, stage_cfg.survey)
+    slim = science_table.slim_schema(spark, stage_cfg.description(), full, raw)
+    science_table.write_layout(spark, paths["science"], paths["raw"], stage_cfg.survey, slim)
+    columns = science_table.slim_columns(stage_cfg.description(),
+                                         science_table.added(full.fieldNames(), raw.fieldNames()))
     return columns, slim
 
 
-def build(spark: "SparkSession", cfg: Raw2ScienceConfig, fink: FinkConfig) -> "DataStreamWriter":
+def build(spark: "SparkSession", stage_cfg: Raw2ScienceConfig, fink_cfg: FinkConfig) -> "DataStreamWriter":
     """The stage's unstarted writer: raw archive -> cuts -> modules -> science archive.
 
     Module loading errors (missing module, wrong signature, undeclared column) are raised
     here, before anything starts.
     """
-    from fink import filestore, table_use
+    from fink.io import filestore, table_use
 
-    paths = cfg.paths(fink)
-    modules = cfg.load_modules()
+    paths = stage_cfg.paths(fink_cfg)
+    modules = stage_cfg.load_modules()
     table_use.attach(spark, paths["raw"], "read", paths["checkpoint"], QUERY_NAME)
     table_use.attach(spark, paths["science"], "write", paths["checkpoint"], QUERY_NAME)
-    stream = table_use.skip_compacted(spark, source(spark, cfg, paths["raw"]), paths["raw"], paths["checkpoint"])
-    rows = transform(stream, cfg, modules)
-    kept, _ = table_columns(spark, cfg, paths, modules)
+    stream = table_use.skip_compacted(spark, source(spark, stage_cfg, paths["raw"]), paths["raw"], paths["checkpoint"])
+    rows = transform(stream, stage_cfg, modules)
+    kept, _ = table_columns(spark, stage_cfg, paths, modules)
     writer: list[str] = []  # the query's id, once it has started
 
     def sink(batch, batch_id):
         writer[:] = writer or [filestore.writer_id(spark, paths["checkpoint"])]
-        write_batch(batch.select(*kept), batch_id, cfg, paths, writer[0])
+        write_batch(batch.select(*kept), batch_id, stage_cfg, paths, writer[0])
 
     return (rows.writeStream.foreachBatch(sink).option("checkpointLocation", paths["checkpoint"])
             .queryName(QUERY_NAME))
 
 
-def step(spark: "SparkSession", cfg: Raw2ScienceConfig, fink: FinkConfig, **context: Any) -> "Step":
+def step(spark: "SparkSession", stage_cfg: Raw2ScienceConfig, fink_cfg: FinkConfig, **context: Any) -> "Step":
     """The stage as a step of the one-pass pipeline: the batch's raw alerts in (from memory),
     the science alerts out, cached: the cuts, the modules and the science archive's write
     each see them once, and the steps after read the cache."""
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
-    from fink import filestore
-    from fink.science.api import module_metrics
+    from fink.io import filestore
+    from fink.science.science_api import module_metrics
     from fink.stages import science_table
     from fink.stages.step import Output, Step, count_where, latency_quantiles, report
 
-    paths = cfg.paths(fink)
-    modules = cfg.load_modules()
-    cuts = cfg.quality_cuts()
+    paths = stage_cfg.paths(fink_cfg)
+    modules = stage_cfg.load_modules()
+    cuts = stage_cfg.quality_cuts()
     try:
         cut_reason_column = cut_reason(cuts)
-        apply_cuts(spark.createDataFrame([], raw_schema(spark, cfg.survey)), cuts)
+        apply_cuts(spark.createDataFrame([], raw_schema(spark, stage_cfg.survey)), cuts)
     except Exception as exc:  # an unparsable or unknown-column condition: name the cut, before anything runs
         raise ConfigError(f"quality cuts {cuts}: {str(exc).splitlines()[0]}") from exc
     writer: list[str] = []  # the pipeline query's id, once it has started
-    kept, slim = table_columns(spark, cfg, paths, modules)
-    layout = science_layout(spark, cfg, modules)
-    stored = science_table.stored_schema(slim, cfg.description())
-    columns = [f.name for f in raw_schema(spark, cfg.survey).fields]
+    kept, slim = table_columns(spark, stage_cfg, paths, modules)
+    layout = science_layout(spark, stage_cfg, modules)
+    stored = science_table.stored_schema(slim, stage_cfg.description())
+    columns = [f.name for f in raw_schema(spark, stage_cfg.survey).fields]
     plain = [F.col(f"`{c}`") for c in columns]
-    made = ModuleColumns(modules, cfg.fail_on_module_error, "processingEnd", "_metrics")
+    made = ModuleColumns(modules, stage_cfg.fail_on_module_error, "processingEnd", "_metrics")
     first = [*plain, F.current_timestamp().alias("processingStart"), *([made.call] if made.call is not None else [])]
     versions = [F.lit(x) for name, version in provenance(modules).items() for x in (name, version)]
     fink_modules = F.create_map(*versions) if versions else F.create_map().cast("map<string,string>")
@@ -311,7 +312,7 @@ def step(spark: "SparkSession", cfg: Raw2ScienceConfig, fink: FinkConfig, **cont
               fink_modules.alias("fink_modules"), *made.stamp, F.col("night"), *made.metrics]
     handed = [c for c in (*columns, "processingStart", *[c for m in modules for c in m.outputs], "fink_modules",
                           "processingEnd") if c != "night"] + ["night"]
-    check_inputs(modules, raw_schema(spark, cfg.survey))  # a module's input not in the alerts: here, by name
+    check_inputs(modules, raw_schema(spark, stage_cfg.survey))  # a module's input not in the alerts: here, by name
 
     def run(raw: "DataFrame", batch_id: int, rows: int | None) -> Output:
         nonlocal layout
@@ -319,12 +320,12 @@ def step(spark: "SparkSession", cfg: Raw2ScienceConfig, fink: FinkConfig, **cont
         writer[:] = writer or [filestore.writer_id(spark, context["checkpoint"])]
         done = filestore.committed(spark, paths["science"], filestore.batch_key(writer[0], batch_id))
         if done is not None:  # committed before a crash: what it wrote, from the archive, joined to the batch
-            from fink.stages.stream2raw import batch_files
+            from fink.stages.raw_archive import batch_files
 
             written = int(done.get("alerts", 0))
             out = science_table.join_raw(
                 batch_files(spark, paths["science"], filestore.batch_key(writer[0], batch_id), stored), raw,
-                cfg.description(), layout, broadcast=True) if written else None
+                stage_cfg.description(), layout, broadcast=True) if written else None
             return Output(out, written, report(QUERY_NAME, batch_id, 0, {}, None, started,
                                                replayed=True, id=writer[0]))
         clock = metrics.Clock()
@@ -347,7 +348,7 @@ def step(spark: "SparkSession", cfg: Raw2ScienceConfig, fink: FinkConfig, **cont
                                 *[count_where(cut == name).alias(f"rejected_{name}") for name in cuts]).first()
             observed = {k: int(v or 0) for k, v in tally.asDict().items()}
             clock.lap("cuts")
-            record = write_batch(science.select(*kept), batch_id, cfg, paths, writer[0])
+            record = write_batch(science.select(*kept), batch_id, stage_cfg, paths, writer[0])
             clock.lap("write")
             lat = list(summary["_lat"] or []) or None
             account = report(QUERY_NAME, batch_id, observed["alerts"], observed, lat, started, written=record["alerts"],
@@ -358,7 +359,8 @@ def step(spark: "SparkSession", cfg: Raw2ScienceConfig, fink: FinkConfig, **cont
         return Output(out, None, None, [science], finish)
 
     return Step(QUERY_NAME, reads="raw", writes="science", run=run,
-                source=lambda: source(spark, cfg, paths["raw"]), source_table=paths["raw"], tables=[paths["science"]])
+                source=lambda: source(spark, stage_cfg, paths["raw"]), source_table=paths["raw"],
+                tables=[paths["science"]])
 
 
 def reconcile(spark: "SparkSession", progress: list[dict], science_path: str) -> dict[str, Any]:
@@ -367,7 +369,7 @@ def reconcile(spark: "SparkSession", progress: list[dict], science_path: str) ->
     The first three come from the query's observed metrics, ``written`` from the commit
     records of the science archive; module costs and errors are summed alongside.
     """
-    from fink import filestore
+    from fink.io import filestore
 
     totals: dict[str, Any] = {"batches": 0, "alerts": 0, "kept": 0, "rejected": 0, "written": 0,
                               "reasons": {}, "modules": {}}
@@ -388,29 +390,6 @@ def reconcile(spark: "SparkSession", progress: list[dict], science_path: str) ->
     totals["balanced"] = (totals["alerts"] == totals["kept"] + totals["rejected"]
                           and totals["kept"] == totals["written"])
     return totals
-
-
-def fill_from_simulator(spark: "SparkSession", fink: FinkConfig, topic: str, science_path: str = "",
-                        duration: float = 600.0, stop_file: str = "", survey: str = "ztf") -> dict[str, Any]:
-    """Fill the science archive from the survey's bundled night replayed by the simulator
-    (the description's ``simulator.sample``, relative to ``notebooks/``, and its catalogue)
-    into ``topic``, then stream2raw and raw2science with every built-in module, each caught
-    up (``availableNow``). For the notebooks of the stages that read the science archive,
-    run with ``simulator``."""
-    from fink import streaming
-    from fink.simulator import SimulatorConfig, replay
-    from fink.stages import stream2raw
-
-    sample = surveys.load(survey).simulator
-    sent = replay(SimulatorConfig(source=sample["sample"], topic=topic, survey=survey), fink.kafka_bootstrap,
-                  progress=False)
-    raw_stage = stream2raw.Stream2RawConfig(topic=topic, survey=survey)
-    science_stage = Raw2ScienceConfig(modules=["builtin"], science_path=science_path, survey=survey,
-                                      module_params={"crossmatch": {"catalogue_path": sample["catalogue"]}})
-    for make, conf, name in ((stream2raw.build, raw_stage, stream2raw.QUERY_NAME), (build, science_stage, QUERY_NAME)):
-        query = streaming.start(make(spark, conf, fink).trigger(availableNow=True), name)  # one after the other
-        streaming.run_until([query], duration=duration, stop_file=stop_file)
-    return {"alerts": sent["alerts"], "science": science_stage.paths(fink)["science"]}
 
 
 def read_science(spark: "SparkSession", path: str, raw_path: str = "") -> "DataFrame":

@@ -46,9 +46,9 @@ QUERY_NAME = "realtime"
 BATCH = "30 seconds"
 
 
-def conditions(cfg: "DistributionConfig") -> dict[str, str]:
+def conditions(stage_cfg: "DistributionConfig") -> dict[str, str]:
     """Topic -> SQL condition of every filter of the real-time lane (empty: the lane is off)."""
-    return cfg.realtime_filters()
+    return stage_cfg.realtime_filters()
 
 
 def selection(df: "DataFrame", cuts: dict[str, str], lane: dict[str, str]) -> "DataFrame":
@@ -59,7 +59,7 @@ def selection(df: "DataFrame", cuts: dict[str, str], lane: dict[str, str]) -> "D
     from pyspark.sql import functions as F
 
     from fink.stages.raw2science import cut_reason
-    from fink.stages.stream2raw import raw_columns
+    from fink.stages.raw_archive import raw_columns
 
     try:
         kept = raw_columns(df.where(F.col("reason").isNull()))
@@ -87,7 +87,7 @@ def messages(rows: "DataFrame", alert_id: str) -> "tuple[DataFrame, str]":
     from pyspark.sql import functions as F
     from pyspark.sql.avro.functions import to_avro
 
-    from fink.avro import ALERT_ID_HEADER, avro_schema
+    from fink.survey.avro import ALERT_ID_HEADER, avro_schema
 
     layout = alert_layout(rows)
     schema = json.dumps(avro_schema(layout))
@@ -98,7 +98,7 @@ def messages(rows: "DataFrame", alert_id: str) -> "tuple[DataFrame, str]":
                        header.alias("headers")), schema
 
 
-def build(spark: "SparkSession", cfg: "DistributionConfig", source_cfg: "Stream2RawConfig", fink: FinkConfig,
+def build(spark: "SparkSession", stage_cfg: "DistributionConfig", source_cfg: "Stream2RawConfig", fink_cfg: FinkConfig,
           checkpoint: str, cuts: dict[str, str] | None = None) -> "DataStreamWriter | None":
     """The lane's unstarted writer (Real-time Mode, Kafka sink), or None when no filter asks for it.
 
@@ -106,21 +106,22 @@ def build(spark: "SparkSession", cfg: "DistributionConfig", source_cfg: "Stream2
     alerts are good enough to send (default: the survey's quality cuts). The topics and their
     ``_schema`` topics are created here, the schema published.
     """
-    from fink import kafka
-    from fink.stages import distribution as dist
+    from fink.io import kafka
     from fink.stages import stream2raw as s2r
+    from fink.stages.topics import Encoding, prepare_topics
 
-    lane = conditions(cfg)
+    lane = conditions(stage_cfg)
     if not lane:
         return None
     survey = source_cfg.description()
     cuts = dict(survey.cuts) if cuts is None else cuts
-    stream = s2r.source(spark, source_cfg, fink.kafka_bootstrap, batches=False)
+    stream = s2r.source(spark, source_cfg, fink_cfg.kafka_bootstrap, batches=False)
     rows = selection(s2r.decoded(stream, source_cfg), cuts, lane)
     out, schema = messages(rows, survey.alert_id)
     topics = list(lane)
-    dist.prepare_topics(fink.kafka_bootstrap, cfg, [dist.Encoding((), schema, tuple(range(len(topics))))], topics)
-    return (out.writeStream.format("kafka").options(**kafka.spark_options(fink.kafka_bootstrap))
+    prepare_topics(fink_cfg.kafka_bootstrap, [Encoding((), schema, tuple(range(len(topics))))], topics,
+                   stage_cfg.partitions, stage_cfg.retention_ms)
+    return (out.writeStream.format("kafka").options(**kafka.spark_options(fink_cfg.kafka_bootstrap))
             .option("checkpointLocation", checkpoint).outputMode("update").trigger(realTime=BATCH)
             .queryName(QUERY_NAME))
 

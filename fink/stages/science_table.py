@@ -19,8 +19,8 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
-from fink import survey as surveys
 from fink.errors import FinkError
+from fink.survey import description as surveys
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -109,7 +109,7 @@ def join_raw(science: "DataFrame", raw: "DataFrame", survey: "surveys.Survey",
 def write_layout(spark: "SparkSession", science_path: str, raw_path: str, survey: str, slim: "StructType") -> None:
     """Record the layout at the archive's root (atomically; again only when it changed):
     ``survey`` is the stage's (a shipped name or a description file)."""
-    from fink.filestore import FileStore
+    from fink.io.filestore import FileStore
 
     name, path = key_of(surveys.load(survey))
     text = json.dumps({"version": VERSION, "raw": raw_path, "survey": survey,
@@ -125,7 +125,7 @@ def read_layout(spark: "SparkSession", science_path: str) -> dict[str, Any] | No
     """The layout recorded at the archive's root, or None (an archive written whole, or empty)."""
     from pyspark.sql.types import StructType
 
-    from fink.filestore import FileStore
+    from fink.io.filestore import FileStore
 
     store = FileStore(spark, science_path)
     if not store.exists(LAYOUT):
@@ -152,13 +152,13 @@ def read_science(spark: "SparkSession", path: str, raw_path: str = "") -> "DataF
     cutouts are read only if selected. An archive written whole (before this layout) is read
     as it is.
     """
-    from fink.stages import raw2science as r2s
+    from fink.stages import stream2raw as s2r
 
     layout = read_layout(spark, path)
     if layout is None:
         return spark.read.parquet(path)
     survey = surveys.load(layout["survey"])
-    raw_schema = r2s.raw_schema(spark, layout["survey"])
+    raw_schema = s2r.raw_schema(spark, s2r.Stream2RawConfig(topic="-", survey=layout["survey"]))
     stored = stored_schema(layout["schema"], survey)
     science = spark.read.schema(stored).option("basePath", path).parquet(path)
     raw = spark.read.schema(raw_schema).option("basePath", raw_path or layout["raw"]).parquet(raw_path or layout["raw"])

@@ -1,7 +1,7 @@
 """The one interface every stage offers a pipeline: what it does with one micro-batch.
 
 A stage is usable alone (its notebook builds its own streaming query from its own source)
-or as a step of the one-pass pipeline (:mod:`fink.pipeline`), where one query reads Kafka
+or as a step of the one-pass pipeline (:mod:`fink.stages.pipeline`), where one query reads Kafka
 once and hands each micro-batch from stage to stage in memory. As a step, a stage says
 
 * what it reads (:attr:`Step.reads`: ``kafka``, ``raw`` or ``science``) and what it hands
@@ -91,7 +91,7 @@ class Step:
         The archive table its source streams files from (None: not a table), and
     tables
         those it writes: the query that runs the step records itself in each
-        (:func:`fink.table_use.attach`), so that no compaction pulls files from under it.
+        (:func:`fink.io.table_use.attach`), so that no compaction pulls files from under it.
     """
 
     name: str
@@ -123,7 +123,7 @@ class OnePass:
         self.reports: dict[str, deque[dict]] = {s.name: deque(maxlen=self.KEEP) for s in steps}
 
     def __call__(self, batch: "DataFrame", batch_id: int) -> None:
-        from fink import metrics
+        from fink.runtime import metrics
 
         outputs, cached = [], []
         try:
@@ -160,8 +160,8 @@ class OnePass:
 
 def attach(spark: "SparkSession", steps: "list[Step]", checkpoint: str, query: str) -> None:
     """Record the query ``query`` in the tables its steps read (the first step's source) and
-    write (:func:`fink.table_use.attach`)."""
-    from fink import table_use
+    write (:func:`fink.io.table_use.attach`)."""
+    from fink.io import table_use
 
     if steps[0].source_table:
         table_use.attach(spark, steps[0].source_table, "read", checkpoint, query)
@@ -172,8 +172,8 @@ def attach(spark: "SparkSession", steps: "list[Step]", checkpoint: str, query: s
 
 def source(step: Step, checkpoint: str) -> "DataFrame":
     """The step's own streaming source, without what a compaction rewrote from files the
-    query of ``checkpoint`` had read (:func:`fink.table_use.skip_compacted`)."""
-    from fink import table_use
+    query of ``checkpoint`` had read (:func:`fink.io.table_use.skip_compacted`)."""
+    from fink.io import table_use
 
     df = step.source()
     if step.source_table:
@@ -184,8 +184,8 @@ def source(step: Step, checkpoint: str) -> "DataFrame":
 def standalone(step: Step, checkpoint: str) -> "DataStreamWriter":
     """The step as its stage's own streaming query (unstarted, named after the stage): its
     source, each batch through :class:`OnePass`. Its ``fink_sink`` is the step's sink, its
-    ``fink_reports`` the accounts of its batches (:func:`fink.streaming.start` hands them to
-    the query: :func:`fink.streaming.run_until` gives them as its progress)."""
+    ``fink_reports`` the accounts of its batches (:func:`fink.runtime.streaming.start` hands them to
+    the query: :func:`fink.runtime.streaming.run_until` gives them as its progress)."""
     if step.source is None:
         raise ValueError(f"{step.name}: no source of its own")
     stream = source(step, checkpoint)
@@ -203,10 +203,10 @@ def report(name: str, batch_id: int, rows: int, observed: dict[str, Any], latenc
     """The account of one step's batch as Spark would report a standalone query's progress.
 
     ``observed`` becomes the observed metrics named ``name`` (what the stage's own query
-    observes), ``latency`` the percentiles of :data:`fink.metrics.LATENCY`, ``started`` (a
+    observes), ``latency`` the percentiles of :data:`fink.runtime.metrics.LATENCY`, ``started`` (a
     ``time.time()``) the start of the step: its duration is the batch's.
     """
-    from fink.metrics import LATENCY
+    from fink.runtime.metrics import LATENCY
 
     seconds = max(time.time() - started, 1e-6)
     metrics: dict[str, Any] = {name: observed}
@@ -221,10 +221,10 @@ def report(name: str, batch_id: int, rows: int, observed: dict[str, Any], latenc
 
 def latency_quantiles(since: "Column", until: "Column") -> "Column":
     """The aggregate of the latency percentiles (seconds from ``since`` to ``until``), as
-    :func:`fink.metrics.observe_latency` observes them in a standalone query."""
+    :func:`fink.runtime.metrics.observe_latency` observes them in a standalone query."""
     from pyspark.sql import functions as F
 
-    from fink.metrics import QUANTILES
+    from fink.runtime.metrics import QUANTILES
 
     seconds = (F.unix_micros(until) - F.unix_micros(since)) / 1e6
     return F.percentile_approx(seconds, list(QUANTILES), 1000)

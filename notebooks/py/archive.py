@@ -15,7 +15,7 @@
 # * **writes**: HBase tables `<table>`, `<table>_class`, `<table>_pixel`, `<table>_night`;
 #   checkpoint `<data_dir>/checkpoints/archive`
 # * **headless**: `fink start archive -c conf/local.yaml [--simulator]`
-# * **queries**: `archive_explorer.ipynb`, or `fink.client.archive.Archive`
+# * **queries**: `archive_explorer.ipynb`, or `fink.client.explorer.Archive`
 
 # %% tags=["parameters"]
 kafka_bootstrap: str = "127.0.0.1:9092"  # Kafka bootstrap servers, host:port[,host:port]
@@ -58,15 +58,15 @@ print(f"{paths['science']} -> HBase {cfg.hbase_thrift} table {stage.table_name()
 # ## Session (and, with `simulator`, a science archive of the sample night)
 
 # %%
-from fink import streaming
-from fink.monitor import QueryMonitor
-from fink.session import get_spark
+from fink.runtime import streaming
+from fink.runtime.monitor import QueryMonitor
+from fink.runtime.session import get_spark
 from fink.stages import archive
 
 spark = get_spark(cfg, app_name="fink-archive")
 streaming.stop_active(spark)  # a re-run of this cell must not leave a second query behind
 if simulator:
-    from fink.stages.raw2science import fill_from_simulator
+    from fink.ops.demo import fill_from_simulator
 
     filled = fill_from_simulator(spark, cfg, topic, science_path, duration, stop_file, survey=stage.survey)
     print(f"simulator: {filled['alerts']} alerts -> raw -> science archive {filled['science']}")

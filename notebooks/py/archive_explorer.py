@@ -4,7 +4,7 @@
 # What a user does with the enriched archive: list its nights and classes, take the latest
 # alerts of a class, draw an object's whole light curve (every alert's history merged, each
 # point once, upper limits or forced photometry included) and its cutouts, and search a cone
-# of sky. Every query goes through the HBase Thrift gateway with `fink.client.archive.Archive`
+# of sky. Every query goes through the HBase Thrift gateway with `fink.client.explorer.Archive`
 # and returns a pandas DataFrame with the columns and types of the science archive. The
 # survey (ZTF or Rubin) is recognised from the table's columns: `archive.identify` gives any
 # alert's `object_id`, `alert_id`, `jd`, `ra` and `dec` whatever the survey calls them.
@@ -22,7 +22,7 @@ radius_arcsec: float = 1800.0  # cone search radius around that object
 # %%
 import pandas as pd
 
-from fink.client.archive import Archive
+from fink.client.explorer import Archive
 
 archive = Archive(hbase_thrift, table)
 print(f"{table} ({archive.survey.name}): {sum(archive.nights().values())} alerts")

@@ -27,9 +27,9 @@ stop_file: str = ""  # set by `fink start`, `fink stop` creates it to end the ru
 # %%
 import threading
 
-from fink.checkstream import watch
 from fink.config import FinkConfig
-from fink.streaming import stop_requested
+from fink.ops.checkstream import watch
+from fink.runtime.streaming import stop_requested
 
 cfg = FinkConfig.from_namespace(globals())
 first = int(start) if start.lstrip("-").isdigit() else start
@@ -48,7 +48,7 @@ import html
 import ipywidgets as widgets
 from IPython.display import display
 
-from fink.monitor import Background
+from fink.runtime.monitor import Background
 
 view = widgets.HTML(value="<pre>waiting for the first messages...</pre>")
 display(view)

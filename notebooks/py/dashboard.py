@@ -32,8 +32,9 @@ stop_file: str = ""  # set by `fink start`, `fink stop` creates it to end the ru
 # %%
 from pathlib import Path
 
-from fink import dashboard, metrics
 from fink.config import fink_home
+from fink.ops import dashboard
+from fink.runtime import metrics
 
 store = metrics.Store(metrics_db or None)
 since, until, night_name = dashboard.night_window(night)
@@ -47,7 +48,7 @@ print(f"metrics: {store.path}; night {night_name}; report: {out_dir}")
 # panels change. Colours: green processing, blue waiting for data, orange starting, purple stopping.
 
 # %%
-from fink.monitor import Background
+from fink.runtime.monitor import Background
 
 board = dashboard.Dashboard(store, night=night, services=services)
 display(board)

@@ -50,15 +50,15 @@ print(f"{paths['science']} -> topics {[f.topic for f in user_filters]}")
 # ## Session (and, with `simulator`, a science archive of the sample night)
 
 # %%
-from fink import streaming
-from fink.monitor import QueryMonitor
-from fink.session import get_spark
+from fink.runtime import streaming
+from fink.runtime.monitor import QueryMonitor
+from fink.runtime.session import get_spark
 from fink.stages import distribution
 
 spark = get_spark(cfg, app_name="fink-distribution")
 streaming.stop_active(spark)  # a re-run of this cell must not leave a second query behind
 if simulator:
-    from fink.stages.raw2science import fill_from_simulator
+    from fink.ops.demo import fill_from_simulator
 
     filled = fill_from_simulator(spark, cfg, topic, science_path, duration, stop_file, survey=stage.survey)
     print(f"simulator: {filled['alerts']} alerts -> raw -> science archive {filled['science']}")

@@ -39,8 +39,8 @@ simulator: bool = False  # publish the bundled sample night to the topic first (
 stop_file: str = ""  # set by `fink start`, `fink stop` creates it to end the run
 
 # %%
-from fink import pipeline
 from fink.config import FinkConfig
+from fink.stages import pipeline
 
 cfg = FinkConfig.from_namespace(globals())
 settings = {"stream2raw": stream2raw, "raw2science": raw2science, "distribution": distribution, "archive": archive}
@@ -50,8 +50,8 @@ for name, where in pipeline.paths(plan, cfg).items():
 
 # %%
 if simulator:
-    from fink import survey as surveys
-    from fink.simulator import SimulatorConfig, replay
+    from fink.sim.simulator import SimulatorConfig, replay
+    from fink.survey import description as surveys
 
     sample = surveys.load(survey).simulator["sample"]  # the bundled night, in the survey's format
     sent = replay(SimulatorConfig(source=sample, survey=survey, topic=pipeline.input_topic(plan, topic)),
@@ -62,8 +62,8 @@ if simulator:
 # ## Session and writers (filters, modules, topics and tables are loaded here)
 
 # %%
-from fink import streaming
-from fink.session import get_spark
+from fink.runtime import streaming
+from fink.runtime.session import get_spark
 
 spark = get_spark(pipeline.realtime_master(plan, cfg), app_name="fink-pipeline")  # slots for a real-time lane
 streaming.stop_active(spark)  # a re-run of this cell must not leave queries behind
@@ -82,7 +82,7 @@ print(f"built ({mode}):", ", ".join(s.name for s in plan), "+ real-time lane" if
 # %%
 import time
 
-from fink.monitor import QueryMonitor
+from fink.runtime.monitor import QueryMonitor
 
 monitor = QueryMonitor("pipeline")  # per query: input and processed rows/s, batch time, lag
 progress, reasons, t0 = {}, {}, time.monotonic()

@@ -50,15 +50,15 @@ print(f"{paths['raw']} -> {paths['science']}; cuts {list(stage.quality_cuts())};
 # ## Session (and, with `simulator`, a raw archive of the sample night)
 
 # %%
-from fink import streaming
-from fink.monitor import QueryMonitor
-from fink.session import get_spark
+from fink.runtime import streaming
+from fink.runtime.monitor import QueryMonitor
+from fink.runtime.session import get_spark
 from fink.stages import raw2science
 
 spark = get_spark(cfg, app_name="fink-raw2science")
 streaming.stop_active(spark)  # a re-run of this cell must not leave a second query behind
 if simulator:
-    from fink.simulator import SimulatorConfig, replay
+    from fink.sim.simulator import SimulatorConfig, replay
     from fink.stages import stream2raw
 
     sample = stage.description().simulator["sample"]  # the bundled night, in the survey's format

@@ -25,7 +25,7 @@ import fastavro
 import numpy as np
 import pandas as pd
 
-from fink.datasim.sources import read_messages
+from fink.sim.sources import read_messages
 
 records = [next(fastavro.reader(io.BytesIO(m))) for m, _ in zip(read_messages(sample), range(limit), strict=False)]
 
@@ -65,7 +65,7 @@ def rise_rate(mag, history_mag, history_jd, jd, *, threshold: float = 0.1):
 # ## Try it: exactly what each Spark worker does per batch
 
 # %%
-from fink.science.api import run_module
+from fink.science.science_api import run_module
 
 mod = rise_rate.__fink_module__
 out = run_module(mod, [column(c) for c in mod.inputs])

@@ -38,10 +38,10 @@ stop_file: str = ""  # set by `fink start`, `fink stop` creates it to end the ru
 # %%
 import json
 
-from fink import metrics
 from fink.config import FinkConfig
-from fink.simulator import SimulatorConfig, load_messages, replay
-from fink.streaming import stop_requested
+from fink.runtime import metrics
+from fink.runtime.streaming import stop_requested
+from fink.sim.simulator import SimulatorConfig, load_messages, replay
 
 cfg = FinkConfig.from_namespace(globals())
 sim = SimulatorConfig.from_namespace(globals())
@@ -70,8 +70,8 @@ print(json.dumps(report, indent=1))
 import matplotlib.pyplot as plt
 import numpy as np
 
-from fink.avro import decode_container
-from fink.checkstream import jd_to_iso
+from fink.ops.checkstream import jd_to_iso
+from fink.survey.avro import decode_container
 
 alerts = [decode_container(m).alert for m in messages[: report["alerts"] or len(messages)]]
 jd = np.array([a["candidate"]["jd"] for a in alerts])

@@ -32,8 +32,10 @@ import json
 import time
 
 import fink
-from fink import kafka, sample, streaming
 from fink.config import FinkConfig, fink_home
+from fink.io import kafka
+from fink.runtime import streaming
+from fink.sim import sample
 
 cfg = FinkConfig.from_namespace(globals())
 raw_path, checkpoint = cfg.data_uri("smoke", "raw"), cfg.data_uri("smoke", "checkpoint")
@@ -60,8 +62,8 @@ print(f"published {sent} alerts to {topic!r} in {time.perf_counter() - t0:.2f} s
 from pyspark.errors import AnalysisException
 from pyspark.sql import functions as F
 
-from fink.monitor import QueryMonitor
-from fink.session import get_spark
+from fink.runtime.monitor import QueryMonitor
+from fink.runtime.session import get_spark
 
 spark = get_spark(cfg, app_name="fink-smoke")
 streaming.stop_active(spark)  # a re-run of this cell must not leave a second query behind

@@ -48,7 +48,7 @@ print(f"{stage.topic or stage.topic_pattern} on {cfg.kafka_bootstrap} -> {paths}
 
 # %%
 if simulator:
-    from fink.simulator import SimulatorConfig, replay
+    from fink.sim.simulator import SimulatorConfig, replay
 
     sample = stage.description().simulator["sample"]  # the bundled night, in the survey's format
     sent = replay(SimulatorConfig(source=sample, survey=stage.survey, topic=stage.topic.split(",")[0]),
@@ -59,9 +59,9 @@ if simulator:
 # ## Session, source, transform, writer
 
 # %%
-from fink import streaming
-from fink.monitor import QueryMonitor
-from fink.session import get_spark
+from fink.runtime import streaming
+from fink.runtime.monitor import QueryMonitor
+from fink.runtime.session import get_spark
 from fink.stages import stream2raw
 
 spark = get_spark(cfg, app_name="fink-stream2raw")
@@ -89,7 +89,7 @@ if not totals["balanced"]:
 # %%
 import matplotlib.pyplot as plt
 
-from fink.monitor import batch_summary
+from fink.runtime.monitor import batch_summary
 
 fig = batch_summary(progress, f"stream2raw: {totals['archived']} archived, {totals['quarantined']} quarantined "
                               f"{totals['reasons'] or ''}", count="messages")

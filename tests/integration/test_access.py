@@ -10,9 +10,9 @@ import uuid
 
 import pytest
 
-from fink import access, kafka
 from fink.config import ServicesConfig
-from fink.delivery import LOG_TOPIC
+from fink.io import access, kafka
+from fink.io.delivery import LOG_TOPIC
 
 pytestmark = pytest.mark.integration
 

@@ -16,10 +16,10 @@ from astropy import units as u
 from astropy.coordinates import SkyCoord
 from test_distribution import same, sample_science, science_rows  # noqa: F401  (a fixture)
 
-from fink import streaming
-from fink.client.archive import Archive
+from fink.client.explorer import Archive
 from fink.config import FinkConfig
-from fink.hbase import connect, delete_tables
+from fink.io.hbase import connect, delete_tables
+from fink.runtime import streaming
 from fink.stages import archive
 
 pytestmark = [pytest.mark.integration, pytest.mark.spark]
@@ -276,7 +276,7 @@ def test_a_batch_replayed_after_a_crash_writes_the_same_cells_and_no_row_twice(
 
 
 def fink_cli(*args):
-    subprocess.run([sys.executable, "-m", "fink.cli", *args], check=True, capture_output=True, timeout=300)
+    subprocess.run([sys.executable, "-m", "fink.ops.cli", *args], check=True, capture_output=True, timeout=300)
 
 
 def test_hbase_down_for_60_s_holds_the_stage_which_then_completes(spark, sample_science, tables, hbase_thrift):  # noqa: F811

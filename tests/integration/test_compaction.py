@@ -8,9 +8,10 @@ import socket
 import pytest
 from test_stream2raw import SAMPLE, run
 
-from fink import filestore, streaming, table_use
 from fink.config import FinkConfig
-from fink.simulator import SimulatorConfig, load_messages, replay
+from fink.io import filestore, table_use
+from fink.runtime import streaming
+from fink.sim.simulator import SimulatorConfig, load_messages, replay
 from fink.stages import raw2science as r2s
 from fink.stages import stream2raw as s2r
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from fink import runner
+from fink.ops import runner
 
 pytestmark = [pytest.mark.integration, pytest.mark.spark]
 ROOT = Path(__file__).resolve().parents[2]

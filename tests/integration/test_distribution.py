@@ -16,13 +16,15 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from test_raw2science import science
 from test_stream2raw import SAMPLE, run
 
-from fink import access, kafka, streaming
 from fink.config import FinkConfig, ServicesConfig
-from fink.delivery import BatchPublisher
 from fink.filters import alert_filter
+from fink.io import access, kafka
+from fink.io.delivery import BatchPublisher
+from fink.runtime import streaming
 from fink.science.modules import BUILTIN
-from fink.simulator import SimulatorConfig, load_messages, replay
+from fink.sim.simulator import SimulatorConfig, load_messages, replay
 from fink.stages import distribution as dist
+from fink.stages.topics import CUTOUTS
 
 pytestmark = [pytest.mark.integration, pytest.mark.spark]
 CATALOGUE = str(Path(__file__).resolve().parents[2] / "datasim" / "sample_night" / "catalogue.csv")
@@ -135,7 +137,7 @@ def test_the_community_client_decodes_every_alert_equal_to_the_science_archive(s
             for alert in got:
                 want = dict(rows[alert["candid"]])
                 if topic == light:
-                    for c in dist.CUTOUTS:
+                    for c in CUTOUTS:
                         assert c not in alert
                         want.pop(c)
                 want["cdsxmatch"] = want["xm_type"] or "Unknown"
@@ -438,7 +440,7 @@ def test_topics_exist_with_their_settings_before_any_alert(spark, tmp_path):
 
 
 def test_fink_users_commands_never_print_the_password(capsys, sample_science, spark):
-    from fink.cli import main
+    from fink.ops.cli import main
 
     sfx = uuid.uuid4().hex[:6]
     user, topic = f"cli{sfx}", f"cli_{sfx}"
@@ -466,7 +468,7 @@ def test_a_users_password_is_in_no_executed_notebook_log_or_process_list(sample_
     import psutil
 
     from fink.config import fink_home
-    from fink.runner import export_html
+    from fink.ops.runner import export_html
 
     services = ServicesConfig.load()
     sfx = uuid.uuid4().hex[:6]

@@ -4,7 +4,7 @@ import uuid
 
 import pytest
 
-from fink import kafka
+from fink.io import kafka
 
 pytestmark = pytest.mark.integration
 
@@ -66,7 +66,7 @@ def test_temporary_topics_go_by_name_and_spare_what_another_process_made(kafka_b
     mine, child, other = (f"tmp_{k}_{uuid.uuid4().hex[:8]}" for k in ("mine", "child", "other"))
     with kafka.temporary_topics(kafka_bootstrap):
         kafka.ensure_topic(kafka_bootstrap, mine)
-        subprocess.run([sys.executable, "-c", f"from fink import kafka; kafka.ensure_topic({kafka_bootstrap!r}, "
+        subprocess.run([sys.executable, "-c", f"from fink.io import kafka; kafka.ensure_topic({kafka_bootstrap!r}, "
                                               f"{child!r})"], check=True)  # inherits the list
         admin = AdminClient(kafka.client_config(kafka_bootstrap))  # as another program would
         admin.create_topics([NewTopic(other, num_partitions=1, replication_factor=1)])[other].result(30)

@@ -36,7 +36,7 @@ def test_nbval_runs_the_notebook_with_its_defaults(notebook, kafka_bootstrap, pi
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     assert " passed" in proc.stdout and "failed" not in proc.stdout
     if notebook.stem == "dashboard":  # the notebooks before it ran Spark queries: their batches are reported
-        from fink.dashboard import night_window
+        from fink.ops.dashboard import night_window
 
         summary = json.loads((pipeline_home / "reports" / "dashboard" / night_window("")[2] / "summary.json")
                              .read_text())
@@ -53,7 +53,7 @@ def test_nbval_runs_the_notebook_with_its_defaults(notebook, kafka_bootstrap, pi
 def test_dashboard_headless_reports_a_finished_night(conf, night_metrics, tmp_path):
     import papermill
 
-    from fink.runner import export_html
+    from fink.ops.runner import export_html
 
     params = yaml.safe_load((ROOT / "conf" / conf).read_text())
     params.update(metrics_db=str(night_metrics), night="20261128", report_dir=str(tmp_path / "report"))
@@ -91,7 +91,7 @@ def test_smoke_notebook_headless_twice_resumes(conf, kafka_bootstrap, tmp_path, 
 
 def test_cluster_conf_is_valid_without_a_cluster():
     from fink.config import FinkConfig
-    from fink.session import spark_conf
+    from fink.runtime.session import spark_conf
 
     params = yaml.safe_load((ROOT / "conf" / "cluster.yaml").read_text())
     cfg = FinkConfig.from_mapping(params, source="conf/cluster.yaml")
@@ -163,7 +163,7 @@ def test_distribution_headless(conf, survey, kafka_bootstrap, tmp_path):
 
 @pytest.mark.parametrize("conf, survey", ZTF_ONLY)
 def test_archive_headless(conf, survey, hbase_thrift, tmp_path):
-    from fink.hbase import connect, delete_tables
+    from fink.io.hbase import connect, delete_tables
 
     table = f"test_nb_{uuid.uuid4().hex[:8]}"
     try:
@@ -209,9 +209,9 @@ def test_distribution_notebook_defaults_are_the_stage_defaults():
 def test_raw2science_notebook_defaults_are_the_stage_defaults():
     import papermill
 
-    from fink import survey
     from fink.science.modules import BUILTIN
     from fink.stages.raw2science import Raw2ScienceConfig
+    from fink.survey import description as survey
 
     declared = papermill.inspect_notebook(str(ROOT / "notebooks" / "raw2science.ipynb"))
     # literals (the parameters cell holds no code): the survey's cuts and its built-in modules

@@ -14,12 +14,14 @@ from confluent_kafka import Consumer
 from test_operations import candids, consume, hbase_candids, science_alerts, wait_for
 from test_raw2science import passes
 
-from fink import hbase, kafka, metrics, runner
-from fink.avro import ALERT_ID_HEADER
 from fink.client import AlertStream, decode
 from fink.config import SERVICE_ACCOUNT, ServicesConfig, service_password
-from fink.services.process import process_start_time
-from fink.simulator import SimulatorConfig, load_messages, replay
+from fink.io import hbase, kafka
+from fink.ops import runner
+from fink.processes import process_start_time
+from fink.runtime import metrics
+from fink.sim.simulator import SimulatorConfig, load_messages, replay
+from fink.survey.avro import ALERT_ID_HEADER
 
 pytestmark = [pytest.mark.integration, pytest.mark.spark]
 ROOT = Path(__file__).resolve().parents[2]

@@ -17,11 +17,12 @@ import pytest
 from confluent_kafka import Consumer
 from test_raw2science import passes
 
-from fink import hbase, kafka, metrics
 from fink.client import decode
 from fink.config import ServicesConfig
-from fink.services.process import process_start_time
-from fink.simulator import SimulatorConfig, load_messages, replay
+from fink.io import hbase, kafka
+from fink.processes import process_start_time
+from fink.runtime import metrics
+from fink.sim.simulator import SimulatorConfig, load_messages, replay
 
 pytestmark = [pytest.mark.integration, pytest.mark.spark, pytest.mark.faults]
 ROOT = Path(__file__).resolve().parents[2]
@@ -29,7 +30,7 @@ STAGES = ("stream2raw", "raw2science", "distribution", "archive")
 
 
 def fink(env, *args, timeout=300):
-    return subprocess.run([sys.executable, "-m", "fink.cli", *args], capture_output=True, text=True, env=env,
+    return subprocess.run([sys.executable, "-m", "fink.ops.cli", *args], capture_output=True, text=True, env=env,
                           timeout=timeout, cwd=ROOT)
 
 

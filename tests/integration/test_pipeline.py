@@ -9,7 +9,9 @@ import pytest
 from test_operations import candids, consume, hbase_candids
 from test_raw2science import passes
 
-from fink import dashboard, hbase, metrics, runner
+from fink.io import hbase
+from fink.ops import dashboard, runner
+from fink.runtime import metrics
 from fink.science.modules import BUILTIN
 from fink.stages import raw2science as r2s
 

@@ -9,12 +9,12 @@ import fastavro
 import pytest
 from test_stream2raw import NATIVE, SAMPLE, run
 
-from fink import streaming
 from fink.config import FinkConfig
-from fink.datasim.sources import read_messages
+from fink.runtime import streaming
 from fink.science import ScienceModuleError, module
 from fink.science.modules import BUILTIN
-from fink.simulator import SimulatorConfig, load_messages, replay
+from fink.sim.simulator import SimulatorConfig, load_messages, replay
+from fink.sim.sources import read_messages
 from fink.stages import raw2science as r2s
 from fink.stages import stream2raw as s2r
 
@@ -157,7 +157,7 @@ def test_stopped_midstream_then_restarted_the_science_archive_has_each_alert_onc
 
 
 def test_every_batch_of_a_query_that_just_ended_is_in_the_metrics_store(spark, sample_raw, tmp_path, monkeypatch):
-    from fink import metrics
+    from fink.runtime import metrics
 
     # a recorder no listener writes to: what it holds came from run_until's catch-up alone
     rec = metrics.Recorder(metrics.Store(tmp_path / "metrics.db"), "r2s-catch-up", "raw2science")

@@ -19,12 +19,13 @@ import light_curve as lc
 import numpy as np
 import pytest
 
-from fink import streaming, wire
 from fink.config import FinkConfig
-from fink.datasim import faults
-from fink.simulator import SimulatorConfig, load_messages, replay
+from fink.runtime import streaming
+from fink.sim import faults
+from fink.sim.simulator import SimulatorConfig, load_messages, replay
 from fink.stages import raw2science as r2s
 from fink.stages import stream2raw as s2r
+from fink.survey import wire
 
 pytestmark = [pytest.mark.integration, pytest.mark.spark, pytest.mark.shared]
 ROOT = Path(__file__).resolve().parents[2]
@@ -196,8 +197,8 @@ def consume_decoded(topics):
 
 
 def test_the_archive_keys_rubin_alerts_by_object_and_time(spark, rubin_night, hbase_thrift):
-    from fink.client.archive import Archive
-    from fink.hbase import connect, delete_tables
+    from fink.client.explorer import Archive
+    from fink.io.hbase import connect, delete_tables
     from fink.stages import archive
 
     science = {r["diaSource"]["diaSourceId"]: r.asDict(recursive=True)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from fink.services.process import process_start_time
+from fink.processes import process_start_time
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -21,7 +21,7 @@ def env(tmp_path):
 
 
 def fink(env, *args):
-    return subprocess.run([sys.executable, "-m", "fink.cli", *args], capture_output=True, text=True, env=env,
+    return subprocess.run([sys.executable, "-m", "fink.ops.cli", *args], capture_output=True, text=True, env=env,
                           timeout=180)
 
 
@@ -61,7 +61,7 @@ def test_start_show_stop_a_notebook_service(env, tmp_path):
     status = json.loads((run_dir / "status.json").read_text())
     assert status["state"] == "stopped"  # it ended by `fink stop`, cleanly
     assert "<html" in (run_dir / "output.html").read_text()[:500].lower()  # the executed notebook as a page
-    from fink import metrics
+    from fink.runtime import metrics
 
     (stored,) = metrics.Store(metrics.default_path(Path(env["FINK_HOME"]))).runs()
     assert (stored["service"], stored["state"], stored["run_dir"]) == ("sleeper", "stopped", str(run_dir))
@@ -97,7 +97,7 @@ def test_a_notebook_whose_query_dies_is_a_failed_run(env):
     show = fink(env, "show").stdout
     line = next(x for x in show.splitlines() if x.strip().startswith("deadquery"))
     assert "failed" in line and "QueryFailed" in line and str(run_dir) in line
-    from fink import metrics
+    from fink.runtime import metrics
 
     (stored,) = metrics.Store(metrics.default_path(Path(env["FINK_HOME"]))).runs()
     assert stored["state"] == "failed"

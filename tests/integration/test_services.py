@@ -13,13 +13,14 @@ from pathlib import Path
 import pytest
 from confluent_kafka.admin import NewTopic
 
-from fink import kafka, services
 from fink.config import SERVICE_ACCOUNT, SERVICE_SECRET, ServicesConfig, service_password
 from fink.errors import ServiceError
-from fink.services.process import process_start_time
+from fink.io import kafka
+from fink.ops import services
+from fink.processes import process_start_time
 
 pytestmark = pytest.mark.integration
-FINK = [sys.executable, "-m", "fink.cli"]
+FINK = [sys.executable, "-m", "fink.ops.cli"]
 
 
 def free_ports(n):
@@ -119,7 +120,7 @@ def test_a_storage_formatted_without_the_service_account_is_migrated_and_a_wrong
         tmp_path, monkeypatch):
     from confluent_kafka.admin import AdminClient
 
-    from fink.services.kafka import KafkaService, cluster_id
+    from fink.ops.services.kafka_server import KafkaService, cluster_id, run_tool
 
     kafka_port, controller, sasl = free_ports(3)
     home = tmp_path / "home"
@@ -136,7 +137,8 @@ def test_a_storage_formatted_without_the_service_account_is_migrated_and_a_wrong
     old.prepare()
     (old.run_dir / "log4j2.yaml").write_text("Configuration:\n  status: warn\n")
     old.data_dir.mkdir(parents=True)
-    old._run_tool(["kafka.tools.StorageTool", "format", "-t", cluster_id(), "-c", str(old.conf_file)])
+    run_tool(old.run_dir, old.log_file,
+             ["kafka.tools.StorageTool", "format", "-t", cluster_id(), "-c", str(old.conf_file)])
     try:
         old.start()
         admin = AdminClient({"bootstrap.servers": bootstrap})  # kept alive until its future is done

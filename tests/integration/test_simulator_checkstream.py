@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from fink import avro, checkstream
-from fink.datasim import faults
-from fink.datasim.sources import read_messages
-from fink.simulator import SimulatorConfig, load_messages, replay
+from fink.ops import checkstream
+from fink.sim import faults
+from fink.sim.simulator import SimulatorConfig, load_messages, replay
+from fink.sim.sources import read_messages
+from fink.survey import avro
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -82,7 +83,7 @@ def test_checkstream_from_an_offset_and_cli(kafka_bootstrap, topic, sample_messa
     replay(SimulatorConfig(topic=topic), kafka_bootstrap, messages=sample_messages[:30], progress=False)
     stats = checkstream.watch(kafka_bootstrap, topic, start=20, idle=2)
     assert stats.messages == 10 and stats.alerts == 10
-    proc = subprocess.run([sys.executable, "-m", "fink.cli", "checkstream", topic, "--bootstrap", kafka_bootstrap,
+    proc = subprocess.run([sys.executable, "-m", "fink.ops.cli", "checkstream", topic, "--bootstrap", kafka_bootstrap,
                            "--idle", "2", "--json"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout)
@@ -90,7 +91,7 @@ def test_checkstream_from_an_offset_and_cli(kafka_bootstrap, topic, sample_messa
 
 
 def test_checkstream_on_a_missing_topic_is_a_clear_error(kafka_bootstrap, topic):
-    from fink.kafka import KafkaError
+    from fink.io.kafka import KafkaError
 
     with pytest.raises(KafkaError, match=f"topic '{topic}'.*waited 1 s"):
         checkstream.watch(kafka_bootstrap, topic, idle=1)

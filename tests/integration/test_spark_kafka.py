@@ -2,7 +2,9 @@
 
 import pytest
 
-from fink import kafka, sample, streaming
+from fink.io import kafka
+from fink.runtime import streaming
+from fink.sim import sample
 
 pytestmark = [pytest.mark.integration, pytest.mark.spark]
 

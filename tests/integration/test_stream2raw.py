@@ -8,10 +8,12 @@ import fastavro
 import pytest
 from pyspark.sql import functions as F
 
-from fink import filestore, kafka, streaming
 from fink.config import FinkConfig
-from fink.datasim import faults
-from fink.simulator import SimulatorConfig, load_messages, replay
+from fink.io import filestore, kafka
+from fink.runtime import streaming
+from fink.sim import faults
+from fink.sim.simulator import SimulatorConfig, load_messages, replay
+from fink.stages import decoding, raw_archive
 from fink.stages import stream2raw as s2r
 
 pytestmark = [pytest.mark.integration, pytest.mark.spark]
@@ -144,7 +146,7 @@ def test_set_aside_messages_reach_the_quarantine_whole_without_passing_through_t
     default 2 GB heap out of memory; `benchmarks/bench_quarantine.py` runs those sizes)."""
     import numpy as np
 
-    from fink import kafka
+    from fink.io import kafka
 
     rng = np.random.default_rng(3)
     junk = [b"Z" + rng.bytes(900_000 - 1) for _ in range(40)]
@@ -182,8 +184,8 @@ def test_a_set_aside_message_gone_from_kafka_is_quarantined_without_its_bytes(fr
                                         "topic string, partition int, offset long, timestamp timestamp, "
                                         "reason string, brokerIngestTimestamp timestamp, value binary")
     root = str(tmp_path / "quarantine")
-    staged = filestore.stage(s2r.quarantine_columns(found), root, "k-0", "ingest_night", 1)
-    staged = s2r._stage_missing(fresh_spark, root, "k-0", staged, set_aside)
+    staged = filestore.stage(raw_archive.quarantine_columns(found), root, "k-0", "ingest_night", 1)
+    staged = raw_archive._stage_missing(fresh_spark, root, "k-0", staged, set_aside)
     filestore.publish(fresh_spark, root, "k-0", staged)
     rows = {r.offset: (r.reason, r.raw) for r in fresh_spark.read.parquet(root).collect()}
     assert rows == {5: ("not_avro", bytearray(b"junk")), 9: ("duplicate", None)}
@@ -308,7 +310,7 @@ def test_an_older_version_is_laid_out_as_the_union_with_its_types_and_nulls(spar
                       StructField("nested", ArrayType(ArrayType(new_item)), True), StructField("sub", sub_new, True)])
     rows = [(1, [(2,), (3,)], [[(4,)], []], (1.5,)), (2, None, None, None)]
     df = spark.createDataFrame(rows, old).select(F.struct("*").alias("_v1"))
-    aligned = df.select(F.expr(s2r._align("`_v1`", df.schema["_v1"].dataType, new)).alias("a"))
+    aligned = df.select(F.expr(decoding._align("`_v1`", df.schema["_v1"].dataType, new)).alias("a"))
     got = aligned.schema["a"].dataType
     assert got.fieldNames() == new.fieldNames()
     assert got["weird`name's"].dataType == sub_new  # a missing record keeps its fields' nullability

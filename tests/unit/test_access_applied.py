@@ -1,8 +1,8 @@
-"""fink.access waits until the broker serves a change its controller accepted (stand-in admin client, no broker)."""
+"""fink.io.access waits until the broker serves a change its controller accepted (stand-in admin client, no broker)."""
 
 import pytest
 
-from fink import access
+from fink.io import access
 
 
 class Done:

@@ -1,6 +1,6 @@
 """checkstream's memory of the alert ids it has seen is bounded (issue 21, item 8)."""
 
-from fink.checkstream import RecentIds
+from fink.ops.checkstream import RecentIds
 
 
 def test_recent_ids_catch_recent_repeats_and_forget_old_ones_within_their_bound():

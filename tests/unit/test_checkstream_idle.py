@@ -3,7 +3,7 @@
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, TopicPartition
 
-from fink import checkstream
+from fink.ops import checkstream
 
 
 class Clock:

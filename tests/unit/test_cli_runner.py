@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from fink import runner
-from fink.cli import main
 from fink.errors import ConfigError, RunnerError
+from fink.ops import runner
+from fink.ops.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
 TEST_NOTEBOOKS = ROOT / "tests" / "notebooks"

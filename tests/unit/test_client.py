@@ -11,7 +11,7 @@ import pytest
 from fink.client import decode, plot_alert
 from fink.client.plots import cutout_image, light_curve
 from fink.client.scanner import Scanner, save_alert
-from fink.datasim.cutouts import to_fits_gz
+from fink.sim.cutouts import to_fits_gz
 
 matplotlib.use("Agg")
 SCHEMA = {"type": "record", "name": "alert", "fields": [

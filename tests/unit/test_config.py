@@ -98,7 +98,7 @@ def test_secret_file_must_be_private(monkeypatch, tmp_path):
 
 
 def test_sasl_options_only_with_both_credentials(monkeypatch, tmp_path):
-    from fink import kafka
+    from fink.io import kafka
 
     monkeypatch.setenv("FINK_HOME", str(tmp_path))
     monkeypatch.delenv("FINK_KAFKA_PASSWORD", raising=False)
@@ -121,8 +121,8 @@ def test_a_location_is_a_local_folder_or_none_for_another_file_system(tmp_path):
 
 
 def test_internal_clients_authenticate_as_the_service_account_and_others_do_not(monkeypatch, tmp_path):
-    from fink import kafka
     from fink.config import SERVICE_ACCOUNT, service_password
+    from fink.io import kafka
 
     monkeypatch.setenv("FINK_HOME", str(tmp_path))
     monkeypatch.delenv("FINK_KAFKA_USERNAME", raising=False)
@@ -144,7 +144,7 @@ def test_internal_clients_authenticate_as_the_service_account_and_others_do_not(
 
 
 def test_driver_java_options_from_the_environment_are_appended_to_fink_s_own(monkeypatch):
-    from fink.session import DRIVER_JAVA_OPTIONS, spark_conf
+    from fink.runtime.session import DRIVER_JAVA_OPTIONS, spark_conf
 
     monkeypatch.delenv(DRIVER_JAVA_OPTIONS, raising=False)
     plain = spark_conf(FinkConfig())["spark.driver.extraJavaOptions"]

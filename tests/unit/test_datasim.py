@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from fastavro.validation import validate
 
-from fink import avro
-from fink.datasim import NightConfig, conform, cutouts, faults, generate_night
-from fink.datasim.sources import SourceError, read_messages
+from fink.sim import NightConfig, conform, cutouts, faults, generate_night
+from fink.sim.sources import SourceError, read_messages
+from fink.survey import avro
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "datasim" / "sample_night"
@@ -217,7 +217,7 @@ def test_real_ztf_alerts_decode(shared_datasim):
 
 def test_generator_rejects_an_unknown_class():
     with pytest.raises(ValueError, match="unknown class 'kilonova'"):
-        from fink.datasim.lightcurves import draw
+        from fink.sim.lightcurves import draw
 
         draw("kilonova", np.random.default_rng(0), 2461000.5, 30)
 
@@ -233,7 +233,7 @@ def _decoded(message: bytes) -> dict:
 
 
 def test_fresh_copies_change_only_the_candids(shared_datasim):
-    from fink.datasim.stamp import PASS_OFFSET, fresh_copies, zigzag_varint
+    from fink.sim.stamp import PASS_OFFSET, fresh_copies, zigzag_varint
 
     real = list(read_messages(next(shared_datasim.glob("ztf/native-4.02_*"))))[:5]
     sample = list(read_messages(Path(__file__).resolve().parents[2] / "datasim" / "sample_night"))[:5]

@@ -3,8 +3,8 @@
 import pytest
 from confluent_kafka import KafkaError, KafkaException
 
-from fink import kafka
-from fink.delivery import BatchPublisher
+from fink.io import kafka
+from fink.io.delivery import BatchPublisher
 
 
 class Producer:

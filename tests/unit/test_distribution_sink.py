@@ -4,8 +4,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from fink import kafka
+from fink.io import kafka
 from fink.stages import distribution as dist
+from fink.stages.topics import Encoding
 
 KEY = '{"type": "record"}'
 
@@ -31,7 +32,7 @@ class Publisher:
 
 
 def sink(tmp_path, publisher, topics=("bright", "faint")):
-    encs = [dist.Encoding(("candid",), KEY, tuple(range(len(topics))))]
+    encs = [Encoding(("candid",), KEY, tuple(range(len(topics))))]
     out = dist.Sink("127.0.0.1:1", list(topics), encs, str(tmp_path / "ck"))
     out.publisher = publisher
     return out

@@ -47,7 +47,7 @@ def test_key_pages_are_built(site):
     missing = [p for p in pages if not (site / p).is_file()]
     assert not missing, f"pages not built: {missing}"
     reference = (site / "reference" / "stages" / "index.html").read_text()
-    for name in ("fink.stages.stream2raw.build", "fink.stages.raw2science", "fink.pipeline.one_pass"):
+    for name in ("fink.stages.stream2raw.build", "fink.stages.raw2science", "fink.stages.pipeline.one_pass"):
         assert name in reference, f"the API reference lacks {name}"
 
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import fastavro
 import pytest
 
-from fink import download as dl
-from fink.download import DownloadError
+from fink.sim import download as dl
+from fink.sim.download import DownloadError
 
 ROOT = Path(__file__).resolve().parents[2]
 NIGHT = "20231012"

@@ -5,7 +5,7 @@ from collections import OrderedDict
 import numpy as np
 import pandas as pd
 
-from fink.stages.stream2raw import ArchivedCandids, NightIds, find_duplicates
+from fink.stages.duplicates import ArchivedCandids, NightIds, find_duplicates
 
 
 def index_with(nights):

@@ -24,11 +24,11 @@ from pyspark.sql.types import (
     TimestampType,
 )
 
-from fink.avro import SchemaError, avro_schema
 from fink.filters import FilterError, alert_filter, load_filters
 from fink.filters import builtin as builtin_filters
 from fink.science import module
-from fink.science.api import run_module
+from fink.science.science_api import run_module
+from fink.survey.avro import SchemaError, avro_schema
 
 
 @pytest.fixture

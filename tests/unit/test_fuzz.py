@@ -5,7 +5,7 @@ simulator's fault kinds, the Python classifier of checkstream over batches mixin
 and bad messages, the duplicate check of stream2raw, the alert schemas (shipped ones and
 those derived from Spark types), the replay sources, and the science-module and filter
 loaders. The good alerts come from the package's deterministic generator
-(:mod:`fink.datasim`), cutouts included, so they have the size of real ZTF alerts.
+(:mod:`fink.sim`), cutouts included, so they have the size of real ZTF alerts.
 
 Hypothesis is derandomized (the same examples every run, no example database): a failure
 here is reproducible as is, and each bug found is pinned with ``@example``.
@@ -26,16 +26,16 @@ from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 from pyspark.sql import types as T
 
-from fink import avro
-from fink.avro import AVRO_MAGIC, AlertDecodeError, SchemaError, avro_schema
-from fink.checkstream import StreamStats
-from fink.datasim import NightConfig, conform, faults, generate_night
-from fink.datasim.sources import SourceError, read_messages
 from fink.errors import FinkError
 from fink.filters import AlertFilter, FilterError, load_filters
+from fink.ops.checkstream import StreamStats
 from fink.science import ScienceModule, ScienceModuleError, load_modules
-from fink.science.api import load_module
-from fink.stages.stream2raw import ArchivedCandids, NightIds, find_duplicates
+from fink.science.science_api import load_module
+from fink.sim import NightConfig, conform, faults, generate_night
+from fink.sim.sources import SourceError, read_messages
+from fink.stages.duplicates import ArchivedCandids, NightIds, find_duplicates
+from fink.survey import avro
+from fink.survey.avro import AVRO_MAGIC, AlertDecodeError, SchemaError, avro_schema
 
 pytestmark = pytest.mark.timeout(120)  # a decoder that loops on some input fails here instead of hanging
 
@@ -461,7 +461,7 @@ def test_a_replay_file_is_read_or_refused_by_name(sample, scratch, data, back):
 
 # -- the science-module and filter loaders -------------------------------------------------------
 
-_MODULES = ["fink.science.modules.template", "fink.filters.builtin", "fink.science.api", "math", "fink",
+_MODULES = ["fink.science.modules.template", "fink.filters.builtin", "fink.science.science_api", "math", "fink",
             "", ".", ".fink", "fink..science", "fink.", "nosuch.pkg", "fink.nosuch"]
 _ATTRS = ["brightening", "bright", "early_snia", "module", "sqrt", "missing", "__name__", "", "a.b", " bright"]
 _STRUCTURED_PATH = st.builds(lambda m, sep, a: f"{m}{sep}{a}", st.sampled_from(_MODULES),

@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 import pyarrow as pa
 import pytest
 
-from fink.hbase import ArchiveError, Keys, Layout, time_key
+from fink.io.hbase import ArchiveError, Keys, Layout, time_key
 
 CANDIDATE = pa.struct([("jd", pa.float64()), ("fid", pa.int32()), ("magpsf", pa.float32()), ("ra", pa.float64()),
                        ("dec", pa.float64()), ("isdiffpos", pa.string())])

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from fink import jvm
 from fink.errors import JvmArtifactsError
+from fink.runtime import jvm
 
 
 def fake_mvn(tmp_path: Path, body: str) -> str:

@@ -3,7 +3,7 @@
 import pytest
 from confluent_kafka import KafkaError, KafkaException
 
-from fink import kafka
+from fink.io import kafka
 
 
 class Consumer:

@@ -1,4 +1,4 @@
-"""The metrics store (fink.metrics) and the dashboard's accounts and report (fink.dashboard)."""
+"""The metrics store (fink.runtime.metrics) and the dashboard's accounts and report (fink.ops.dashboard)."""
 
 import json
 import os
@@ -10,9 +10,10 @@ import time
 import pandas as pd
 import pytest
 
-from fink import dashboard, metrics
-from fink.cli import _params, main
 from fink.errors import FinkError
+from fink.ops import dashboard
+from fink.ops.cli import _params, main
+from fink.runtime import metrics
 
 
 def test_flatten_reads_rates_latency_and_the_lag_of_each_topic(progress):
@@ -62,7 +63,7 @@ def test_another_process_reads_the_store_while_a_stage_writes_it(tmp_path, progr
 import sys
 sys.path.insert(0, {str(tmp_path)!r})
 import time
-from fink import metrics
+from fink.runtime import metrics
 from test_helper import _progress as progress
 store = metrics.Store({str(path)!r})
 store.begin_run("w", "stream2raw")

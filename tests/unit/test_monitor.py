@@ -1,4 +1,4 @@
-from fink.monitor import QueryMonitor, query_row
+from fink.runtime.monitor import QueryMonitor, query_row
 
 
 class Q:

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fink import runner
 from fink.config import FinkConfig
+from fink.ops import runner
 
 ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))

@@ -4,10 +4,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from fink import pipeline
 from fink.client.consumer import AlertStream
 from fink.errors import ConfigError
-from fink.stages import realtime
+from fink.stages import pipeline, realtime
 from fink.stages.distribution import DistributionConfig
 from fink.stages.step import OnePass, Output, Step, report
 
@@ -51,7 +50,7 @@ def step(name, reads, writes, log):
 
 def test_every_step_hands_on_before_any_writes_its_archives_and_reports(monkeypatch):
     log = []
-    monkeypatch.setattr("fink.metrics.record", lambda report: log.append(("recorded", report["name"])))
+    monkeypatch.setattr("fink.runtime.metrics.record", lambda report: log.append(("recorded", report["name"])))
     one = OnePass([step("a", "kafka", "raw", log), step("b", "raw", "science", log),
                             step("c", "science", None, log), step("d", "science", None, log)])
     one("batch", 7)

@@ -35,7 +35,7 @@ def constraints():
 
 def pom_property(name):
     ns = {"m": "http://maven.apache.org/POM/4.0.0"}
-    return ET.parse(ROOT / "jvm" / "pom.xml").getroot().find(f"m:properties/m:{name}", ns).text
+    return ET.parse(ROOT / "fink" / "data" / "jvm" / "pom.xml").getroot().find(f"m:properties/m:{name}", ns).text
 
 
 def test_environment_yml_agrees_with_setup_cfg():
@@ -83,7 +83,7 @@ def test_kafka_broker_is_4x_and_hbase_2x():
 
 
 def test_console_script_is_an_entry_point():
-    assert "fink = fink.cli:main" in setup_cfg()["options.entry_points"]["console_scripts"]
+    assert "fink = fink.ops.cli:main" in setup_cfg()["options.entry_points"]["console_scripts"]
 
 
 def test_committed_notebooks_are_stripped_and_have_one_parameters_cell():

@@ -1,9 +1,9 @@
-"""fink.pipeline: the stages' settings checked and typed before a session starts; the flow table."""
+"""fink.stages.pipeline: the stages' settings checked and typed before a session starts; the flow table."""
 
 import pytest
 
-from fink import pipeline
 from fink.errors import ConfigError
+from fink.stages import pipeline
 from fink.stages.archive import ArchiveConfig
 from fink.stages.stream2raw import Stream2RawConfig
 
@@ -44,9 +44,9 @@ def test_the_pipeline_and_a_stage_service_never_run_at_once(tmp_path):
     import json
     import os
 
-    from fink import runner
     from fink.errors import RunnerError
-    from fink.services.process import process_start_time
+    from fink.ops import runner
+    from fink.processes import process_start_time
 
     home = tmp_path / "home"
     (home / "run").mkdir(parents=True)

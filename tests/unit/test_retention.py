@@ -3,7 +3,8 @@
 
 import time
 
-from fink import metrics, runner
+from fink.ops import runner
+from fink.runtime import metrics
 
 
 def test_old_runs_and_their_batches_are_forgotten_recent_ones_kept(tmp_path):

@@ -9,14 +9,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fink import survey, wire
-from fink.avro import AlertDecodeError
 from fink.config import ConfigError
-from fink.datasim import NightConfig, faults, generate_night
-from fink.datasim import rubin as rubin_sim
-from fink.datasim.sources import read_messages
-from fink.datasim.stamp import PASS_OFFSET, Stamper
-from fink.simulator import SimulatorConfig, load_messages
+from fink.sim import NightConfig, faults, generate_night
+from fink.sim import rubin_alerts as rubin_sim
+from fink.sim.simulator import SimulatorConfig, load_messages
+from fink.sim.sources import read_messages
+from fink.sim.stamp import PASS_OFFSET, Stamper
+from fink.survey import description as survey
+from fink.survey import wire
+from fink.survey.avro import AlertDecodeError
 
 RUBIN = survey.load("rubin")
 
@@ -115,7 +116,7 @@ def test_a_rubin_alert_is_plotted_in_flux_with_its_cutouts(resolver):
 
 
 def test_checkstream_counts_rubin_alerts_and_names_what_is_not_one(night):
-    from fink.checkstream import StreamStats
+    from fink.ops.checkstream import StreamStats
 
     stats = StreamStats("lsst_test", survey="rubin")
     messages = list(rubin_sim.messages(night))
@@ -146,8 +147,8 @@ def test_each_fault_kind_is_made_in_the_wire_format_and_reported_as_such(night, 
 
 
 def test_the_simulator_mixes_rubin_faults_and_checkstream_counts_them(night):
-    from fink.checkstream import StreamStats
-    from fink.simulator import _plan
+    from fink.ops.checkstream import StreamStats
+    from fink.sim.simulator import _plan
 
     cfg = SimulatorConfig(source="generator", survey="rubin", faults={k: 0.2 for k in faults.KINDS})
     plan = _plan(list(rubin_sim.messages(night)), cfg, fault_seed=5)

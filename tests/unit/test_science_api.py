@@ -9,7 +9,7 @@ import pytest
 from pyspark.sql.types import ArrayType, DoubleType, StructField, StructType
 
 from fink.science import ScienceModuleError, load_modules, module
-from fink.science.api import check_inputs, load_module, run_module
+from fink.science.science_api import check_inputs, load_module, run_module
 
 SCHEMA = StructType([
     StructField("objectId", DoubleType()),
@@ -112,7 +112,7 @@ def test_the_template_module_answers_by_hand():
 
 
 def test_a_chain_feeds_earlier_outputs_to_later_modules_and_isolates_failures(user_package):
-    from fink.science.api import run_chain
+    from fink.science.science_api import run_chain
 
     @module(inputs=["twice"], outputs={"plus_one": "double"})
     def plus_one(x):

@@ -10,9 +10,9 @@ import pytest
 from astropy import units as u
 from astropy.coordinates import SkyCoord
 
-from fink.datasim.sources import read_messages
-from fink.science.api import load_module, run_module
 from fink.science.modules import features, sso, xmatch
+from fink.science.science_api import load_module, run_module
+from fink.sim.sources import read_messages
 
 
 def columns(records, paths):
@@ -118,8 +118,8 @@ def test_the_snia_classifier_separates_held_out_simulated_objects():
 
     from sklearn.metrics import roc_auc_score
 
-    from fink.datasim.generator import NightConfig, generate_night
     from fink.science.modules import classifier
+    from fink.sim.generator import NightConfig, generate_night
 
     night = generate_night(NightConfig(seed=7, n_objects=300, cutouts=False,
                                        mix={"snia": 0.3, "sncc": 0.2, "varstar": 0.2, "agn": 0.2, "bogus": 0.1}))

@@ -11,7 +11,8 @@ import pytest
 
 from fink.config import ServicesConfig
 from fink.errors import ServiceError
-from fink.services.process import Service, port_in_use, process_start_time
+from fink.ops.services.service import Service
+from fink.processes import port_in_use, process_start_time
 
 SLEEPER = """
 public class Sleeper {
@@ -136,7 +137,7 @@ def test_failed_start_shows_log_tail_and_where_the_rest_is(service):
 
 def test_a_kafka_cluster_id_never_starts_with_a_dash():
     """An id starting with "-" made the storage tool's format fail, one time in 64."""
-    from fink.services.kafka import cluster_id
+    from fink.ops.services.kafka_server import cluster_id
 
     draws = iter([b"\xfb" + bytes(15), b"\xf8" + bytes(15)])  # base64 "-w..." first, then "-A..."
     assert base64.urlsafe_b64encode(b"\xfb" + bytes(15)).decode().startswith("-")

@@ -1,8 +1,8 @@
-"""fink.streaming.run_until with stand-in queries: bounded, stoppable, failing loudly."""
+"""fink.runtime.streaming.run_until with stand-in queries: bounded, stoppable, failing loudly."""
 
 import pytest
 
-from fink.streaming import QueryFailed, run_until, stop_at_boundary
+from fink.runtime.streaming import QueryFailed, run_until, stop_at_boundary
 
 
 class FakeQuery:
@@ -89,7 +89,7 @@ def test_failure_raises_and_stops_every_query():
 def test_stop_active_stops_every_running_query():
     from types import SimpleNamespace
 
-    from fink.streaming import stop_active
+    from fink.runtime.streaming import stop_active
 
     queries = [FakeQuery("a"), FakeQuery("b")]
     session = SimpleNamespace(streams=SimpleNamespace(active=queries))

@@ -5,7 +5,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-from fink.monitor import batch_summary  # noqa: E402
+from fink.runtime.monitor import batch_summary  # noqa: E402
 
 
 def report(batch, rows, ms):

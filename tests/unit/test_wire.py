@@ -1,7 +1,7 @@
 """Rubin's wire format and schema ids, and the survey descriptions the decoders read.
 
 The real Rubin alerts of ``../shared/datasim/rubin`` (schemas 7.4, 9.0, 10.0) are decoded
-through :class:`fink.wire.SchemaResolver` and compared with fastavro's decode of the same
+through :class:`fink.survey.wire.SchemaResolver` and compared with fastavro's decode of the same
 body under the schema file that came with them; the registry path runs against a real
 HTTP server on loopback that answers as a Confluent registry does.
 """
@@ -12,15 +12,17 @@ import http.server
 import io
 import json
 import threading
+from importlib import resources
 from pathlib import Path
 
 import fastavro
 import pytest
 
-from fink import avro, survey, wire
-from fink.avro import AlertDecodeError
 from fink.config import ConfigError
 from fink.errors import FinkError
+from fink.survey import avro, wire
+from fink.survey import description as survey
+from fink.survey.avro import AlertDecodeError
 
 RUBIN = survey.load("rubin")
 
@@ -53,7 +55,7 @@ def test_the_shipped_descriptions_load_and_differ_only_as_data():
 
 
 def test_a_third_survey_is_a_yaml_file(tmp_path):
-    text = (Path(survey.__file__).parent / "data" / "surveys" / "rubin.yaml").read_text()
+    text = (resources.files("fink") / "data" / "surveys" / "rubin.yaml").read_text()
     path = tmp_path / "other.yaml"
     path.write_text(text.replace("name: rubin", "name: other").replace("lsst_{night}", "other_{night}"))
     other = survey.load(str(path))
@@ -245,8 +247,8 @@ def test_the_union_layout_keeps_every_field_of_every_version():
     from pyspark.sql.types import ArrayType, DoubleType, FloatType, IntegerType, LongType, StringType, StructField
     from pyspark.sql.types import StructType as S
 
-    from fink.avro import SchemaError
-    from fink.stages.stream2raw import union_type
+    from fink.stages.decoding import union_type
+    from fink.survey.avro import SchemaError
 
     def st(*fields):
         return S([StructField(n, t) for n, t in fields])
@@ -269,7 +271,7 @@ def test_the_newest_version_is_already_in_the_union_layout_when_older_ones_add_n
     from pyspark.sql.types import ArrayType, DoubleType, FloatType, LongType, StructField
     from pyspark.sql.types import StructType as S
 
-    from fink.stages.stream2raw import _same, union_type
+    from fink.stages.decoding import _same, union_type
 
     item = S([StructField("jd", DoubleType(), False), StructField("mag", FloatType(), True)])
     newest = S([StructField("candid", LongType(), False), StructField("prv", ArrayType(item, False), True)])

@@ -20,7 +20,7 @@ from importlib import resources
 import numpy as np
 import pandas as pd
 
-from fink.science.api import ScienceModuleError, module
+from fink.science.science_api import ScienceModuleError, module
 
 MODEL_VERSION = "1.0"
 PER_BAND = ["amplitude", "linear_trend", "linear_trend_sigma", "stetson_k", "mean", "standard_deviation", "skew",

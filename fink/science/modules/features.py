@@ -14,7 +14,7 @@ import light_curve as lc
 import numpy as np
 import pandas as pd
 
-from fink.science.api import module
+from fink.science.science_api import module
 
 BANDS = {1: "g", 2: "r"}
 

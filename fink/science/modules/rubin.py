@@ -20,8 +20,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from fink.science.api import module
 from fink.science.modules import classifier, features, xmatch
+from fink.science.science_api import module
 
 BANDS = ("u", "g", "r", "i", "z", "y")
 NJY_ZP = 31.4  # the AB magnitude of 1 nJy

@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from fink.science.api import module
+from fink.science.science_api import module
 
 
 @module(inputs=["candidate.ssdistnr", "candidate.ssmagnr", "candidate.ssnamenr", "candidate.ndethist",

@@ -10,7 +10,7 @@ alert, in the same order. Keyword-only parameters (after ``*``) are set from the
 
 Try it on the sample night without Spark::
 
-    from fink.science.api import load_module, run_module
+    from fink.science.science_api import load_module, run_module
     mod = load_module("fink.science.modules.template:brightening")
     run_module(mod, [alerts["candidate.magpsf"], alerts["prv_candidates.magpsf"]])
 

@@ -21,7 +21,7 @@ from functools import lru_cache
 import numpy as np
 import pandas as pd
 
-from fink.science.api import ScienceModuleError, module
+from fink.science.science_api import ScienceModuleError, module
 
 COLUMNS = ("ra", "dec", "id", "type")
 

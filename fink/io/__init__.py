@@ -1,0 +1,1 @@
+"""Adapters to the outside: Kafka, HBase, the Parquet file store, delivery and access control."""

@@ -1,0 +1,1 @@
+"""The Spark runtime: the JVM artifacts, the session, streaming supervision, metrics and the monitor."""

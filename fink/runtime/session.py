@@ -1,0 +1,137 @@
+"""The Spark session of the notebooks and stages.
+
+Notes
+-----
+The Kafka and Avro connectors are given to Spark as local jar files resolved ahead of
+time by Maven (``make jvm``), not as ``spark.jars.packages``: a session then starts
+without the network, and the jars it runs with are the ones pinned in ``fink/data/jvm/pom.xml``.
+On a cluster the same paths are shipped to the executors by ``spark.jars``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping
+from importlib import resources
+from typing import TYPE_CHECKING, Any
+
+from fink.config import FinkConfig, fink_home
+from fink.runtime import jvm
+
+if TYPE_CHECKING:  # importing pyspark starts nothing, but keep `import fink` light
+    from pyspark.sql import SparkSession
+
+DEFAULTS: dict[str, str] = {
+    "spark.sql.session.timeZone": "UTC",
+    "spark.sql.shuffle.partitions": "4",
+    # a stop() must not wait forever on a Kafka fetch (STYLE: headless runs always end)
+    "spark.sql.streaming.stopTimeout": "30s",
+    "spark.sql.streaming.forceDeleteTempCheckpointLocation": "true",
+    "spark.sql.execution.arrow.pyspark.enabled": "true",
+    "spark.driver.memory": "2g",
+    "spark.ui.showConsoleProgress": "false",
+    # an alert row is 50-80 KB (cutouts): Spark's default batches of 4096 (Parquet) and 10000
+    # (cache) rows would hold hundreds of MB each and drown the driver in garbage collection
+    "spark.sql.parquet.columnarReaderBatchSize": "256",
+    "spark.sql.inMemoryColumnarStorage.batchSize": "256",
+    # and so would Arrow's 10000-row batches for the Python UDFs (modules, filters) and the
+    # archive's mapInArrow: 700 MB per batch, twice over while a UDF's input rows wait in the
+    # JVM for its results (a 6 GB driver ran out of heap behind a backlog at 1,000 alerts/s)
+    "spark.sql.execution.arrow.maxRecordsPerBatch": "256",
+    # Tungsten pages of 4 MB rather than 64 MB: with G1's 16 MB regions (the driver's Java
+    # options) a page is an ordinary object, where a 64 MB one needs 16 free regions in a row;
+    # behind a backlog the heap was fragmented enough to fail that with 1 GB free
+    "spark.buffer.pageSize": "4m",
+    # Parquet row groups of 32 MB (about 450 alerts) read as partitions of at most 32 MB: a
+    # task, and what distribution fetches into the driver per partition, stays that small
+    # however large the micro-batch (a 350 MB partition ran a 6 GB driver out of heap)
+    "spark.hadoop.parquet.block.size": str(32 << 20),
+    "spark.sql.files.maxPartitionBytes": str(32 << 20),
+    # the status store keeps every SQL execution's plan (from_avro's schemas make them large):
+    # a long-running stream keeps the last few only
+    "spark.sql.ui.retainedExecutions": "50",
+    "spark.ui.retainedJobs": "200",
+    "spark.ui.retainedStages": "200",
+    "spark.sql.streaming.ui.retainedProgressUpdates": "100",
+    # a partitioned write (by night) would otherwise sort whole alert rows by partition
+    # first; with a few nights per batch, one open file per night is cheaper
+    "spark.sql.optimizer.plannedWrite.enabled": "false",
+    "spark.sql.maxConcurrentOutputFileWriters": "8",
+    # queries sharing a session (stream2raw and raw2science) take turns (fink.runtime.streaming.start)
+    "spark.scheduler.mode": "FAIR",
+}
+
+#: Extra options for the Spark driver's JVM, appended to those above (a ``spark_conf`` setting of
+#: ``spark.driver.extraJavaOptions`` replaces them all). The test suite sets ``-XX:TieredStopAtLevel=1``:
+#: its many short Spark runs start in half the time with the JIT's quick tier only (a JVM that runs for
+#: hours wants the full JIT).
+DRIVER_JAVA_OPTIONS = "FINK_DRIVER_JAVA_OPTIONS"
+
+LOCAL_DEFAULTS: dict[str, str] = {
+    # loopback only on one machine; a cluster sets its own addresses
+    "spark.driver.host": "127.0.0.1",
+    "spark.driver.bindAddress": "127.0.0.1",
+    "spark.ui.enabled": "false",
+}
+
+
+def spark_conf(fink_cfg: FinkConfig | None = None, app_name: str = "fink",
+               overrides: Mapping[str, Any] | None = None) -> dict[str, str]:
+    """Return the Spark settings :func:`get_spark` would use, without starting anything.
+
+    Order of precedence: :data:`DEFAULTS`, then the local ones when the master is
+    ``local[...]``, then the connector jars, then ``fink_cfg.spark_conf``, then ``overrides``.
+    """
+    fink_cfg = fink_cfg or FinkConfig()
+    conf = dict(DEFAULTS)
+    if fink_cfg.spark_master.startswith("local"):
+        conf.update(LOCAL_DEFAULTS)
+    conf["spark.master"] = fink_cfg.spark_master
+    conf["spark.app.name"] = app_name
+    conf["spark.jars"] = ",".join(str(p) for p in jvm.jars("spark"))
+    log4j = resources.files("fink") / "data" / "log4j2-spark.properties"
+    # JDK 17's G1 gives up on an allocation after waiting twice for JNI critical sections (zstd
+    # and snappy compression hold them) and throws OutOfMemoryError with the heap half free:
+    # a burst on Rubin's stream died so ("Retried waiting for GCLocker too often")
+    conf["spark.driver.extraJavaOptions"] = (f"-Dlog4j.configurationFile={log4j} -XX:G1HeapRegionSize=16m "
+                                             "-XX:+IgnoreUnrecognizedVMOptions -XX:+UnlockDiagnosticVMOptions "
+                                             "-XX:GCLockerRetryAllocationCount=100")
+    if os.environ.get(DRIVER_JAVA_OPTIONS):  # e.g. the test suite's quick-start JVMs
+        conf["spark.driver.extraJavaOptions"] += " " + os.environ[DRIVER_JAVA_OPTIONS]
+    conf["spark.sql.warehouse.dir"] = str(fink_home() / "spark-warehouse")
+    conf.update({k: str(v) for k, v in fink_cfg.spark_conf.items()})
+    conf.update({k: str(v) for k, v in (overrides or {}).items()})
+    return conf
+
+
+def get_spark(fink_cfg: FinkConfig | None = None, app_name: str = "fink",
+              overrides: Mapping[str, Any] | None = None) -> "SparkSession":
+    """Return the Spark session (created on first call, reused after).
+
+    Parameters
+    ----------
+    fink_cfg
+        Master and extra settings (``spark_master``, ``spark_conf``); defaults to local[2].
+    app_name
+        Name shown in the Spark UI and in cluster managers.
+    overrides
+        Settings applied last, e.g. ``{"spark.sql.shuffle.partitions": "8"}``.
+
+    Returns
+    -------
+    SparkSession
+        With the Kafka and Avro connectors on its classpath and the log level of
+        ``fink_cfg.log_level``.
+    """
+    from pyspark.sql import SparkSession
+
+    fink_cfg = fink_cfg or FinkConfig()
+    # pyspark starts its JVM with this python for the workers too
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    builder = SparkSession.builder
+    for key, value in spark_conf(fink_cfg, app_name, overrides).items():
+        builder = builder.config(key, value)
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel(fink_cfg.log_level.upper())
+    return spark

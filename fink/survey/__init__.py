@@ -1,0 +1,1 @@
+"""The bottom layer: what a survey sends (its description), the Avro schemas and wire formats."""
