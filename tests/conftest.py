@@ -22,8 +22,8 @@ from fink.runtime.session import DRIVER_JAVA_OPTIONS
 from fink.runtime.streaming import stop_active
 
 ROOT = Path(__file__).resolve().parents[1]
-# every Spark driver the suite starts (here, in notebook kernels, in `fink start` services, in the demo)
-# compiles with the JIT's quick tier only: the suite's Spark runs are short, and start in half the time
+# every Spark driver the suite starts in another process (notebook kernels, `fink start` services, the
+# demo) compiles with the JIT's quick tier only: those runs are short, and start in half the time
 os.environ.setdefault(DRIVER_JAVA_OPTIONS, "-XX:TieredStopAtLevel=1")
 SHARED = Path(os.environ.get("FINK_SHARED", ROOT.parent / "shared")).resolve()
 
@@ -73,7 +73,13 @@ def spark(kafka_bootstrap: str):
 
     cfg = FinkConfig(kafka_bootstrap=kafka_bootstrap, log_level="ERROR",
                      spark_conf={"spark.driver.memory": "1g", "spark.sql.shuffle.partitions": "2"})
-    session = get_spark(cfg, app_name="fink-tests")
+    # this driver lives as long as the session and does most of the in-process work: the full JIT
+    quick = os.environ.pop(DRIVER_JAVA_OPTIONS, None)
+    try:
+        session = get_spark(cfg, app_name="fink-tests")
+    finally:
+        if quick is not None:
+            os.environ[DRIVER_JAVA_OPTIONS] = quick
     yield session
     stop_active(session)
     session.stop()

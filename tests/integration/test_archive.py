@@ -279,6 +279,7 @@ def fink_cli(*args):
     subprocess.run([sys.executable, "-m", "fink.ops.cli", *args], check=True, capture_output=True, timeout=300)
 
 
+@pytest.mark.exclusive  # HBase stops: nothing else runs meanwhile
 def test_hbase_down_for_60_s_holds_the_stage_which_then_completes(spark, sample_science, tables, hbase_thrift):  # noqa: F811
     table = tables()
     outage = {}

@@ -24,7 +24,7 @@ from fink.processes import process_start_time
 from fink.runtime import metrics
 from fink.sim.simulator import SimulatorConfig, load_messages, replay
 
-pytestmark = [pytest.mark.integration, pytest.mark.spark, pytest.mark.faults]
+pytestmark = [pytest.mark.integration, pytest.mark.spark, pytest.mark.faults, pytest.mark.exclusive]
 ROOT = Path(__file__).resolve().parents[2]
 STAGES = ("stream2raw", "raw2science", "distribution", "archive")
 
