@@ -35,45 +35,41 @@ def fink_home() -> Path:
     return Path(os.environ.get("FINK_HOME") or Path.home() / ".fink").expanduser().resolve()
 
 
-def checkout() -> Path:
-    """Return the source checkout: the folder holding ``setup.cfg``, ``notebooks/`` and ``conf/``.
+#: the folders of a project: the notebooks, the example parameter files, the sample night (the
+#: survey descriptions name ``../datasim/sample_night`` relative to ``notebooks/``)
+PROJECT_FILES = {"notebooks": "*.ipynb", "conf": "*.yaml", "datasim/sample_night": "*"}
+PROJECT_ENV = "FINK_PROJECT"
 
-    ``$FINK_CHECKOUT`` when set; else the folder that holds the imported package (a clone on
-    the path or installed editable); else the folder an editable install recorded (its
-    ``direct_url.json``); else the current directory or the nearest folder above it that is
-    a checkout.
+
+def project_dir() -> Path:
+    """Return the folder holding ``notebooks/``, ``conf/`` and ``datasim/``, the services' sources.
+
+    In order: ``$FINK_PROJECT``; the current folder or the nearest above it holding
+    ``notebooks/`` and ``conf/`` (a clone, or a work folder ``fink init --project`` made); the
+    clone holding the imported package (on the path, or installed editable); the copy that an
+    installed wheel carries (``fink/data/project``, found through ``importlib.resources``).
 
     Raises
     ------
     ConfigError
-        None of these is a checkout (a wheel installed without its sources): set ``FINK_CHECKOUT``.
+        None of these exists (a package built without its project files).
 
     Notes
     -----
-    The notebooks and ``conf/`` are the project's sources, not package data: a service runs
-    the notebook a person edits, so they are read where the checkout is.
+    The notebooks are the project's sources, not a library's data: a service runs the notebook
+    a person edits, so a work folder or a clone comes before the wheel's read-only copy.
     """
-    import importlib.metadata
     import importlib.resources
-    import json
 
-    if os.environ.get("FINK_CHECKOUT"):
-        return Path(os.environ["FINK_CHECKOUT"]).expanduser().resolve()
-    candidates = [Path(str(importlib.resources.files("fink"))).parent]
-    try:
-        recorded = importlib.metadata.distribution("fink-broker-nb").read_text("direct_url.json")
-    except importlib.metadata.PackageNotFoundError:
-        recorded = None
-    url = json.loads(recorded).get("url", "") if recorded else ""
-    if url.startswith("file://"):
-        candidates.append(Path(urllib.parse.urlparse(url).path))
+    if os.environ.get(PROJECT_ENV):
+        return Path(os.environ[PROJECT_ENV]).expanduser().resolve()
     here = Path.cwd().resolve()
-    candidates += [here, *here.parents]
-    for folder in candidates:
-        if (folder / "setup.cfg").is_file() and (folder / "notebooks").is_dir() and (folder / "fink").is_dir():
+    package = Path(str(importlib.resources.files("fink")))
+    for folder in (here, *here.parents, package.parent, package / "data" / "project"):
+        if (folder / "notebooks").is_dir() and (folder / "conf").is_dir():
             return folder
-    raise ConfigError("no source checkout found (a folder with setup.cfg, notebooks/ and fink/): "
-                      "set FINK_CHECKOUT to the clone's folder")
+    raise ConfigError(f"no notebooks/ and conf/ found from {here} nor in the installed package: "
+                      f"run `fink init --project DIR` or set {PROJECT_ENV} to a clone's folder")
 
 
 def local_path(location: str) -> Path | None:

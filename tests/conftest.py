@@ -146,3 +146,25 @@ def night_metrics(tmp_path) -> Path:
     path = tmp_path / "night-metrics" / "metrics.db"
     _night_store(path)
     return path
+
+
+# -- the wheel (tests/unit/test_packaging.py, tests/integration/test_wheel.py) -------------------
+
+@pytest.fixture(scope="session")
+def built_wheel(tmp_path_factory) -> Path:
+    """The wheel of this working tree, built from a copy of it (a clone's stale ``build/`` folder
+    would add modules that no longer exist)."""
+    import shutil
+    import subprocess
+    import sys
+
+    where = tmp_path_factory.mktemp("wheel")
+    skip = shutil.ignore_patterns(".git", ".venv", "build", "dist", "site", "*.egg-info", "__pycache__",
+                                  ".hypothesis", ".*_cache", "tests", "benchmarks")
+    shutil.copytree(ROOT, where / "src", ignore=skip)
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                            "-w", str(where / "dist"), str(where / "src")], capture_output=True, text=True,
+                           timeout=300)
+    assert built.returncode == 0, built.stderr[-3000:]
+    (wheel,) = (where / "dist").glob("fink_broker_nb-*.whl")
+    return wheel
