@@ -244,6 +244,16 @@ class ServicesConfig(Validated):
     hbase_heap: str = "1536m"
     thrift_port: int = 9090
     thrift_heap: str = "256m"
+    # a Spark standalone cluster on this machine (`fink services start spark`: a master, two workers)
+    spark_master_port: int = 7077
+    spark_master_webui_port: int = 8080
+    spark_worker1_port: int = 7078
+    spark_worker1_webui_port: int = 8081
+    spark_worker2_port: int = 7079
+    spark_worker2_webui_port: int = 8082
+    spark_worker_cores: int = 1
+    spark_worker_memory: str = "2g"
+    spark_daemon_heap: str = "256m"
     start_timeout: float = 120.0
     stop_timeout: float = 30.0
 
@@ -260,10 +270,12 @@ class ServicesConfig(Validated):
             if port in seen:
                 raise ConfigError(f"{source}: '{key}' and '{seen[port]}' are both {port}")
             seen[port] = key
-        for key in ("kafka_heap", "hbase_heap", "thrift_heap"):
+        for key in ("kafka_heap", "hbase_heap", "thrift_heap", "spark_worker_memory", "spark_daemon_heap"):
             value = getattr(self, key)
             if not (value[:-1].isdigit() and value[-1] in "mMgG"):
                 raise ConfigError(f"{source}: '{key}' must look like 512m or 2g, got {value!r}")
+        if self.spark_worker_cores < 1:
+            raise ConfigError(f"{source}: 'spark_worker_cores' must be at least 1")
         if self.start_timeout <= 0 or self.stop_timeout <= 0:
             raise ConfigError(f"{source}: timeouts must be positive")
 

@@ -168,3 +168,31 @@ def built_wheel(tmp_path_factory) -> Path:
     assert built.returncode == 0, built.stderr[-3000:]
     (wheel,) = (where / "dist").glob("fink_broker_nb-*.whl")
     return wheel
+
+
+def outside_env(**extra: str) -> dict[str, str]:
+    """This process's environment without what points at the clone or the suite's venv."""
+    import sys
+
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("PYTHONPATH", "VIRTUAL_ENV", "FINK_PROJECT", "FINK_NOTEBOOKS", "PYTEST_CURRENT_TEST")}
+    env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "").split(os.pathsep)
+                                  if not p.startswith(str(Path(sys.executable).parent)))
+    return {**env, **extra}
+
+
+@pytest.fixture(scope="session")
+def wheel_venv(built_wheel, tmp_path_factory) -> Path:
+    """A fresh virtualenv outside the clone with the wheel and its dependencies (from pip's cache,
+    at the versions of constraints.txt); return its ``bin/`` folder."""
+    import subprocess
+    import sys
+
+    where = tmp_path_factory.mktemp("venv")
+    subprocess.run([sys.executable, "-m", "venv", str(where / "venv")], check=True, timeout=120)
+    bin_dir = where / "venv" / "bin"
+    pip = subprocess.run([str(bin_dir / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check",
+                          "-c", str(ROOT / "constraints.txt"), str(built_wheel)],
+                         capture_output=True, text=True, timeout=900, env=outside_env(), cwd=where)
+    assert pip.returncode == 0, pip.stdout[-2000:] + pip.stderr[-3000:]
+    return bin_dir

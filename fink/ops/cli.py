@@ -21,7 +21,7 @@ Handle the alert stream received by Apache Spark (Kafka in, Kafka and HBase out)
  Usage:
     fink init [-c <conf>] [--project DIR]          create $FINK_HOME, services.yaml and the conf's folders;
                                                    copy the notebooks, conf/ and the sample night into DIR
-    fink services start|stop|status [NAME...]      local Kafka, HBase and Thrift [--json]
+    fink services start|stop|status [NAME...]      local Kafka, HBase and Thrift [--json]; `spark`: a cluster
     fink start <service> [-c <conf>] [--simulator] run notebooks/<service>.ipynb headless [-p key=value]
     fink stop <service|all>                        stop a service cleanly (forced after a timeout)
     fink show [--json]                             running services: pid, uptime, state, rates, last batch
@@ -110,7 +110,8 @@ def _parser() -> argparse.ArgumentParser:
 def _services_parser() -> argparse.ArgumentParser:
     s = argparse.ArgumentParser(prog="fink services", description="local Kafka / HBase / Thrift")
     s.add_argument("action", choices=["start", "stop", "status"])
-    s.add_argument("names", nargs="*", help=f"services among {', '.join(services.SERVICES)} (default: all)")
+    s.add_argument("names", nargs="*", help=f"services among {', '.join([*services.SERVICES, *services.GROUPS])} "
+                   f"(default: {', '.join(services.DEFAULT)}; spark: a standalone master and two workers)")
     s.add_argument("--json", action="store_true", help="status as JSON")
     return s
 

@@ -8,13 +8,12 @@ The dependencies come from pip's cache, constrained to the versions of ``constra
 """
 
 import json
-import os
 import subprocess
-import sys
 import uuid
 from pathlib import Path
 
 import pytest
+from conftest import outside_env
 
 from fink.config import PROJECT_FILES
 
@@ -22,39 +21,18 @@ pytestmark = [pytest.mark.integration, pytest.mark.spark, pytest.mark.wheel]
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def clean_env(**extra: str) -> dict[str, str]:
-    """This process's environment without anything pointing at the clone or the suite's venv."""
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("PYTHONPATH", "VIRTUAL_ENV", "FINK_PROJECT", "FINK_NOTEBOOKS", "PYTEST_CURRENT_TEST")}
-    env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "").split(os.pathsep)
-                                  if not p.startswith(str(Path(sys.executable).parent)))
-    return {**env, **extra}
-
-
-@pytest.fixture(scope="module")
-def installed(built_wheel, tmp_path_factory) -> Path:
-    """A virtualenv with the wheel and its dependencies; return its ``bin/`` folder."""
-    where = tmp_path_factory.mktemp("venv")
-    subprocess.run([sys.executable, "-m", "venv", str(where / "venv")], check=True, timeout=120)
-    bin_dir = where / "venv" / "bin"
-    pip = subprocess.run([str(bin_dir / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check",
-                          "-c", str(ROOT / "constraints.txt"), str(built_wheel)],
-                         capture_output=True, text=True, timeout=900, env=clean_env(), cwd=where)
-    assert pip.returncode == 0, pip.stdout[-2000:] + pip.stderr[-3000:]
-    return bin_dir
-
-
-def test_the_installed_package_is_the_wheel_and_carries_its_data(installed, tmp_path):
+@pytest.mark.timeout(900)  # the first to build and install the wheel
+def test_the_installed_package_is_the_wheel_and_carries_its_data(wheel_venv, tmp_path):
     code = ("import fink, importlib.metadata as m\n"
             "from fink.config import project_dir\n"
             "print(fink.__file__)\n"
             "print(m.distribution('fink-broker-nb').read_text('direct_url.json') or '')\n"
             "print(project_dir())\n")
-    proc = subprocess.run([str(installed / "python"), "-c", code], capture_output=True, text=True,
-                          env=clean_env(), cwd=tmp_path, timeout=120)
+    proc = subprocess.run([str(wheel_venv / "python"), "-c", code], capture_output=True, text=True,
+                          env=outside_env(), cwd=tmp_path, timeout=120)
     assert proc.returncode == 0, proc.stderr
     package, direct_url, project = proc.stdout.splitlines()
-    site = installed.parent / "lib"
+    site = wheel_venv.parent / "lib"
     assert Path(package).is_relative_to(site), package  # not the clone
     assert '"editable"' not in direct_url
     # the notebooks, conf files and sample night of the clone, byte for byte
@@ -74,18 +52,18 @@ def test_the_installed_package_is_the_wheel_and_carries_its_data(installed, tmp_
               "alerts = [avro.decode_container(m, survey=ztf).alert for m in msgs]\n"
               "[avro.check_alert(a, ztf) for a in alerts]\n"
               "print(len(alerts), len({a['candid'] for a in alerts}), ' '.join(avro.schema_versions('ztf')))\n")
-    proc = subprocess.run([str(installed / "python"), "-c", decode], capture_output=True, text=True,
-                          env=clean_env(), cwd=tmp_path, timeout=120)
+    proc = subprocess.run([str(wheel_venv / "python"), "-c", decode], capture_output=True, text=True,
+                          env=outside_env(), cwd=tmp_path, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     count, unique, *versions = proc.stdout.split()
     assert int(count) == int(unique) == 229 and "4.02" in versions and "3.3" in versions
 
 
 @pytest.mark.timeout(900)
-def test_from_a_work_folder_the_smoke_notebook_and_the_demo_run_end_to_end(installed, kafka_bootstrap, tmp_path):
+def test_from_a_work_folder_the_smoke_notebook_and_the_demo_run_end_to_end(wheel_venv, kafka_bootstrap, tmp_path):
     work, home = tmp_path / "work", tmp_path / "home"
-    env = clean_env(FINK_HOME=str(home))
-    init = subprocess.run([str(installed / "fink"), "init", "--project", str(work)], capture_output=True, text=True,
+    env = outside_env(FINK_HOME=str(home))
+    init = subprocess.run([str(wheel_venv / "fink"), "init", "--project", str(work)], capture_output=True, text=True,
                           env=env, cwd=tmp_path, timeout=120)
     assert init.returncode == 0, init.stderr
     names = {p.name for p in (ROOT / "notebooks").glob("*.ipynb")}
@@ -94,7 +72,7 @@ def test_from_a_work_folder_the_smoke_notebook_and_the_demo_run_end_to_end(insta
 
     # the smoke notebook, headless, from the work folder's copy
     topic = f"wheel_{uuid.uuid4().hex[:8]}"
-    smoke = subprocess.run([str(installed / "papermill"), "--no-progress-bar", "notebooks/smoke.ipynb",
+    smoke = subprocess.run([str(wheel_venv / "papermill"), "--no-progress-bar", "notebooks/smoke.ipynb",
                             str(tmp_path / "smoke.ipynb"), "-f", "conf/local.yaml", "--cwd", "notebooks",
                             "-p", "data_dir", str(tmp_path / "data"), "-p", "topic", topic, "-p", "n_alerts", "60"],
                            capture_output=True, text=True, env=env, cwd=work, timeout=600)
@@ -103,7 +81,7 @@ def test_from_a_work_folder_the_smoke_notebook_and_the_demo_run_end_to_end(insta
     assert summary["published"] == summary["archived_this_run"] == summary["published_alerts_found_in_archive"] == 60
 
     # `fink demo`: the whole broker on the sample night, every alert accounted for
-    demo = subprocess.run([str(installed / "fink"), "demo"], capture_output=True, text=True, env=env, cwd=work,
+    demo = subprocess.run([str(wheel_venv / "fink"), "demo"], capture_output=True, text=True, env=env, cwd=work,
                           timeout=800)
     assert demo.returncode == 0, demo.stdout[-3000:] + demo.stderr[-3000:]
     assert "all accounted for" in demo.stdout
