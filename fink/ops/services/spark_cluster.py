@@ -36,8 +36,36 @@ def spark_home() -> Path:
 class _SparkDaemon(Service):
     main_class = ""
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.log_file = self.out_file  # the daemons log to their console (Spark's own log4j2 defaults)
+
+    @property
+    def distribution(self) -> Path:
+        """A Spark home the workers launch executors from: pyspark's ``jars/`` and ``bin/`` with a
+        ``RELEASE`` file (without one, Spark looks for a source build's folders and fails with
+        "Cannot find any build directories")."""
+        return self.home / "services" / "spark-home"
+
+    def prepare(self) -> None:
+        import pyspark
+
+        home = self.distribution
+        home.mkdir(parents=True, exist_ok=True)
+        for name in ("jars", "bin"):
+            link = home / name
+            if link.is_symlink() and link.resolve() != (spark_home() / name).resolve():
+                link.unlink()  # pyspark reinstalled elsewhere
+            if not link.exists():
+                link.symlink_to(spark_home() / name, target_is_directory=True)
+        (home / "RELEASE").write_text(f"Spark {pyspark.__version__} (the pyspark distribution, for fink's cluster)\n")
+
     def environment(self) -> dict[str, str]:
-        return {"SPARK_HOME": str(spark_home()), "SPARK_LOCAL_IP": self.config.host,
+        # the Scala version of the jars (spark-core_2.13-...): Spark's launcher asks for it, as
+        # bin/load-spark-env.sh sets it, before it reads the jars' folder
+        (core,) = sorted(spark_home().glob("jars/spark-core_*.jar"))[:1]
+        scala = core.name.removeprefix("spark-core_").split("-")[0]
+        return {"SPARK_HOME": str(self.distribution), "SPARK_SCALA_VERSION": scala, "SPARK_LOCAL_IP": self.config.host,
                 "SPARK_LOG_DIR": str(self.home / "logs"), "SPARK_NO_DAEMONIZE": "1"}
 
     def daemon_args(self) -> list[str]:
@@ -92,6 +120,7 @@ class _SparkWorker(_SparkDaemon):
         return self.run_dir / "work"
 
     def prepare(self) -> None:
+        super().prepare()
         self.work_dir.mkdir(parents=True, exist_ok=True)
 
     def daemon_args(self) -> list[str]:
