@@ -35,45 +35,41 @@ def fink_home() -> Path:
     return Path(os.environ.get("FINK_HOME") or Path.home() / ".fink").expanduser().resolve()
 
 
-def checkout() -> Path:
-    """Return the source checkout: the folder holding ``setup.cfg``, ``notebooks/`` and ``conf/``.
+#: the folders of a project: the notebooks, the example parameter files, the sample night (the
+#: survey descriptions name ``../datasim/sample_night`` relative to ``notebooks/``)
+PROJECT_FILES = {"notebooks": "*.ipynb", "conf": "*.yaml", "datasim/sample_night": "*"}
+PROJECT_ENV = "FINK_PROJECT"
 
-    ``$FINK_CHECKOUT`` when set; else the folder that holds the imported package (a clone on
-    the path or installed editable); else the folder an editable install recorded (its
-    ``direct_url.json``); else the current directory or the nearest folder above it that is
-    a checkout.
+
+def project_dir() -> Path:
+    """Return the folder holding ``notebooks/``, ``conf/`` and ``datasim/``, the services' sources.
+
+    In order: ``$FINK_PROJECT``; the current folder or the nearest above it holding
+    ``notebooks/`` and ``conf/`` (a clone, or a work folder ``fink init --project`` made); the
+    clone holding the imported package (on the path, or installed editable); the copy that an
+    installed wheel carries (``fink/data/project``, found through ``importlib.resources``).
 
     Raises
     ------
     ConfigError
-        None of these is a checkout (a wheel installed without its sources): set ``FINK_CHECKOUT``.
+        None of these exists (a package built without its project files).
 
     Notes
     -----
-    The notebooks and ``conf/`` are the project's sources, not package data: a service runs
-    the notebook a person edits, so they are read where the checkout is.
+    The notebooks are the project's sources, not a library's data: a service runs the notebook
+    a person edits, so a work folder or a clone comes before the wheel's read-only copy.
     """
-    import importlib.metadata
     import importlib.resources
-    import json
 
-    if os.environ.get("FINK_CHECKOUT"):
-        return Path(os.environ["FINK_CHECKOUT"]).expanduser().resolve()
-    candidates = [Path(str(importlib.resources.files("fink"))).parent]
-    try:
-        recorded = importlib.metadata.distribution("fink-broker-nb").read_text("direct_url.json")
-    except importlib.metadata.PackageNotFoundError:
-        recorded = None
-    url = json.loads(recorded).get("url", "") if recorded else ""
-    if url.startswith("file://"):
-        candidates.append(Path(urllib.parse.urlparse(url).path))
+    if os.environ.get(PROJECT_ENV):
+        return Path(os.environ[PROJECT_ENV]).expanduser().resolve()
     here = Path.cwd().resolve()
-    candidates += [here, *here.parents]
-    for folder in candidates:
-        if (folder / "setup.cfg").is_file() and (folder / "notebooks").is_dir() and (folder / "fink").is_dir():
+    package = Path(str(importlib.resources.files("fink")))
+    for folder in (here, *here.parents, package.parent, package / "data" / "project"):
+        if (folder / "notebooks").is_dir() and (folder / "conf").is_dir():
             return folder
-    raise ConfigError("no source checkout found (a folder with setup.cfg, notebooks/ and fink/): "
-                      "set FINK_CHECKOUT to the clone's folder")
+    raise ConfigError(f"no notebooks/ and conf/ found from {here} nor in the installed package: "
+                      f"run `fink init --project DIR` or set {PROJECT_ENV} to a clone's folder")
 
 
 def local_path(location: str) -> Path | None:
@@ -248,6 +244,16 @@ class ServicesConfig(Validated):
     hbase_heap: str = "1536m"
     thrift_port: int = 9090
     thrift_heap: str = "256m"
+    # a Spark standalone cluster on this machine (`fink services start spark`: a master, two workers)
+    spark_master_port: int = 7077
+    spark_master_webui_port: int = 8080
+    spark_worker1_port: int = 7078
+    spark_worker1_webui_port: int = 8081
+    spark_worker2_port: int = 7079
+    spark_worker2_webui_port: int = 8082
+    spark_worker_cores: int = 1
+    spark_worker_memory: str = "2g"
+    spark_daemon_heap: str = "256m"
     start_timeout: float = 120.0
     stop_timeout: float = 30.0
 
@@ -264,10 +270,12 @@ class ServicesConfig(Validated):
             if port in seen:
                 raise ConfigError(f"{source}: '{key}' and '{seen[port]}' are both {port}")
             seen[port] = key
-        for key in ("kafka_heap", "hbase_heap", "thrift_heap"):
+        for key in ("kafka_heap", "hbase_heap", "thrift_heap", "spark_worker_memory", "spark_daemon_heap"):
             value = getattr(self, key)
             if not (value[:-1].isdigit() and value[-1] in "mMgG"):
                 raise ConfigError(f"{source}: '{key}' must look like 512m or 2g, got {value!r}")
+        if self.spark_worker_cores < 1:
+            raise ConfigError(f"{source}: 'spark_worker_cores' must be at least 1")
         if self.start_timeout <= 0 or self.stop_timeout <= 0:
             raise ConfigError(f"{source}: timeouts must be positive")
 

@@ -152,3 +152,53 @@ def night_metrics(tmp_path) -> Path:
     path = tmp_path / "night-metrics" / "metrics.db"
     _night_store(path)
     return path
+
+
+# -- the wheel (tests/unit/test_packaging.py, tests/integration/test_wheel.py) -------------------
+
+@pytest.fixture(scope="session")
+def built_wheel(tmp_path_factory) -> Path:
+    """The wheel of this working tree, built from a copy of it (a clone's stale ``build/`` folder
+    would add modules that no longer exist)."""
+    import shutil
+    import subprocess
+    import sys
+
+    where = tmp_path_factory.mktemp("wheel")
+    skip = shutil.ignore_patterns(".git", ".venv", "build", "dist", "site", "*.egg-info", "__pycache__",
+                                  ".hypothesis", ".*_cache", "tests", "benchmarks")
+    shutil.copytree(ROOT, where / "src", ignore=skip)
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                            "-w", str(where / "dist"), str(where / "src")], capture_output=True, text=True,
+                           timeout=300)
+    assert built.returncode == 0, built.stderr[-3000:]
+    (wheel,) = (where / "dist").glob("fink_broker_nb-*.whl")
+    return wheel
+
+
+def outside_env(**extra: str) -> dict[str, str]:
+    """This process's environment without what points at the clone or the suite's venv."""
+    import sys
+
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("PYTHONPATH", "VIRTUAL_ENV", "FINK_PROJECT", "FINK_NOTEBOOKS", "PYTEST_CURRENT_TEST")}
+    env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "").split(os.pathsep)
+                                  if not p.startswith(str(Path(sys.executable).parent)))
+    return {**env, **extra}
+
+
+@pytest.fixture(scope="session")
+def wheel_venv(built_wheel, tmp_path_factory) -> Path:
+    """A fresh virtualenv outside the clone with the wheel and its dependencies (from pip's cache,
+    at the versions of constraints.txt); return its ``bin/`` folder."""
+    import subprocess
+    import sys
+
+    where = tmp_path_factory.mktemp("venv")
+    subprocess.run([sys.executable, "-m", "venv", str(where / "venv")], check=True, timeout=120)
+    bin_dir = where / "venv" / "bin"
+    pip = subprocess.run([str(bin_dir / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check",
+                          "-c", str(ROOT / "constraints.txt"), str(built_wheel)],
+                         capture_output=True, text=True, timeout=900, env=outside_env(), cwd=where)
+    assert pip.returncode == 0, pip.stdout[-2000:] + pip.stderr[-3000:]
+    return bin_dir

@@ -19,8 +19,9 @@ USAGE = """\
 Handle the alert stream received by Apache Spark (Kafka in, Kafka and HBase out)
 
  Usage:
-    fink init [-c <conf>]                          create $FINK_HOME, services.yaml and the conf's folders
-    fink services start|stop|status [NAME...]      local Kafka, HBase and Thrift [--json]
+    fink init [-c <conf>] [--project DIR]          create $FINK_HOME, services.yaml and the conf's folders;
+                                                   copy the notebooks, conf/ and the sample night into DIR
+    fink services start|stop|status [NAME...]      local Kafka, HBase and Thrift [--json]; `spark`: a cluster
     fink start <service> [-c <conf>] [--simulator] run notebooks/<service>.ipynb headless [-p key=value]
     fink stop <service|all>                        stop a service cleanly (forced after a timeout)
     fink show [--json]                             running services: pid, uptime, state, rates, last batch
@@ -48,8 +49,10 @@ def _usage() -> str:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fink", usage=argparse.SUPPRESS, add_help=False)
     sub = p.add_subparsers(dest="command")
-    sub.add_parser("init", help="create $FINK_HOME, a default services.yaml and the folders of a conf").add_argument(
-        "-c", "--conf", help="parameters file whose data_dir and paths to create")
+    ini = sub.add_parser("init", help="create $FINK_HOME, a default services.yaml and the folders of a conf")
+    ini.add_argument("-c", "--conf", help="parameters file whose data_dir and paths to create")
+    ini.add_argument("--project", metavar="DIR", help="copy the notebooks, conf/ and the sample night into DIR "
+                     "(a work folder for an installed package; files already there are kept)")
     st = sub.add_parser("start", help="run a service notebook headless in the background")
     st.add_argument("service")
     st.add_argument("-c", "--conf", help="papermill parameters file (conf/*.yaml)")
@@ -107,12 +110,36 @@ def _parser() -> argparse.ArgumentParser:
 def _services_parser() -> argparse.ArgumentParser:
     s = argparse.ArgumentParser(prog="fink services", description="local Kafka / HBase / Thrift")
     s.add_argument("action", choices=["start", "stop", "status"])
-    s.add_argument("names", nargs="*", help=f"services among {', '.join(services.SERVICES)} (default: all)")
+    s.add_argument("names", nargs="*", help=f"services among {', '.join([*services.SERVICES, *services.GROUPS])} "
+                   f"(default: {', '.join(services.DEFAULT)}; spark: a standalone master and two workers)")
     s.add_argument("--json", action="store_true", help="status as JSON")
     return s
 
 
-def _init(conf: str | None = None) -> int:
+def _copy_project(dest: Path) -> None:
+    """Copy the project's notebooks, conf files and sample night into ``dest`` (what is there stays)."""
+    import shutil
+
+    from fink.config import PROJECT_FILES, project_dir
+
+    source = project_dir()
+    if source == dest.resolve():
+        raise FinkError(f"{dest} is the project folder itself: nothing to copy")
+    copied = kept = 0
+    for folder, pattern in PROJECT_FILES.items():
+        (dest / folder).mkdir(parents=True, exist_ok=True)
+        for path in sorted((source / folder).glob(pattern)):
+            target = dest / folder / path.name
+            if target.exists():
+                kept += 1
+                continue
+            shutil.copyfile(path, target)
+            copied += 1
+    print(f"project: {dest} ({copied} files copied from {source}, {kept} already there kept); "
+          f"run `fink start` from there, or set FINK_PROJECT={dest}")
+
+
+def _init(conf: str | None = None, project: str | None = None) -> int:
     import yaml
 
     from fink.config import FinkConfig
@@ -147,6 +174,8 @@ def _init(conf: str | None = None) -> int:
     secrets.mkdir(mode=0o700, exist_ok=True)
     service_password(home, create=True)  # the local broker's service account (fink.ops.services.kafka_server)
     print(f"FINK_HOME: {home}\nservices configuration: {conf}\nsecrets (mode 0600 files): {secrets}")
+    if project:
+        _copy_project(Path(project))
     return 0
 
 
@@ -327,7 +356,7 @@ def main(argv: list[str] | None = None) -> int:
         args = _parser().parse_args(argv)
     try:
         if args.command == "init":
-            return _init(args.conf)
+            return _init(args.conf, args.project)
         if args.command == "services":
             return _services(args)
         if args.command == "start":

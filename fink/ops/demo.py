@@ -26,7 +26,7 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fink.config import FinkConfig, ServicesConfig, checkout, fink_home
+from fink.config import FinkConfig, ServicesConfig, fink_home, project_dir
 from fink.errors import FinkError
 from fink.io import kafka
 from fink.ops import dashboard, runner, services
@@ -140,7 +140,7 @@ def receive(topic: str, expected: int, idle: float = 20.0) -> dict[str, Any]:
 def run(conf: str | None = None, keep_services: bool = False, timeout: float = 420.0, rate: float = 25.0) -> int:
     """Run the demo; return 0 when every alert is accounted for (raises :class:`DemoError` otherwise)."""
     t0 = time.monotonic()
-    conf_path = str(Path(conf) if conf else checkout() / "conf" / "local.yaml")
+    conf_path = str(Path(conf) if conf else project_dir() / "conf" / "local.yaml")
     home = fink_home()
     started_services: list[str] = []
     _say("== services")

@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from fink.config import FinkConfig, checkout, fink_home
+from fink.config import FinkConfig, fink_home, project_dir
 from fink.errors import ConfigError, RunnerError
 from fink.log import logger
 from fink.processes import process_start_time
@@ -59,9 +59,9 @@ class Run:
 
 
 def notebooks_dir() -> Path:
-    """Return where service notebooks are found (``$FINK_NOTEBOOKS`` or the checkout's ``notebooks/``,
-    :func:`fink.config.checkout`)."""
-    return Path(os.environ.get("FINK_NOTEBOOKS") or checkout() / "notebooks")
+    """Return where service notebooks are found (``$FINK_NOTEBOOKS``, else the project's ``notebooks/``,
+    :func:`fink.config.project_dir`)."""
+    return Path(os.environ.get("FINK_NOTEBOOKS") or project_dir() / "notebooks")
 
 
 def _state_file(service: str, home: Path) -> Path:

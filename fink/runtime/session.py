@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import os
 import sys
+import urllib.parse
 from collections.abc import Mapping
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
-from fink.config import FinkConfig, fink_home
+from fink.config import LOOPBACK, FinkConfig, fink_home
 from fink.runtime import jvm
 
 if TYPE_CHECKING:  # importing pyspark starts nothing, but keep `import fink` light
@@ -69,7 +70,8 @@ DEFAULTS: dict[str, str] = {
 DRIVER_JAVA_OPTIONS = "FINK_DRIVER_JAVA_OPTIONS"
 
 LOCAL_DEFAULTS: dict[str, str] = {
-    # loopback only on one machine; a cluster sets its own addresses
+    # loopback only on one machine (local[...], or a standalone master on 127.0.0.1 such as
+    # `fink services start spark`'s); a cluster of several machines sets its own addresses
     "spark.driver.host": "127.0.0.1",
     "spark.driver.bindAddress": "127.0.0.1",
     "spark.ui.enabled": "false",
@@ -81,11 +83,13 @@ def spark_conf(fink_cfg: FinkConfig | None = None, app_name: str = "fink",
     """Return the Spark settings :func:`get_spark` would use, without starting anything.
 
     Order of precedence: :data:`DEFAULTS`, then the local ones when the master is
-    ``local[...]``, then the connector jars, then ``fink_cfg.spark_conf``, then ``overrides``.
+    ``local[...]`` or a standalone master on a loopback address, then the connector jars, then
+    ``fink_cfg.spark_conf``, then ``overrides``.
     """
     fink_cfg = fink_cfg or FinkConfig()
     conf = dict(DEFAULTS)
-    if fink_cfg.spark_master.startswith("local"):
+    master_host = urllib.parse.urlparse(fink_cfg.spark_master).hostname if "://" in fink_cfg.spark_master else None
+    if fink_cfg.spark_master.startswith("local") or master_host in LOOPBACK:
         conf.update(LOCAL_DEFAULTS)
     conf["spark.master"] = fink_cfg.spark_master
     conf["spark.app.name"] = app_name

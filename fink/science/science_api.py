@@ -31,6 +31,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import inspect
+import os
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -79,6 +80,10 @@ class ScienceModule:
         if unknown:
             raise ScienceModuleError(f"science module {self.name}: unknown parameter '{unknown[0]}' "
                                      f"(its parameters: {', '.join(allowed) or 'none'})")
+        # a relative file (``*_path``) is read from where the module is configured (the driver, in
+        # the notebook's folder): executors on a cluster run in folders of their own
+        params = {k: os.path.abspath(v) if k.endswith("_path") and isinstance(v, str) and v and "://" not in v
+                  else v for k, v in params.items()}
         return dataclasses.replace(self, params={**self.params, **params})
 
 

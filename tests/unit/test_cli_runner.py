@@ -31,6 +31,26 @@ def test_init_creates_home_and_valid_services_yaml(tmp_path, monkeypatch, capsys
     assert main(["init"]) == 0  # idempotent, keeps the file
 
 
+def test_init_copies_the_project_into_a_work_folder_and_keeps_what_is_there(tmp_path, monkeypatch, capsys):
+    from fink.config import PROJECT_FILES, project_dir
+
+    monkeypatch.setenv("FINK_HOME", str(tmp_path / "home"))
+    work = tmp_path / "work"
+    (work / "notebooks").mkdir(parents=True)
+    (work / "notebooks" / "smoke.ipynb").write_text("{}")  # a person's edited copy
+    assert main(["init", "--project", str(work)]) == 0
+    assert "1 already there kept" in capsys.readouterr().out
+    source = project_dir()
+    for folder, pattern in PROJECT_FILES.items():
+        names = sorted(p.name for p in (source / folder).glob(pattern))
+        assert names and sorted(p.name for p in (work / folder).glob(pattern)) == names, folder
+    assert (work / "notebooks" / "smoke.ipynb").read_text() == "{}"
+    assert (work / "datasim" / "sample_night" / "alerts.avro").read_bytes() == \
+        (source / "datasim" / "sample_night" / "alerts.avro").read_bytes()
+    monkeypatch.chdir(work)  # from there, the services run the work folder's notebooks
+    assert project_dir() == work
+
+
 def test_unknown_service_is_a_clear_error(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("FINK_HOME", str(tmp_path))
     assert main(["start", "nosuch"]) == 1

@@ -4,7 +4,6 @@ and the two configurations have one name each."""
 
 import ast
 import configparser
-import importlib.metadata
 import os
 import subprocess
 import sys
@@ -73,7 +72,7 @@ def test_module_names_are_unique():
 
 
 def test_no_module_finds_files_from_its_own_path():
-    """Package data through importlib.resources, the checkout through fink.config.checkout."""
+    """Package data through importlib.resources, the project folder through fink.config.project_dir."""
     found = [f"{p.relative_to(ROOT)}:{node.lineno}" for p, tree in trees().items() for node in ast.walk(tree)
              if isinstance(node, ast.Name) and node.id == "__file__"]
     assert found == []
@@ -92,24 +91,29 @@ def test_no_argument_shadows_the_package_or_blurs_the_two_configurations(name):
     assert found == []
 
 
-def _not_installed(name: str):
-    raise importlib.metadata.PackageNotFoundError(name)
+def test_the_project_folder_is_found(monkeypatch, tmp_path):
+    """$FINK_PROJECT; else a work folder or clone from here up; else the package's clone; else the wheel's copy."""
+    from fink.config import ConfigError, project_dir
 
-
-def test_the_checkout_is_found(monkeypatch, tmp_path):
-    from fink.config import ConfigError, checkout
-
-    assert (checkout() / "notebooks").is_dir() and (checkout() / "setup.cfg").is_file()
-    monkeypatch.setenv("FINK_CHECKOUT", str(tmp_path))
-    assert checkout() == tmp_path.resolve()
-    monkeypatch.delenv("FINK_CHECKOUT")
-    monkeypatch.setattr("importlib.resources.files", lambda package: tmp_path / "site-packages" / package)
-    monkeypatch.setattr("importlib.metadata.distribution", _not_installed)
+    assert project_dir() == ROOT  # the suite runs in the clone
+    monkeypatch.setenv("FINK_PROJECT", str(tmp_path))
+    assert project_dir() == tmp_path.resolve()
+    monkeypatch.delenv("FINK_PROJECT")
+    monkeypatch.chdir(ROOT / "docs")  # inside a clone: the folder above
+    assert project_dir() == ROOT
+    work = tmp_path / "work"
+    for folder in ("notebooks", "conf", "notebooks/py"):
+        (work / folder).mkdir(parents=True)
+    monkeypatch.chdir(work / "notebooks" / "py")  # a work folder `fink init --project` made
+    assert project_dir() == work
+    site = tmp_path / "site-packages"
+    monkeypatch.setattr("importlib.resources.files", lambda package: site / package)
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(ConfigError, match="FINK_CHECKOUT"):
-        checkout()
-    monkeypatch.chdir(ROOT / "docs")  # inside a clone: the folder above that is a checkout
-    assert checkout() == ROOT
+    with pytest.raises(ConfigError, match="fink init --project"):
+        project_dir()
+    for folder in ("notebooks", "conf"):  # an installed wheel's copy
+        (site / "fink" / "data" / "project" / folder).mkdir(parents=True)
+    assert project_dir() == site / "fink" / "data" / "project"
 
 
 def test_the_pom_is_package_data(monkeypatch, tmp_path):

@@ -127,3 +127,22 @@ def test_every_third_party_import_of_the_library_is_declared():
                     if dist.get(top, top).lower() not in declared:
                         missing.add(f"{top} ({path.relative_to(ROOT)})")
     assert not missing, f"imported but not in setup.cfg install_requires: {sorted(missing)}"
+
+
+def test_the_wheel_holds_every_file_the_package_reads_at_run_time(built_wheel):
+    """Package data (schemas, surveys, models, the pom, log settings) and the project's notebooks,
+    conf files and sample night (fink/data/project/, what setup.py adds); the wheel's end-to-end
+    run outside the checkout is tests/integration/test_wheel.py."""
+    import zipfile
+
+    from fink.config import PROJECT_FILES
+
+    names = set(zipfile.ZipFile(built_wheel).namelist())
+    data = ROOT / "fink" / "data"
+    expected = {f"fink/{p.relative_to(ROOT / 'fink')}" for p in data.rglob("*") if p.is_file()}
+    expected |= {f"fink/data/project/{p.relative_to(ROOT)}" for folder, pattern in PROJECT_FILES.items()
+                 for p in (ROOT / folder).glob(pattern)}
+    assert {n for n in expected if "/schemas/ztf/" in n} and {n for n in expected if n.endswith(".ipynb")}
+    assert sorted(expected - names) == []
+    modules = {f"fink/{p.relative_to(ROOT / 'fink')}" for p in (ROOT / "fink").rglob("*.py")}
+    assert sorted(n for n in names if n.startswith("fink/") and n.endswith(".py")) == sorted(modules)

@@ -1,4 +1,5 @@
-"""Local services of the broker stack: Kafka, HBase and its Thrift gateway.
+"""Local services of the broker stack: Kafka, HBase and its Thrift gateway; on demand, a
+Spark standalone cluster (``spark``: a master and two workers).
 
 ``fink services start|stop|status`` drives these; tests and notebooks may too.
 """
@@ -12,20 +13,27 @@ from fink.errors import ServiceError
 from fink.ops.services.hbase_server import HBaseService, ThriftService
 from fink.ops.services.kafka_server import KafkaService
 from fink.ops.services.service import Service, Status
+from fink.ops.services.spark_cluster import SparkMasterService, SparkWorker1Service, SparkWorker2Service
 
 # start order; stop goes the other way
-SERVICES: dict[str, type[Service]] = {"kafka": KafkaService, "hbase": HBaseService, "thrift": ThriftService}
+SERVICES: dict[str, type[Service]] = {"kafka": KafkaService, "hbase": HBaseService, "thrift": ThriftService,
+                                      "spark-master": SparkMasterService, "spark-worker-1": SparkWorker1Service,
+                                      "spark-worker-2": SparkWorker2Service}
+#: what ``fink services start`` starts without names: the cluster is asked for by name
+DEFAULT = ["kafka", "hbase", "thrift"]
+#: names that stand for several services
+GROUPS = {"spark": ["spark-master", "spark-worker-1", "spark-worker-2"]}
 
 __all__ = ["SERVICES", "Service", "Status", "select", "start", "stop", "status"]
 
 
 def select(names: list[str] | None = None, home: Path | None = None,
            config: ServicesConfig | None = None) -> list[Service]:
-    """Return the services named (all by default), in start order."""
-    names = names or list(SERVICES)
+    """Return the services named (:data:`DEFAULT` when none; ``spark`` is the cluster), in start order."""
+    names = [n for name in (names or DEFAULT) for n in GROUPS.get(name, [name])]
     unknown = [n for n in names if n not in SERVICES]
     if unknown:
-        raise ServiceError(f"unknown service '{unknown[0]}' (known: {', '.join(SERVICES)})")
+        raise ServiceError(f"unknown service '{unknown[0]}' (known: {', '.join([*SERVICES, *GROUPS])})")
     home = home or fink_home()
     config = config or ServicesConfig.load(home)
     return [SERVICES[n](config, home) for n in SERVICES if n in names]

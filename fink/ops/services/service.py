@@ -37,6 +37,17 @@ class Status:
         return dict(self.__dict__)
 
 
+def read_pid_file(path: Path) -> tuple[int, int] | None:
+    """``(pid, start time)`` recorded at start; None without a file, ``(-1, -1)`` for an unreadable one."""
+    try:
+        data = json.loads(path.read_text())
+        return int(data["pid"]), int(data["start_time"])
+    except FileNotFoundError:
+        return None
+    except (ValueError, KeyError, TypeError):
+        return (-1, -1)  # unreadable: treated as stale
+
+
 class Service:
     """Base class: subclasses give the command line, the preparation and a readiness probe."""
 
@@ -69,15 +80,13 @@ class Service:
     def ready(self) -> bool:
         raise NotImplementedError
 
+    def environment(self) -> dict[str, str]:
+        """Variables added to the process's environment (none by default)."""
+        return {}
+
     # -- PID file -----------------------------------------------------------------------
     def _read_pid(self) -> tuple[int, int] | None:
-        try:
-            data = json.loads(self.pid_file.read_text())
-            return int(data["pid"]), int(data["start_time"])
-        except FileNotFoundError:
-            return None
-        except (ValueError, KeyError, TypeError):
-            return (-1, -1)  # unreadable: treated as stale
+        return read_pid_file(self.pid_file)
 
     def _reap(self, pid: int) -> None:
         """Collect the exit status of a process this object started (else it lingers as a zombie)."""
@@ -136,7 +145,8 @@ class Service:
             log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} starting {self.name}\n".encode())
             log.flush()
             self._child = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                           cwd=self.run_dir, start_new_session=True)
+                                           cwd=self.run_dir, start_new_session=True,
+                                           env={**os.environ, **self.environment()})
         started = process_start_time(self._child.pid)
         self.pid_file.write_text(json.dumps({"pid": self._child.pid, "start_time": started,
                                              "ports": self.ports(), "command": cmd}))
