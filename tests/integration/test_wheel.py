@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -121,9 +122,15 @@ THIS_MACHINE = {"spark.executor.memory": "1g", "spark.executor.cores": "1", "spa
 def spark_cluster():
     """The standalone master and its two workers, stopped at the end of the module."""
     cfg = ServicesConfig.load()
-    services.start(["spark"])
+    started = fink_services("start", "spark")  # from another process, as an operator (no child of ours)
+    assert started.returncode == 0, started.stdout + started.stderr
     yield f"spark://{cfg.host}:{cfg.spark_master_port}"
-    services.stop(["spark"])
+    fink_services("stop", "spark")
+
+
+def fink_services(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "fink.ops.cli", "services", *args], capture_output=True, text=True,
+                          timeout=300)
 
 
 def run_pipeline(fink_bin: Path, work: Path, home: Path, master: str, data: Path, topic: str, bright: str,
@@ -206,7 +213,7 @@ def test_the_pipeline_on_the_cluster_writes_what_local_mode_writes_with_a_worker
         assert killed, "the pipeline ended before a worker could be killed mid-stream"
         (worker,) = services.select(["spark-worker-1"])
         assert worker.alive_pid() is None
-        services.start(["spark-worker-1"])  # the machine back, for what follows
+        assert fink_services("start", "spark-worker-1").returncode == 0  # the machine back, for what follows
 
         # the cluster ran it: each worker started an executor for the pipeline's application
         apps = {w.name: list((w.run_dir / "work").glob("app-*/*/stderr"))
