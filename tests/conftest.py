@@ -28,6 +28,18 @@ os.environ.setdefault(DRIVER_JAVA_OPTIONS, "-XX:TieredStopAtLevel=1")
 SHARED = Path(os.environ.get("FINK_SHARED", ROOT.parent / "shared")).resolve()
 
 
+#: the test files that take longest, longest first (`make test --durations`, 2-core machine). With
+#: ``--dist loadfile`` xdist hands whole files to its workers in collection order: these go first, so
+#: that no long file starts last on one worker while the other has finished.
+SLOW_FIRST = ["test_wheel.py", "test_notebooks.py", "test_one_pass.py", "test_distribution.py", "test_archive.py",
+              "test_stream2raw.py", "test_rubin.py", "test_demo.py", "test_pipeline.py", "test_compaction.py"]
+
+
+def pytest_collection_modifyitems(session, config, items):
+    rank = {name: i for i, name in enumerate(SLOW_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: each file's own order stays
+
+
 @pytest.fixture(scope="session")
 def services_config() -> ServicesConfig:
     return ServicesConfig.load(fink_home())

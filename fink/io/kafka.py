@@ -122,6 +122,27 @@ def fetch(bootstrap: str, wanted: Iterable[tuple[str, int, int]], timeout: float
     return found
 
 
+#: metadata requests asked again while no broker answers (a broker restarting): up to this many times
+METADATA_ATTEMPTS = 4
+
+
+def _metadata(admin: Any, timeout: float, topic: str | None = None) -> Any:
+    """``admin.list_topics``, asked again (up to :data:`METADATA_ATTEMPTS` times ``timeout``) while the
+    broker does not answer: a stage that meets a broker restart rides it out instead of failing."""
+    from confluent_kafka import KafkaError as Error
+    from confluent_kafka import KafkaException
+
+    unanswered = {Error._TIMED_OUT, Error._TRANSPORT, Error._ALL_BROKERS_DOWN}
+    for attempt in range(1, METADATA_ATTEMPTS + 1):
+        try:
+            return admin.list_topics(topic, timeout=timeout)
+        except KafkaException as exc:
+            if attempt == METADATA_ATTEMPTS or exc.args[0].code() not in unanswered:
+                raise
+            logger.warning("no metadata from the Kafka broker (%s): asking again (%d of %d)",
+                           exc.args[0].str(), attempt + 1, METADATA_ATTEMPTS)
+
+
 def ensure_topic(bootstrap: str, topic: str, partitions: int = 1, timeout: float = 30.0,
                  config: dict[str, str] | None = None) -> bool:
     """Create ``topic`` if it does not exist (with ``config``: ``retention.ms``, ``cleanup.policy``...)
@@ -135,7 +156,7 @@ def ensure_topic(bootstrap: str, topic: str, partitions: int = 1, timeout: float
     admin = AdminClient(client_config(bootstrap))
     created = False
     track(topic)
-    if topic not in admin.list_topics(timeout=timeout).topics:
+    if topic not in _metadata(admin, timeout).topics:
         future = admin.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=1,
                                                config=dict(config or {}))])[topic]
         try:
@@ -146,7 +167,7 @@ def ensure_topic(bootstrap: str, topic: str, partitions: int = 1, timeout: float
                 raise KafkaError(f"cannot create topic {topic!r} on {bootstrap}: {exc}") from exc
     deadline = time.monotonic() + timeout
     while True:
-        meta = admin.list_topics(topic, timeout=timeout).topics.get(topic)
+        meta = _metadata(admin, timeout, topic).topics.get(topic)
         if meta is not None and meta.error is None and meta.partitions and \
                 all(p.leader >= 0 for p in meta.partitions.values()):
             return created

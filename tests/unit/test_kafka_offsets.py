@@ -132,3 +132,32 @@ def test_temporary_topics_that_cannot_be_deleted_are_logged_and_the_block_stands
     with caplog.at_level("WARNING", logger="fink"), kafka.temporary_topics("127.0.0.1:1"):
         kafka.track("made")
     assert asked == [{"made"}] and "temporary topics left on the broker" in caplog.text and "made" in caplog.text
+
+
+class _Admin:
+    """list_topics failing ``failures`` times with ``code``, then answering."""
+
+    def __init__(self, failures, code):
+        self.failures, self.code, self.calls = failures, code, 0
+
+    def list_topics(self, topic=None, timeout=-1):
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise KafkaException(KafkaError(self.code, "Failed to get metadata: Local: Timed out"))
+        return "metadata"
+
+
+def test_metadata_is_asked_again_through_a_broker_restart():
+    admin = _Admin(failures=kafka.METADATA_ATTEMPTS - 1, code=KafkaError._TIMED_OUT)
+    assert kafka._metadata(admin, 0.1) == "metadata" and admin.calls == kafka.METADATA_ATTEMPTS
+
+
+def test_metadata_from_a_broker_that_stays_down_or_refuses_is_an_error():
+    admin = _Admin(failures=kafka.METADATA_ATTEMPTS, code=KafkaError._TIMED_OUT)
+    with pytest.raises(KafkaException):
+        kafka._metadata(admin, 0.1)
+    assert admin.calls == kafka.METADATA_ATTEMPTS
+    refused = _Admin(failures=1, code=KafkaError.TOPIC_AUTHORIZATION_FAILED)  # waiting does not mend it
+    with pytest.raises(KafkaException):
+        kafka._metadata(refused, 0.1)
+    assert refused.calls == 1
