@@ -333,16 +333,54 @@ def service_password(home: Path | None = None, create: bool = False) -> str | No
     given = os.environ.get(f"FINK_{SERVICE_SECRET.upper()}")
     if given:  # a process whose FINK_HOME is not the services' one (a test's, a second data home)
         return given.strip()
-    folder = (home or fink_home()) / "secrets"
-    path = folder / SERVICE_SECRET
+    path = (home or fink_home()) / "secrets" / SERVICE_SECRET
     if not path.exists():
         if not create:
             return None
-        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(random.token_urlsafe(32) + "\n")
+        _write_private(path, random.token_urlsafe(32) + "\n")
     return _private_text(path)
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write a new secret file of mode 0600 in a folder of mode 0700 (never over an existing one)."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+
+
+#: the Spark properties file under ``$FINK_HOME/secrets`` that a standalone cluster's daemons and
+#: its drivers share: ``spark.authenticate=true`` and the shared secret
+SPARK_AUTH_FILE = "spark-auth.properties"
+
+
+def spark_auth_file(home: Path | None = None, create: bool = False) -> Path | None:
+    """The properties file (mode 0600) that switches on Spark's authentication, or None.
+
+    ``$FINK_SPARK_AUTH_FILE`` when set (a driver whose ``FINK_HOME`` is not the cluster's), else
+    ``$FINK_HOME/secrets/spark-auth.properties``; with ``create``, a missing one is made with a
+    secret of 32 random bytes (``fink services start spark`` does this).
+
+    Notes
+    -----
+    Spark's standalone mode reads the secret from ``spark.authenticate.secret`` only (secret
+    files are for Kubernetes), and pyspark passes a session's settings to ``spark-submit`` on its
+    command line, which every user of the machine sees. A properties file keeps the secret off
+    every command line: the master and the workers read it with ``--properties-file``, a driver
+    through ``PYSPARK_SUBMIT_ARGS`` (:func:`fink.runtime.session.get_spark`), and each worker
+    hands it to its executors in their environment, as Spark does.
+    """
+    import secrets as random
+
+    given = os.environ.get("FINK_SPARK_AUTH_FILE")
+    path = Path(given) if given else (home or fink_home()) / "secrets" / SPARK_AUTH_FILE
+    if not path.exists():
+        if not create or given:
+            return None
+        _write_private(path, "# the shared secret of the cluster's daemons and drivers (fink services start spark)\n"
+                             f"spark.authenticate=true\nspark.authenticate.secret={random.token_hex(32)}\n")
+    _private_text(path)  # refused if others may read it
+    return path
 
 
 def secret(name: str) -> str | None:

@@ -11,13 +11,16 @@ On a cluster the same paths are shipped to the executors by ``spark.jars``.
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 import urllib.parse
 from collections.abc import Mapping
 from importlib import resources
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fink.config import LOOPBACK, FinkConfig, fink_home
+from fink.config import LOOPBACK, SPARK_AUTH_FILE, FinkConfig, fink_home, spark_auth_file
+from fink.errors import ConfigError
 from fink.runtime import jvm
 
 if TYPE_CHECKING:  # importing pyspark starts nothing, but keep `import fink` light
@@ -109,6 +112,28 @@ def spark_conf(fink_cfg: FinkConfig | None = None, app_name: str = "fink",
     return conf
 
 
+def authentication_file(conf: Mapping[str, str]) -> Path | None:
+    """The properties file with the standalone cluster's secret when ``conf`` asks for
+    ``spark.authenticate`` on a ``spark://`` master, else None (local mode needs none; YARN
+    makes its own).
+
+    Raises
+    ------
+    ConfigError
+        Authentication asked for and no secret file (:func:`fink.config.spark_auth_file`).
+    """
+    if str(conf.get("spark.authenticate", "false")).lower() != "true" or \
+            not str(conf.get("spark.master", "")).startswith("spark://"):
+        return None
+    path = spark_auth_file()
+    if path is None:
+        raise ConfigError(
+            f"spark.authenticate is on for {conf['spark.master']} but this machine has no secret for it: "
+            f"{fink_home() / 'secrets' / SPARK_AUTH_FILE} is made by `fink services start spark` on the cluster; "
+            "copy it here with mode 0600 (or point FINK_SPARK_AUTH_FILE at it)")
+    return path
+
+
 def get_spark(fink_cfg: FinkConfig | None = None, app_name: str = "fink",
               overrides: Mapping[str, Any] | None = None) -> "SparkSession":
     """Return the Spark session (created on first call, reused after).
@@ -133,8 +158,14 @@ def get_spark(fink_cfg: FinkConfig | None = None, app_name: str = "fink",
     fink_cfg = fink_cfg or FinkConfig()
     # pyspark starts its JVM with this python for the workers too
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    conf = spark_conf(fink_cfg, app_name, overrides)
+    auth = authentication_file(conf)
+    if auth is not None:  # read by spark-submit when pyspark starts the JVM: the secret on no command line
+        submit = os.environ.get("PYSPARK_SUBMIT_ARGS", "pyspark-shell")
+        if "--properties-file" not in submit:
+            os.environ["PYSPARK_SUBMIT_ARGS"] = f"--properties-file {shlex.quote(str(auth))} {submit}"
     builder = SparkSession.builder
-    for key, value in spark_conf(fink_cfg, app_name, overrides).items():
+    for key, value in conf.items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel(fink_cfg.log_level.upper())

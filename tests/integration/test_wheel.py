@@ -23,7 +23,7 @@ import yaml
 from conftest import outside_env
 from test_operations import consume, hbase_candids
 
-from fink.config import PROJECT_FILES, ServicesConfig
+from fink.config import PROJECT_FILES, ServicesConfig, spark_auth_file
 from fink.io import hbase
 from fink.ops import services
 
@@ -144,7 +144,8 @@ def run_pipeline(fink_bin: Path, work: Path, home: Path, master: str, data: Path
     params = {**conf, "topic": topic, "duration": 600, "stream2raw": {"max_offsets_per_trigger": 40},
               "distribution": {"filters": {bright: "fink.filters.builtin:bright"}, "topic_options": {}},
               "archive": {"table": table}}
-    env = outside_env(FINK_HOME=str(home))
+    # the cluster's secret (its daemons run for the suite's FINK_HOME, the driver for a home of its own)
+    env = outside_env(FINK_HOME=str(home), FINK_SPARK_AUTH_FILE=str(spark_auth_file()))
     started = subprocess.run([str(fink_bin), "start", "pipeline", "--simulator",
                               *[a for k, v in params.items() for a in ("-p", f"{k}={json.dumps(v)}")]],
                              capture_output=True, text=True, env=env, cwd=work, timeout=120)
@@ -240,3 +241,50 @@ def test_the_pipeline_on_the_cluster_writes_what_local_mode_writes_with_a_worker
                 hbase.delete_tables(conn, r["names"][2])
         finally:
             conn.close()
+
+
+#: what a driver the master turns away logs (Spark's StandaloneAppClient), each 20 s until it gives up
+REFUSED = "Failed to connect to master"
+
+
+@pytest.mark.cluster
+@pytest.mark.timeout(300)
+def test_a_driver_without_the_cluster_s_secret_is_refused_and_no_secret_is_on_a_command_line(spark_cluster,
+                                                                                              tmp_path):
+    import psutil
+
+    ours = dict(line.split("=", 1) for line in spark_auth_file().read_text().splitlines() if "=" in line)
+    wrong = tmp_path / "wrong.properties"
+    wrong.write_text("spark.authenticate=true\nspark.authenticate.secret=" + "0" * 64 + "\n")
+    wrong.chmod(0o600)
+    drivers = {}  # a driver with another secret, and one that does not authenticate
+    for name, auth in (("wrong-secret", "true"), ("no-secret", "false")):
+        code = ("from fink.config import FinkConfig\n"
+                "from fink.runtime.session import get_spark\n"
+                f"cfg = FinkConfig(spark_master={spark_cluster!r}, spark_conf={{'spark.authenticate': {auth!r}}})\n"
+                f"spark = get_spark(cfg, app_name='fink-{name}')\n"
+                "print('registered', spark.sparkContext.applicationId, flush=True)\n")
+        log = tmp_path / f"{name}.log"
+        with log.open("w") as out:
+            drivers[name] = (log, subprocess.Popen(
+                [sys.executable, "-c", code], stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                env={**os.environ, "FINK_HOME": str(tmp_path / name), "FINK_SPARK_AUTH_FILE": str(wrong)}))
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not all(REFUSED in log.read_text() or proc.poll() is not None
+                                                       for log, proc in drivers.values()):
+            time.sleep(1)
+        wrong_log, none_log = (drivers[n][0].read_text() for n in ("wrong-secret", "no-secret"))
+        assert REFUSED in wrong_log and "SaslException" in wrong_log, wrong_log[-3000:]
+        assert REFUSED in none_log and "Expected SaslMessage" in none_log, none_log[-3000:]
+        assert "registered" not in wrong_log + none_log
+        # neither secret on any command line of the machine (the refused drivers' JVMs are up)
+        lines = [" ".join(p.info["cmdline"] or []) for p in psutil.process_iter(["cmdline"])]
+        assert sum("--properties-file" in line and "spark-auth.properties" in line for line in lines) >= 3
+        assert sum(str(wrong) in line for line in lines) >= 1  # the wrong-secret driver's spark-submit
+        assert not any(ours["spark.authenticate.secret"] in line or "0" * 64 in line for line in lines)
+    finally:
+        for _, proc in drivers.values():
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()

@@ -151,3 +151,43 @@ def test_driver_java_options_from_the_environment_are_appended_to_fink_s_own(mon
     monkeypatch.setenv(DRIVER_JAVA_OPTIONS, "-XX:TieredStopAtLevel=1")
     quick = spark_conf(FinkConfig())["spark.driver.extraJavaOptions"]
     assert quick == plain + " -XX:TieredStopAtLevel=1" and "-Dlog4j.configurationFile=" in plain
+
+
+def test_the_spark_secret_is_made_once_private_and_kept_off_every_command_line(monkeypatch, tmp_path):
+    from fink.config import spark_auth_file
+    from fink.ops.services.spark_cluster import SparkMasterService, SparkWorker1Service
+    from fink.runtime.session import authentication_file
+
+    monkeypatch.setenv("FINK_HOME", str(tmp_path))
+    monkeypatch.delenv("FINK_SPARK_AUTH_FILE", raising=False)
+    assert spark_auth_file() is None
+    local = {"spark.master": "local[2]", "spark.authenticate": "true"}
+    assert authentication_file(local) is None  # local mode makes its own secret
+    cluster = {"spark.master": "spark://127.0.0.1:7077", "spark.authenticate": "true"}
+    with pytest.raises(ConfigError, match="fink services start spark"):
+        authentication_file(cluster)
+
+    cfg = ServicesConfig()
+    master, worker = SparkMasterService(cfg, tmp_path), SparkWorker1Service(cfg, tmp_path)
+    args = master.java_args() + worker.java_args()  # made by the first daemon's arguments
+    path = spark_auth_file()
+    assert path == tmp_path / "secrets" / "spark-auth.properties"
+    assert os.stat(path).st_mode & 0o777 == 0o600 and os.stat(path.parent).st_mode & 0o777 == 0o700
+    props = dict(line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
+    assert props["spark.authenticate"] == "true" and len(props["spark.authenticate.secret"]) == 64
+    assert args.count("--properties-file") == 2 and str(path) in args
+    assert not any(props["spark.authenticate.secret"] in a for a in args)
+    text = path.read_text()
+    assert master.java_args()[-1] == str(path) and path.read_text() == text  # made once, then kept
+    assert authentication_file(cluster) == path
+    assert authentication_file({**cluster, "spark.authenticate": "false"}) is None
+    os.chmod(path, 0o644)
+    with pytest.raises(ConfigError, match="chmod 600"):
+        authentication_file(cluster)
+    os.chmod(path, 0o600)
+    other = tmp_path / "elsewhere.properties"  # a driver whose FINK_HOME is not the cluster's
+    monkeypatch.setenv("FINK_SPARK_AUTH_FILE", str(other))
+    assert spark_auth_file(create=True) is None  # never made there: it is the cluster's to make
+    other.write_text(path.read_text())
+    other.chmod(0o600)
+    assert authentication_file(cluster) == other

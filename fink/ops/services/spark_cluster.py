@@ -11,6 +11,14 @@ the executors the workers start. Each worker has its own work folder under
 A driver connects with ``spark_master: spark://127.0.0.1:7077``; its Python workers run the
 ``python`` of ``spark.pyspark.python``, which must import ``fink`` (an environment with the
 wheel installed) or get it through ``spark.submit.pyFiles``.
+
+Spark's RPC is authenticated: the daemons start with ``--properties-file`` on
+``$FINK_HOME/secrets/spark-auth.properties`` (``spark.authenticate=true`` and a shared secret,
+made at the first start, mode 0600), each worker hands the secret to its executors in their
+environment, and a driver must set ``spark.authenticate: "true"`` (``conf/cluster.yaml`` does)
+to be let in (:func:`fink.runtime.session.get_spark` reads the same file). The web UIs are not
+authenticated (Spark has no login of its own): they listen on loopback only here; see
+``docs/cluster.md`` for a cluster of several machines.
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ import json
 import urllib.request
 from pathlib import Path
 
+from fink.config import spark_auth_file
 from fink.ops.services.service import Service
 from fink.processes import port_open
 
@@ -73,8 +82,10 @@ class _SparkDaemon(Service):
 
     def java_args(self) -> list[str]:
         c = self.config
+        auth = spark_auth_file(self.home, create=True)  # the secret stays off the command line
         return [f"-Xms{c.spark_daemon_heap}", f"-Xmx{c.spark_daemon_heap}", "-Djava.awt.headless=true",
-                "-cp", str(spark_home() / "jars" / "*"), self.main_class, *self.daemon_args()]
+                "-cp", str(spark_home() / "jars" / "*"), self.main_class, *self.daemon_args(),
+                "--properties-file", str(auth)]
 
     def master_state(self) -> dict:
         """The master's JSON status page (its workers, their state), {} while it does not answer."""
