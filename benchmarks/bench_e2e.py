@@ -188,11 +188,17 @@ def stage_ms(store, runs, since: float, until: float) -> dict[str, float]:
 
 
 def cpu_seconds(runs) -> float:
-    """CPU seconds (user + system) used so far by the runs' process trees (drivers, Python workers)."""
+    """CPU seconds (user + system) used so far by the runs' process trees (drivers, Python workers)
+    and, on a standalone cluster, by its executors' (their JVMs and Python workers: the workers'
+    children, not the driver's)."""
+    roots = [r.pid for r in runs.values()]
+    for proc in psutil.process_iter(["cmdline"]):
+        if any("CoarseGrainedExecutorBackend" in a for a in proc.info["cmdline"] or []):
+            roots.append(proc.pid)
     total = 0.0
-    for r in runs.values():
+    for pid in roots:
         try:
-            proc = psutil.Process(r.pid)
+            proc = psutil.Process(pid)
             for p in [proc, *proc.children(recursive=True)]:
                 t = p.cpu_times()
                 total += t.user + t.system + t.children_user + t.children_system
@@ -258,8 +264,17 @@ def main() -> int:
                         help="a Spark setting of the pipeline (repeatable), e.g. spark.ui.enabled=true")
     parser.add_argument("--survey", default="ztf", choices=("ztf", "rubin"),
                         help="real alerts of which survey (../shared/datasim/ztf/native-4.02_* or rubin/)")
+    parser.add_argument("--master", default=None, metavar="URL",
+                        help="a Spark standalone master (`fink services start spark`: spark://127.0.0.1:7077) "
+                             "instead of local mode; executors of 1 core and 1 GB, authenticated")
+    parser.add_argument("--executors", type=int, default=2,
+                        help="with --master: how many 1-core executors (spark.cores.max), one per worker")
     parser.add_argument("--out", default=str(ROOT / "bench-results.json"))
     args = parser.parse_args()
+    if bad := [kv for kv in args.spark_conf if "=" not in kv]:
+        parser.error(f"--spark-conf takes KEY=VALUE, got {bad[0]!r}")
+    if args.master and args.mode == "services":
+        parser.error("--master runs the pipeline (one-pass or queries), not four services")
     steady = args.steady or (["100:60", "300:60"] if args.quick else ["100:90", "300:90", "600:60"])
     phases_spec = [(float(r), float(s)) for r, s in (x.split(":") for x in steady)]
     burst = 10000 if args.quick and args.burst == 40000 else args.burst
@@ -294,6 +309,8 @@ def main() -> int:
                               "topic_options": {}, "retention_ms": 600000},
              "archive": {**survey, "table": table}}
     results["mode"] = args.mode
+    results["master"] = args.master or "local[2]"
+    results["executors"] = args.executors if args.master else None
     store = metrics.Store()
     runs: dict[str, runner.Run] = {}
     receiver = Receiver(bootstrap, out_topic)
@@ -318,9 +335,13 @@ def main() -> int:
                 for stage in STAGES:
                     runs[stage] = runner.start(stage, conf, params={**common, **extra.get(stage, {})})
             else:
+                cluster = {} if not args.master else {
+                    "spark.authenticate": "true", "spark.executor.cores": "1", "spark.executor.memory": "1g",
+                    "spark.cores.max": str(args.executors), "spark.sql.shuffle.partitions": str(args.executors)}
                 runs["pipeline"] = runner.start("pipeline", conf, params={
                     **common, **extra, "topic": topic, "mode": args.mode,
-                    "spark_conf": {"spark.driver.memory": args.driver_memory,
+                    **({"spark_master": args.master} if args.master else {}),
+                    "spark_conf": {"spark.driver.memory": args.driver_memory, **cluster,
                                    **dict(kv.split("=", 1) for kv in args.spark_conf)}})
             deadline = time.monotonic() + 300
             queries = 1 if args.mode == "one-pass" else len(STAGES)
@@ -441,6 +462,8 @@ def main() -> int:
     print(json.dumps(results, indent=1))
     # the same figures as data, for the docs' benchmarks page (docs/benchmarks.md)
     name = "e2e" if (args.survey, args.mode) == ("ztf", "one-pass") else f"e2e-{args.survey}-{args.mode}"
+    if args.master:
+        name += f"-cluster-{args.executors}x1core"
     lanes = [("latency per phase (micro-batch lane)", "latency_s")]
     if fast is not None:
         lanes.append(("latency per phase (real-time lane)", "realtime_latency_s"))

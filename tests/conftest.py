@@ -32,7 +32,7 @@ SHARED = Path(os.environ.get("FINK_SHARED", ROOT.parent / "shared")).resolve()
 #: ``--dist loadfile`` xdist hands whole files to its workers in collection order: these go first, so
 #: that no long file starts last on one worker while the other has finished.
 SLOW_FIRST = ["test_wheel.py", "test_notebooks.py", "test_one_pass.py", "test_distribution.py", "test_archive.py",
-              "test_stream2raw.py", "test_rubin.py", "test_demo.py", "test_pipeline.py", "test_compaction.py"]
+              "test_stream2raw.py", "test_rubin.py", "test_pipeline.py", "test_compaction.py"]
 
 
 def pytest_collection_modifyitems(session, config, items):
@@ -209,8 +209,60 @@ def wheel_venv(built_wheel, tmp_path_factory) -> Path:
     where = tmp_path_factory.mktemp("venv")
     subprocess.run([sys.executable, "-m", "venv", str(where / "venv")], check=True, timeout=120)
     bin_dir = where / "venv" / "bin"
+    # --no-compile: the few modules a run imports are compiled when imported, not the thousands installed
     pip = subprocess.run([str(bin_dir / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check",
-                          "-c", str(ROOT / "constraints.txt"), str(built_wheel)],
+                          "--no-compile", "-c", str(ROOT / "constraints.txt"), str(built_wheel)],
                          capture_output=True, text=True, timeout=900, env=outside_env(), cwd=where)
     assert pip.returncode == 0, pip.stdout[-2000:] + pip.stderr[-3000:]
     return bin_dir
+
+
+# -- the pipeline on the sample night, in local mode: one run for two tests ------------------------------
+
+#: what changes in conf/cluster.yaml for this machine: addresses, and sizes a 2-core machine holds
+THIS_MACHINE = {"spark.executor.memory": "1g", "spark.executor.cores": "1", "spark.cores.max": "2",
+                "spark.sql.shuffle.partitions": "2"}
+
+
+def pipeline_params(master: str, data: Path, topic: str, bright: str, table: str) -> dict:
+    """The pipeline notebook's parameters for a run on the sample night: conf/cluster.yaml's, with
+    this machine's services and sizes, ``master``, 40 alerts a micro-batch, a bright-alerts filter."""
+    import yaml
+
+    svc = ServicesConfig.load()
+    conf = yaml.safe_load((ROOT / "conf" / "cluster.yaml").read_text())
+    conf.update(kafka_bootstrap=svc.kafka_bootstrap, hbase_thrift=f"{svc.host}:{svc.thrift_port}",
+                spark_master=master, data_dir=str(data), log_level="ERROR")
+    conf["spark_conf"] = {k: v for k, v in conf["spark_conf"].items() if k != "spark.driver.host"} | THIS_MACHINE
+    return {**conf, "topic": topic, "duration": 600, "stream2raw": {"max_offsets_per_trigger": 40},
+            "distribution": {"filters": {bright: "fink.filters.builtin:bright"}, "topic_options": {}},
+            "archive": {"table": table}}
+
+
+@pytest.fixture(scope="session")
+def local_pipeline_night(hbase_thrift, tmp_path_factory) -> dict:
+    """`fink start pipeline --simulator` in local mode on the sample night, from this clone, with
+    :func:`pipeline_params`: its home, data folder, topic, filter topic, table and run.
+
+    test_pipeline checks this run; the cluster test (test_wheel) compares its own run with it.
+    """
+    from fink.io import hbase
+    from fink.ops import runner
+
+    tmp = tmp_path_factory.mktemp("pipeline")
+    home, data = tmp / "home", tmp / "data"
+    sfx = uuid.uuid4().hex[:6]
+    names = {"topic": f"pipe_{sfx}", "bright": f"pipe_bright_{sfx}", "table": f"pipe_{sfx}"}
+    params = pipeline_params("local[2]", data, names["topic"], names["bright"], names["table"])
+    run = runner.start("pipeline", None, simulator=True, home=home, params=params)
+    try:
+        assert runner.wait(run, timeout=600), f"the pipeline did not end: {run.run_dir}/log.txt"
+    finally:
+        if run.alive():  # a failed wait must not leave a Spark driver behind
+            runner.stop("pipeline", timeout=60, home=home)
+    yield {"home": home, "data": data, "run": run, **names}
+    conn = hbase.connect(*hbase_thrift)
+    try:
+        hbase.delete_tables(conn, names["table"])
+    finally:
+        conn.close()

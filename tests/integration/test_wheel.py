@@ -8,6 +8,7 @@ The dependencies come from pip's cache, constrained to the versions of ``constra
 Then the same wheel runs the pipeline on a Spark standalone cluster (below).
 """
 
+import csv
 import json
 import os
 import signal
@@ -17,15 +18,15 @@ import time
 import uuid
 from pathlib import Path
 
+import psutil
 import pyarrow.parquet as pq
 import pytest
-import yaml
-from conftest import outside_env
+from conftest import outside_env, pipeline_params
 from test_operations import consume, hbase_candids
 
 from fink.config import PROJECT_FILES, ServicesConfig, spark_auth_file
 from fink.io import hbase
-from fink.ops import services
+from fink.ops import runner, services
 
 pytestmark = [pytest.mark.integration, pytest.mark.spark, pytest.mark.wheel]
 ROOT = Path(__file__).resolve().parents[2]
@@ -90,19 +91,74 @@ def test_from_a_work_folder_the_smoke_notebook_and_the_demo_run_end_to_end(wheel
     summary = json.loads((home / "reports" / "smoke" / "summary.json").read_text())
     assert summary["published"] == summary["archived_this_run"] == summary["published_alerts_found_in_archive"] == 60
 
-    # `fink demo`: the whole broker on the sample night, every alert accounted for
+    # `fink demo`, the main job of `make demo` (which runs it after `fink init`): the whole broker on the
+    # sample night, every alert accounted for, and nothing left running (the suite's services stay)
     demo = subprocess.run([str(wheel_venv / "fink"), "demo"], capture_output=True, text=True, env=env, cwd=work,
                           timeout=800)
     assert demo.returncode == 0, demo.stdout[-3000:] + demo.stderr[-3000:]
-    assert "all accounted for" in demo.stdout
-    report = json.loads((home / "reports" / "demo" / "demo.json").read_text())
-    stages = report["stages"]
-    assert report["published"] == 229 == stages["stream2raw"]["out"] + stages["stream2raw"]["quarantined"]
-    assert stages["raw2science"]["out"] == 207 == stages["archive"]["out"]
-    assert report["client"]["received"] == report["client"]["expected"] > 0
+    check_demo(home, demo.stdout)
     # the runs were the work folder's notebooks, executed by the installed package
     runs = [json.loads(p.read_text()) for p in (home / "runs").glob("*/*/status.json")]
     assert runs and all(str(work / "notebooks") in r["notebook"] for r in runs)
+
+
+def check_demo(home: Path, printed: str) -> None:
+    """What `fink demo` printed and reported: every alert accounted for, stage by stage, the
+    client's lanes timed, true SN Ia on top, the night's dashboard; nothing of ``home`` running."""
+    assert "The sample night through the broker" in printed and "all accounted for" in printed
+    report = home / "reports" / "demo"
+    demo = json.loads((report / "demo.json").read_text())  # what the demo printed comes from this file
+    stages = demo["stages"]
+    assert demo["published"] == 229
+    assert stages["stream2raw"]["in"] == 229 == stages["stream2raw"]["out"] + stages["stream2raw"]["quarantined"]
+    r2s = stages["raw2science"]
+    assert r2s["in"] == stages["stream2raw"]["out"] and r2s["in"] == r2s["out"] + r2s["rejected"]
+    assert r2s["out"] == 207  # 14 rejected by nbad, 8 by rb (the sample night's known bad detections)
+    assert stages["distribution"]["in"] == r2s["out"] == stages["archive"]["in"] == stages["archive"]["out"]
+    for name in ("stream2raw", "raw2science", "distribution", "archive"):
+        assert stages[name]["latency_p50_s"] is not None and 0 < stages[name]["latency_p50_s"] < 300, name
+    client = demo["client"]
+    assert client["received"] == client["expected"] > 0
+    for lane in ("micro-batch", "real-time"):  # each lane timed from the input topic to a topic of it
+        timed = client["lanes"][lane]
+        assert timed["alerts"] > 0 and 0 < timed["latency_p50_s"] < 300, lane
+    assert "real-time lane" in printed
+
+    # the client's most likely SN Ia, and raw2science's top candidates, are true SN Ia
+    truth_csv = (ROOT / "datasim" / "sample_night" / "truth.csv").read_text().splitlines()
+    truth = {r["objectId"]: r["class"] for r in csv.DictReader(truth_csv)}
+    assert truth[demo["best_candidate"]["objectId"]] == "snia"
+    top = list(csv.DictReader((report / "top_candidates.csv").read_text().splitlines()))
+    assert len(top) == 10 and sum(truth[r["objectId"]] == "snia" for r in top) >= 8
+
+    # the night's report: the dashboard's page and plots, and its own accounts agree
+    summary = json.loads((report / "summary.json").read_text())
+    assert summary["published"] == 229
+    four = ("stream2raw", "raw2science", "distribution", "archive")  # besides, the queries' own rows
+    assert {k: summary["stages"][k]["out"] for k in four} == {k: stages[k]["out"] for k in four}
+    assert {r["state"] for r in summary["runs"]} == {"stopped", "finished"}
+    html = (report / "dashboard.html").read_text()
+    assert html.count("<img") >= 2 and "raw2science" in html
+    for png in ("rates.png", "latency.png", "best_candidate.png"):
+        assert (report / png).stat().st_size > 10_000, png
+
+    # nothing left running: no service record, no process of this FINK_HOME
+    assert runner.running(home) == []
+    assert processes_of(home) == []
+
+
+def processes_of(home: Path) -> list[str]:
+    """Live processes started for ``home`` (its path in their command line or FINK_HOME)."""
+    found = []
+    for proc in psutil.process_iter(["pid", "cmdline", "environ"]):
+        try:
+            env = proc.info["environ"] or {}
+            cmd = " ".join(proc.info["cmdline"] or [])
+        except (psutil.Error, OSError):
+            continue
+        if env.get("FINK_HOME") == str(home) or str(home) in cmd:
+            found.append(f"{proc.info['pid']}: {cmd[:200]}")
+    return found
 
 
 # -- on a Spark standalone cluster: a master and two workers in their own JVMs ----------------------------
@@ -110,13 +166,9 @@ def test_from_a_work_folder_the_smoke_notebook_and_the_demo_run_end_to_end(wheel
 # The cluster is `fink services start spark`. The pipeline runs from the installed wheel, from a work
 # folder made by `fink init --project`: its driver and the executors' Python workers import fink from
 # the wheel, never from the clone. The parameters are conf/cluster.yaml's with this machine's addresses
-# and sizes. Mid-stream, one worker is killed with its executor (kill -9 of its process group): the
-# night written still equals, value for value and without a duplicate, what the wheel writes locally.
-
-#: what changes in conf/cluster.yaml for this machine: addresses, and sizes a 2-core machine holds
-THIS_MACHINE = {"spark.executor.memory": "1g", "spark.executor.cores": "1", "spark.cores.max": "2",
-                "spark.sql.shuffle.partitions": "2"}
-
+# and sizes (tests/conftest.py's pipeline_params). Mid-stream, one worker is killed with its executor
+# (kill -9 of its process group): the night written still equals, value for value and without a
+# duplicate, what the same parameters write in local mode (the run test_pipeline checks).
 
 @pytest.fixture(scope="module")
 def spark_cluster():
@@ -133,17 +185,9 @@ def fink_services(*args: str) -> subprocess.CompletedProcess:
                           timeout=300)
 
 
-def run_pipeline(fink_bin: Path, work: Path, home: Path, master: str, data: Path, topic: str, bright: str,
-                 table: str, kafka_bootstrap: str, hbase_thrift: tuple[str, int], during=None) -> dict:
-    """Run the pipeline notebook from the wheel's `fink start`, calling ``during(home)`` each
-    2 s until it ends; return its run status."""
-    conf = yaml.safe_load((ROOT / "conf" / "cluster.yaml").read_text())
-    conf.update(kafka_bootstrap=kafka_bootstrap, hbase_thrift=f"{hbase_thrift[0]}:{hbase_thrift[1]}",
-                spark_master=master, data_dir=str(data), log_level="ERROR")
-    conf["spark_conf"] = {k: v for k, v in conf["spark_conf"].items() if k != "spark.driver.host"} | THIS_MACHINE
-    params = {**conf, "topic": topic, "duration": 600, "stream2raw": {"max_offsets_per_trigger": 40},
-              "distribution": {"filters": {bright: "fink.filters.builtin:bright"}, "topic_options": {}},
-              "archive": {"table": table}}
+def run_pipeline(fink_bin: Path, work: Path, home: Path, params: dict, during=None) -> dict:
+    """Run the pipeline notebook from the wheel's `fink start pipeline --simulator` with ``params``,
+    calling ``during(home)`` each 2 s until it ends; return its run status."""
     # the cluster's secret (its daemons run for the suite's FINK_HOME, the driver for a home of its own)
     env = outside_env(FINK_HOME=str(home), FINK_SPARK_AUTH_FILE=str(spark_auth_file()))
     started = subprocess.run([str(fink_bin), "start", "pipeline", "--simulator",
@@ -195,24 +239,21 @@ def kill_a_worker_after_the_first_batches(killed: dict):
 @pytest.mark.cluster
 @pytest.mark.timeout(1500)
 def test_the_pipeline_on_the_cluster_writes_what_local_mode_writes_with_a_worker_killed(
-        spark_cluster, wheel_venv, hbase_thrift, kafka_bootstrap, tmp_path):
+        spark_cluster, wheel_venv, hbase_thrift, kafka_bootstrap, local_pipeline_night, tmp_path):
+    local = local_pipeline_night  # the same parameters in local mode (tests/conftest.py), from the clone
     work = tmp_path / "work"
     init = subprocess.run([str(wheel_venv / "fink"), "init", "--project", str(work)], capture_output=True,
                           text=True, env=outside_env(FINK_HOME=str(tmp_path / "home-init")), timeout=120)
     assert init.returncode == 0, init.stderr
     sfx = uuid.uuid4().hex[:6]
-    runs, killed = {}, {}
+    killed = {}
+    data, home = tmp_path / "data", tmp_path / "home"
+    topic, bright, table = f"cl_{sfx}", f"cl_bright_{sfx}", f"cl_{sfx}"
     workers = services.select(["spark-worker-1", "spark-worker-2"])
     earlier = {w.name: set((w.run_dir / "work").glob("app-*")) for w in workers}  # work folders outlive runs
     try:
-        for mode, master in (("local", "local[2]"), ("cluster", spark_cluster)):
-            data, home = tmp_path / mode / "data", tmp_path / mode / "home"
-            names = (f"cl_{mode}_{sfx}", f"cl_bright_{mode}_{sfx}", f"cl_{mode}_{sfx}")
-            status = run_pipeline(wheel_venv / "fink", work, home, master, data, *names, kafka_bootstrap,
-                                  hbase_thrift, during=kill_a_worker_after_the_first_batches(killed)
-                                  if mode == "cluster" else None)
-            runs[mode] = {"data": data, "names": names, "status": status}
-        local, cluster = runs["local"], runs["cluster"]
+        run_pipeline(wheel_venv / "fink", work, home, pipeline_params(spark_cluster, data, topic, bright, table),
+                     during=kill_a_worker_after_the_first_batches(killed))
         assert killed, "the pipeline ended before a worker could be killed mid-stream"
         (worker,) = services.select(["spark-worker-1"])
         assert worker.alive_pid() is None
@@ -225,20 +266,18 @@ def test_the_pipeline_on_the_cluster_writes_what_local_mode_writes_with_a_worker
 
         # the same night, value for value: raw, science, HBase rows, the topic's alerts
         for part in ("raw", "science"):
-            ours, theirs = (sorted(pq.read_table(str(r["data"] / part), columns=["candid"]).column("candid")
-                                   .to_pylist()) for r in (local, cluster))
+            ours, theirs = (sorted(pq.read_table(str(d / part), columns=["candid"]).column("candid").to_pylist())
+                            for d in (local["data"], data))
             assert ours == theirs and len(ours) == len(set(ours)), part
-        assert len(set(pq.read_table(str(cluster["data"] / "raw"), columns=["candid"])["candid"].to_pylist())) == 229
-        assert science_values(cluster["data"]) == science_values(local["data"])
-        assert sorted(hbase_candids(hbase_thrift, cluster["names"][2])) == \
-            sorted(hbase_candids(hbase_thrift, local["names"][2]))
-        expected = sorted(consume(local["names"][1], 229))
-        assert expected and sorted(consume(cluster["names"][1], 229)) == expected
+        assert len(set(pq.read_table(str(data / "raw"), columns=["candid"])["candid"].to_pylist())) == 229
+        assert science_values(data) == science_values(local["data"])
+        assert sorted(hbase_candids(hbase_thrift, table)) == sorted(hbase_candids(hbase_thrift, local["table"]))
+        expected = sorted(consume(local["bright"], 229))
+        assert expected and sorted(consume(bright, 229)) == expected
     finally:
         conn = hbase.connect(*hbase_thrift)
         try:
-            for r in runs.values():
-                hbase.delete_tables(conn, r["names"][2])
+            hbase.delete_tables(conn, table)
         finally:
             conn.close()
 
