@@ -42,11 +42,11 @@ chromium:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium > /dev/null; \
 	  else echo "chromium is not installed and this is not root: the browser test will skip (apt-get install -y chromium)"; fi; }
 
-# Two workers (pytest-xdist), each test file on one of them (a file's fixtures and order hold); then, alone,
-# the tests that stop or restart a shared service (marked exclusive), which would break the other worker's.
+# One process: on 2 cores the suite is CPU-bound and two xdist workers brought nothing (each test ran twice as
+# slowly beside another, and the runs that two files share were made twice). `-n 2 -m "not exclusive"` then
+# `-m exclusive` still works (the tests marked exclusive stop a shared service).
 test: services chromium
-	$(BIN)/pytest -n 2 --dist loadfile -m "not exclusive" --durations=30 $(PYTEST_ARGS)
-	$(BIN)/pytest -m exclusive --durations=5 $(PYTEST_ARGS)
+	$(BIN)/pytest --durations=30 $(PYTEST_ARGS)
 
 # the demo starts the services it needs and stops them (and everything it started) at the end
 demo: jvm
