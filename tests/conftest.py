@@ -81,7 +81,8 @@ spark.stop()
 
 @pytest.fixture(scope="session", autouse=True)
 def class_data_archive(request, tmp_path_factory):
-    """Spark drivers start from a class-data archive (the JDK's dynamic CDS) when the session runs Spark.
+    """Spark drivers start from a class-data archive (the JDK's dynamic CDS) in a session with
+    integration tests (most start Spark drivers, in this process or others).
 
     The classes a driver loads (Spark's and the connectors', some 20,000) are parsed and verified
     once, into ``$FINK_HOME/cache/cds/driver-<key>.jsa``, and each driver JVM maps them: a session
@@ -96,7 +97,7 @@ def class_data_archive(request, tmp_path_factory):
     import sys
 
     if "SharedArchiveFile" in os.environ.get(DRIVER_JAVA_OPTIONS, "") or \
-            not any(item.get_closest_marker("spark") for item in request.session.items):
+            not any(item.get_closest_marker("integration") for item in request.session.items):
         yield None
         return
     import pyspark
