@@ -207,7 +207,8 @@ def realtime_master(stages: list[Stage], fink_cfg: FinkConfig) -> FinkConfig:
                              for t in source.topic.split(","))
         except Exception:  # noqa: BLE001 - a topic not there yet: the simulator creates it with one
             partitions = 1
-    return dataclasses.replace(fink_cfg, spark_master=realtime.slots(fink_cfg.spark_master, partitions))
+    master = realtime.slots(fink_cfg.spark_master, partitions, fink_cfg.spark_conf.get("spark.cores.max"))
+    return dataclasses.replace(fink_cfg, spark_master=master)
 
 
 def realtime_lane(spark: "SparkSession", stages: list[Stage], fink_cfg: FinkConfig) -> "DataStreamWriter | None":

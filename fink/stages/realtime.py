@@ -126,15 +126,22 @@ def build(spark: "SparkSession", stage_cfg: "DistributionConfig", source_cfg: "S
             .queryName(QUERY_NAME))
 
 
-def slots(master: str, partitions: int) -> str:
+def slots(master: str, partitions: int, cores_max: str | int | None = None) -> str:
     """``master`` with room for the lane's long-running tasks: ``local[N]`` becomes
     ``local[N + partitions]`` (one slot per input partition); other masters are left as they
-    are (size the executors for it)."""
+    are (size the executors for it), but an application capped at ``cores_max`` cores
+    (``spark.cores.max``) that the lane would fill is refused: its micro-batches would wait
+    for a slot forever."""
     import re
 
     found = re.fullmatch(r"local\[(\d+)\]", master)
     if not found:
         if master.startswith("local"):
             raise ConfigError(f"the real-time lane needs a master local[N], got {master!r}")
+        if cores_max is not None and int(cores_max) <= max(1, partitions):
+            raise ConfigError(
+                f"the real-time lane holds one core per partition of the survey's topic ({max(1, partitions)}) for "
+                f"as long as it runs: spark.cores.max = {cores_max} leaves none for the micro-batches; give the "
+                f"application at least {max(1, partitions) + 1} cores, or run without a real-time filter")
         return master
     return f"local[{int(found.group(1)) + max(1, partitions)}]"

@@ -31,6 +31,12 @@ def test_the_realtime_lane_gets_a_slot_per_input_partition_beside_the_micro_batc
     assert realtime.slots("local[2]", 1) == "local[3]"
     assert realtime.slots("local[2]", 4) == "local[6]"
     assert realtime.slots("spark://127.0.0.1:7077", 3) == "spark://127.0.0.1:7077"
+    assert realtime.slots("spark://127.0.0.1:7077", 3, cores_max="4") == "spark://127.0.0.1:7077"
+    # a cluster application the lane would fill: its micro-batches would never get a slot
+    with pytest.raises(ConfigError, match="spark.cores.max = 1 leaves none.*at least 2 cores"):
+        realtime.slots("spark://127.0.0.1:7077", 1, cores_max=1)
+    with pytest.raises(ConfigError, match="partition of the survey's topic \\(3\\)"):
+        realtime.slots("spark://127.0.0.1:7077", 3, cores_max="3")
     with pytest.raises(ConfigError, match="local\\[N\\]"):
         realtime.slots("local[*]", 1)
 
