@@ -56,8 +56,7 @@ from fink.runtime.session import get_spark
 
 out = Path(sys.argv[1])
 spark = get_spark(FinkConfig(log_level="ERROR"), app_name="fink-class-data-archive")
-df = spark.range(2000).selectExpr("id", "cast(id as double) / 7 as x", "named_struct('a', id, 'b', 'b') as s",
-                                  "array(id, id + 1) as arr")
+df = spark.range(2000).selectExpr("id", "cast(id as double) / 7 as x", "named_struct('a', id, 'b', 'b') as s")
 
 
 @F.pandas_udf("double")
@@ -67,7 +66,7 @@ def twice(x: pd.Series) -> pd.Series:
 
 schema = '{"type": "record", "name": "s", "fields": [{"name": "a", "type": "long"}, {"name": "b", "type": "string"}]}'
 df = df.withColumn("y", twice("x")).withColumn("back", from_avro(to_avro("s"), schema))
-df.drop("arr").write.mode("overwrite").parquet(str(out / "batch"))
+df.write.mode("overwrite").parquet(str(out / "batch"))
 spark.read.parquet(str(out / "batch")).groupBy((F.col("id") % 3).alias("k")).agg(F.sum("y")).collect()
 spark.createDataFrame(pd.DataFrame({"v": [1.0, 2.0]})).toPandas()
 stream = spark.readStream.schema(spark.read.parquet(str(out / "batch")).schema).parquet(str(out / "batch"))
