@@ -190,7 +190,8 @@ def stage_ms(store, runs, since: float, until: float) -> dict[str, float]:
 def cpu_seconds(runs) -> float:
     """CPU seconds (user + system) used so far by the runs' process trees (drivers, Python workers)
     and, on a standalone cluster, by its executors' (their JVMs and Python workers: the workers'
-    children, not the driver's)."""
+    children, not the driver's). Every executor JVM on the machine is counted, whichever
+    application it serves: run the cluster benchmark on a cluster with no other application."""
     roots = [r.pid for r in runs.values()]
     for proc in psutil.process_iter(["cmdline"]):
         if any("CoarseGrainedExecutorBackend" in a for a in proc.info["cmdline"] or []):

@@ -306,11 +306,16 @@ SERVICE_ACCOUNT = "fink-broker"
 SERVICE_SECRET = "kafka_service"
 
 
-def _private_text(path: Path) -> str:
-    """The text of a secret file, refused if anyone but its owner may read it."""
+def _check_private(path: Path) -> None:
+    """Refuse a secret file that anyone but its owner may read."""
     mode = stat.S_IMODE(path.stat().st_mode)
     if mode & 0o077:
         raise ConfigError(f"{path}: secret file has mode {mode:o}; run `chmod 600 {path}`")
+
+
+def _private_text(path: Path) -> str:
+    """The text of a secret file, refused if anyone but its owner may read it."""
+    _check_private(path)
     return path.read_text().strip()
 
 
@@ -359,7 +364,9 @@ def spark_auth_file(home: Path | None = None, create: bool = False) -> Path | No
 
     ``$FINK_SPARK_AUTH_FILE`` when set (a driver whose ``FINK_HOME`` is not the cluster's), else
     ``$FINK_HOME/secrets/spark-auth.properties``; with ``create``, a missing one is made with a
-    secret of 32 random bytes (``fink services start spark`` does this).
+    secret of 32 random bytes (``fink services start spark`` does this). A file named by
+    ``$FINK_SPARK_AUTH_FILE`` is never made here: with ``create`` and no such file, a
+    :class:`ConfigError` names it.
 
     Notes
     -----
@@ -375,11 +382,15 @@ def spark_auth_file(home: Path | None = None, create: bool = False) -> Path | No
     given = os.environ.get("FINK_SPARK_AUTH_FILE")
     path = Path(given) if given else (home or fink_home()) / "secrets" / SPARK_AUTH_FILE
     if not path.exists():
-        if not create or given:
+        if not create:
             return None
+        if given:
+            raise ConfigError(f"FINK_SPARK_AUTH_FILE names {path}, which does not exist: it is the "
+                              "cluster's secret (made by `fink services start spark` in the cluster's "
+                              "FINK_HOME); copy it there (mode 0600) or unset the variable")
         _write_private(path, "# the shared secret of the cluster's daemons and drivers (fink services start spark)\n"
                              f"spark.authenticate=true\nspark.authenticate.secret={random.token_hex(32)}\n")
-    _private_text(path)  # refused if others may read it
+    _check_private(path)
     return path
 
 

@@ -187,7 +187,10 @@ def test_the_spark_secret_is_made_once_private_and_kept_off_every_command_line(m
     os.chmod(path, 0o600)
     other = tmp_path / "elsewhere.properties"  # a driver whose FINK_HOME is not the cluster's
     monkeypatch.setenv("FINK_SPARK_AUTH_FILE", str(other))
-    assert spark_auth_file(create=True) is None  # never made there: it is the cluster's to make
+    assert spark_auth_file() is None
+    with pytest.raises(ConfigError, match="FINK_SPARK_AUTH_FILE names .*elsewhere.properties"):
+        master.java_args()  # never made there: it is the cluster's to make
+    assert not other.exists()
     other.write_text(path.read_text())
     other.chmod(0o600)
     assert authentication_file(cluster) == other
