@@ -21,7 +21,7 @@ venv: $(VENV)/.installed
 $(VENV)/.installed: setup.cfg pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q -c constraints.txt --upgrade pip setuptools wheel
-	$(BIN)/pip install -q -c constraints.txt -e '.[notebooks,test]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[notebooks,test,fink]'
 	@touch $@
 
 jvm: venv

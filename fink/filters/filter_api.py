@@ -97,7 +97,12 @@ def load_filters(filters: Mapping[str, str], params: Mapping[str, Mapping[str, A
             raise FilterError(f"filter '{path}': topic '{topic}' is not a valid Kafka topic name "
                               "(letters, digits, '.', '_', '-'; not ending in '_schema')")
         try:
-            declared = import_declared(path, KIND, "@fink.filters.alert_filter", FilterError)
+            if isinstance(path, str) and path.split(".")[0].split(":")[0] == "fink_filters":
+                from fink.filters.community import load_fink_filter  # Fink's own, resolved when the stage starts
+
+                declared = load_fink_filter(path)
+            else:
+                declared = import_declared(path, KIND, "@fink.filters.alert_filter", FilterError)
             bound = declared.bind(params.get(topic))
         except (ScienceModuleError, FilterError) as exc:  # the path's error, or its parameters'
             detail = str(exc).removeprefix("science module ").removeprefix(f"{KIND} ")
@@ -109,14 +114,21 @@ def load_filters(filters: Mapping[str, str], params: Mapping[str, Mapping[str, A
 
 
 def apply_filters(df: "DataFrame", filters: Sequence[AlertFilter], observe_as: str | None = None,
-                  metrics_column: str | None = None) -> "DataFrame":
+                  metrics_column: str | None = None, fink_names: Mapping[str, Mapping[str, Any]] | None = None
+                  ) -> "DataFrame":
     """Add :data:`SELECTED`: per alert, the indices (in ``filters``) of the filters that selected it.
 
     A null answer (or a failed filter) does not select. With ``observe_as``, the metrics of
     that name hold per topic ``<topic>_seconds``, ``<topic>_errors`` and ``<topic>_error``.
+    Fink's filters (``fink_filters`` paths) get their arguments from ``df``'s columns as Fink
+    resolves them, ``fink_names`` naming the columns that stand for Fink's
+    (:func:`fink.filters.community.resolve_filters`).
     """
     from pyspark.sql import functions as F
 
+    from fink.filters.community import resolve_filters
+
+    filters = resolve_filters(filters, df.schema, fink_names)
     if not filters:
         return df.withColumn(SELECTED, F.array().cast("array<int>"))
     try:

@@ -152,7 +152,15 @@ def import_declared(path: str, kind: str = "science module", decorator: str = "@
 
 
 def load_module(path: str, params: Mapping[str, Any] | None = None) -> ScienceModule:
-    """Import the module at ``path`` (``pkg.mod:func`` or ``pkg.mod.func``) and bind ``params``."""
+    """Import the module at ``path`` (``pkg.mod:func`` or ``pkg.mod.func``) and bind ``params``.
+
+    A Fink community module (``fink:<name>`` or a ``fink_science`` path) is run unchanged
+    through :mod:`fink.science.community`.
+    """
+    from fink.science import community
+
+    if community.is_fink_module(path):
+        return community.load_fink_module(path, params)
     return import_declared(path).bind(params)
 
 

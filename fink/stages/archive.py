@@ -158,7 +158,9 @@ def prepare(spark: "SparkSession", stage_cfg: ArchiveConfig, fink_cfg: FinkConfi
     """The sink of the stage, its tables created (or their recorded layout checked) and its tag
     filters' inputs checked against ``schema`` (the science alerts'); an unreachable gateway is
     retried for ``retry_for_s`` like a write."""
-    tags = stage_cfg.load_tags()
+    from fink.filters.community import resolve_filters
+
+    tags = resolve_filters(stage_cfg.load_tags(), schema, stage_cfg.description().fink_names)
     host, port = thrift_address(fink_cfg)
     lay = layout(spark, stage_cfg, science_path, producer, from_files)
     probe = Writer(host, port, pool_size=1, retry_for=stage_cfg.retry_for_s)

@@ -337,6 +337,7 @@ def step(spark: "SparkSession", stage_cfg: DistributionConfig, fink_cfg: FinkCon
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
+    from fink.filters.community import resolve_filters
     from fink.filters.filter_api import FilterError, selected
     from fink.science.science_api import ModuleColumns, ScienceModuleError, check_inputs, module_metrics
     from fink.stages.step import Output, Step, count_where, latency_quantiles, report
@@ -345,6 +346,7 @@ def step(spark: "SparkSession", stage_cfg: DistributionConfig, fink_cfg: FinkCon
     filters = stage_cfg.load_filters()
     topics = [f.topic for f in filters]
     schema = science_schema(spark, paths["science"], producer, stage_cfg.survey, from_files=from_files)
+    filters = resolve_filters(filters, schema, stage_cfg.description().fink_names)  # Fink's, as Fink resolves them
     encs = encodings(alert_columns(spark.createDataFrame([], schema)).schema, stage_cfg.topic_options, topics)
     prepare_topics(fink_cfg.kafka_bootstrap, encs, topics, stage_cfg.partitions, stage_cfg.retention_ms)
     sink = Sink(fink_cfg.kafka_bootstrap, topics, encs, checkpoint, derived(schema))

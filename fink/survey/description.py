@@ -83,6 +83,10 @@ class Survey(Validated):
         ``{"generator": "module:function", "schema_version": default, "versions": [...]}``:
         the function writing a simulated night (:class:`fink.sim.Night`, a version) as
         wire messages, and the versions it can write.
+    fink_names
+        Fink's name of a column -> ``{"column": <this broker's column>, "missing": <value when
+        null>}``, for the columns this broker computes under other names (Fink's filters read
+        ``cdsxmatch``; the cross-match module writes ``xm_type``).
     folder
         Where the stages keep this survey's archives under ``data_dir`` ("" for the root),
         so that two surveys run side by side in one deployment.
@@ -113,6 +117,7 @@ class Survey(Validated):
     topic: str = ""
     topic_pattern: str = ""
     folder: str = ""
+    fink_names: dict = dataclasses.field(default_factory=dict)
     simulator: dict = dataclasses.field(default_factory=dict)
 
     def validate(self, source: str = "configuration") -> None:
@@ -127,6 +132,11 @@ class Survey(Validated):
             raise ConfigError(f"{source}: time must be {{path: <field path>, to_jd: <offset to a Julian date>}}")
         if self.photometry.get("kind") not in ("magnitude", "flux"):
             raise ConfigError(f"{source}: photometry.kind must be 'magnitude' or 'flux'")
+        for name, entry in self.fink_names.items():
+            if not isinstance(entry, dict) or not isinstance(entry.get("column"), str) or set(entry) - {"column",
+                                                                                                        "missing"}:
+                raise ConfigError(f"{source}: fink_names['{name}'] must be {{column: <column>, missing: <value>}}, "
+                                  f"got {entry!r}")
         if "{night}" not in self.topic:
             raise ConfigError(f"{source}: topic must contain '{{night}}' (e.g. ztf_{{night}}_programid1)")
 

@@ -1,0 +1,380 @@
+"""Fink's community science modules (the ``fink-science`` package), run here unchanged.
+
+A fink-science module is a Spark UDF (most are ``@pandas_udf(..., PandasUDFType.SCALAR)``)
+that Fink calls on columns of its own layout: alert fields (``candidate.ra``), the
+history-plus-current arrays (``cjd``, ``cmagpsf``: each ``prv_candidates.<f>`` followed by
+``candidate.<f>``) and fixed settings passed as literal columns. This module calls the
+function inside the UDF (``udf.func``) exactly as Fink calls it, from this project's module
+runner: the ``c*`` arrays are built in the worker from the alert and its history, the
+literals are passed as Fink passes them (and become keyword parameters that
+``module_params`` may change), and the outputs keep Fink's names::
+
+    modules: [builtin, "fink:nalerthist", "fink:mangrove",
+              "fink_science.ztf.ad_features.processor:extract_features_ad"]
+
+A module is named either by the dotted path of its UDF (when Fink calls it once) or by
+``fink:<name>``, the name of one of Fink's calls (:data:`CALLS`: ``roid``, ``nalerthist``,
+``magnitude_rate``, ``lc_features``, ``gcvs``, ``x3hsp``, ``x4lac``, ``mangrove``).
+
+Notes
+-----
+``pip install -e '.[fink]'`` installs the versions this was checked with (``fink-science``
+7.4.0, ``fink-utils``, and the imports the wheel does not declare); executors on a cluster
+need the same. Which modules run and why the others do not: ``docs/fink.md``, made by
+``tools/fink_table.py``. A row-at-a-time UDF (``extract_features_ad``) gets Python lists with
+``None`` for missing values, as Spark gives them; a pandas UDF gets Series of numpy arrays
+(``NaN`` for missing floats), as Arrow gives them. Imports and calls run with warnings
+silenced: pyspark warns about the deprecated ``PandasUDFType`` on every import.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import inspect
+import re
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from fink.science.science_api import ScienceModule, ScienceModuleError
+
+#: the fields Fink concatenates into history-plus-current arrays (``c<field>``), in any survey
+#: of ZTF's layout
+HISTORY, CURRENT = "prv_candidates", "candidate"
+#: the fields of which Fink makes ``c<field>`` arrays (raw2science and distribution together)
+CONCATENATED = ("jd", "fid", "magpsf", "sigmapsf", "magnr", "sigmagnr", "magzpsci", "isdiffpos", "distnr",
+                "diffmaglim")
+#: environment variables through which some of Fink's filters post to chat services; never
+#: seen by a module or filter run here (a broker does not post on its users' behalf)
+SIDE_EFFECT_ENV = re.compile(r"^(FINK_TG_TOKEN|KNWEBHOOK.*|SLACK.*|TELEGRAM.*)$")
+
+
+@dataclasses.dataclass(frozen=True)
+class Lit:
+    """A literal argument, as Fink passes ``F.lit(value)``: a keyword parameter here."""
+
+    name: str
+    value: Any
+
+
+@dataclasses.dataclass(frozen=True)
+class FinkCall:
+    """How Fink calls one fink-science UDF (``fink_broker/ztf/science.py``).
+
+    ``args``: per parameter, a ``c<field>`` array, an alert field by dotted path, or a
+    :class:`Lit`. ``split``: how the UDF's value becomes ``outputs``: ``None`` (one output),
+    ``"struct"`` (a struct's fields, each a column) or ``"bands"`` (a map filter id -> struct:
+    ``{1: <first output>, 2: <second>}``, as Fink takes ``getItem("1")`` and ``getItem("2")``).
+    ``outputs`` maps Fink's column names to their types; empty: from the UDF's return type.
+    """
+
+    udf: str
+    args: tuple[Any, ...]
+    outputs: tuple[str, ...]
+    split: str | None = None
+
+
+_CM = ("candid", "candidate.ra", "candidate.dec")
+#: Fink's calls of the fink-science modules that run offline with this stack, keyed by the
+#: name this project gives them (``fink:<name>``); arguments as in ``fink_broker/ztf/science.py``
+CALLS: dict[str, FinkCall] = {
+    "roid": FinkCall("fink_science.ztf.asteroids.processor:roid_catcher",
+                     ("cjd", "cmagpsf", "candidate.ndethist", "candidate.sgscore1", "candidate.ssdistnr",
+                      "candidate.distpsnr1"), ("roid",)),
+    "nalerthist": FinkCall("fink_science.ztf.nalerthist.processor:nalerthist", ("cmagpsf",), ("nalerthist",)),
+    "magnitude_rate": FinkCall(
+        "fink_science.ztf.fast_transient_rate.processor:magnitude_rate",
+        ("candidate.magpsf", "candidate.sigmapsf", "candidate.jd", "candidate.jdstarthist", "candidate.fid",
+         "cmagpsf", "csigmapsf", "cjd", "cfid", "cdiffmaglim", Lit("N", 10000), Lit("seed", None)),
+        ("jd_first_real_det", "jdstarthist_dt", "mag_rate", "sigma_rate", "lower_rate", "upper_rate",
+         "delta_time", "from_upper"), "struct"),
+    "lc_features": FinkCall("fink_science.ztf.ad_features.processor:extract_features_ad",
+                            ("cmagpsf", "cjd", "csigmapsf", "cfid", "objectId", "cdistnr", "cmagnr", "csigmagnr",
+                             "cisdiffpos"), ("lc_features_g", "lc_features_r"), "bands"),
+    "gcvs": FinkCall("fink_science.ztf.xmatch.processor:crossmatch_other_catalog",
+                     (*_CM, Lit("catalog_name", "gcvs")), ("gcvs",)),
+    "x3hsp": FinkCall("fink_science.ztf.xmatch.processor:crossmatch_other_catalog",
+                      (*_CM, Lit("catalog_name", "3hsp"), Lit("radius_arcsec", 60.0)), ("x3hsp",)),
+    "x4lac": FinkCall("fink_science.ztf.xmatch.processor:crossmatch_other_catalog",
+                      (*_CM, Lit("catalog_name", "4lac"), Lit("radius_arcsec", 60.0)), ("x4lac",)),
+    "mangrove": FinkCall("fink_science.ztf.xmatch.processor:crossmatch_mangrove",
+                         (*_CM, Lit("radius_arcsec", 60.0)), ("mangrove",)),
+}
+
+
+def is_fink_module(path: str) -> bool:
+    """Whether ``path`` names a Fink community module (``fink:<name>`` or a ``fink_science`` path)."""
+    return isinstance(path, str) and (path.startswith("fink:") or path.split(".")[0].split(":")[0] == "fink_science")
+
+
+def split_path(path: str) -> tuple[str, str]:
+    """``pkg.mod:attr`` or ``pkg.mod.attr`` -> (``pkg.mod``, ``attr``)."""
+    modname, sep, attr = path.partition(":")
+    if not sep:
+        modname, _, attr = path.rpartition(".")
+    return modname, attr
+
+
+def import_udf(path: str, error: type[Exception] = ScienceModuleError, kind: str = "Fink module") -> Any:
+    """The Spark UDF object at ``path``, imported with pyspark's import-time warnings silenced."""
+    modname, attr = split_path(path)
+    if not attr.isidentifier() or not all(p.isidentifier() for p in modname.split(".")):
+        raise error(f"{kind} '{path}': give it as 'package.module:function'")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            mod = importlib.import_module(modname)
+    except ImportError as exc:
+        hint = " (pip install -e '.[fink]')" if str(getattr(exc, "name", "") or "").startswith("fink") else ""
+        raise error(f"{kind} '{path}': cannot import '{modname}' ({exc}){hint}") from exc
+    except Exception as exc:  # the package raised while being imported: name it, chain the cause
+        raise error(f"{kind} '{path}': importing '{modname}' failed ({type(exc).__name__}: {exc})") from exc
+    udf = getattr(mod, attr, None)
+    if udf is None:
+        raise error(f"{kind} '{path}': '{modname}' has no attribute '{attr}'")
+    if not callable(getattr(udf, "func", None)) or getattr(udf, "evalType", None) is None:
+        raise error(f"{kind} '{path}': '{attr}' is not a Spark UDF (no .func / .evalType)")
+    return udf
+
+
+def call_of(path: str) -> tuple[str, FinkCall]:
+    """The name and Fink call of ``path`` (``fink:<name>`` or a UDF's path called once by Fink)."""
+    if path.startswith("fink:"):
+        name = path[len("fink:"):]
+        if name not in CALLS:
+            raise ScienceModuleError(f"Fink module '{path}': no such call; known: {', '.join(sorted(CALLS))}")
+        return name, CALLS[name]
+    wanted = "{}:{}".format(*split_path(path))
+    names = [n for n, c in CALLS.items() if c.udf == wanted]
+    if len(names) == 1:
+        return names[0], CALLS[names[0]]
+    if names:
+        raise ScienceModuleError(f"Fink module '{path}': Fink calls it several times; name the call: "
+                                 + ", ".join(f"fink:{n}" for n in names))
+    raise ScienceModuleError(f"Fink module '{path}': not one of the calls this broker knows how Fink makes "
+                             f"({', '.join(f'fink:{n}' for n in sorted(CALLS))}); docs/fink.md says which "
+                             "fink-science modules run here and why the others do not")
+
+
+def c_field(name: str) -> str | None:
+    """The field of a ``c<field>`` array name (``cmagpsf`` -> ``magpsf``), else None."""
+    return name[1:] if name.startswith("c") and name[1:] in CONCATENATED else None
+
+
+def history_paths(field: str) -> tuple[str, str]:
+    """The two columns a ``c<field>`` array is made of."""
+    return f"{HISTORY}.{field}", f"{CURRENT}.{field}"
+
+
+def concat(history: Any, current: Any, rows: bool = False) -> list:
+    """Fink's ``c<field>`` arrays (``concat_col``): each alert's history followed by its current
+    value, per alert, from the Series the runner gives (a history is None when there is none).
+
+    Arrays keep the history's numpy type (a missing value is NaN in a float array, None in
+    an object one), as Arrow gives Fink's own arrays. With ``rows``, Python lists with None for
+    missing values, as Spark gives them to a row-at-a-time UDF.
+    """
+    import numpy as np
+    import pandas as pd
+
+    out = []
+    dtype = current.dtype if isinstance(current, pd.Series) and current.dtype != object else None
+    for h, c in zip(history, current, strict=True):
+        if h is None or (isinstance(h, float) and np.isnan(h)):
+            arr = np.array([c], dtype=dtype if dtype is not None else object)
+        else:
+            h = np.asarray(h)
+            arr = np.concatenate([h, np.array([c], dtype=h.dtype if h.dtype != object else object)])
+        if rows:
+            out.append([None if v is None or (isinstance(v, float) and np.isnan(v)) else v.item()
+                        if isinstance(v, np.generic) else v for v in arr.tolist()])
+        else:
+            out.append(arr)
+    return out
+
+
+class FinkAdapter:
+    """A fink-science UDF called as Fink calls it, on the Series the module runner gives.
+
+    Picklable (it holds the UDF's path and imports it again in each Python worker, once).
+    Positional arguments: the columns of :meth:`inputs`; keyword arguments: the literals.
+    """
+
+    def __init__(self, name: str, call: FinkCall):
+        self.call = call
+        self.__name__ = f"fink_{name}"
+        self._udf: Any = None
+        lits = [a for a in call.args if isinstance(a, Lit)]
+        self.__signature__ = inspect.Signature(
+            [inspect.Parameter("columns", inspect.Parameter.VAR_POSITIONAL)]
+            + [inspect.Parameter(a.name, inspect.Parameter.KEYWORD_ONLY, default=a.value) for a in lits])
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_udf": None}
+
+    def inputs(self) -> tuple[str, ...]:
+        """The alert columns the call reads, each once, in order."""
+        out: list[str] = []
+        for a in self.call.args:
+            if isinstance(a, Lit):
+                continue
+            field = c_field(a)
+            for path in (history_paths(field) if field else (a,)):
+                if path not in out:
+                    out.append(path)
+        return tuple(out)
+
+    @property
+    def udf(self) -> Any:
+        if self._udf is None:
+            self._udf = import_udf(self.call.udf)
+        return self._udf
+
+    def arguments(self, columns: Mapping[str, Any], n: int, params: Mapping[str, Any], rows: bool) -> list:
+        """The UDF's arguments, in Fink's order."""
+        import pandas as pd
+
+        out = []
+        for a in self.call.args:
+            if isinstance(a, Lit):
+                value = params.get(a.name, a.value)
+                out.append(pd.Series([value] * n, dtype=object if value is None else None))
+            elif c_field(a):
+                prv, cur = history_paths(c_field(a))
+                arrays = concat(columns[prv], columns[cur], rows)
+                out.append(arrays if rows else pd.Series(arrays, dtype=object))
+            else:
+                out.append(columns[a])
+        return out
+
+    def __call__(self, *series: Any, **params: Any):
+        import pandas as pd
+
+        columns = dict(zip(self.inputs(), series, strict=True))
+        n = len(series[0])
+        names = list(self.call.outputs)
+        if n == 0:  # some modules index their first row: an empty batch has empty outputs
+            return pd.DataFrame({c: pd.Series([], dtype=object) for c in names})
+        udf = self.udf
+        rows = udf.evalType == ROW_AT_A_TIME
+        args = self.arguments(columns, n, params, rows)
+        with quiet():
+            if rows:
+                value = pd.Series([udf.func(*row) for row in zip(*args, strict=True)], dtype=object)
+            else:
+                value = udf.func(*args)
+        if self.call.split == "struct":
+            return pd.DataFrame({c: value[c].to_numpy() for c in names})
+        if self.call.split == "bands":
+            return pd.DataFrame({c: [None if v is None else _plain(v.get(band)) for v in value]
+                                 for band, c in enumerate(names, start=1)})
+        return pd.DataFrame({names[0]: _plain_series(value)})
+
+
+#: pyspark's evalType of a row-at-a-time UDF (``PythonEvalType.SQL_BATCHED_UDF``)
+ROW_AT_A_TIME = 100
+
+
+def _plain(value: Any) -> Any:
+    """A struct value as a dict of Python values (numpy scalars and NaN made plain)."""
+    import numpy as np
+
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, np.generic):
+        value = value.item()
+    return value
+
+
+def _plain_series(value: Any):
+    import pandas as pd
+
+    s = value if isinstance(value, pd.Series) else pd.Series(value)
+    return s.reset_index(drop=True)
+
+
+class quiet:
+    """Warnings silenced and the chat-posting variables of :data:`SIDE_EFFECT_ENV` hidden for
+    the duration of a call into Fink's code."""
+
+    def __enter__(self):
+        import os
+
+        self._warnings = warnings.catch_warnings()
+        self._warnings.__enter__()
+        warnings.simplefilter("ignore")
+        self._hidden = {k: os.environ.pop(k) for k in list(os.environ) if SIDE_EFFECT_ENV.match(k)}
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        import os
+
+        os.environ.update(self._hidden)
+        self._warnings.__exit__(*exc)
+
+
+def output_types(call: FinkCall, udf: Any) -> dict[str, str]:
+    """Fink's output columns and their Spark types, from the UDF's declared return type."""
+    from pyspark.sql.types import MapType, StructType
+
+    rt = udf.returnType
+    if call.split == "struct":
+        if not isinstance(rt, StructType):
+            raise ScienceModuleError(f"Fink module {call.udf}: expected a struct return type, got {rt.simpleString()}")
+        return {c: rt[c].dataType.simpleString() for c in call.outputs}
+    if call.split == "bands":
+        if not isinstance(rt, MapType):
+            raise ScienceModuleError(f"Fink module {call.udf}: expected a map return type, got {rt.simpleString()}")
+        return {c: rt.valueType.simpleString() for c in call.outputs}
+    return {call.outputs[0]: rt.simpleString()}
+
+
+def load_fink_module(path: str, params: Mapping[str, Any] | None = None) -> ScienceModule:
+    """The :class:`ScienceModule` that runs the Fink call ``path`` (``fink:<name>`` or its UDF's path)."""
+    name, call = call_of(path)
+    udf = import_udf(call.udf)
+    adapter = FinkAdapter(name, call)
+    version = _version("fink_science")
+    module = ScienceModule(path, adapter, adapter.inputs(), output_types(call, udf), f"fink-science-{version}")
+    return module.bind(params)
+
+
+def _version(package: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package.replace("_", "-"))
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def known_udfs(package: str = "fink_science.ztf") -> list[tuple[str, str | None, list[str]]]:
+    """Every ``processor`` module under ``package``: (module path, import error or None, the
+    names of the Spark UDFs it defines), for :mod:`tools.fink_table`."""
+    import pkgutil
+
+    out = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        root = importlib.import_module(package)
+        for info in sorted(pkgutil.iter_modules(root.__path__), key=lambda i: i.name):
+            modname = f"{package}.{info.name}.processor"
+            try:
+                mod = importlib.import_module(modname)
+            except Exception as exc:  # the reason it does not run here
+                out.append((modname, f"{type(exc).__name__}: {exc}", []))
+                continue
+            udfs = [k for k, v in vars(mod).items() if callable(getattr(v, "func", None))
+                    and getattr(v, "evalType", None) is not None and getattr(v.func, "__module__", "") == modname]
+            out.append((modname, None, udfs))
+    return out
+
+
+def fink_udf_args(func: Callable) -> list[str]:
+    """The parameter names of a UDF's function (what Fink's code resolves to columns)."""
+    return [p.name for p in inspect.signature(func).parameters.values()
+            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+
+
+__all__: Sequence[str] = ["CALLS", "FinkAdapter", "FinkCall", "Lit", "concat", "is_fink_module", "load_fink_module"]
