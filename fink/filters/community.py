@@ -31,7 +31,7 @@ hidden from them (:data:`fink.science.community.SIDE_EFFECT_ENV`).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from fink.filters.filter_api import AlertFilter, FilterError
@@ -115,15 +115,13 @@ class Source:
     missing: Any = None
 
 
-def derived(schema: "StructType", names: Sequence[str], fink_names: Mapping[str, Mapping[str, Any]]
+def derived(names: Sequence[str], has: Callable[[str], bool], fink_names: Mapping[str, Mapping[str, Any]]
             ) -> dict[str, Source]:
-    """The names Fink's distribution adds to alerts of ``schema`` (flattened: ``names``), and
-    where each comes from."""
-    from fink.science.science_api import _field_type
-
+    """The names Fink's distribution adds to alerts whose flattened columns are ``names``
+    (``has`` tells whether a dotted path exists, through arrays), and where each comes from."""
     out: dict[str, Source] = {}
     for field in CONCATENATED:
-        if all(_field_type(schema, p) is not None for p in history_paths(field)):
+        if all(has(p) for p in history_paths(field)):
             out[f"c{field}c"] = Source(field=field)
     if "cutoutScience.stampData" in names:
         out["cstampDatac"] = Source("cutoutScience.stampData")
@@ -198,26 +196,30 @@ def resolve_filters(filters: Sequence[AlertFilter], schema: "StructType",
                     fink_names: Mapping[str, Mapping[str, Any]] | None = None) -> list[AlertFilter]:
     """``filters`` with every Fink filter's arguments resolved to columns of ``schema`` as Fink
     resolves them (the others unchanged); a :class:`FilterError` names the filter and argument."""
-    out = []
-    names: list[str] | None = None
-    extra: dict[str, Source] = {}
-    for f in filters:
-        adapter = f.module.func
-        if not isinstance(adapter, FilterAdapter) or adapter.sources:
-            out.append(f)
-            continue
-        if names is None:
-            names = flatten_names(schema)
-            extra = derived(schema, names, fink_names or {})
-            names = names + [n for n in extra if n not in names]
-        sources = []
-        for arg in f.module.inputs:
-            try:
-                column = resolve(arg, names)
-            except FilterError as exc:
-                raise FilterError(f"filter of topic '{f.topic}' ({f.module.name}): argument {exc}; "
-                                  "docs/fink.md says which of Fink's filters run here") from exc
-            sources.append(extra.get(column, Source(column)))
-        bound = FilterAdapter(adapter.path, sources)
-        out.append(AlertFilter(f.topic, dataclasses.replace(f.module, func=bound, inputs=bound.inputs())))
-    return out
+    from fink.science.science_api import _field_type
+
+    if not any(isinstance(f.module.func, FilterAdapter) and not f.module.func.sources for f in filters):
+        return list(filters)
+    names = flatten_names(schema)
+    return [bind(f, names, lambda p: _field_type(schema, p) is not None, fink_names or {}) for f in filters]
+
+
+def bind(f: AlertFilter, names: Sequence[str], has: Callable[[str], bool],
+         fink_names: Mapping[str, Mapping[str, Any]]) -> AlertFilter:
+    """``f`` with its arguments resolved among the flattened columns ``names`` (unchanged if it
+    is not one of Fink's filters, or is resolved already)."""
+    adapter = f.module.func
+    if not isinstance(adapter, FilterAdapter) or adapter.sources:
+        return f
+    extra = derived(names, has, fink_names)
+    every = [*names, *[n for n in extra if n not in names]]
+    sources = []
+    for arg in f.module.inputs:
+        try:
+            column = resolve(arg, every)
+        except FilterError as exc:
+            raise FilterError(f"filter of topic '{f.topic}' ({f.module.name}): argument {exc}; "
+                              "docs/fink.md says which of Fink's filters run here") from exc
+        sources.append(extra.get(column, Source(column)))
+    bound = FilterAdapter(adapter.path, sources)
+    return AlertFilter(f.topic, dataclasses.replace(f.module, func=bound, inputs=bound.inputs()))

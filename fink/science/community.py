@@ -59,6 +59,16 @@ class Lit:
 
 
 @dataclasses.dataclass(frozen=True)
+class Via:
+    """An argument that is another UDF's value, one key of its map (Fink's
+    ``F.col("container").getItem(key)`` of a column it drops afterwards)."""
+
+    udf: str
+    args: tuple[Any, ...]
+    key: str
+
+
+@dataclasses.dataclass(frozen=True)
 class FinkCall:
     """How Fink calls one fink-science UDF (``fink_broker/ztf/science.py``).
 
@@ -98,6 +108,13 @@ CALLS: dict[str, FinkCall] = {
                       (*_CM, Lit("catalog_name", "3hsp"), Lit("radius_arcsec", 60.0)), ("x3hsp",)),
     "x4lac": FinkCall("fink_science.ztf.xmatch.processor:crossmatch_other_catalog",
                       (*_CM, Lit("catalog_name", "4lac"), Lit("radius_arcsec", 60.0)), ("x4lac",)),
+    "blazar_stats": FinkCall(
+        "fink_science.ztf.blazar_low_state.processor:quiescent_state",
+        ("candid", "objectId",
+         Via("fink_science.ztf.standardized_flux.processor:standardized_flux",
+             ("candid", "objectId", "cdistnr", "cmagpsf", "csigmapsf", "cmagnr", "csigmagnr", "cisdiffpos", "cfid",
+              "cjd"), "flux"),
+         "cjd"), ("blazar_stats",)),
     "mangrove": FinkCall("fink_science.ztf.xmatch.processor:crossmatch_mangrove",
                          (*_CM, Lit("radius_arcsec", 60.0)), ("mangrove",)),
 }
@@ -216,7 +233,7 @@ class FinkAdapter:
     def inputs(self) -> tuple[str, ...]:
         """The alert columns the call reads, each once, in order."""
         out: list[str] = []
-        for a in self.call.args:
+        for a in _flat_args(self.call.args):
             if isinstance(a, Lit):
                 continue
             field = c_field(a)
@@ -231,13 +248,18 @@ class FinkAdapter:
             self._udf = import_udf(self.call.udf)
         return self._udf
 
-    def arguments(self, columns: Mapping[str, Any], n: int, params: Mapping[str, Any], rows: bool) -> list:
+    def arguments(self, columns: Mapping[str, Any], n: int, params: Mapping[str, Any], rows: bool,
+                  args: Sequence[Any] | None = None) -> list:
         """The UDF's arguments, in Fink's order."""
         import pandas as pd
 
         out = []
-        for a in self.call.args:
-            if isinstance(a, Lit):
+        for a in self.call.args if args is None else args:
+            if isinstance(a, Via):  # another UDF's value, computed here as Fink computes it first
+                inner = import_udf(a.udf)
+                value = inner.func(*self.arguments(columns, n, params, False, a.args))
+                out.append(value.map(lambda v, key=a.key: None if v is None else v[key]))
+            elif isinstance(a, Lit):
                 value = params.get(a.name, a.value)
                 out.append(pd.Series([value] * n, dtype=object if value is None else None))
             elif c_field(a):
@@ -258,8 +280,8 @@ class FinkAdapter:
             return pd.DataFrame({c: pd.Series([], dtype=object) for c in names})
         udf = self.udf
         rows = udf.evalType == ROW_AT_A_TIME
-        args = self.arguments(columns, n, params, rows)
         with quiet():
+            args = self.arguments(columns, n, params, rows)
             if rows:
                 value = pd.Series([udf.func(*row) for row in zip(*args, strict=True)], dtype=object)
             else:
@@ -270,6 +292,14 @@ class FinkAdapter:
             return pd.DataFrame({c: [None if v is None else _plain(v.get(band)) for v in value]
                                  for band, c in enumerate(names, start=1)})
         return pd.DataFrame({names[0]: _plain_series(value)})
+
+
+def _flat_args(args: Sequence[Any]) -> list[Any]:
+    """The arguments, those of a :class:`Via` in its place."""
+    out: list[Any] = []
+    for a in args:
+        out += _flat_args(a.args) if isinstance(a, Via) else [a]
+    return out
 
 
 #: pyspark's evalType of a row-at-a-time UDF (``PythonEvalType.SQL_BATCHED_UDF``)
@@ -369,6 +399,62 @@ def known_udfs(package: str = "fink_science.ztf") -> list[tuple[str, str | None,
                     and getattr(v, "evalType", None) is not None and getattr(v.func, "__module__", "") == modname]
             out.append((modname, None, udfs))
     return out
+
+
+_ARROW = {"float": "float32", "double": "float64", "int": "int32", "long": "int64", "string": "string",
+          "boolean": "bool_", "bytes": "binary"}
+
+
+def _avro_type(schema: Any, path: str) -> tuple[str, bool]:
+    """The primitive Avro type at a dotted ``path`` of a record schema, and whether an array
+    lies on the way (a history field)."""
+    node, through_array = schema, False
+    for part in path.split("."):
+        node = next(f["type"] for f in _record(node)["fields"] if f["name"] == part)
+        node = _non_null(node)
+        if isinstance(node, dict) and node.get("type") == "array":
+            node, through_array = _non_null(node["items"]), True
+    return (node if isinstance(node, str) else node.get("type")), through_array
+
+
+def _non_null(t: Any) -> Any:
+    return next(x for x in t if x != "null") if isinstance(t, list) else t
+
+
+def _record(t: Any) -> dict:
+    t = _non_null(t)
+    if isinstance(t, dict) and t.get("type") == "array":
+        t = _non_null(t["items"])
+    return t
+
+
+def alert_series(alerts: Sequence[Mapping[str, Any]], paths: Sequence[str], schema: Mapping[str, Any]) -> list:
+    """The Series the module runner gives a module for ``paths`` of decoded ``alerts`` (dicts)
+    whose Avro ``schema`` is given, with the types Spark's Arrow batches have (``float`` as
+    float32, a history field as one array per alert, None when the alert has no history):
+    try a module or filter on a few alerts without Spark (:func:`fink.science.run_module`)."""
+    import pyarrow as pa
+
+    out = []
+    for path in paths:
+        kind, history = _avro_type(schema, path)
+        arrow = getattr(pa, _ARROW.get(kind, "string"))()
+        head, _, rest = path.partition(".")
+        if history:
+            values = [None if a.get(head) is None else [_get(x, rest) for x in a[head]] for a in alerts]
+            arrow = pa.list_(arrow)
+        else:
+            values = [_get(a, path) for a in alerts]
+        out.append(pa.array(values, type=arrow).to_pandas())
+    return out
+
+
+def _get(record: Mapping[str, Any] | None, path: str) -> Any:
+    for part in path.split(".") if path else []:
+        if record is None:
+            return None
+        record = record.get(part)
+    return record
 
 
 def fink_udf_args(func: Callable) -> list[str]:

@@ -1,0 +1,233 @@
+"""Fink's community modules and filters, run unchanged, against the values Fink stored in the
+alerts it distributed (no Spark: the adapters on the Series the module runner gives).
+
+Needs the ``fink`` extra (``pip install -e '.[fink]'``); the last test checks that the rest of
+the broker does not."""
+
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import fastavro
+import numpy as np
+import pytest
+
+from fink.errors import FinkError
+from fink.filters.filter_api import FilterError, load_filters
+from fink.science.science_api import ScienceModuleError, load_module, load_modules, run_module
+
+ROOT = Path(__file__).resolve().parents[2]
+fink_science = pytest.importorskip("fink_science", reason="the fink extra is not installed (pip install -e '.[fink]')")
+
+from fink.filters import community as filters  # noqa: E402  (after the extra's check)
+from fink.science import community  # noqa: E402
+
+PART3 = "ztf/fink-client_datatest/ztf/part-3-305711.avro"
+#: magnitude_rate draws samples with seed None in Fink: these values are random
+RANDOM = ("mag_rate", "sigma_rate", "lower_rate", "upper_rate")
+
+
+def read(path):
+    with open(path, "rb") as f:
+        reader = fastavro.reader(f)
+        return reader.writer_schema, list(reader)
+
+
+@pytest.fixture(scope="module")
+def fink_alerts(shared_datasim):
+    """The 31 alerts Fink distributed, with its own values (fink-science 8.41)."""
+    return read(shared_datasim / PART3)
+
+
+def missing(v):
+    return v is None or (isinstance(v, float | np.floating) and math.isnan(v))
+
+
+def same(a, b):
+    """Equal, floats to 1e-6, a missing value as None or NaN; a null struct as a struct of nulls
+    (Arrow gives null where Fink's Avro kept NaN)."""
+    if isinstance(a, dict) or isinstance(b, dict):
+        a, b = a or {}, b or {}
+        return set(a) <= set(b) | set(a) and all(same(a.get(k), b.get(k)) for k in set(a) | set(b))
+    if missing(a) or missing(b):
+        return missing(a) and missing(b)
+    if isinstance(a, float | np.floating) or isinstance(b, float | np.floating):
+        return math.isclose(float(a), float(b), rel_tol=1e-6, abs_tol=1e-9)
+    return a == b
+
+
+def test_history_arrays_equal_the_ones_fink_distributed(shared_datasim):
+    schema, alerts = read(shared_datasim / "ztf/fink-client_datatest/avro_multi_alerts.avro")
+    compared = nulls = 0
+    for field in ("jd", "fid", "magpsf", "sigmapsf", "magnr", "sigmagnr", "magzpsci", "isdiffpos"):
+        prv, cur = community.alert_series(alerts, community.history_paths(field), schema)
+        for ours, a in zip(community.concat(prv, cur), alerts, strict=True):
+            theirs = a[f"c{field}"]
+            assert len(ours) == len(theirs) and all(same(x, y) for x, y in zip(ours, theirs, strict=True)), field
+            compared += len(theirs)
+            nulls += sum(v is None for v in theirs)
+    assert compared > 1500 and nulls > 500  # upper limits: missing values kept in place
+
+
+@pytest.mark.parametrize("name", [n for n in community.CALLS if n != "magnitude_rate"])
+def test_each_module_reproduces_fink_s_stored_values(name, fink_alerts):
+    schema, alerts = fink_alerts
+    module = load_module(f"fink:{name}")
+    assert module.version == f"fink-science-{fink_science.__version__}"
+    out = run_module(module, community.alert_series(alerts, module.inputs, schema), fail=True)
+    for column in module.outputs:
+        ours, theirs = list(out[column]), [a[column] for a in alerts]
+        bad = [(x, y) for x, y in zip(ours, theirs, strict=True) if not same(x, y)]
+        assert not bad, f"{column}: {len(bad)} of {len(alerts)} differ, e.g. {bad[0]}"
+
+
+def test_fast_transient_rate_reproduces_fink_s_deterministic_values_and_draws_its_random_ones(fink_alerts):
+    schema, alerts = fink_alerts
+    module = load_module("fink:magnitude_rate")
+    series = community.alert_series(alerts, module.inputs, schema)
+    out = run_module(module, series, fail=True)
+    for column in module.outputs:
+        if column not in RANDOM:
+            assert all(same(x, a[column]) for x, a in zip(out[column], alerts, strict=True)), column
+    # seed None in Fink: the same alerts where Fink had a rate, within two of its own sigmas
+    ours, theirs, sigma = out["mag_rate"], [a["mag_rate"] for a in alerts], [a["sigma_rate"] for a in alerts]
+    assert [missing(x) for x in ours] == [missing(y) for y in theirs]
+    finite = [(x, y, s) for x, y, s in zip(ours, theirs, sigma, strict=True) if not missing(y)]
+    assert len(finite) >= 15 and all(abs(x - y) <= 2 * s for x, y, s in finite)
+    # Fink's literal arguments are parameters here: a seed makes the draws reproducible
+    seeded = module.bind({"seed": 7})
+    first, again = (run_module(seeded, series, fail=True)["mag_rate"] for _ in range(2))
+    assert np.allclose(first, again, equal_nan=True) and not np.allclose(first, ours, equal_nan=True)
+
+
+def test_module_loading_errors_name_the_module_and_the_way_out():
+    with pytest.raises(ScienceModuleError, match="no such call; known: .*nalerthist"):
+        load_module("fink:nope")
+    with pytest.raises(ScienceModuleError, match="several times; name the call: fink:gcvs, fink:x3hsp, fink:x4lac"):
+        load_module("fink_science.ztf.xmatch.processor:crossmatch_other_catalog")
+    with pytest.raises(ScienceModuleError, match="not one of the calls .* docs/fink.md"):
+        load_module("fink_science.ztf.xmatch.processor:cdsxmatch")
+    with pytest.raises(ScienceModuleError, match="unknown parameter 'radius'.*radius_arcsec"):
+        load_module("fink:mangrove", {"radius": 1})
+    with pytest.raises(ScienceModuleError, match="cannot import .*No module named 'supernnova'"):
+        community.import_udf("fink_science.ztf.snn.processor:snn_ia")
+    # Fink's roid next to the built-in solar-system module: one column, two producers
+    with pytest.raises(ScienceModuleError, match="output 'roid' is already produced"):
+        load_modules(["fink.science.modules.sso:solar_system", "fink:roid"])
+    by_path = load_module("fink_science.ztf.asteroids.processor.roid_catcher")
+    assert by_path.inputs == load_module("fink:roid").inputs and by_path.outputs == {"roid": "int"}
+
+
+def test_filter_arguments_resolve_by_fink_s_rule():
+    """A unique suffix, then the exact last part, then the one at the root (the same rule as
+    fink-utils' get_cols_from_args on every filter's arguments: tests/integration/test_fink_community.py)."""
+    assert filters.resolve("fid", ["candidate.fid", "candidate.pid"]) == "candidate.fid"
+    assert filters.resolve("jd", ["candidate.jd", "candidate.xjd", "other"]) == "candidate.jd"
+    assert filters.resolve("ra", ["ra", "candidate.ra"]) == "ra"
+    with pytest.raises(FilterError, match="ambiguous"):
+        filters.resolve("ra", ["a.ra", "b.ra"])
+    with pytest.raises(FilterError, match="no column for 'mulens'"):
+        filters.resolve("mulens", ["candidate.ra"])
+
+
+def avro_names(schema, prefix=""):
+    out = []
+    for f in community._record(schema)["fields"]:
+        out.append(prefix + f["name"])
+        t = community._non_null(f["type"])
+        if isinstance(t, dict) and t.get("type") == "record":
+            out += avro_names(t, prefix + f["name"] + ".")
+    return out
+
+
+@pytest.mark.parametrize(("name", "selected"), [("vra", 6), ("fast_riser_candidates", 1), ("sn_candidates", 31),
+                                                ("sso_ztf_candidates", 0), ("blazar", 0)])
+def test_filters_select_on_fink_s_columns_what_fink_s_own_code_selects(name, selected, fink_alerts):
+    """The reference counts are those of fink-utils' apply_user_defined_filter on the same alerts
+    (tests/integration/test_fink_community.py runs it in Spark); the 31 alerts are all Fink's
+    "SN candidate" class, and sn_candidates selects every one."""
+    schema, alerts = fink_alerts
+    topic, path = next(iter(filters.livestream([name]).items()))
+    assert topic == f"fink_{name}_ztf"
+    bound = filters.bind(load_filters({topic: path})[0], avro_names(schema), lambda p: True, {})
+    answer = bound.module.func(*community.alert_series(alerts, bound.module.inputs, schema))
+    assert answer.dtype == bool and int(answer.sum()) == selected
+    assert selected == sum(a["finkclass"] == "SN candidate" for a in alerts) or name != "sn_candidates"
+
+
+def test_filters_resolve_on_this_broker_s_columns_under_fink_s_names():
+    from pyspark.sql.types import ArrayType, DoubleType, IntegerType, StringType, StructField, StructType
+
+    from fink.survey.description import load
+
+    candidate = StructType([StructField(f, DoubleType()) for f in ("jd", "jdstarthist", "magpsf", "drb")])
+    schema = StructType([StructField("objectId", StringType()), StructField("candidate", candidate),
+                         StructField("prv_candidates", ArrayType(candidate)),
+                         StructField("xm_type", StringType()), StructField("roid", IntegerType())])
+    vra = load_filters(filters.livestream(["vra"]))
+    bound = filters.resolve_filters(vra, schema, load("ztf").fink_names)[0]
+    assert bound.module.inputs == ("candidate.magpsf", "candidate.drb", "xm_type", "roid")
+    import pandas as pd
+
+    # cdsxmatch is the cross-match's label, "Unknown" (Fink's no-match value) where it is null
+    answer = bound.module.func(pd.Series([20.0, 20.0]), pd.Series([0.99, 0.99]), pd.Series([None, "Star"]),
+                               pd.Series([0, 0]))
+    assert answer.tolist() == [True, False]
+    sn = load_filters(filters.livestream(["sn_candidates"]))
+    with pytest.raises(FilterError, match="topic 'fink_sn_candidates_ztf'.*no column for 'snn_snia_vs_nonia'"):
+        filters.resolve_filters(sn, schema, load("ztf").fink_names)
+    with pytest.raises(FilterError, match="no Fink livestream filter 'nope'"):
+        filters.livestream(["nope"])
+    with pytest.raises(FilterError, match="No module named 'astroquery'"):
+        load_filters(filters.livestream(["early_kn_candidates"]))
+
+
+def test_chat_posting_variables_are_hidden_from_fink_s_code(monkeypatch):
+    monkeypatch.setenv("FINK_TG_TOKEN", "t")
+    monkeypatch.setenv("KNWEBHOOK_FINK", "w")
+    with community.quiet():
+        assert "FINK_TG_TOKEN" not in os.environ and "KNWEBHOOK_FINK" not in os.environ
+    assert os.environ["FINK_TG_TOKEN"] == "t" and os.environ["KNWEBHOOK_FINK"] == "w"
+
+
+def test_the_docs_table_is_what_the_script_measures(shared_datasim):
+    sys.path.insert(0, str(ROOT / "tools"))
+    try:
+        import fink_table
+    finally:
+        sys.path.remove(str(ROOT / "tools"))
+    import re
+
+    table = fink_table.render(shared_datasim)
+    doc = (ROOT / "docs" / "fink.md").read_text()
+    documented = doc.split(fink_table.START)[1].split(fink_table.END)[0].strip()
+
+    def steady(text):  # random draws: how many land within two sigmas may change from run to run
+        return re.sub(r"within 2 σ \d+/\d+", "within 2 σ", text)
+
+    assert steady(documented) == steady(table)
+    assert table.count("| **yes** |") >= 10 and "fink:roid" in table and "No module named 'supernnova'" in table
+
+
+def test_the_rest_of_the_broker_needs_no_fink_package():
+    code = ("import sys\n"
+            "for name in ('fink_science', 'fink_filters', 'fink_utils', 'fink_tns', 'line_profiler'):\n"
+            "    sys.modules[name] = None  # as if not installed\n"
+            "from fink.science.science_api import load_modules, ScienceModuleError\n"
+            "from fink.filters.filter_api import load_filters\n"
+            "from fink.stages import pipeline\n"
+            "from fink.survey.description import load\n"
+            "s = load('ztf')\n"
+            "load_modules(s.modules, {'crossmatch': {'catalogue_path': 'datasim/sample_night/catalogue.csv'}})\n"
+            "load_filters(s.filters)\n"
+            "try:\n"
+            "    load_modules(['fink:roid'])\n"
+            "except ScienceModuleError as e:\n"
+            "    print(e)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "cannot import 'fink_science.ztf.asteroids.processor'" in proc.stdout
+    assert "pip install -e '.[fink]'" in proc.stdout
+    assert issubclass(ScienceModuleError, FinkError)
