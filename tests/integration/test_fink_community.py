@@ -93,7 +93,7 @@ def test_filters_select_what_fink_s_own_distribution_code_selects(fink_frame):
         assert ours == theirs, topic
         ran[topic] = len(ours)
     assert len(ran) == 16 and len(failed) == 5
-    assert ran["fink_sn_candidates_ztf"] == 31 and ran["fink_vra_ztf"] == 6 and ran["fink_fast_riser_candidates_ztf"] == 1
+    assert (ran["fink_sn_candidates_ztf"], ran["fink_vra_ztf"], ran["fink_fast_riser_candidates_ztf"]) == (31, 6, 1)
 
 
 def test_argument_resolution_equals_fink_utils_on_every_filter(fink_frame):
