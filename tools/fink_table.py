@@ -7,7 +7,7 @@ values), without Spark, and writes the tables into ``docs/fink.md`` between its 
 
     .venv/bin/python tools/fink_table.py [--datasim ../shared/datasim] [--check]
 
-A module with an adapter (:data:`fink.science.community.CALLS`) runs as the stream runs it and
+A module with an adapter (:data:`fink.science.community_modules.CALLS`) runs as the stream runs it and
 its outputs are compared with Fink's stored values; one without is called with the alerts'
 columns named after its parameters, and what stops it is its row's reason. A filter is
 resolved as the distribution stage resolves it, twice: against the columns Fink distributed
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import math
 import socket
 import sys
 import warnings
@@ -30,9 +29,10 @@ from typing import Any
 import fastavro
 import numpy as np
 
-from fink.filters.community import FilterAdapter, bind, livestream, resolve
+from fink.filters.community_filters import FilterAdapter, bind, livestream, resolve
 from fink.filters.filter_api import FilterError, load_filters
-from fink.science import community
+from fink.science import alert_columns
+from fink.science import community_modules as community
 from fink.science.science_api import load_module, load_modules, run_module
 from fink.survey import avro as survey_avro
 from fink.survey.description import load as load_survey
@@ -57,24 +57,6 @@ def reason(exc: BaseException | str) -> str:
     return text[:160].replace("|", "\\|")
 
 
-def same(a: Any, b: Any) -> bool:
-    """Equal, NaN-aware, floats to 1e-6; a missing value (None) equals NaN; a null struct equals
-    a struct of nulls (Arrow turns NaN into null, Fink's Avro keeps NaN)."""
-    if isinstance(a, dict) or isinstance(b, dict):
-        a, b = a or {}, b or {}
-        return all(same(a.get(k), b.get(k)) for k in set(a) | set(b))
-    a = float("nan") if a is None else a
-    b = float("nan") if b is None else b
-    if isinstance(a, float | np.floating) or isinstance(b, float | np.floating):
-        try:
-            return bool(np.isclose(float(a), float(b), rtol=1e-6, atol=1e-9, equal_nan=True))
-        except (TypeError, ValueError):
-            return False
-    if isinstance(a, str) and a == "nan":
-        return isinstance(b, float) and math.isnan(b)
-    return a == b
-
-
 def compare(out, alerts: list[dict], column: str) -> str:
     """How the adapter's ``column`` compares with Fink's stored values of the alerts."""
     if column not in alerts[0]:
@@ -87,7 +69,7 @@ def compare(out, alerts: list[dict], column: str) -> str:
                     if x is not None and y is not None and x == x and y == y and s and abs(x - y) <= 2 * s)
         finite = sum(1 for y in theirs if y is not None and y == y)
         return f"random in Fink (seed None): missing where Fink's is {nans}/{len(alerts)}, within 2 σ {close}/{finite}"
-    equal = sum(same(x, y) for x, y in zip(ours, theirs, strict=True))
+    equal = sum(community.same_value(x, y) for x, y in zip(ours, theirs, strict=True))
     return f"equal to Fink's {equal}/{len(alerts)}"
 
 
@@ -95,31 +77,11 @@ def fink_columns(alerts: list[dict], schema: dict, arg: str) -> Any:
     """A parameter's column, found the way Fink finds it (a ``c<field>`` array, or by name)."""
     field = community.c_field(arg)
     if field:
-        prv, cur = community.alert_series(alerts, community.history_paths(field), schema)
+        prv, cur = alert_columns.alert_series(alerts, community.history_paths(field), schema)
         return community.concat(prv, cur)
-    names = avro_names(schema)
+    names = alert_columns.avro_names(schema)
     path = resolve(arg, names)
-    return community.alert_series(alerts, [path], schema)[0]
-
-
-def avro_names(schema: dict, prefix: str = "") -> list[str]:
-    """The flattened names of an Avro record (records entered, arrays not), as Fink flattens."""
-    out = []
-    for f in community._record(schema)["fields"]:
-        name = prefix + f["name"]
-        out.append(name)
-        t = community._non_null(f["type"])
-        if isinstance(t, dict) and t.get("type") == "record":
-            out += avro_names(t, name + ".")
-    return out
-
-
-def has_path(schema: dict, path: str) -> bool:
-    try:
-        community._avro_type(schema, path)
-        return True
-    except (StopIteration, KeyError, TypeError, AttributeError):
-        return False
+    return alert_columns.alert_series(alerts, [path], schema)[0]
 
 
 def science_rows(alerts: list[dict], schema: dict) -> list[str]:
@@ -138,7 +100,7 @@ def science_rows(alerts: list[dict], schema: dict) -> list[str]:
             path = f"{modname}:{attr}"
             for name in by_udf.get(path, []):
                 module = load_module(f"fink:{name}")
-                out = run_module(module, community.alert_series(alerts, module.inputs, schema))
+                out = run_module(module, alert_columns.alert_series(alerts, module.inputs, schema))
                 if out["_error"].notna().any():
                     rows.append(f"| `{short}:{attr}` | `fink:{name}` | no | {out['_error'].iloc[0]} |")
                     continue
@@ -166,7 +128,7 @@ def science_rows(alerts: list[dict], schema: dict) -> list[str]:
 
 def filter_rows(alerts: list[dict], schema: dict) -> list[str]:
     fink_names = load_survey("ztf").fink_names
-    theirs = avro_names(schema)
+    theirs = alert_columns.avro_names(schema)
     ours = ours_names()
     rows = []
     for topic, path in livestream().items():
@@ -178,9 +140,9 @@ def filter_rows(alerts: list[dict], schema: dict) -> list[str]:
             rows.append(f"| `{name}` | `{topic}` | no: {why} | no: {why} |")
             continue
         try:
-            bound = bind(loaded, theirs, lambda p: has_path(schema, p), {})
+            bound = bind(loaded, theirs, lambda p: alert_columns.avro_has(schema, p), {})
             adapter: FilterAdapter = bound.module.func
-            selected = int(np.sum(adapter(*community.alert_series(alerts, bound.module.inputs, schema))))
+            selected = int(np.sum(adapter(*alert_columns.alert_series(alerts, bound.module.inputs, schema))))
             on_fink = f"yes: selects {selected} of {len(alerts)}"
         except FilterError as exc:
             on_fink = f"no: {str(exc).split('argument ', 1)[-1].split(';')[0]}"
@@ -199,14 +161,14 @@ def ours_names() -> tuple[list[str], Any]:
     """The flattened columns of this broker's ZTF science alerts with every ``fink:`` module
     that runs here, and a test of a dotted path."""
     schema = survey_avro.load_schema("4.02")
-    names = avro_names(schema)
+    names = alert_columns.avro_names(schema)
     modules = load_modules([*load_survey("ztf").modules, *[f"fink:{n}" for n in community.CALLS if n != "roid"]])
     for m in modules:
         for column, dtype in m.outputs.items():
             names.append(column)
             if dtype.startswith("struct<"):
                 names += [f"{column}.{f.split(':')[0]}" for f in dtype[len("struct<"):-1].split(",")]
-    return names, lambda p: has_path(schema, p) or p in names
+    return names, lambda p: alert_columns.avro_has(schema, p) or p in names
 
 
 def render(datasim: Path) -> str:

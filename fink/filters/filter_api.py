@@ -98,7 +98,9 @@ def load_filters(filters: Mapping[str, str], params: Mapping[str, Mapping[str, A
                               "(letters, digits, '.', '_', '-'; not ending in '_schema')")
         try:
             if isinstance(path, str) and path.split(".")[0].split(":")[0] == "fink_filters":
-                from fink.filters.community import load_fink_filter  # Fink's own, resolved when the stage starts
+                from fink.filters.community_filters import (
+                    load_fink_filter,  # Fink's own, resolved when the stage starts
+                )
 
                 declared = load_fink_filter(path)
             else:
@@ -122,11 +124,11 @@ def apply_filters(df: "DataFrame", filters: Sequence[AlertFilter], observe_as: s
     that name hold per topic ``<topic>_seconds``, ``<topic>_errors`` and ``<topic>_error``.
     Fink's filters (``fink_filters`` paths) get their arguments from ``df``'s columns as Fink
     resolves them, ``fink_names`` naming the columns that stand for Fink's
-    (:func:`fink.filters.community.resolve_filters`).
+    (:func:`fink.filters.community_filters.resolve_filters`).
     """
     from pyspark.sql import functions as F
 
-    from fink.filters.community import resolve_filters
+    from fink.filters.community_filters import resolve_filters
 
     filters = resolve_filters(filters, df.schema, fink_names)
     if not filters:

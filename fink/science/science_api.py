@@ -155,9 +155,9 @@ def load_module(path: str, params: Mapping[str, Any] | None = None) -> ScienceMo
     """Import the module at ``path`` (``pkg.mod:func`` or ``pkg.mod.func``) and bind ``params``.
 
     A Fink community module (``fink:<name>`` or a ``fink_science`` path) is run unchanged
-    through :mod:`fink.science.community`.
+    through :mod:`fink.science.community_modules`.
     """
-    from fink.science import community
+    from fink.science import community_modules as community
 
     if community.is_fink_module(path):
         return community.load_fink_module(path, params)

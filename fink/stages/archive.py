@@ -158,7 +158,7 @@ def prepare(spark: "SparkSession", stage_cfg: ArchiveConfig, fink_cfg: FinkConfi
     """The sink of the stage, its tables created (or their recorded layout checked) and its tag
     filters' inputs checked against ``schema`` (the science alerts'); an unreachable gateway is
     retried for ``retry_for_s`` like a write."""
-    from fink.filters.community import resolve_filters
+    from fink.filters.community_filters import resolve_filters
 
     tags = resolve_filters(stage_cfg.load_tags(), schema, stage_cfg.description().fink_names)
     host, port = thrift_address(fink_cfg)

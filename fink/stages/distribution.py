@@ -337,7 +337,7 @@ def step(spark: "SparkSession", stage_cfg: DistributionConfig, fink_cfg: FinkCon
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
-    from fink.filters.community import resolve_filters
+    from fink.filters.community_filters import resolve_filters
     from fink.filters.filter_api import FilterError, selected
     from fink.science.science_api import ModuleColumns, ScienceModuleError, check_inputs, module_metrics
     from fink.stages.step import Output, Step, count_where, latency_quantiles, report

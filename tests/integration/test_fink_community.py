@@ -37,7 +37,7 @@ def same(a, b):
 
 
 def test_modules_in_the_one_arrow_udf_reproduce_fink_s_values(fink_frame):
-    from fink.science import community
+    from fink.science import community_modules as community
     from fink.science.science_api import apply_modules, load_modules
 
     modules = load_modules([f"fink:{n}" for n in community.CALLS])
@@ -67,7 +67,7 @@ def test_filters_select_what_fink_s_own_distribution_code_selects(fink_frame):
     from fink_utils.spark.utils import apply_user_defined_filter, concat_col
     from pyspark.sql import functions as F
 
-    from fink.filters.community import livestream
+    from fink.filters.community_filters import livestream
     from fink.filters.filter_api import FilterError, apply_filters, load_filters
 
     fink = fink_frame  # Fink's distribution layout, built by Fink's code (fink_broker/ztf/distribute.py)
@@ -99,7 +99,7 @@ def test_filters_select_what_fink_s_own_distribution_code_selects(fink_frame):
 def test_argument_resolution_equals_fink_utils_on_every_filter(fink_frame):
     from fink_utils.spark.utils import get_cols_from_args
 
-    from fink.filters import community
+    from fink.filters import community_filters as community
     from fink.filters.filter_api import FilterError
     from fink.science.science_api import _field_type
 

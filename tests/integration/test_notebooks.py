@@ -16,7 +16,8 @@ ROOT = Path(__file__).resolve().parents[2]
 # and stream2raw's defaults read, stream2raw fills the raw archive raw2science reads, raw2science
 # the science archive distribution and archive read, distribution the topic the client notebook
 # reads, archive the HBase tables the explorer reads; the dashboard then reports what they did
-ORDER = ["smoke", "simulator", "checkstream", "stream2raw", "raw2science", "science_module", "distribution", "client",
+ORDER = ["smoke", "simulator", "checkstream", "stream2raw", "raw2science", "science_module", "fink_modules",
+         "distribution", "client",
          "archive", "archive_explorer", "dashboard"]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"), key=lambda p: ORDER.index(p.stem) if p.stem in ORDER else 99)
 
@@ -27,7 +28,7 @@ def pipeline_home(tmp_path_factory):
 
 
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.stem)
-def test_nbval_runs_the_notebook_with_its_defaults(notebook, kafka_bootstrap, pipeline_home):
+def test_nbval_runs_the_notebook_with_its_defaults(notebook, kafka_bootstrap, hbase_thrift, pipeline_home):
     env = {**os.environ, "FINK_HOME": str(pipeline_home)}
     proc = subprocess.run([sys.executable, "-m", "pytest", "--nbval-lax", "-p", "no:cacheprovider", "-q",
                            "--nbval-sanitize-with", str(ROOT / "tests" / "nbval_sanitize.cfg"),

@@ -21,8 +21,9 @@ from fink.science.science_api import ScienceModuleError, load_module, load_modul
 ROOT = Path(__file__).resolve().parents[2]
 fink_science = pytest.importorskip("fink_science", reason="the fink extra is not installed (pip install -e '.[fink]')")
 
-from fink.filters import community as filters  # noqa: E402  (after the extra's check)
-from fink.science import community  # noqa: E402
+from fink.filters import community_filters as filters  # noqa: E402  (after the extra's check)
+from fink.science import alert_columns  # noqa: E402
+from fink.science import community_modules as community  # noqa: E402
 
 PART3 = "ztf/fink-client_datatest/ztf/part-3-305711.avro"
 #: magnitude_rate draws samples with seed None in Fink: these values are random
@@ -62,7 +63,7 @@ def test_history_arrays_equal_the_ones_fink_distributed(shared_datasim):
     schema, alerts = read(shared_datasim / "ztf/fink-client_datatest/avro_multi_alerts.avro")
     compared = nulls = 0
     for field in ("jd", "fid", "magpsf", "sigmapsf", "magnr", "sigmagnr", "magzpsci", "isdiffpos"):
-        prv, cur = community.alert_series(alerts, community.history_paths(field), schema)
+        prv, cur = alert_columns.alert_series(alerts, community.history_paths(field), schema)
         for ours, a in zip(community.concat(prv, cur), alerts, strict=True):
             theirs = a[f"c{field}"]
             assert len(ours) == len(theirs) and all(same(x, y) for x, y in zip(ours, theirs, strict=True)), field
@@ -76,7 +77,7 @@ def test_each_module_reproduces_fink_s_stored_values(name, fink_alerts):
     schema, alerts = fink_alerts
     module = load_module(f"fink:{name}")
     assert module.version == f"fink-science-{fink_science.__version__}"
-    out = run_module(module, community.alert_series(alerts, module.inputs, schema), fail=True)
+    out = run_module(module, alert_columns.alert_series(alerts, module.inputs, schema), fail=True)
     for column in module.outputs:
         ours, theirs = list(out[column]), [a[column] for a in alerts]
         bad = [(x, y) for x, y in zip(ours, theirs, strict=True) if not same(x, y)]
@@ -86,7 +87,7 @@ def test_each_module_reproduces_fink_s_stored_values(name, fink_alerts):
 def test_fast_transient_rate_reproduces_fink_s_deterministic_values_and_draws_its_random_ones(fink_alerts):
     schema, alerts = fink_alerts
     module = load_module("fink:magnitude_rate")
-    series = community.alert_series(alerts, module.inputs, schema)
+    series = alert_columns.alert_series(alerts, module.inputs, schema)
     out = run_module(module, series, fail=True)
     for column in module.outputs:
         if column not in RANDOM:
@@ -132,16 +133,6 @@ def test_filter_arguments_resolve_by_fink_s_rule():
         filters.resolve("mulens", ["candidate.ra"])
 
 
-def avro_names(schema, prefix=""):
-    out = []
-    for f in community._record(schema)["fields"]:
-        out.append(prefix + f["name"])
-        t = community._non_null(f["type"])
-        if isinstance(t, dict) and t.get("type") == "record":
-            out += avro_names(t, prefix + f["name"] + ".")
-    return out
-
-
 @pytest.mark.parametrize(("name", "selected"), [("vra", 6), ("fast_riser_candidates", 1), ("sn_candidates", 31),
                                                 ("sso_ztf_candidates", 0), ("blazar", 0)])
 def test_filters_select_on_fink_s_columns_what_fink_s_own_code_selects(name, selected, fink_alerts):
@@ -151,8 +142,8 @@ def test_filters_select_on_fink_s_columns_what_fink_s_own_code_selects(name, sel
     schema, alerts = fink_alerts
     topic, path = next(iter(filters.livestream([name]).items()))
     assert topic == f"fink_{name}_ztf"
-    bound = filters.bind(load_filters({topic: path})[0], avro_names(schema), lambda p: True, {})
-    answer = bound.module.func(*community.alert_series(alerts, bound.module.inputs, schema))
+    bound = filters.bind(load_filters({topic: path})[0], alert_columns.avro_names(schema), lambda p: True, {})
+    answer = bound.module.func(*alert_columns.alert_series(alerts, bound.module.inputs, schema))
     assert answer.dtype == bool and int(answer.sum()) == selected
     assert selected == sum(a["finkclass"] == "SN candidate" for a in alerts) or name != "sn_candidates"
 

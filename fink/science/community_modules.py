@@ -401,60 +401,30 @@ def known_udfs(package: str = "fink_science.ztf") -> list[tuple[str, str | None,
     return out
 
 
-_ARROW = {"float": "float32", "double": "float64", "int": "int32", "long": "int64", "string": "string",
-          "boolean": "bool_", "bytes": "binary"}
+def same_value(ours: Any, theirs: Any, rel: float = 1e-6) -> bool:
+    """Whether a value computed here equals the one Fink stored: floats to ``rel``, a missing
+    value as None or NaN alike, a null struct as a struct of nulls (Arrow gives null where
+    Fink's Avro kept NaN), structs and maps key by key."""
+    import math
 
+    import numpy as np
 
-def _avro_type(schema: Any, path: str) -> tuple[str, bool]:
-    """The primitive Avro type at a dotted ``path`` of a record schema, and whether an array
-    lies on the way (a history field)."""
-    node, through_array = schema, False
-    for part in path.split("."):
-        node = next(f["type"] for f in _record(node)["fields"] if f["name"] == part)
-        node = _non_null(node)
-        if isinstance(node, dict) and node.get("type") == "array":
-            node, through_array = _non_null(node["items"]), True
-    return (node if isinstance(node, str) else node.get("type")), through_array
-
-
-def _non_null(t: Any) -> Any:
-    return next(x for x in t if x != "null") if isinstance(t, list) else t
-
-
-def _record(t: Any) -> dict:
-    t = _non_null(t)
-    if isinstance(t, dict) and t.get("type") == "array":
-        t = _non_null(t["items"])
-    return t
-
-
-def alert_series(alerts: Sequence[Mapping[str, Any]], paths: Sequence[str], schema: Mapping[str, Any]) -> list:
-    """The Series the module runner gives a module for ``paths`` of decoded ``alerts`` (dicts)
-    whose Avro ``schema`` is given, with the types Spark's Arrow batches have (``float`` as
-    float32, a history field as one array per alert, None when the alert has no history):
-    try a module or filter on a few alerts without Spark (:func:`fink.science.run_module`)."""
-    import pyarrow as pa
-
-    out = []
-    for path in paths:
-        kind, history = _avro_type(schema, path)
-        arrow = getattr(pa, _ARROW.get(kind, "string"))()
-        head, _, rest = path.partition(".")
-        if history:
-            values = [None if a.get(head) is None else [_get(x, rest) for x in a[head]] for a in alerts]
-            arrow = pa.list_(arrow)
-        else:
-            values = [_get(a, path) for a in alerts]
-        out.append(pa.array(values, type=arrow).to_pandas())
-    return out
-
-
-def _get(record: Mapping[str, Any] | None, path: str) -> Any:
-    for part in path.split(".") if path else []:
-        if record is None:
-            return None
-        record = record.get(part)
-    return record
+    if hasattr(ours, "asDict"):
+        ours = ours.asDict(recursive=True)
+    if hasattr(theirs, "asDict"):
+        theirs = theirs.asDict(recursive=True)
+    if isinstance(ours, dict) or isinstance(theirs, dict):
+        ours, theirs = ours or {}, theirs or {}
+        return all(same_value(ours.get(k), theirs.get(k), rel) for k in set(ours) | set(theirs))
+    gone = [v is None or (isinstance(v, float | np.floating) and math.isnan(v)) for v in (ours, theirs)]
+    if any(gone):
+        return all(gone)
+    if isinstance(ours, float | np.floating) or isinstance(theirs, float | np.floating):
+        try:
+            return math.isclose(float(ours), float(theirs), rel_tol=rel, abs_tol=1e-9)
+        except (TypeError, ValueError):
+            return False
+    return bool(ours == theirs)
 
 
 def fink_udf_args(func: Callable) -> list[str]:

@@ -19,13 +19,13 @@ Notes
 -----
 Besides the alert's columns, the names Fink's distribution adds are available:
 ``c<field>c`` arrays (the history followed by the current value, as
-:func:`fink.science.community.concat`), ``cstampDatac`` (the science cutout's bytes) and
+:func:`fink.science.community_modules.concat`), ``cstampDatac`` (the science cutout's bytes) and
 ``linear_fit_slope`` (``lc_features_r``'s, when the ``fink:lc_features`` module ran). A name
 Fink's modules produce and this broker produces under another name is taken from the survey
 description's ``fink_names`` (e.g. ``cdsxmatch`` from ``xm_type``, ``"Unknown"`` when
 missing). A name that resolves to nothing, or ambiguously, stops the stage with the filter's
 and the name's. Filters that post to chat services do not: the variables that enable it are
-hidden from them (:data:`fink.science.community.SIDE_EFFECT_ENV`).
+hidden from them (:data:`fink.science.community_modules.SIDE_EFFECT_ENV`).
 """
 
 from __future__ import annotations
@@ -35,8 +35,8 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from fink.filters.filter_api import AlertFilter, FilterError
-from fink.science import community as science_community
-from fink.science.community import CONCATENATED, history_paths, import_udf, quiet
+from fink.science import community_modules as science_community
+from fink.science.community_modules import CONCATENATED, history_paths, import_udf, quiet
 from fink.science.science_api import ScienceModule
 
 if TYPE_CHECKING:
