@@ -123,7 +123,7 @@ def test_module_loading_errors_name_the_module_and_the_way_out():
 
 def test_filter_arguments_resolve_by_fink_s_rule():
     """A unique suffix, then the exact last part, then the one at the root (the same rule as
-    fink-utils' get_cols_from_args on every filter's arguments: tests/integration/test_fink_community.py)."""
+    fink-utils' get_cols_from_args on every filter's arguments: tests/integration/test_fink_community_spark.py)."""
     assert filters.resolve("fid", ["candidate.fid", "candidate.pid"]) == "candidate.fid"
     assert filters.resolve("jd", ["candidate.jd", "candidate.xjd", "other"]) == "candidate.jd"
     assert filters.resolve("ra", ["ra", "candidate.ra"]) == "ra"
@@ -137,7 +137,7 @@ def test_filter_arguments_resolve_by_fink_s_rule():
                                                 ("sso_ztf_candidates", 0), ("blazar", 0)])
 def test_filters_select_on_fink_s_columns_what_fink_s_own_code_selects(name, selected, fink_alerts):
     """The reference counts are those of fink-utils' apply_user_defined_filter on the same alerts
-    (tests/integration/test_fink_community.py runs it in Spark); the 31 alerts are all Fink's
+    (tests/integration/test_fink_community_spark.py runs it in Spark); the 31 alerts are all Fink's
     "SN candidate" class, and sn_candidates selects every one."""
     schema, alerts = fink_alerts
     topic, path = next(iter(filters.livestream([name]).items()))
