@@ -279,7 +279,7 @@ class FinkAdapter:
         if n == 0:  # some modules index their first row: an empty batch has empty outputs
             return pd.DataFrame({c: pd.Series([], dtype=object) for c in names})
         udf = self.udf
-        rows = udf.evalType == ROW_AT_A_TIME
+        rows = udf.evalType in ROW_AT_A_TIME
         with quiet():
             args = self.arguments(columns, n, params, rows)
             if rows:
@@ -302,8 +302,10 @@ def _flat_args(args: Sequence[Any]) -> list[Any]:
     return out
 
 
-#: pyspark's evalType of a row-at-a-time UDF (``PythonEvalType.SQL_BATCHED_UDF``)
-ROW_AT_A_TIME = 100
+#: pyspark's evalTypes of a row-at-a-time UDF: ``SQL_BATCHED_UDF``, and ``SQL_ARROW_BATCHED_UDF``,
+#: which a plain ``udf(...)`` gets when it is made while a session with Spark 4's default
+#: ``spark.sql.execution.pythonUDF.arrow.enabled`` is active (one value at a time all the same)
+ROW_AT_A_TIME = (100, 101)
 
 
 def _plain(value: Any) -> Any:

@@ -84,6 +84,22 @@ def test_each_module_reproduces_fink_s_stored_values(name, fink_alerts):
         assert not bad, f"{column}: {len(bad)} of {len(alerts)} differ, e.g. {bad[0]}"
 
 
+def test_a_row_at_a_time_udf_made_in_a_session_with_arrow_is_still_called_row_by_row(fink_alerts):
+    """A plain ``udf(...)`` imported while a Spark session is active gets evalType 101 (Arrow-batched
+    rows, Spark 4's default), 100 otherwise: both are one call per alert."""
+    from types import SimpleNamespace
+
+    schema, alerts = fink_alerts
+    module = load_module("fink:lc_features")
+    real = module.func.udf
+    expected = run_module(module, alert_columns.alert_series(alerts, module.inputs, schema), fail=True)
+    for eval_type in (100, 101):
+        module.func._udf = SimpleNamespace(func=real.func, evalType=eval_type, returnType=real.returnType)
+        out = run_module(module, alert_columns.alert_series(alerts, module.inputs, schema), fail=True)
+        assert all(community.same_value(a, b) for a, b in zip(out["lc_features_r"], expected["lc_features_r"],
+                                                              strict=True))
+
+
 def test_fast_transient_rate_reproduces_fink_s_deterministic_values_and_draws_its_random_ones(fink_alerts):
     schema, alerts = fink_alerts
     module = load_module("fink:magnitude_rate")
