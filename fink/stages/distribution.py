@@ -347,9 +347,11 @@ def step(spark: "SparkSession", stage_cfg: DistributionConfig, fink_cfg: FinkCon
     topics = [f.topic for f in filters]
     schema = science_schema(spark, paths["science"], producer, stage_cfg.survey, from_files=from_files)
     filters = resolve_filters(filters, schema, stage_cfg.description().fink_names)  # Fink's, as Fink resolves them
-    encs = encodings(alert_columns(spark.createDataFrame([], schema)).schema, stage_cfg.topic_options, topics)
+    fink_names = stage_cfg.description().fink_names  # this broker's columns under Fink's names, for its users
+    encs = encodings(alert_columns(spark.createDataFrame([], schema), fink_names).schema, stage_cfg.topic_options,
+                     topics)
     prepare_topics(fink_cfg.kafka_bootstrap, encs, topics, stage_cfg.partitions, stage_cfg.retention_ms)
-    sink = Sink(fink_cfg.kafka_bootstrap, topics, encs, checkpoint, derived(schema))
+    sink = Sink(fink_cfg.kafka_bootstrap, topics, encs, checkpoint, derived(schema, fink_names))
     sink.recover(spark)
     ids = ["kafka_topic", "kafka_partition", "kafka_offset"]
     heads = list(dict.fromkeys(c.split(".")[0] for f in filters for c in f.module.inputs))

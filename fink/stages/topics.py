@@ -48,16 +48,31 @@ class Encoding:
 
 
 
-def alert_columns(df: "DataFrame") -> "DataFrame":
-    """A distributed alert's columns: the science row without internal columns, plus Fink's
-    ``cdsxmatch`` (the cross-match type or "Unknown") that the community client displays."""
+#: Fink's names that every distributed alert carries when it has the column behind them, whatever
+#: the survey (the community client displays ``cdsxmatch``); a survey's ``fink_names`` add more
+FINK_LABEL = {"cdsxmatch": {"column": "xm_type", "missing": "Unknown"}}
+
+
+def fink_named(names: list[str], fink_names: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Fink's columns to add to alerts with columns ``names``: name -> expression (the column it
+    stands for, its ``missing`` value where null), from ``fink_names`` (a survey description's)."""
     from pyspark.sql import functions as F
 
-    out = df.drop(*[c for c in INTERNAL if c in df.columns])
-    if "xm_type" in out.columns and "cdsxmatch" not in out.columns:
-        out = out.withColumn("cdsxmatch", F.coalesce(F.col("xm_type"), F.lit("Unknown")))
+    out = {}
+    for name, ours in {**FINK_LABEL, **(fink_names or {})}.items():
+        if ours["column"] in names and name not in names:
+            column = F.col(ours["column"])
+            out[name] = column if ours.get("missing") is None else F.coalesce(column, F.lit(ours["missing"]))
     return out
 
+
+def alert_columns(df: "DataFrame", fink_names: dict[str, dict[str, Any]] | None = None) -> "DataFrame":
+    """A distributed alert's columns: the science row without internal columns, plus the columns
+    this broker computes under Fink's names (``cdsxmatch``, and those of ``fink_names``)."""
+    out = df.drop(*[c for c in INTERNAL if c in df.columns])
+    for name, column in fink_named(out.columns, fink_names).items():
+        out = out.withColumn(name, column)
+    return out
 
 
 def encodings(schema: "StructType", topic_options: dict, topics: list[str]) -> list[Encoding]:
@@ -84,15 +99,9 @@ def encodings(schema: "StructType", topic_options: dict, topics: list[str]) -> l
     return out
 
 
-
-def derived(schema: "StructType") -> dict[str, Any]:
+def derived(schema: "StructType", fink_names: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     """The columns :func:`alert_columns` adds to science rows of ``schema``: name -> expression."""
-    from pyspark.sql import functions as F
-
-    names = schema.fieldNames()
-    return {"cdsxmatch": F.coalesce(F.col("xm_type"), F.lit("Unknown"))} \
-        if "xm_type" in names and "cdsxmatch" not in names else {}
-
+    return fink_named(schema.fieldNames(), fink_names)
 
 
 def messages(batch: "DataFrame", encs: list[Encoding], added: dict[str, Any] | None = None) -> "DataFrame":
