@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import pkgutil
 import socket
 import sys
 import warnings
@@ -84,6 +85,26 @@ def fink_columns(alerts: list[dict], schema: dict, arg: str) -> Any:
     return alert_columns.alert_series(alerts, [path], schema)[0]
 
 
+def known_udfs(package: str = "fink_science.ztf") -> list[tuple[str, str | None, list[str]]]:
+    """Every ``processor`` module under ``package``: (module path, import error or None, the
+    names of the Spark UDFs it defines)."""
+    out = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        root = importlib.import_module(package)
+        for info in sorted(pkgutil.iter_modules(root.__path__), key=lambda i: i.name):
+            modname = f"{package}.{info.name}.processor"
+            try:
+                mod = importlib.import_module(modname)
+            except Exception as exc:  # the reason it does not run here
+                out.append((modname, f"{type(exc).__name__}: {exc}", []))
+                continue
+            udfs = [k for k, v in vars(mod).items() if callable(getattr(v, "func", None))
+                    and getattr(v, "evalType", None) is not None and getattr(v.func, "__module__", "") == modname]
+            out.append((modname, None, udfs))
+    return out
+
+
 def science_rows(alerts: list[dict], schema: dict) -> list[str]:
     rows = []
     by_udf: dict[str, list[str]] = {}
@@ -91,7 +112,7 @@ def science_rows(alerts: list[dict], schema: dict) -> list[str]:
     for name, call in community.CALLS.items():
         by_udf.setdefault(call.udf, []).append(name)
         inside.update({a.udf: name for a in call.args if isinstance(a, community.Via)})
-    for modname, error, udfs in community.known_udfs():
+    for modname, error, udfs in known_udfs():
         short = modname.removeprefix("fink_science.ztf.").removesuffix(".processor")
         if error:
             rows.append(f"| `{short}` | | no | cannot be imported here: {reason(error)} |")
@@ -127,7 +148,7 @@ def science_rows(alerts: list[dict], schema: dict) -> list[str]:
 
 
 def filter_rows(alerts: list[dict], schema: dict) -> list[str]:
-    fink_names = load_survey("ztf").fink_names
+    fink_names = load_survey("ztf").fink_columns()
     theirs = alert_columns.avro_names(schema)
     ours = ours_names()
     rows = []

@@ -142,6 +142,11 @@ class FilterAdapter:
         self.sources = tuple(sources)
         self.__name__ = science_community.split_path(path)[1]
         self._udf: Any = None
+        out: list[str] = []
+        for source in self.sources:
+            out += [p for p in (history_paths(source.field) if source.field else (source.path,)) if p not in out]
+        #: the alert columns the resolved arguments read, each once, in order
+        self.inputs = tuple(out)
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_udf": None}
@@ -152,18 +157,10 @@ class FilterAdapter:
             self._udf = import_udf(self.path, FilterError, "Fink filter")
         return self._udf
 
-    def inputs(self) -> tuple[str, ...]:
-        out: list[str] = []
-        for s in self.sources:
-            for p in history_paths(s.field) if s.field else (s.path,):
-                if p not in out:
-                    out.append(p)
-        return tuple(out)
-
     def __call__(self, *series: Any):
         import pandas as pd
 
-        columns = dict(zip(self.inputs(), series, strict=True))
+        columns = dict(zip(self.inputs, series, strict=True))
         n = len(series[0]) if series else 0
         args = []
         for s in self.sources:
@@ -222,4 +219,4 @@ def bind(f: AlertFilter, names: Sequence[str], has: Callable[[str], bool],
                               "docs/fink.md says which of Fink's filters run here") from exc
         sources.append(extra.get(column, Source(column)))
     bound = FilterAdapter(adapter.path, sources)
-    return AlertFilter(f.topic, dataclasses.replace(f.module, func=bound, inputs=bound.inputs()))
+    return AlertFilter(f.topic, dataclasses.replace(f.module, func=bound, inputs=bound.inputs))

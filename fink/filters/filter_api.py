@@ -97,12 +97,10 @@ def load_filters(filters: Mapping[str, str], params: Mapping[str, Mapping[str, A
             raise FilterError(f"filter '{path}': topic '{topic}' is not a valid Kafka topic name "
                               "(letters, digits, '.', '_', '-'; not ending in '_schema')")
         try:
-            if isinstance(path, str) and path.split(".")[0].split(":")[0] == "fink_filters":
-                from fink.filters.community_filters import (
-                    load_fink_filter,  # Fink's own, resolved when the stage starts
-                )
+            from fink.filters import community_filters  # Fink's own filters: resolved when the stage starts
 
-                declared = load_fink_filter(path)
+            if community_filters.is_fink_filter(path):
+                declared = community_filters.load_fink_filter(path)
             else:
                 declared = import_declared(path, KIND, "@fink.filters.alert_filter", FilterError)
             bound = declared.bind(params.get(topic))
@@ -123,14 +121,15 @@ def apply_filters(df: "DataFrame", filters: Sequence[AlertFilter], observe_as: s
     A null answer (or a failed filter) does not select. With ``observe_as``, the metrics of
     that name hold per topic ``<topic>_seconds``, ``<topic>_errors`` and ``<topic>_error``.
     Fink's filters (``fink_filters`` paths) get their arguments from ``df``'s columns as Fink
-    resolves them, ``fink_names`` naming the columns that stand for Fink's
-    (:func:`fink.filters.community_filters.resolve_filters`).
+    resolves them, ``fink_names`` naming the columns that stand for Fink's (a survey's
+    ``fink_columns()``; by default those of every survey: :data:`fink.survey.description.FINK_NAMES`).
     """
     from pyspark.sql import functions as F
 
     from fink.filters.community_filters import resolve_filters
+    from fink.survey.description import FINK_NAMES
 
-    filters = resolve_filters(filters, df.schema, fink_names)
+    filters = resolve_filters(filters, df.schema, FINK_NAMES if fink_names is None else fink_names)
     if not filters:
         return df.withColumn(SELECTED, F.array().cast("array<int>"))
     try:

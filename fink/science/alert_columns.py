@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from fink.survey.description import get_path
+
 _ARROW = {"float": "float32", "double": "float64", "int": "int32", "long": "int64", "string": "string",
           "boolean": "bool_", "bytes": "binary"}
 
@@ -51,20 +53,12 @@ def alert_series(alerts: Sequence[Mapping[str, Any]], paths: Sequence[str], sche
         arrow = getattr(pa, _ARROW.get(kind, "string"))()
         head, _, rest = path.partition(".")
         if history:
-            values = [None if a.get(head) is None else [_get(x, rest) for x in a[head]] for a in alerts]
+            values = [None if a.get(head) is None else [get_path(x, rest) for x in a[head]] for a in alerts]
             arrow = pa.list_(arrow)
         else:
-            values = [_get(a, path) for a in alerts]
+            values = [get_path(a, path) for a in alerts]
         out.append(pa.array(values, type=arrow).to_pandas())
     return out
-
-
-def _get(record: Mapping[str, Any] | None, path: str) -> Any:
-    for part in path.split(".") if path else []:
-        if record is None:
-            return None
-        record = record.get(part)
-    return record
 
 
 def avro_names(schema: Mapping[str, Any], prefix: str = "") -> list[str]:

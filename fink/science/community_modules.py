@@ -31,13 +31,14 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import importlib.util
 import inspect
 import re
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from fink.science.science_api import ScienceModule, ScienceModuleError
+from fink.science.science_api import ScienceModule, ScienceModuleError, import_attribute, split_path
 
 #: the fields Fink concatenates into history-plus-current arrays (``c<field>``), in any survey
 #: of ZTF's layout
@@ -47,7 +48,7 @@ CONCATENATED = ("jd", "fid", "magpsf", "sigmapsf", "magnr", "sigmagnr", "magzpsc
                 "diffmaglim")
 #: environment variables through which some of Fink's filters post to chat services; never
 #: seen by a module or filter run here (a broker does not post on its users' behalf)
-SIDE_EFFECT_ENV = re.compile(r"^(FINK_TG_TOKEN|KNWEBHOOK.*|SLACK.*|TELEGRAM.*)$")
+SIDE_EFFECT_ENV = re.compile(r".*(TOKEN|WEBHOOK|SLACK|TELEGRAM).*")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,33 +126,16 @@ def is_fink_module(path: str) -> bool:
     return isinstance(path, str) and (path.startswith("fink:") or path.split(".")[0].split(":")[0] == "fink_science")
 
 
-def split_path(path: str) -> tuple[str, str]:
-    """``pkg.mod:attr`` or ``pkg.mod.attr`` -> (``pkg.mod``, ``attr``)."""
-    modname, sep, attr = path.partition(":")
-    if not sep:
-        modname, _, attr = path.rpartition(".")
-    return modname, attr
-
-
 def import_udf(path: str, error: type[Exception] = ScienceModuleError, kind: str = "Fink module") -> Any:
     """The Spark UDF object at ``path``, imported with pyspark's import-time warnings silenced."""
-    modname, attr = split_path(path)
-    if not attr.isidentifier() or not all(p.isidentifier() for p in modname.split(".")):
-        raise error(f"{kind} '{path}': give it as 'package.module:function'")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            mod = importlib.import_module(modname)
-    except ImportError as exc:
-        hint = " (pip install -e '.[fink]')" if str(getattr(exc, "name", "") or "").startswith("fink") else ""
-        raise error(f"{kind} '{path}': cannot import '{modname}' ({exc}){hint}") from exc
-    except Exception as exc:  # the package raised while being imported: name it, chain the cause
-        raise error(f"{kind} '{path}': importing '{modname}' failed ({type(exc).__name__}: {exc})") from exc
-    udf = getattr(mod, attr, None)
-    if udf is None:
-        raise error(f"{kind} '{path}': '{modname}' has no attribute '{attr}'")
+    package = path.split(".")[0].split(":")[0]
+    if package.isidentifier() and importlib.util.find_spec(package) is None:
+        raise error(f"{kind} '{path}': cannot import '{package}' (pip install -e '.[fink]')")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        udf = import_attribute(path, kind, error)
     if not callable(getattr(udf, "func", None)) or getattr(udf, "evalType", None) is None:
-        raise error(f"{kind} '{path}': '{attr}' is not a Spark UDF (no .func / .evalType)")
+        raise error(f"{kind} '{path}': '{split_path(path)[1]}' is not a Spark UDF (no .func / .evalType)")
     return udf
 
 
@@ -188,27 +172,40 @@ def concat(history: Any, current: Any, rows: bool = False) -> list:
     """Fink's ``c<field>`` arrays (``concat_col``): each alert's history followed by its current
     value, per alert, from the Series the runner gives (a history is None when there is none).
 
-    Arrays keep the history's numpy type (a missing value is NaN in a float array, None in
-    an object one), as Arrow gives Fink's own arrays. With ``rows``, Python lists with None for
-    missing values, as Spark gives them to a row-at-a-time UDF.
+    Arrays have the type Arrow gives Fink's own (the history's, or the current column's when
+    there is no history; an integer array with a missing value becomes a float one): a missing
+    value is NaN in a float array, None in an object one. With ``rows``, Python lists with None
+    for missing values, as Spark gives them to a row-at-a-time UDF.
     """
+    import numpy as np
+
+    dtype = getattr(current, "dtype", None)
+    plain = dtype if isinstance(dtype, np.dtype) else np.dtype(object)  # pandas' own types: as objects
+    out = []
+    for h, c in zip(history, current, strict=True):
+        none = h is None or (isinstance(h, float) and np.isnan(h))
+        earlier = np.array([], dtype=plain) if none else np.asarray(h)
+        arr = np.concatenate([earlier, _one(c, earlier.dtype)])
+        out.append([None if _missing(v) else v for v in arr.tolist()] if rows else arr)
+    return out
+
+
+def _missing(value: Any) -> bool:
     import numpy as np
     import pandas as pd
 
-    out = []
-    dtype = current.dtype if isinstance(current, pd.Series) and current.dtype != object else None
-    for h, c in zip(history, current, strict=True):
-        if h is None or (isinstance(h, float) and np.isnan(h)):
-            arr = np.array([c], dtype=dtype if dtype is not None else object)
-        else:
-            h = np.asarray(h)
-            arr = np.concatenate([h, np.array([c], dtype=h.dtype if h.dtype != object else object)])
-        if rows:
-            out.append([None if v is None or (isinstance(v, float) and np.isnan(v)) else v.item()
-                        if isinstance(v, np.generic) else v for v in arr.tolist()])
-        else:
-            out.append(arr)
-    return out
+    return value is None or value is pd.NA or (isinstance(value, float | np.floating) and bool(np.isnan(value)))
+
+
+def _one(value: Any, like: Any):
+    """A current value as a one-element array that joins an array of type ``like``."""
+    import numpy as np
+
+    if _missing(value):
+        if like.kind in "iub":
+            return np.array([np.nan])  # promotes the array to float, as Arrow's nulls do
+        return np.array([None if like.kind == "O" else np.nan], dtype=like)
+    return np.array([value], dtype=like)
 
 
 class FinkAdapter:
@@ -221,32 +218,36 @@ class FinkAdapter:
     def __init__(self, name: str, call: FinkCall):
         self.call = call
         self.__name__ = f"fink_{name}"
-        self._udf: Any = None
-        lits = [a for a in call.args if isinstance(a, Lit)]
+        self._udfs: dict[str, Any] = {}  # path -> UDF, imported once per process
+        lits = [a for a in _flat_args(call.args) if isinstance(a, Lit)]
         self.__signature__ = inspect.Signature(
             [inspect.Parameter("columns", inspect.Parameter.VAR_POSITIONAL)]
             + [inspect.Parameter(a.name, inspect.Parameter.KEYWORD_ONLY, default=a.value) for a in lits])
+        out: list[str] = []
+        for a in _flat_args(call.args):
+            if isinstance(a, str):
+                field = c_field(a)
+                out += [p for p in (history_paths(field) if field else (a,)) if p not in out]
+        #: the alert columns the call reads, each once, in order
+        self.inputs = tuple(out)
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_udf": None}
+        return {**self.__dict__, "_udfs": {}}
 
-    def inputs(self) -> tuple[str, ...]:
-        """The alert columns the call reads, each once, in order."""
-        out: list[str] = []
-        for a in _flat_args(self.call.args):
-            if isinstance(a, Lit):
-                continue
-            field = c_field(a)
-            for path in (history_paths(field) if field else (a,)):
-                if path not in out:
-                    out.append(path)
-        return tuple(out)
+    def udf(self, path: str | None = None) -> Any:
+        """The UDF at ``path`` (the call's own by default), imported once."""
+        path = path or self.call.udf
+        if path not in self._udfs:
+            self._udfs[path] = import_udf(path)
+        return self._udfs[path]
 
-    @property
-    def udf(self) -> Any:
-        if self._udf is None:
-            self._udf = import_udf(self.call.udf)
-        return self._udf
+    def check(self) -> None:
+        """Import every UDF of the call (the driver does this at load: a missing one fails there,
+        not in every batch); an inner UDF (:class:`Via`) must be a pandas one, as Fink calls it."""
+        self.udf()
+        for a in self.call.args:
+            if isinstance(a, Via) and self.udf(a.udf).evalType in ROW_AT_A_TIME:
+                raise ScienceModuleError(f"Fink module {self.call.udf}: inner UDF {a.udf} is not a pandas UDF")
 
     def arguments(self, columns: Mapping[str, Any], n: int, params: Mapping[str, Any], rows: bool,
                   args: Sequence[Any] | None = None) -> list:
@@ -256,8 +257,7 @@ class FinkAdapter:
         out = []
         for a in self.call.args if args is None else args:
             if isinstance(a, Via):  # another UDF's value, computed here as Fink computes it first
-                inner = import_udf(a.udf)
-                value = inner.func(*self.arguments(columns, n, params, False, a.args))
+                value = self.udf(a.udf).func(*self.arguments(columns, n, params, False, a.args))
                 out.append(value.map(lambda v, key=a.key: None if v is None else v[key]))
             elif isinstance(a, Lit):
                 value = params.get(a.name, a.value)
@@ -266,6 +266,8 @@ class FinkAdapter:
                 prv, cur = history_paths(c_field(a))
                 arrays = concat(columns[prv], columns[cur], rows)
                 out.append(arrays if rows else pd.Series(arrays, dtype=object))
+            elif rows:  # one value at a time, as Spark gives them: Python values, None for missing
+                out.append([None if _missing(v) else v.item() if hasattr(v, "item") else v for v in columns[a]])
             else:
                 out.append(columns[a])
         return out
@@ -273,12 +275,12 @@ class FinkAdapter:
     def __call__(self, *series: Any, **params: Any):
         import pandas as pd
 
-        columns = dict(zip(self.inputs(), series, strict=True))
+        columns = dict(zip(self.inputs, series, strict=True))
         n = len(series[0])
         names = list(self.call.outputs)
         if n == 0:  # some modules index their first row: an empty batch has empty outputs
             return pd.DataFrame({c: pd.Series([], dtype=object) for c in names})
-        udf = self.udf
+        udf = self.udf()
         rows = udf.evalType in ROW_AT_A_TIME
         with quiet():
             args = self.arguments(columns, n, params, rows)
@@ -365,10 +367,10 @@ def output_types(call: FinkCall, udf: Any) -> dict[str, str]:
 def load_fink_module(path: str, params: Mapping[str, Any] | None = None) -> ScienceModule:
     """The :class:`ScienceModule` that runs the Fink call ``path`` (``fink:<name>`` or its UDF's path)."""
     name, call = call_of(path)
-    udf = import_udf(call.udf)
     adapter = FinkAdapter(name, call)
+    adapter.check()
     version = _version("fink_science")
-    module = ScienceModule(path, adapter, adapter.inputs(), output_types(call, udf), f"fink-science-{version}")
+    module = ScienceModule(path, adapter, adapter.inputs, output_types(call, adapter.udf()), f"fink-science-{version}")
     return module.bind(params)
 
 
@@ -379,28 +381,6 @@ def _version(package: str) -> str:
         return version(package.replace("_", "-"))
     except PackageNotFoundError:
         return "unknown"
-
-
-def known_udfs(package: str = "fink_science.ztf") -> list[tuple[str, str | None, list[str]]]:
-    """Every ``processor`` module under ``package``: (module path, import error or None, the
-    names of the Spark UDFs it defines), for :mod:`tools.fink_table`."""
-    import pkgutil
-
-    out = []
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        root = importlib.import_module(package)
-        for info in sorted(pkgutil.iter_modules(root.__path__), key=lambda i: i.name):
-            modname = f"{package}.{info.name}.processor"
-            try:
-                mod = importlib.import_module(modname)
-            except Exception as exc:  # the reason it does not run here
-                out.append((modname, f"{type(exc).__name__}: {exc}", []))
-                continue
-            udfs = [k for k, v in vars(mod).items() if callable(getattr(v, "func", None))
-                    and getattr(v, "evalType", None) is not None and getattr(v.func, "__module__", "") == modname]
-            out.append((modname, None, udfs))
-    return out
 
 
 def same_value(ours: Any, theirs: Any, rel: float = 1e-6) -> bool:

@@ -121,6 +121,35 @@ def _check_declaration(name: str, func: Callable, inputs: tuple[str, ...], outpu
             f"takes {len(positional)} positional parameter(s) ({', '.join(p.name for p in positional)})")
 
 
+def split_path(path: str) -> tuple[str, str]:
+    """``pkg.mod:attr`` or ``pkg.mod.attr`` -> (``pkg.mod``, ``attr``)."""
+    modname, sep, attr = path.partition(":")
+    if not sep:
+        modname, _, attr = path.rpartition(".")
+    return modname, attr
+
+
+def import_attribute(path: str, kind: str, error: type[Exception], hint: str = "") -> Any:
+    """The object at ``path`` (``pkg.mod:attr`` or ``pkg.mod.attr``); an ``error`` naming ``kind``
+    and ``path`` when it cannot be imported (``hint`` added to an import error)."""
+    if not isinstance(path, str):
+        raise error(f"{kind} {path!r}: give it as a string 'package.module:function', not {type(path).__name__}")
+    modname, attr = split_path(path)
+    # only dotted names reach the import system (".x" would be a relative import, a TypeError)
+    if not attr.isidentifier() or not all(part.isidentifier() for part in modname.split(".")):
+        raise error(f"{kind} '{path}': give it as 'package.module:function'")
+    try:
+        mod = importlib.import_module(modname)
+    except ImportError as exc:
+        raise error(f"{kind} '{path}': cannot import '{modname}' ({exc}){hint}") from exc
+    except Exception as exc:  # the user's module raised while being imported: name it, chain the cause
+        raise error(f"{kind} '{path}': importing '{modname}' failed ({type(exc).__name__}: {exc})") from exc
+    found = getattr(mod, attr, None)
+    if found is None:
+        raise error(f"{kind} '{path}': '{modname}' has no attribute '{attr}'")
+    return found
+
+
 def import_declared(path: str, kind: str = "science module", decorator: str = "@fink.science.module",
                     error: type[Exception] | None = None) -> ScienceModule:
     """The declaration of the function at ``path`` (``pkg.mod:func`` or ``pkg.mod.func``).
@@ -128,26 +157,10 @@ def import_declared(path: str, kind: str = "science module", decorator: str = "@
     ``kind`` and ``decorator`` name what is loaded in the error messages (modules, filters).
     """
     error = error or ScienceModuleError
-    if not isinstance(path, str):
-        raise error(f"{kind} {path!r}: give it as a string 'package.module:function', not {type(path).__name__}")
-    modname, sep, attr = path.partition(":")
-    if not sep:
-        modname, _, attr = path.rpartition(".")
-    # only dotted names reach the import system (".x" would be a relative import, a TypeError)
-    if not attr.isidentifier() or not all(part.isidentifier() for part in modname.split(".")):
-        raise error(f"{kind} '{path}': give it as 'package.module:function'")
-    try:
-        mod = importlib.import_module(modname)
-    except ImportError as exc:
-        raise error(f"{kind} '{path}': cannot import '{modname}' ({exc})") from exc
-    except Exception as exc:  # the user's module raised while being imported: name it, chain the cause
-        raise error(f"{kind} '{path}': importing '{modname}' failed ({type(exc).__name__}: {exc})") from exc
-    func = getattr(mod, attr, None)
-    if func is None:
-        raise error(f"{kind} '{path}': '{modname}' has no attribute '{attr}'")
+    func = import_attribute(path, kind, error)
     declared = getattr(func, "__fink_module__", None)
     if not isinstance(declared, ScienceModule) or getattr(func, "__fink_kind__", "science module") != kind:
-        raise error(f"{kind} '{path}': '{attr}' is not declared with {decorator}")
+        raise error(f"{kind} '{path}': '{split_path(path)[1]}' is not declared with {decorator}")
     return dataclasses.replace(declared, name=path)
 
 

@@ -160,7 +160,7 @@ def prepare(spark: "SparkSession", stage_cfg: ArchiveConfig, fink_cfg: FinkConfi
     retried for ``retry_for_s`` like a write."""
     from fink.filters.community_filters import resolve_filters
 
-    tags = resolve_filters(stage_cfg.load_tags(), schema, stage_cfg.description().fink_names)
+    tags = resolve_filters(stage_cfg.load_tags(), schema, stage_cfg.description().fink_columns())
     host, port = thrift_address(fink_cfg)
     lay = layout(spark, stage_cfg, science_path, producer, from_files)
     probe = Writer(host, port, pool_size=1, retry_for=stage_cfg.retry_for_s)

@@ -346,8 +346,8 @@ def step(spark: "SparkSession", stage_cfg: DistributionConfig, fink_cfg: FinkCon
     filters = stage_cfg.load_filters()
     topics = [f.topic for f in filters]
     schema = science_schema(spark, paths["science"], producer, stage_cfg.survey, from_files=from_files)
-    filters = resolve_filters(filters, schema, stage_cfg.description().fink_names)  # Fink's, as Fink resolves them
-    fink_names = stage_cfg.description().fink_names  # this broker's columns under Fink's names, for its users
+    fink_names = stage_cfg.description().fink_columns()  # this broker's columns under Fink's names
+    filters = resolve_filters(filters, schema, fink_names)  # Fink's filters' arguments, as Fink resolves them
     encs = encodings(alert_columns(spark.createDataFrame([], schema), fink_names).schema, stage_cfg.topic_options,
                      topics)
     prepare_topics(fink_cfg.kafka_bootstrap, encs, topics, stage_cfg.partitions, stage_cfg.retention_ms)

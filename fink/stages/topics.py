@@ -19,6 +19,7 @@ from fink.config import ConfigError
 from fink.filters.filter_api import SELECTED
 from fink.io import kafka
 from fink.survey.avro import avro_schema
+from fink.survey.description import FINK_NAMES
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
@@ -48,18 +49,14 @@ class Encoding:
 
 
 
-#: Fink's names that every distributed alert carries when it has the column behind them, whatever
-#: the survey (the community client displays ``cdsxmatch``); a survey's ``fink_names`` add more
-FINK_LABEL = {"cdsxmatch": {"column": "xm_type", "missing": "Unknown"}}
-
-
 def fink_named(names: list[str], fink_names: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     """Fink's columns to add to alerts with columns ``names``: name -> expression (the column it
-    stands for, its ``missing`` value where null), from ``fink_names`` (a survey description's)."""
+    stands for, its ``missing`` value where null), from ``fink_names`` (a survey's
+    :meth:`~fink.survey.description.Survey.fink_columns`; by default those of every survey)."""
     from pyspark.sql import functions as F
 
     out = {}
-    for name, ours in {**FINK_LABEL, **(fink_names or {})}.items():
+    for name, ours in (FINK_NAMES if fink_names is None else fink_names).items():
         if ours["column"] in names and name not in names:
             column = F.col(ours["column"])
             out[name] = column if ours.get("missing") is None else F.coalesce(column, F.lit(ours["missing"]))
@@ -68,7 +65,7 @@ def fink_named(names: list[str], fink_names: dict[str, dict[str, Any]] | None = 
 
 def alert_columns(df: "DataFrame", fink_names: dict[str, dict[str, Any]] | None = None) -> "DataFrame":
     """A distributed alert's columns: the science row without internal columns, plus the columns
-    this broker computes under Fink's names (``cdsxmatch``, and those of ``fink_names``)."""
+    this broker computes under Fink's names (:func:`fink_named`)."""
     out = df.drop(*[c for c in INTERNAL if c in df.columns])
     for name, column in fink_named(out.columns, fink_names).items():
         out = out.withColumn(name, column)

@@ -34,6 +34,11 @@ WIRE_FORMATS = {
 SCHEMA_SOURCES = ("package", "lsst-alert-packet")
 
 
+#: Fink's names that alerts of every survey carry when they have the column behind them (the
+#: community client displays ``cdsxmatch``); a survey's ``fink_names`` add to them
+FINK_NAMES = {"cdsxmatch": {"column": "xm_type", "missing": "Unknown"}}
+
+
 @dataclasses.dataclass(frozen=True)
 class Survey(Validated):
     """One survey's description (the keys of ``fink/data/surveys/<name>.yaml``).
@@ -139,6 +144,10 @@ class Survey(Validated):
                                   f"got {entry!r}")
         if "{night}" not in self.topic:
             raise ConfigError(f"{source}: topic must contain '{{night}}' (e.g. ztf_{{night}}_programid1)")
+
+    def fink_columns(self) -> dict[str, dict[str, Any]]:
+        """Fink's name -> ``{"column", "missing"}``: :data:`FINK_NAMES` and this survey's ``fink_names``."""
+        return {**FINK_NAMES, **self.fink_names}
 
     def required_fields(self) -> set[str]:
         """The top-level fields an alert schema of this survey must have (identities and time)."""

@@ -74,7 +74,7 @@ names = alert_columns.avro_names(schema) + list(ours.columns)
 counts = {}
 for topic_name, path in community_filters.livestream(filters).items():
     f = community_filters.bind(load_filters({topic_name: path})[0], names,
-                          lambda p: alert_columns.avro_has(schema, p) or p in ours, ztf.fink_names)
+                          lambda p: alert_columns.avro_has(schema, p) or p in ours, ztf.fink_columns())
     columns = [ours[c] if c in ours else alert_columns.alert_series(alerts, [c], schema)[0] for c in f.module.inputs]
     counts[topic_name] = {"reads": ", ".join(f.module.inputs), "selected": int(f.module.func(*columns).sum())}
 pd.DataFrame(counts).T

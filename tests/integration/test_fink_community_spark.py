@@ -19,26 +19,11 @@ def fink_frame(spark, shared_datasim):
     return spark.read.format("avro").load(str(shared_datasim / PART3)).cache()
 
 
-def plain(v):
-    return v.asDict(recursive=True) if hasattr(v, "asDict") else v
-
-
-def same(a, b):
-    a, b = plain(a), plain(b)
-    if isinstance(a, dict) or isinstance(b, dict):  # a null struct is Fink's struct of nulls
-        a, b = a or {}, b or {}
-        return all(same(a.get(k), b.get(k)) for k in set(a) | set(b))
-    gone = [v is None or (isinstance(v, float) and math.isnan(v)) for v in (a, b)]
-    if any(gone):
-        return all(gone)  # Arrow gives null where Fink's Avro kept NaN
-    if isinstance(a, float) or isinstance(b, float):
-        return math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-9)
-    return a == b
-
-
 def test_modules_in_the_one_arrow_udf_reproduce_fink_s_values(fink_frame):
     from fink.science import community_modules as community
     from fink.science.science_api import apply_modules, load_modules
+
+    same = community.same_value  # floats to 1e-6; None and NaN alike; a null struct as a struct of nulls
 
     modules = load_modules([f"fink:{n}" for n in community.CALLS])
     outputs = [c for m in modules for c in m.outputs]
