@@ -19,21 +19,18 @@ any write.
 from __future__ import annotations
 
 import dataclasses
-import json
-import shutil
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fink.config import ConfigError, FinkConfig, Validated, local_path
+from fink.config import ConfigError, FinkConfig, Validated
 from fink.filters.filter_api import SELECTED, AlertFilter, label, load_filters
-from fink.log import logger
 from fink.runtime import metrics
 from fink.runtime.streaming import observed
 from fink.science.science_api import add_metrics
+from fink.stages.distribution_sink import QUERY_NAME, Sink
 from fink.stages.science_stream import expander, science_schema, source
-from fink.stages.topics import Encoding, alert_columns, derived, encodings, messages, prepare_topics
+from fink.stages.topics import alert_columns, derived, encodings, prepare_topics
+from fink.stages.watching import WATCH, WATCH_TYPE, Watcher
 from fink.survey import description as surveys
 
 if TYPE_CHECKING:
@@ -42,13 +39,7 @@ if TYPE_CHECKING:
 
     from fink.stages.step import Step
 
-QUERY_NAME = "distribution"
 FILTERS_METRICS = "distribution_filters"
-#: Parquet options of an outbox, read once then deleted: its values are whole encoded alerts,
-#: not worth compressing or a dictionary
-OUTBOX_OPTIONS = {"compression": "none", "parquet.enable.dictionary": "false"}
-#: the file that seals a complete outbox: its topics and message keys (JSON)
-SEAL = "_fink_outbox.json"
 #: where a filter runs: in the micro-batch pass (any filter), or in the real-time lane (SQL conditions)
 LANES = ("microbatch", "realtime")
 
@@ -78,6 +69,9 @@ class DistributionConfig(surveys.OfSurvey, Validated):
     survey
         A shipped survey (``ztf``, ``rubin``) or a description file: the science archive's
         layout and the default filters.
+    watchlists
+        The registry of users' watchlists (:mod:`fink.filters.watchlists`), read again at each
+        micro-batch when it changed: ``""`` means ``$FINK_HOME/watchlists``, ``"none"`` none.
     """
 
     filters: dict = dataclasses.field(default_factory=dict)
@@ -89,6 +83,7 @@ class DistributionConfig(surveys.OfSurvey, Validated):
     science_path: str = ""
     checkpoint: str = ""
     survey: str = "ztf"
+    watchlists: str = ""
 
     def validate(self, source: str = "configuration") -> None:
         for topic, entry in self.filters.items():
@@ -130,6 +125,12 @@ class DistributionConfig(surveys.OfSurvey, Validated):
     def load_filters(self) -> list[AlertFilter]:
         return load_filters(self.topic_filters(), self.filter_params)
 
+    def watchlist_registry(self) -> str | None:
+        """The watchlists' registry folder, None when they are off."""
+        from fink.filters.watchlists import registry
+
+        return None if self.watchlists == "none" else str(registry(self.watchlists))
+
 
 # -- the science archive as a stream ---------------------------------------------------------
 
@@ -152,158 +153,6 @@ def select(df: "DataFrame", filters: list[AlertFilter]) -> "DataFrame":
 
 
 # -- the stage -------------------------------------------------------------------------------
-
-
-def query_id(spark: "SparkSession", checkpoint: str) -> str:
-    """The id Spark keeps in the checkpoint: the same across restarts, new for a new checkpoint."""
-    from fink.io.filestore import writer_id
-
-    return writer_id(spark, checkpoint)
-
-
-class Sink:
-    """The ``foreachBatch`` function: encode the batch's messages, deliver them in one transaction.
-
-    With a local checkpoint the encoded messages wait in the batch's outbox, and its Kafka
-    transaction runs on a thread of its own while Spark encodes the next batch: the call for
-    batch ``n`` returns once batch ``n - 1`` is delivered and ``n``'s outbox is sealed
-    (:data:`SEAL`: its topics and keys, written once Spark's files are complete). A crash
-    after Spark recorded a batch but before Kafka committed it leaves that outbox, which
-    :meth:`recover` (run by :func:`build`) delivers before anything else. A transaction that
-    failed fails every later batch until its outbox, and those after it, are delivered.
-    """
-
-    def __init__(self, bootstrap: str, topics: list[str], encs: list[Encoding], checkpoint: str,
-                 added: dict[str, Any] | None = None):
-        from concurrent.futures import ThreadPoolExecutor
-
-        self.bootstrap, self.topics, self.encs, self.checkpoint = bootstrap, topics, encs, checkpoint
-        self.added = added  # the batches' derived columns, when their schema is known (messages())
-        self.keys = {k: e.schema.encode() for e in encs for k in e.topics}
-        self.publisher = None
-        #: batch id -> messages per topic (None: delivered before, a replay); filled as they commit
-        self.delivered: dict[int, dict[str, int] | None] = {}
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="fink-distribution")
-        self._failed: BaseException | None = None
-
-    def _publisher(self, spark: "SparkSession"):
-        from fink.io.delivery import BatchPublisher
-
-        if self.publisher is None:
-            self.publisher = BatchPublisher(self.bootstrap, f"{QUERY_NAME}-{query_id(spark, self.checkpoint)}")
-        return self.publisher
-
-    def __call__(self, batch: "DataFrame", batch_id: int) -> None:
-        spark = batch.sparkSession
-        publisher = self._publisher(spark)
-        if self._failed is not None:  # the query runs again after a failed transaction
-            self._resume(spark)
-        outbox = _outbox(self.checkpoint, batch_id)
-        if publisher.delivered(batch_id):  # a replay of a delivered batch: nothing to compute
-            self.delivered[batch_id] = None
-            if outbox is not None:  # what a crash right after the commit left
-                shutil.rmtree(outbox, ignore_errors=True)
-            return
-        rows = messages(batch, self.encs, self.added).select("_k", "value")
-        clock = metrics.Clock()
-        if outbox is None:
-            # partition by partition through the driver's JVM (a checkpoint Python cannot read)
-            out = ((self.topics[r[0]], self.keys[r[0]], r[1]) for r in rows.toLocalIterator(prefetchPartitions=False))
-            self.delivered[batch_id] = publisher.publish(batch_id, out)
-            clock.lap("encode_publish")
-            metrics.note(QUERY_NAME, batch_id, {"delivered": self.delivered[batch_id], "seconds": clock.laps})
-            return
-        shutil.rmtree(outbox, ignore_errors=True)  # an earlier attempt's, killed before its commit
-        rows.write.mode("overwrite").options(**OUTBOX_OPTIONS).parquet(str(outbox))
-        self._seal(outbox)
-        clock.lap("encode")
-        self.flush()  # the previous batch's transaction, which ran meanwhile
-        clock.lap("wait")
-        self._pool.submit(self._deliver, batch_id, outbox, clock)
-
-    def _resume(self, spark: "SparkSession | None") -> None:
-        """After a failed transaction: deliver its outbox, and those after it, before anything else."""
-        self.flush(raise_failure=False)
-        self._failed = None
-        self.recover(spark)
-
-    def _seal(self, outbox: Path) -> None:
-        """Mark a complete outbox with what its topic indexes stand for (the filters may change
-        before a restart delivers it)."""
-        seal = {"topics": self.topics, "encodings": [[e.schema, list(e.topics)] for e in self.encs]}
-        tmp = outbox / f".{SEAL}.tmp"
-        tmp.write_text(json.dumps(seal))
-        tmp.replace(outbox / SEAL)
-
-    def _deliver(self, batch_id: int, outbox: Path, clock: "metrics.Clock | None" = None) -> None:
-        """Send a sealed outbox in the batch's transaction, then delete it; a failure is kept
-        (and the outbox with it) for :meth:`flush` to raise."""
-        clock = clock or metrics.Clock()
-        try:
-            seal = json.loads((outbox / SEAL).read_text())
-            topics = seal["topics"]
-            keys = {k: schema.encode() for schema, members in seal["encodings"] for k in members}
-            out = ((topics[k], keys[k], v) for k, v in read_outbox(outbox))
-            self.delivered[batch_id] = self.publisher.publish(batch_id, out)
-        except BaseException as exc:
-            self._failed = exc
-            logger.error("distribution: batch %d not delivered, its outbox kept for the next try: %s", batch_id, exc)
-            raise
-        shutil.rmtree(outbox, ignore_errors=True)
-        clock.lap("publish")
-        metrics.note(QUERY_NAME, batch_id, {"delivered": self.delivered[batch_id], "seconds": clock.laps})
-
-    def flush(self, timeout: float | None = None, raise_failure: bool = True) -> None:
-        """Wait until every transaction handed to the delivery thread so far has ended; raise
-        the failure of one (again on every call, until the query runs again and delivers it)."""
-        self._pool.submit(lambda: None).result(timeout)  # one thread: runs after those before it
-        if raise_failure and self._failed is not None:
-            raise self._failed
-
-    def recover(self, spark: "SparkSession | None") -> list[int]:
-        """Deliver the sealed outboxes a crash left (in batch order), drop the unsealed ones
-        (Spark runs their batch again); return the batches delivered."""
-        folder = local_path(self.checkpoint)
-        folder = None if folder is None else folder / "outbox"
-        if folder is None or not folder.is_dir():
-            return []
-        sent = []
-        for path in sorted((p for p in folder.iterdir() if p.name.isdigit()), key=lambda p: int(p.name)):
-            batch_id = int(path.name)
-            if not (path / SEAL).exists() or self._publisher(spark).delivered(batch_id):
-                shutil.rmtree(path, ignore_errors=True)
-                continue
-            if spark is not None and not sent:
-                metrics.attach(spark)  # what it delivers is noted in the store like any batch
-            logger.info("distribution: batch %d was recorded by Spark, not by Kafka: delivered now", batch_id)
-            self._deliver(batch_id, path)
-            sent.append(batch_id)
-        return sent
-
-
-def _outbox(checkpoint: str, batch_id: int) -> Path | None:
-    """Where a batch's encoded messages wait for the transaction: ``<checkpoint>/outbox/<batch>``
-    when the checkpoint is a local folder, else None (they go through the driver's JVM).
-
-    Notes
-    -----
-    The Spark tasks write the messages there as Parquet, and this process reads them back
-    with pyarrow, a few at a time, into the transaction. Fetched through the driver's JVM
-    instead (``toLocalIterator``), every partition's messages became a task result that the
-    6 GB driver of the pipeline kept by gigabytes behind a backlog, until it ran out of heap.
-    """
-    folder = local_path(checkpoint)
-    return None if folder is None else folder / "outbox" / str(batch_id)
-
-
-def read_outbox(folder: Path, rows_per_read: int = 64) -> Iterator[tuple[int, bytes]]:
-    """The ``(topic index, value)`` messages of an outbox, ``rows_per_read`` in memory at a time."""
-    import pyarrow.parquet as pq
-
-    for path in sorted(folder.glob("*.parquet")):
-        for chunk in pq.ParquetFile(path).iter_batches(batch_size=rows_per_read, columns=["_k", "value"]):
-            yield from zip(chunk.column(0).to_pylist(), chunk.column(1).to_pylist(), strict=True)
-
 
 def build(spark: "SparkSession", stage_cfg: DistributionConfig, fink_cfg: FinkConfig,
           producer: Any = None) -> "DataStreamWriter":
@@ -353,8 +202,13 @@ def step(spark: "SparkSession", stage_cfg: DistributionConfig, fink_cfg: FinkCon
     prepare_topics(fink_cfg.kafka_bootstrap, encs, topics, stage_cfg.partitions, stage_cfg.retention_ms)
     sink = Sink(fink_cfg.kafka_bootstrap, topics, encs, checkpoint, derived(schema, fink_names))
     sink.recover(spark)
+    root = stage_cfg.watchlist_registry()
+    watcher = None if root is None else Watcher(
+        root, stage_cfg.description(), alert_columns(spark.createDataFrame([], schema), fink_names).schema,
+        fink_cfg.kafka_bootstrap, stage_cfg.partitions, stage_cfg.retention_ms)
     ids = ["kafka_topic", "kafka_partition", "kafka_offset"]
     heads = list(dict.fromkeys(c.split(".")[0] for f in filters for c in f.module.inputs))
+    heads += [c.split(".")[0] for c in (watcher.inputs if watcher else []) if c.split(".")[0] not in heads]
     try:
         check_inputs([f.module for f in filters], schema)
     except ScienceModuleError as exc:  # an input column that is not in the alerts, named before anything runs
@@ -362,20 +216,27 @@ def step(spark: "SparkSession", stage_cfg: DistributionConfig, fink_cfg: FinkCon
     made = ModuleColumns([f.module for f in filters], metrics_column="_metrics")
     narrow = [F.col(c) for c in dict.fromkeys([*ids, "kafka_timestamp", *heads])]
     answers = [*[F.col(c) for c in ids], F.col("kafka_timestamp"),
-               selected([F.col(ModuleColumns.TMP).getField(f"_sel{k}") for k in range(len(filters))]).alias(SELECTED),
+               selected([F.col(ModuleColumns.TMP).getField(f"_sel{k}") for k in range(len(filters))]).alias(SELECTED)
+               if filters else F.array().cast("array<int>").alias(SELECTED),
                *made.metrics, F.current_timestamp().alias("_at")]
 
     def run(science: "DataFrame", batch_id: int, rows: int | None) -> Output:
         started = time.time()
-        if not filters:  # every filter runs in the real-time lane
+        if watcher is not None and watcher.refresh():  # the lists changed since the last batch
+            sink.route([*topics, *watcher.topics()], watcher.encoding(len(topics)))
+        lists = watcher.topics() if watcher is not None else []
+        if not filters and not lists:  # every filter runs in the real-time lane
             alerts = rows if rows is not None else science.count()
             return Output(None, 0, report(QUERY_NAME, batch_id, alerts, {"alerts": alerts, "selected": 0}, None,
                                           started))
         clock = metrics.Clock()
-        # the filters on the columns they read alone, their UDF built once (apply_filters' columns)
-        flags = science.select(*narrow, made.call).select(*answers).persist(StorageLevel.MEMORY_AND_DISK_DESER)
-        picked = F.col(SELECTED)
-        chosen = flags.where(F.size(picked) > 0).select(*ids, SELECTED)
+        # the filters on the columns they read alone, their UDF built once (apply_filters' columns),
+        # and the watchlists' matches
+        watch = [watcher.column(len(topics))] if watcher is not None else [F.array().cast(WATCH_TYPE).alias(WATCH)]
+        flags = (science.select(*narrow, *([made.call] if made.call is not None else []), *watch)
+                 .select(*answers, WATCH).persist(StorageLevel.MEMORY_AND_DISK_DESER))
+        picked, matched = F.col(SELECTED), F.col(f"{WATCH}._k")
+        chosen = flags.where((F.size(picked) > 0) | (F.size(WATCH) > 0)).select(*ids, SELECTED, WATCH)
         # the selected alerts, whole, encoded once per encoding into the outbox; the batch's
         # transaction then runs on the sink's thread while the pipeline goes on
         try:
@@ -389,11 +250,14 @@ def step(spark: "SparkSession", stage_cfg: DistributionConfig, fink_cfg: FinkCon
             tally = flags.agg(F.count(F.lit(1)).alias("alerts"), count_where(F.size(picked) > 0).alias("selected"),
                               *[count_where(F.array_contains(picked, k)).alias(f"selected_{f.module.key}")
                                 for k, f in enumerate(filters)],
+                              count_where(F.size(WATCH) > 0).alias("watched"),
+                              *[count_where(F.array_contains(matched, len(topics) + k)).alias(f"selected_{label(t)}")
+                                for k, t in enumerate(lists)],
                               latency_quantiles(F.col("kafka_timestamp"), F.col("_at")).alias("_lat"),
                               *module_metrics([f.module for f in filters], "_metrics")).first().asDict()
             clock.lap("counts")
-            observed = {k: int(tally[k] or 0) for k in ["alerts", "selected"] + [f"selected_{f.module.key}"
-                                                                                  for f in filters]}
+            observed = {k: int(tally[k] or 0) for k in ["alerts", "selected", "watched"] + [
+                f"selected_{f.module.key}" for f in filters] + [f"selected_{label(t)}" for t in lists]}
             account = report(QUERY_NAME, batch_id, observed["alerts"], observed, list(tally["_lat"] or []) or None,
                              started, laps=clock.laps)
             account["observedMetrics"][FILTERS_METRICS] = {

@@ -18,6 +18,7 @@ from test_stream2raw import SAMPLE, run
 
 from fink.config import FinkConfig, ServicesConfig
 from fink.filters import alert_filter
+from fink.filters.filter_api import label
 from fink.io import access, kafka
 from fink.io.delivery import BatchPublisher
 from fink.runtime import streaming
@@ -516,3 +517,128 @@ def test_a_users_password_is_in_no_executed_notebook_log_or_process_list(sample_
         with open(path, "rb") as f:
             f.seek(offsets.get(path, 0))
             assert password.encode() not in f.read(), path
+
+
+def batches_read(checkpoint, survey="ztf"):
+    """Batch id -> the alert keys of the science files the file source read in it (its log)."""
+    import pyarrow.parquet as pq
+
+    from fink.stages.science_table import key_of
+    from fink.survey import description
+
+    key = key_of(description.load(survey))[0]
+    out = {}
+    for entry in sorted((Path(checkpoint) / "sources" / "0").glob("[0-9]*"), key=lambda p: int(p.name)):
+        files = [json.loads(line)["path"].removeprefix("file://") for line in entry.read_text().splitlines()[1:]]
+        out[int(entry.name)] = [k for f in files for k in pq.read_table(f, columns=[key]).column(0).to_pylist()]
+    return out
+
+
+def test_a_watchlist_updated_mid_stream_is_used_from_the_next_batch(spark, sample_science, tmp_path, monkeypatch):
+    """Lists change between micro-batches of one running query (a new list, entries added and
+    removed): each batch's messages are what astropy finds for its alerts and the lists it
+    started with; the owner reads their topic with fink-client."""
+    import fastavro
+    import numpy as np
+    import pandas as pd
+    from astropy import units as u
+    from astropy.coordinates import SkyCoord
+    from fink_client.consumer import AlertConsumer
+
+    from fink.filters import watchlists as wl
+    from fink.ops import watch
+    from fink.stages import distribution_sink, watching
+
+    rows, ts = science_rows(spark, sample_science)
+    firsts = {}
+    for r in sorted(rows.values(), key=lambda r: r["candid"]):
+        firsts.setdefault(r["objectId"], r)
+    objects = sorted(firsts)
+    sfx, registry = uuid.uuid4().hex[:6], tmp_path / "watchlists"
+    owner, other = f"w{sfx}", f"x{sfx}"
+    services = ServicesConfig.load()
+    password = access.add_user(services.kafka_bootstrap, owner).read_text().strip()
+    position = (lambda o: {"name": o, "ra": firsts[o]["candidate"]["ra"], "dec": firsts[o]["candidate"]["dec"]})  # noqa: E731
+    done = watch.register("all", [position(o) for o in objects[::2]], owner, radius_arcsec=2.0, root=str(registry))
+    assert done["granted"] and done["topic"] in access.grants(services.kafka_bootstrap)[owner]
+    late = [{"name": f"id_{o}", "object_id": o} for o in objects[1:40:4]] + [position(o) for o in objects[3:40:4]]
+    removed = objects[::4]
+
+    states, order = [], []
+    refresh, call = watching.Watcher.refresh, distribution_sink.Sink.__call__
+
+    def refreshed(self):
+        if len(states) == 1:  # between the first and the second batch: a new list, more entries
+            wl.add("late", late, other, radius_arcsec=3.0, root=registry)
+            wl.add("all", [{"name": "extra", **{k: v for k, v in position(objects[1]).items() if k != "name"}}],
+                   owner, root=registry)
+        elif len(states) == 2:  # before the third: entries removed
+            wl.remove("all", owner, removed, root=registry)
+        states.append({w.topic: w.entries.copy() for w in wl.load(registry)})
+        return refresh(self)
+
+    monkeypatch.setattr(watching.Watcher, "refresh", refreshed)
+    monkeypatch.setattr(distribution_sink.Sink, "__call__", lambda self, b, i: (order.append(i), call(self, b, i))[1])
+    checkpoint = str(tmp_path / "ck")
+    nothing = f"nothing_{sfx}"
+    totals, _ = distribute(spark, sample_science, {nothing: "fink.filters.builtin:bright"}, checkpoint=checkpoint,
+                           filter_params={nothing: {"limit": -99.0}}, watchlists=str(registry), max_files_per_trigger=1)
+    membership = batches_read(checkpoint)
+    assert len(states) == len(order) == len(membership) >= 3 and sorted(order) == sorted(membership)
+
+    want = {}
+    for batch, state in zip(order, states, strict=True):
+        for topic, table in state.items():
+            placed = table[table["ra"].notna()]
+            entries = SkyCoord(placed["ra"].to_numpy() * u.deg, placed["dec"].to_numpy() * u.deg)
+            for candid in membership[batch]:
+                alert = rows[candid]
+                ids = table[table["object_id"] == alert["objectId"]]
+                if len(ids):
+                    want[(topic, candid)] = (ids["name"].iloc[0], None)
+                    continue
+                sep = SkyCoord(alert["candidate"]["ra"] * u.deg, alert["candidate"]["dec"] * u.deg
+                               ).separation(entries).arcsec
+                inside = sep <= placed["radius_arcsec"].to_numpy()
+                if inside.any():
+                    best = int(np.argmin(np.where(inside, sep, np.inf)))
+                    want[(topic, candid)] = (placed["name"].iloc[best], float(sep[best]))
+    topics = sorted({t for s in states for t in s})
+    assert topics == [wl.topic_of(owner, "all"), wl.topic_of(other, "late")]
+    # the changes mattered: the late list matched after its registration, removed entries would have matched
+    assert any(t == topics[1] for t, _ in want)
+    early = {candid for batch in order[:2] for candid in membership[batch]}
+    assert any(rows[c]["objectId"] in removed for c in set(rows) - early)
+    assert not any(e in removed for (t, c), (e, _) in want.items() if t == topics[0] and c not in early)
+
+    got = {}
+    for topic, messages in consume(topics).items():
+        for key, value in messages:
+            alert = fastavro.schemaless_reader(__import__("io").BytesIO(value), fastavro.parse_schema(json.loads(key)))
+            assert (topic, alert["candid"]) not in got  # once
+            got[(topic, alert["candid"])] = (alert.pop("watchlist_entry"), alert.pop("watchlist_sep_arcsec"))
+            want_row = dict(rows[alert["candid"]], cdsxmatch=rows[alert["candid"]]["xm_type"] or "Unknown",
+                            rf_snia_vs_nonia=rows[alert["candid"]]["snia_prob"] or 0.0)
+            alert = {k: micros(v) if k in ts and v is not None else v for k, v in alert.items()}
+            assert same(alert, want_row), alert["candid"]
+    assert got.keys() == want.keys()
+    for k, (entry, sep) in want.items():
+        assert got[k][0] == entry and (sep is None) == (got[k][1] is None)
+        assert sep is None or got[k][1] == pytest.approx(sep, abs=1e-6)
+    assert totals["balanced"] and totals["selected"] == 0
+    for topic in topics:
+        n = sum(1 for t, _ in want if t == topic)
+        assert totals["topics"][label(topic)]["selected"] == totals["topics"][label(topic)]["delivered"] == n
+
+    # the owner reads their list's topic with the community client, on the SASL listener
+    client = AlertConsumer([topics[0]], {"bootstrap.servers": services.kafka_users_bootstrap, "username": owner,
+                                         "password": password, "group.id": f"{owner}-check"}, survey="ztf")
+    read, deadline = [], time.monotonic() + 120
+    while len(read) < sum(1 for t, _ in want if t == topics[0]) and time.monotonic() < deadline:
+        if (msg := client.poll(5))[0] is not None:
+            read.append(msg[1])
+    client.close()
+    access.remove_user(services.kafka_bootstrap, owner)
+    assert sorted((a["candid"], a["watchlist_entry"]) for a in read) == sorted(
+        (c, e) for (t, c), (e, _) in want.items() if t == topics[0])
+    assert pd.Series([a["watchlist_sep_arcsec"] for a in read]).dropna().le(2.0).all()

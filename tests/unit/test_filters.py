@@ -129,7 +129,7 @@ def test_the_outbox_is_under_a_local_checkpoint_and_reads_back_a_few_rows_at_a_t
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from fink.stages.distribution import _outbox, read_outbox
+    from fink.stages.distribution_sink import _outbox, read_outbox
 
     assert _outbox(str(tmp_path / "ck"), 7) == tmp_path / "ck" / "outbox" / "7"
     assert _outbox(f"file://{tmp_path}/ck", 7) == tmp_path / "ck" / "outbox" / "7"
