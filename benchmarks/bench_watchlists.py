@@ -124,7 +124,9 @@ def main() -> None:
         streaming.stop_active(spark)
         spark.stop()
     print(json.dumps(report, indent=1))
-    save_result("watchlists", {"args": vars(args), **report},
+    headline = {f"stage_alerts_per_s_{r['entries']}_entries": r["sustained_alerts_per_s"] for r in report["stage"]}
+    headline |= {f"match_alerts_per_s_{r['entries']}_entries": r["alerts_per_s"] for r in report["match"]}
+    save_result("watchlists", {**headline, "args": vars(args), **report},
                 plots=[{"title": "distribution with a watchlist", "table": "stage", "x": "entries",
                         "y": ["sustained_alerts_per_s"], "ylabel": "alerts/s"}])
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from fink.config import ServicesConfig, fink_home, local_path, service_password
 from fink.errors import FinkError
 from fink.log import logger
-from fink.ops import replays, runner, services, watch
+from fink.ops import completeness, replays, runner, services, watch
 from fink.runtime import jvm
 
 USAGE = """\
@@ -32,6 +32,7 @@ Handle the alert stream received by Apache Spark (Kafka in, Kafka and HBase out)
     fink users add|grant|revoke|list|remove ...    users of the distribution topics (SCRAM, ACLs)
     fink watchlist add|list|remove <name> [--user U] a user's positions / object ids -> their own topic, live
     fink replay --nights A[:B] --topic T [--where SQL] past alerts to a topic; run again to resume
+    fink report night <YYYYMMDD> [-c <conf>]       per-exposure counts: published .. archived; flags the gaps
     fink demo                                      the whole broker on the sample night, then a report
 
  Services (notebooks/): {services}
@@ -103,6 +104,7 @@ def _parser() -> argparse.ArgumentParser:
     usub.add_parser("remove", help="delete a user and their grants").add_argument("name")
     watch.add_parser(sub)
     replays.add_parser(sub)
+    completeness.add_parser(sub)
     d = sub.add_parser("demo", help="the whole broker on the sample night, then a report")
     d.add_argument("-c", "--conf", default=None, help="parameters file (default conf/local.yaml)")
     d.add_argument("--keep-services", action="store_true", help="leave Kafka and HBase running at the end")
@@ -397,6 +399,8 @@ def main(argv: list[str] | None = None) -> int:
             return watch.command(args)
         if args.command == "replay":
             return replays.command(args)
+        if args.command == "report":
+            return completeness.command(args)
     except FinkError as exc:
         print(f"fink: error: {exc}", file=sys.stderr)
         return 1

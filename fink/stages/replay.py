@@ -108,7 +108,7 @@ class ReplayConfig(surveys.OfSurvey, Validated):
             checkpoint=self.checkpoint or survey.data_uri(fink_cfg, "checkpoints", "replay", self.name()))
 
 
-def build(spark: "SparkSession", cfg: ReplayConfig, fink_cfg: FinkConfig) -> Any:
+def build(spark: "SparkSession", replay_cfg: ReplayConfig, fink_cfg: FinkConfig) -> Any:
     """The replay's unstarted writer (run it with ``availableNow``); its ``fink_replay`` holds the
     checkpoint and the topic's sink. A bad condition is raised here, naming the columns."""
     from pyspark.errors import AnalysisException
@@ -116,10 +116,10 @@ def build(spark: "SparkSession", cfg: ReplayConfig, fink_cfg: FinkConfig) -> Any
 
     from fink.stages.step import standalone
 
-    dist = cfg.distribution(fink_cfg)
+    dist = replay_cfg.distribution(fink_cfg)
     checkpoint = dist.checkpoint
     inner = step(spark, dist, fink_cfg, checkpoint=checkpoint, from_files=True)
-    first, last = cfg.span()
+    first, last = replay_cfg.span()
     folder = local_path(checkpoint)
     if folder is None:
         raise ConfigError(f"replay: the checkpoint {checkpoint} must be a local folder (its per-night counts)")
@@ -130,12 +130,12 @@ def build(spark: "SparkSession", cfg: ReplayConfig, fink_cfg: FinkConfig) -> Any
         return rows.where(condition) if condition is not None else rows
 
     condition = None
-    if cfg.where.strip():
+    if replay_cfg.where.strip():
         try:  # the condition against the rows' columns, before anything runs
-            condition = F.expr(cfg.where)
+            condition = F.expr(replay_cfg.where)
             spark.createDataFrame([], inner_schema(spark, dist)).where(condition).schema  # noqa: B018
         except AnalysisException as exc:
-            raise ConfigError(f"replay: --where {cfg.where!r}: {str(exc).splitlines()[0]}") from exc
+            raise ConfigError(f"replay: --where {replay_cfg.where!r}: {str(exc).splitlines()[0]}") from exc
 
     def counted(frame, batch_id, rows):
         counts = {r["night"]: int(r["count"]) for r in frame.groupBy("night").count().collect()}
@@ -158,17 +158,17 @@ def inner_schema(spark: "SparkSession", dist: DistributionConfig):
     return science_schema(spark, dist.science_path, None, dist.survey)
 
 
-def selected(spark: "SparkSession", cfg: ReplayConfig, fink_cfg: FinkConfig) -> dict[str, int]:
+def selected(spark: "SparkSession", replay_cfg: ReplayConfig, fink_cfg: FinkConfig) -> dict[str, int]:
     """Night -> alerts the replay selects (a batch query over the archives)."""
     from pyspark.sql import functions as F
 
     from fink.stages.science_table import read_science
 
-    dist = cfg.distribution(fink_cfg)
-    first, last = cfg.span()
+    dist = replay_cfg.distribution(fink_cfg)
+    first, last = replay_cfg.span()
     rows = read_science(spark, dist.science_path).where(F.col("night").between(first, last))
-    if cfg.where.strip():
-        rows = rows.where(F.expr(cfg.where))
+    if replay_cfg.where.strip():
+        rows = rows.where(F.expr(replay_cfg.where))
     return {r["night"]: int(r["count"]) for r in rows.groupBy("night").count().orderBy("night").collect()}
 
 
@@ -184,19 +184,19 @@ def sent(checkpoint: str, sink: Any) -> dict[str, int]:
     return dict(sorted(out.items()))
 
 
-def run(spark: "SparkSession", cfg: ReplayConfig, fink_cfg: FinkConfig, progress: bool = True,
+def run(spark: "SparkSession", replay_cfg: ReplayConfig, fink_cfg: FinkConfig, progress: bool = True,
         duration: float = 0.0) -> dict[str, Any]:
     """Run (or take up) the replay to its end; return and record its account: alerts selected
     and sent per night, seconds, alerts/s (``$FINK_HOME/reports/replay/<name>.json``)."""
     from fink.runtime import streaming
 
-    wanted = selected(spark, cfg, fink_cfg)
+    wanted = selected(spark, replay_cfg, fink_cfg)
     total = sum(wanted.values())
-    writer = build(spark, cfg, fink_cfg)
-    if cfg.user:
+    writer = build(spark, replay_cfg, fink_cfg)
+    if replay_cfg.user:
         from fink.io import access
 
-        access.grant(fink_cfg.kafka_bootstrap, cfg.user, cfg.topic)
+        access.grant(fink_cfg.kafka_bootstrap, replay_cfg.user, replay_cfg.topic)
     state = writer.fink_replay
     sink = state["sink"]
     before = 0
@@ -207,7 +207,7 @@ def run(spark: "SparkSession", cfg: ReplayConfig, fink_cfg: FinkConfig, progress
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=total, initial=before, desc=f"replay -> {cfg.topic}", unit="alert", smoothing=0.1)
+        bar = tqdm(total=total, initial=before, desc=f"replay -> {replay_cfg.topic}", unit="alert", smoothing=0.1)
     t0 = time.monotonic()
 
     def show(_queries):
@@ -225,14 +225,15 @@ def run(spark: "SparkSession", cfg: ReplayConfig, fink_cfg: FinkConfig, progress
             bar.close()
     done = sent(state["checkpoint"], sink)
     seconds = time.monotonic() - t0
-    account = {"replay": cfg.name(), "topic": cfg.topic, "nights": cfg.nights, "where": cfg.where,
+    account = {"replay": replay_cfg.name(), "topic": replay_cfg.topic, "nights": replay_cfg.nights,
+               "where": replay_cfg.where,
                "selected": wanted, "sent": done, "complete": done == wanted and result.reason == "finished",
                "resumed_from": before, "seconds": round(seconds, 1),
                "alerts_per_s": round((sum(done.values()) - before) / seconds, 1) if seconds else None,
                "stopped_because": result.reason, "checkpoint": state["checkpoint"]}
     out = fink_home() / "reports" / "replay"
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"{cfg.name()}.json").write_text(json.dumps(account, indent=1))
+    (out / f"{replay_cfg.name()}.json").write_text(json.dumps(account, indent=1))
     return account
 
 
@@ -246,5 +247,5 @@ def table(account: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def report_path(cfg: ReplayConfig) -> Path:
-    return fink_home() / "reports" / "replay" / f"{cfg.name()}.json"
+def report_path(replay_cfg: ReplayConfig) -> Path:
+    return fink_home() / "reports" / "replay" / f"{replay_cfg.name()}.json"

@@ -123,6 +123,7 @@ class Survey(Validated):
     topic_pattern: str = ""
     folder: str = ""
     fink_names: dict = dataclasses.field(default_factory=dict)
+    exposure: list = dataclasses.field(default_factory=list)
     simulator: dict = dataclasses.field(default_factory=dict)
 
     def validate(self, source: str = "configuration") -> None:
