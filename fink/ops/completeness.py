@@ -381,3 +381,43 @@ def command(args: Any) -> int:
     totals = ", ".join(f"{k} {v}" for k, v in facts["totals"].items())
     print(f"night {args.night}: {facts['exposures']} exposures, {facts['flagged']} flagged; {totals}\nCSV: {path}")
     return 0 if facts["balanced"] else 1
+
+
+def figure(report: pd.DataFrame, night: str = ""):
+    """The night's counts, cumulated over its exposures in time order (published, ingested, kept,
+    archived, sent per topic), the flagged exposures marked in red with what went missing."""
+    import matplotlib.pyplot as plt
+
+    rows = report[report[report.columns[0]].notna()].reset_index(drop=True)
+    fig, (ax, ax_gap) = plt.subplots(2, 1, figsize=(9, 5.6), sharex=True, height_ratios=[3, 1],
+                                     constrained_layout=True)
+    x = range(1, len(rows) + 1)
+    for column in ["published", "ingested", "kept", "archived",
+                   *[c for c in rows.columns if c.startswith("sent:")]]:
+        ax.step(x, rows[column].cumsum(), where="post", label=column)
+    gap = rows["published"] - rows["ingested"] - rows["quarantined"] + (rows["ingested"] - rows["rejected"]
+                                                                      - rows["kept"]).abs() \
+        + (rows["kept"] - rows["archived"]).abs()
+    for t in [c[len("sent:"):] for c in rows.columns if c.startswith("sent:")]:
+        gap = gap + (rows[f"selected:{t}"] - rows[f"sent:{t}"]).abs()
+    flagged = rows.index[~rows["balanced"]]
+    for k in flagged:
+        ax.axvline(k + 1, color="red", alpha=0.35, lw=1)
+    ax_gap.bar(x, gap, color=["red" if not b else "0.7" for b in rows["balanced"]])
+    ax.set_ylabel("alerts, cumulated")
+    ax.legend(fontsize=8, loc="upper left", ncol=2)
+    ax.grid(alpha=0.3)
+    ax_gap.set_ylabel("unaccounted")
+    ax_gap.set_xlabel(f"exposure, in time order ({', '.join(exposure_names_of(report))})")
+    facts = summary(report)
+    ax.set_title(f"Completeness of night {night}: {facts['exposures']} exposures, {facts['flagged']} flagged")
+    ax_gap.yaxis.get_major_locator().set_params(integer=True)
+    for j, k in enumerate(list(flagged)[:4]):  # what went missing, for the first few
+        ax.text(0.99, 0.05 + 0.06 * j, f"#{k + 1}: {str(rows.at[k, 'where'])[:80]}", transform=ax.transAxes,
+                ha="right", fontsize=7, color="darkred")
+    return fig
+
+
+def exposure_names_of(report: pd.DataFrame) -> list[str]:
+    """The exposure columns of a report (those before the first step's)."""
+    return list(report.columns[:list(report.columns).index(STEPS[0])])

@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from fink.config import fink_home
 from fink.ops import runner
 from fink.runtime import metrics
 from fink.stages.pipeline import STAGES
@@ -154,8 +155,11 @@ def figures(batches: "pd.DataFrame") -> dict[str, Any]:
 
 
 def write_report(store: metrics.Store, out_dir: str | Path, night: str | None = None,
-                 services: list[str] | None = None, runs: list[str] | None = None) -> dict[str, Any]:
-    """Write a night's report: ``summary.json``, ``batches.csv``, ``rates.png``, ``latency.png``.
+                 services: list[str] | None = None, runs: list[str] | None = None,
+                 completeness_dir: str | Path | None = None) -> dict[str, Any]:
+    """Write a night's report: ``summary.json``, ``batches.csv``, ``rates.png``, ``latency.png``,
+    and ``completeness.png`` when ``fink report night`` wrote the night's per-exposure counts
+    (in ``completeness_dir``, by default ``$FINK_HOME/reports/completeness``).
 
     Returns the summary (per stage accounts and latency, the runs and their end states).
     """
@@ -176,9 +180,20 @@ def write_report(store: metrics.Store, out_dir: str | Path, night: str | None = 
     flat = df.drop(columns=["observed", "note", "lag_topics"]).copy()
     flat["time"] = flat["time"].dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     flat.to_csv(out / "batches.csv", index=False)
-    for key, fig in figures(df).items():
+    figs = figures(df)
+    checked = Path(completeness_dir) if completeness_dir else fink_home() / "reports" / "completeness"
+    if (checked / f"{name}.csv").is_file():  # `fink report night` ran: its per-exposure counts as a figure
+        import pandas as pd
+
+        from fink.ops import completeness
+
+        table = pd.read_csv(checked / f"{name}.csv")
+        report["completeness"] = completeness.summary(table)
+        figs["completeness"] = completeness.figure(table, name)
+    for key, fig in figs.items():
         fig.savefig(out / f"{key}.png", dpi=110)
         plt.close(fig)
+    (out / "summary.json").write_text(json.dumps(report, indent=1, default=str))
     return report
 
 

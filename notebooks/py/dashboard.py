@@ -84,3 +84,17 @@ from IPython.display import Image
 
 for name in ("rates", "latency"):
     display(Image(filename=str(out_dir / f"{name}.png")))
+
+# %% [markdown]
+# ### Completeness per exposure
+#
+# Once `fink report night YYYYMMDD` has counted the night's alerts per exposure (published,
+# quarantined, ingested, kept, sent per topic, archived), the report draws them cumulated in time
+# order, the exposures that do not balance in red, with what went missing.
+
+# %%
+if "completeness" in report:
+    print(report["completeness"])
+    display(Image(filename=str(out_dir / "completeness.png")))
+else:
+    print(f"no completeness report of night {night_name} yet: run `fink report night {night_name}`")

@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[2]
 # reads, archive the HBase tables the explorer reads; the dashboard then reports what they did
 ORDER = ["smoke", "simulator", "checkstream", "stream2raw", "raw2science", "science_module", "fink_modules",
          "distribution", "client",
-         "archive", "archive_explorer", "dashboard"]
+         "archive", "archive_explorer", "replay", "dashboard"]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"), key=lambda p: ORDER.index(p.stem) if p.stem in ORDER else 99)
 
 

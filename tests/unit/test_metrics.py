@@ -158,6 +158,31 @@ def test_the_report_of_a_night_has_its_summary_table_and_plots(tmp_path, night_m
         assert (tmp_path / "report" / name).read_bytes()[:4] == b"\x89PNG"
     only = dashboard.write_report(store, tmp_path / "r2", night="20261128", runs=["r2s"])
     assert list(only["stages"]) == ["raw2science"] and only["published"] == 0
+    assert not (tmp_path / "report" / "completeness.png").exists()  # no `fink report night` of that night
+
+
+def test_the_report_shows_the_nights_completeness_and_its_flagged_exposures(tmp_path, night_metrics):
+    from fink.ops import completeness
+
+    rows = {(2461000.5 + k / 1000, 500, k % 64): {"published": 3, "quarantined": 0, "ingested": 3, "rejected": 1,
+                                                  "kept": 2, "archived": 2, "selected:t": 1, "sent:t": 1}
+            for k in range(40)}
+    rows[(2461000.51, 500, 10)].update(ingested=2, rejected=1, kept=1, archived=1, _lost=1, _offsets=["s:0:7"])
+    rows[(2461000.52, 500, 20)].update({"sent:t": 2})
+    rows[(2461000.53, 500, 30)].update(kept=1, archived=1, _kept_rejected=0)  # passed the cuts, lost after
+    rows[()] = {s: 0 for s in completeness.STEPS} | {"published": 1, "quarantined": 1}  # one that does not decode
+    table = completeness._table(rows, ["jd", "field", "rcid"], ["t"])
+    flagged = table[~table["balanced"]].set_index("rcid")["where"].to_dict()
+    assert flagged == {10: "1 published, neither ingested nor quarantined (s:0:7)", 20: "t: 1 selected, 2 sent",
+                       30: "1 passed the cuts, not in the science archive"}
+    assert table["where"].iloc[-1] == "1 quarantined messages that do not decode (exposure unknown)"
+    facts = completeness.summary(table)
+    assert (facts["exposures"], facts["flagged"], facts["totals"]["published"]) == (40, 3, 121)
+    completeness.save(table, "20261128", str(tmp_path / "checked"))
+    report = dashboard.write_report(metrics.Store(night_metrics), tmp_path / "report", night="20261128",
+                                    completeness_dir=tmp_path / "checked")
+    assert report["completeness"]["flagged"] == 3
+    assert (tmp_path / "report" / "completeness.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_fink_start_parameters_are_yaml_values():

@@ -19,7 +19,7 @@ from fink.ops import runner
 ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 #: the notebooks of notebooks/ that are not services (no stop_file, no conf/ file): users run them by hand
-USER_NOTEBOOKS = {"client", "archive_explorer", "science_module", "fink_modules"}
+USER_NOTEBOOKS = {"client", "archive_explorer", "science_module", "fink_modules", "replay"}
 
 
 def twin_of(notebook: Path) -> tuple[Path, dict]:
