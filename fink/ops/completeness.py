@@ -3,7 +3,8 @@
 For every exposure of a night (the survey description's ``exposure`` fields: ZTF's
 ``candidate.jd``, ``field``, ``rcid``; Rubin's visit) :func:`night_report` counts the alerts
 
-* **published**: the messages of the survey's topics of the night, between each partition's
+* **published**: the messages of the survey topics stream2raw read (those its alerts came
+  from, those named, else the survey's topic of the night), between each partition's
   first and last offset (those neither in the raw archive nor in the quarantine are fetched
   from Kafka by offset and decoded, to find their exposure);
 * **quarantined** by stream2raw (their bytes decoded again for their exposure; one that does
@@ -58,8 +59,8 @@ class Sources:
            filter_params: dict | None = None, table: str = "", cuts: dict | None = None,
            topics: tuple = ()) -> Sources:
         """A deployment's: its stages' default paths under ``fink_cfg.data_dir``, the survey's
-        filters and table unless given; ``topics``: the survey topics stream2raw reads (default:
-        the survey's topic of the night)."""
+        filters and table unless given; ``topics``: survey topics stream2raw reads, beside those
+        of the night's ingested alerts (when there are none: the survey's topic of the night)."""
         from fink.stages.distribution import DistributionConfig
         from fink.stages.raw2science import Raw2ScienceConfig
         from fink.stages.stream2raw import Stream2RawConfig
@@ -212,8 +213,8 @@ def night_report(spark: "SparkSession", night: str, fink_cfg: FinkConfig, survey
     src = sources or Sources.of(fink_cfg, survey)
     names = exposure_names(desc)
     alerts = _alerts(spark, src, desc, night)
-    wanted = set(src.topics or [desc.topic_for(night)])
-    topics = sorted(set(alerts["kafka_topic"]) | (wanted & kafka.topics(fink_cfg.kafka_bootstrap)))
+    # the topics stream2raw read (those of the night's alerts, and those named), else the survey's
+    topics = sorted(set(alerts["kafka_topic"]) | set(src.topics)) or [desc.topic_for(night)]
     quarantined = _quarantine(spark, src.quarantine, topics)
     q_exp = _decoded(desc, list(quarantined["raw"]), night)
     quarantined = quarantined.assign(_exp=q_exp)
@@ -221,8 +222,11 @@ def night_report(spark: "SparkSession", night: str, fink_cfg: FinkConfig, survey
     # the published offsets that are neither ingested nor quarantined: fetched and decoded
     known = _ingested_offsets(spark, src.raw, topics) | set(zip(quarantined["topic"], quarantined["partition"],
                                                                  quarantined["offset"], strict=True))
-    missing = []
+    missing, existing = [], kafka.topics(fink_cfg.kafka_bootstrap)
     for topic in topics:
+        if topic not in existing:  # deleted since (retention): published = what was ingested or quarantined
+            logger.warning("completeness: topic %s is gone: its offsets are not checked", topic)
+            continue
         ends = kafka.end_offsets(fink_cfg.kafka_bootstrap, topic)
         starts = kafka.start_offsets(fink_cfg.kafka_bootstrap, [(topic, p) for p in ends])
         missing += [(topic, p, o) for p, end in ends.items() for o in range(starts[(topic, p)], end)
@@ -411,6 +415,7 @@ def figure(report: pd.DataFrame, night: str = ""):
     ax_gap.set_xlabel(f"exposure, in time order ({', '.join(exposure_names_of(report))})")
     facts = summary(report)
     ax.set_title(f"Completeness of night {night}: {facts['exposures']} exposures, {facts['flagged']} flagged")
+    ax_gap.set_ylim(0, max(1, int(gap.max()) if len(gap) else 1) * 1.15)
     ax_gap.yaxis.get_major_locator().set_params(integer=True)
     for j, k in enumerate(list(flagged)[:4]):  # what went missing, for the first few
         ax.text(0.99, 0.05 + 0.06 * j, f"#{k + 1}: {str(rows.at[k, 'where'])[:80]}", transform=ax.transAxes,

@@ -156,10 +156,11 @@ def figures(batches: "pd.DataFrame") -> dict[str, Any]:
 
 def write_report(store: metrics.Store, out_dir: str | Path, night: str | None = None,
                  services: list[str] | None = None, runs: list[str] | None = None,
-                 completeness_dir: str | Path | None = None) -> dict[str, Any]:
+                 completeness_dir: str | Path | None = None, completeness_night: str = "") -> dict[str, Any]:
     """Write a night's report: ``summary.json``, ``batches.csv``, ``rates.png``, ``latency.png``,
     and ``completeness.png`` when ``fink report night`` wrote the night's per-exposure counts
-    (in ``completeness_dir``, by default ``$FINK_HOME/reports/completeness``).
+    (in ``completeness_dir``, by default ``$FINK_HOME/reports/completeness``) of
+    ``completeness_night`` (the alerts' night; by default ``night``).
 
     Returns the summary (per stage accounts and latency, the runs and their end states).
     """
@@ -182,14 +183,15 @@ def write_report(store: metrics.Store, out_dir: str | Path, night: str | None = 
     flat.to_csv(out / "batches.csv", index=False)
     figs = figures(df)
     checked = Path(completeness_dir) if completeness_dir else fink_home() / "reports" / "completeness"
-    if (checked / f"{name}.csv").is_file():  # `fink report night` ran: its per-exposure counts as a figure
+    alerts_night = completeness_night or name
+    if (checked / f"{alerts_night}.csv").is_file():  # `fink report night` ran: its per-exposure counts, drawn
         import pandas as pd
 
         from fink.ops import completeness
 
-        table = pd.read_csv(checked / f"{name}.csv")
-        report["completeness"] = completeness.summary(table)
-        figs["completeness"] = completeness.figure(table, name)
+        table = pd.read_csv(checked / f"{alerts_night}.csv")
+        report["completeness"] = {"night": alerts_night, **completeness.summary(table)}
+        figs["completeness"] = completeness.figure(table, alerts_night)
     for key, fig in figs.items():
         fig.savefig(out / f"{key}.png", dpi=110)
         plt.close(fig)

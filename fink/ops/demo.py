@@ -281,15 +281,39 @@ def _pipeline(conf_path: str, home: Path, t0: float, timeout: float, rate: float
         for name, r in runs.items():
             _say(f"  {runner.stop(name, timeout=90) if r.alive() else f'{name}: finished'}")
         top_candidates(data / "science", out / "top_candidates.csv")
+        night = completeness_report(data, topic, params, out)
         ids = [r.run_id for r in runs.values()]
-        runs["dashboard"] = board = runner.start("dashboard", conf_path,
-                                                 params={"runs": ids, "report_dir": str(out)})
+        runs["dashboard"] = board = runner.start("dashboard", conf_path, params={
+            "runs": ids, "report_dir": str(out), "completeness_night": night})
         if not runner.wait(board, timeout=180):
             raise DemoError(f"the dashboard did not finish its report: see {board.run_dir}/log.txt")
         status = json.loads((Path(board.run_dir) / "status.json").read_text())
         if status.get("html"):
             shutil.copy(status["html"], out / "dashboard.html")
     return _print_summary(store, runs, got, out, t0)
+
+
+def completeness_report(data: Path, topic: str, params: dict[str, Any], out: Path) -> str:
+    """``fink report night`` on the demo's night (before its topics go): per exposure, where each
+    alert went; the CSV beside the demo's report, and in the dashboard's. Returns the night."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    night = sorted(p.name.split("=", 1)[1] for p in (data / "raw").glob("night=*"))[-1]
+    conf = out / "deployment.yaml"
+    conf.write_text(yaml.safe_dump({k: v for k, v in params.items() if k in ("data_dir", "topic", "distribution",
+                                                                             "archive")}))
+    _say(f"== fink report night {night} (per exposure: published, ingested, kept, sent, archived)")
+    done = subprocess.run([sys.executable, "-m", "fink.ops.cli", "report", "night", night, "-c", str(conf)],
+                          capture_output=True, text=True, timeout=300)
+    lines = done.stdout.strip().splitlines()
+    _say("\n".join(f"  {line}" for line in (lines[-12:] if done.returncode else lines[-2:])))
+    if done.returncode not in (0, 1):
+        raise DemoError(f"fink report night {night} failed: {done.stderr[-2000:]}")
+    shutil.copy(fink_home() / "reports" / "completeness" / f"{night}.csv", out / "completeness.csv")
+    return night
 
 
 def top_candidates(science: Path, path: Path, n: int = 10) -> None:
@@ -345,7 +369,8 @@ def _print_summary(store: metrics.Store, runs: dict[str, runner.Run], got: dict[
         _say(f"  most likely SN Ia received: {summary['best_candidate']['objectId']} "
              f"(snia_prob {summary['best_candidate']['snia_prob']:.3f})")
     _say(f"\n== Report: {out}")
-    for name in ("dashboard.html", "rates.png", "latency.png", "best_candidate.png", "top_candidates.csv",
+    for name in ("dashboard.html", "rates.png", "latency.png", "completeness.png", "completeness.csv",
+                 "best_candidate.png", "top_candidates.csv",
                  "summary.json", "demo.json"):
         if (out / name).exists():
             _say(f"  {out / name}")

@@ -27,6 +27,7 @@ refresh: float = 5.0  # seconds between two updates of the live view
 duration: float = 0.0  # seconds of live updates, 0 means one update then the report
 metrics_db: str = ""  # "" means $FINK_HOME/metrics/metrics.db
 report_dir: str = ""  # "" means $FINK_HOME/reports/dashboard/<night>
+completeness_night: str = ""  # the alerts' night whose `fink report night` to draw, "" means night
 stop_file: str = ""  # set by `fink start`, `fink stop` creates it to end the run
 
 # %%
@@ -59,7 +60,8 @@ worker = Background(lambda: board.run(duration, refresh=refresh, stop_file=stop_
 
 # %%
 updates = worker.join(timeout=duration + 120)  # raises what the live view raised
-report = dashboard.write_report(store, out_dir, night=night, services=services, runs=runs or None)
+report = dashboard.write_report(store, out_dir, night=night, services=services, runs=runs or None,
+                                completeness_night=completeness_night)
 print(f"{updates or 0} live updates; report of {report['batches']} batches in {out_dir}")
 
 # %% [markdown]
@@ -97,4 +99,5 @@ if "completeness" in report:
     print(report["completeness"])
     display(Image(filename=str(out_dir / "completeness.png")))
 else:
-    print(f"no completeness report of night {night_name} yet: run `fink report night {night_name}`")
+    print(f"no completeness report of night {completeness_night or night_name} yet: "
+          f"run `fink report night {completeness_night or night_name}`")
