@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from typing import Any
 
 from fink.config import FinkConfig, ServicesConfig
@@ -54,6 +55,7 @@ def command(args: argparse.Namespace) -> int:
     finally:
         streaming.stop_active(spark)
         spark.stop()
+    interrupted = account["stopped_because"] == "interrupted"
     if args.json:
         print(json.dumps(account, indent=1))
     else:
@@ -61,4 +63,6 @@ def command(args: argparse.Namespace) -> int:
         taken = f", taken up after {account['resumed_from']} sent before" if account["resumed_from"] else ""
         print(f"{sum(account['sent'].values())} alerts on {cfg.topic} ({account['alerts_per_s']} alerts/s{taken}); "
               f"account in {replay.report_path(cfg)}")
-    return 0 if account["complete"] else 1
+    if interrupted:
+        print("interrupted: run the same command again to take up where it stopped", file=sys.stderr)
+    return 0 if account["complete"] else 130 if interrupted else 1

@@ -217,7 +217,10 @@ def run(spark: "SparkSession", replay_cfg: ReplayConfig, fink_cfg: FinkConfig, p
 
     query = streaming.start(writer.trigger(availableNow=True), QUERY_NAME)
     try:
-        result = streaming.run_until([query], duration=duration, poll=0.5, on_poll=show)
+        try:
+            reason = streaming.run_until([query], duration=duration, poll=0.5, on_poll=show).reason
+        except KeyboardInterrupt:  # Ctrl-C: the query stopped at a batch boundary; its last transaction ends
+            reason = "interrupted"
         sink.flush()
         show(None)
     finally:
@@ -227,10 +230,10 @@ def run(spark: "SparkSession", replay_cfg: ReplayConfig, fink_cfg: FinkConfig, p
     seconds = time.monotonic() - t0
     account = {"replay": replay_cfg.name(), "topic": replay_cfg.topic, "nights": replay_cfg.nights,
                "where": replay_cfg.where,
-               "selected": wanted, "sent": done, "complete": done == wanted and result.reason == "finished",
+               "selected": wanted, "sent": done, "complete": done == wanted and reason == "finished",
                "resumed_from": before, "seconds": round(seconds, 1),
                "alerts_per_s": round((sum(done.values()) - before) / seconds, 1) if seconds else None,
-               "stopped_because": result.reason, "checkpoint": state["checkpoint"]}
+               "stopped_because": reason, "checkpoint": state["checkpoint"]}
     out = fink_home() / "reports" / "replay"
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{replay_cfg.name()}.json").write_text(json.dumps(account, indent=1))

@@ -644,15 +644,17 @@ def test_a_watchlist_updated_mid_stream_is_used_from_the_next_batch(spark, sampl
     assert pd.Series([a["watchlist_sep_arcsec"] for a in read]).dropna().le(2.0).all()
 
 
-def test_a_replay_killed_mid_way_and_taken_up_sends_every_selected_alert_once(spark, sample_science):
-    """``fink replay`` killed (-9) after its first batches, then run again: the topic holds every
-    alert the condition selects, once; the account says what each night selected and sent."""
+def test_a_replay_interrupted_then_killed_and_taken_up_sends_every_selected_alert_once(spark, sample_science):
+    """``fink replay`` stopped by Ctrl-C, run again and killed (-9) mid-batch, run a third time:
+    the topic holds every alert the condition selects, once, and its user reads it with
+    fink-client; the account says what each night selected and sent."""
     import dataclasses
     import os
     import signal
     import subprocess
 
-    from fink.client import decode
+    from fink_client.consumer import AlertConsumer
+
     from fink.config import ConfigError
     from fink.stages import raw2science as r2s
     from fink.stages import replay
@@ -663,26 +665,53 @@ def test_a_replay_killed_mid_way_and_taken_up_sends_every_selected_alert_once(sp
     nights = sorted(r["night"] for r in r2s.read_science(spark, str(sample_science / "science"))
                     .select("night").distinct().collect())
     assert 0 < len(want) < len(rows) and nights
-    topic = f"replay_{uuid.uuid4().hex[:6]}"
+    sfx = uuid.uuid4().hex[:6]
+    topic, user = f"replay_{sfx}", f"r{sfx}"
+    services = ServicesConfig.load()
+    password = access.add_user(services.kafka_bootstrap, user).read_text().strip()
     cfg = replay.ReplayConfig(nights=f"{nights[0]}:{nights[-1]}", topic=topic, where=where)
-    fink = FinkConfig(kafka_bootstrap=ServicesConfig.load().kafka_bootstrap, data_dir=str(sample_science))
+    fink = FinkConfig(kafka_bootstrap=services.kafka_bootstrap, data_dir=str(sample_science))
     with pytest.raises(ConfigError, match="nosuch"):
         replay.build(spark, dataclasses.replace(cfg, where="nosuch.field > 1"), fink)
-    args = [sys.executable, "-m", "fink.ops.cli", "replay", "--nights", cfg.nights, "--topic", topic,
+    args = [sys.executable, "-m", "fink.ops.cli", "replay", "--nights", cfg.nights, "--topic", topic, "--user", user,
             "--where", where, "--data-dir", str(sample_science), "--max-files", "1", "--json"]
     counts = Path(cfg.distribution(fink).checkpoint) / "nights"
-    first = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
-    deadline = time.monotonic() + 240
-    while not (counts / "2.json").exists() and first.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    os.killpg(first.pid, signal.SIGKILL)  # batch 0 is delivered once batch 2 has begun
-    _, err = first.communicate(timeout=30)
-    assert first.returncode == -signal.SIGKILL, err.decode()[-3000:]
+
+    def started(n):
+        """Run the command until ``n`` batches have begun (their counts written), then return it."""
+        proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+        deadline = time.monotonic() + 240
+        while len(list(counts.glob("*.json"))) < n and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert proc.poll() is None, proc.communicate()[1].decode()[-3000:]
+        return proc
+
+    first = started(2)  # batch 1 has begun
+    os.killpg(first.pid, signal.SIGINT)  # Ctrl-C in a terminal: the whole process group
+    out, err = first.communicate(timeout=120)
+    assert first.returncode == 130 and b"run the same command again" in err, err.decode()[-3000:]
+    stopped = json.loads(out[out.index(b"{"):])
+    assert stopped["stopped_because"] == "interrupted" and not stopped["complete"]
+    assert sum(stopped["sent"].values()) < len(want)
+    second = started(len(list(counts.glob("*.json"))) + 1)  # one more batch has begun
+    os.killpg(second.pid, signal.SIGKILL)
+    _, err = second.communicate(timeout=30)
+    assert second.returncode == -signal.SIGKILL, err.decode()[-3000:]
     done = subprocess.run(args, capture_output=True, text=True, timeout=400)
     assert done.returncode == 0, done.stderr[-3000:]
     account = json.loads(done.stdout[done.stdout.index("{"):])
-    assert account["complete"] and 0 < account["resumed_from"] < len(want)
+    assert account["complete"] and sum(stopped["sent"].values()) <= account["resumed_from"] < len(want)
     assert account["selected"] == account["sent"] and sum(account["sent"].values()) == len(want)
-    got = consume([topic])[topic]
-    candids = [decode(k, v)["candid"] for k, v in got]
-    assert sorted(candids) == want  # every selected alert, once
+    try:
+        client = AlertConsumer([topic], {"bootstrap.servers": services.kafka_users_bootstrap, "username": user,
+                                         "password": password, "group.id": f"{user}-replay"}, survey="ztf")
+        got, deadline = [], time.monotonic() + 120
+        while len(got) < len(want) and time.monotonic() < deadline:
+            if (msg := client.poll(5))[0] is not None:
+                got.append(msg[1]["candid"])
+        while (msg := client.poll(2))[0] is not None:  # and nothing more
+            got.append(msg[1]["candid"])
+        client.close()
+    finally:
+        access.remove_user(services.kafka_bootstrap, user)
+    assert sorted(got) == want  # every selected alert, once
