@@ -28,6 +28,7 @@ retention_ms: int = 604800000  # retention of each topic created (7 days)
 max_files_per_trigger: int = 8  # science files per micro-batch, 0 means all new files
 science_path: str = ""  # "" means <data_dir>/science (Rubin: <data_dir>/rubin/science)
 checkpoint: str = ""  # "" means <data_dir>/checkpoints/distribution
+watchlists: str = ""  # users' watchlists (fink watchlist), read again each micro-batch: "" means $FINK_HOME/watchlists, "none" none
 trigger: str = "availableNow"  # availableNow (catch up, then stop) | "<N> seconds"
 duration: float = 600.0  # upper bound of the run, seconds
 simulator: bool = False  # first fill the science archive with the bundled sample night (simulator, stream2raw, raw2science)
@@ -81,8 +82,8 @@ def watch(queries):
         monitor(queries)
     out = {f.topic: 0 for f in user_filters}
     for counts in list(sink.delivered.values()):  # batches are delivered by another thread
-        for name, n in (counts or {}).items():
-            out[name] += n
+        for name, n in (counts or {}).items():  # the filters' topics, and the watchlists' (fink watchlist)
+            out[name] = out.get(name, 0) + n
     per_topic.update(pd.DataFrame({"alerts out": out}))
 
 query = streaming.start(writer, distribution.QUERY_NAME)

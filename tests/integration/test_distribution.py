@@ -25,6 +25,7 @@ from fink.runtime import streaming
 from fink.science.modules import BUILTIN
 from fink.sim.simulator import SimulatorConfig, load_messages, replay
 from fink.stages import distribution as dist
+from fink.stages import distribution_sink
 from fink.stages.topics import CUTOUTS
 
 pytestmark = [pytest.mark.integration, pytest.mark.spark]
@@ -49,6 +50,7 @@ def sample_science(spark, kafka_bootstrap, tmp_path_factory):
 def distribute(spark, data_dir, filters, checkpoint=None, stop_after=None, **options):
     """Run the stage (availableNow) and return (reconciled totals, sink)."""
     fink = FinkConfig(kafka_bootstrap=ServicesConfig.load().kafka_bootstrap, data_dir=str(data_dir))
+    options.setdefault("watchlists", "none")  # not the lists a user of this machine registered in $FINK_HOME
     cfg = dist.DistributionConfig(filters=filters, checkpoint=checkpoint or str(data_dir / f"ck_{uuid.uuid4().hex}"),
                                   **options)
     writer = dist.build(spark, cfg, fink)
@@ -284,7 +286,7 @@ def test_stop_crash_and_restart_deliver_each_alert_once(spark, sample_science):
     assert any(first_sink.delivered.values())
     # a later writer with the same id fences the first run's producer (its Python callback may
     # outlive the stopped query): from then on the delivery log says for sure what went out
-    writer = f"{dist.QUERY_NAME}-{dist.query_id(spark, checkpoint)}"
+    writer = f"{dist.QUERY_NAME}-{distribution_sink.query_id(spark, checkpoint)}"
     zombie = BatchPublisher(ServicesConfig.load().kafka_bootstrap, writer)
     last = zombie.last
     assert last is not None and last >= 0
@@ -336,10 +338,10 @@ def test_outboxes_spark_recorded_but_kafka_did_not_are_delivered_at_the_restart(
     monkeypatch.setattr(dist.Sink, "_deliver", deliver)
     assert list(first.delivered) == [0] and len(lost) >= 2
     for batch in lost:  # Spark recorded each of them: their outboxes stay, sealed
-        assert (checkpoint / "outbox" / str(batch) / dist.SEAL).exists()
+        assert (checkpoint / "outbox" / str(batch) / distribution_sink.SEAL).exists()
         assert (checkpoint / "commits" / str(batch)).exists()
     torn = lost[-1]  # the crash came while Spark wrote this one: not sealed, not recorded
-    (checkpoint / "outbox" / str(torn) / dist.SEAL).unlink()
+    (checkpoint / "outbox" / str(torn) / distribution_sink.SEAL).unlink()
     (checkpoint / "commits" / str(torn)).unlink()
     (checkpoint / "commits" / f".{torn}.crc").unlink(missing_ok=True)
 
@@ -367,7 +369,7 @@ def test_the_outbox_and_the_driver_path_deliver_the_same_alerts_and_leave_nothin
                            max_files_per_trigger=1)
     assert totals["balanced"] and totals["batches"] >= 3
     assert not any((checkpoint / "outbox").iterdir())  # each batch's outbox went with its commit
-    monkeypatch.setattr(dist, "_outbox", lambda checkpoint, batch_id: None)
+    monkeypatch.setattr(distribution_sink, "_outbox", lambda checkpoint, batch_id: None)
     totals, _ = distribute(spark, sample_science, {f"driver_{sfx}": "fink.filters.builtin:bright"},
                            max_files_per_trigger=1)
     assert totals["balanced"]
