@@ -177,7 +177,6 @@ def write_report(store: metrics.Store, out_dir: str | Path, night: str | None = 
               "stages": summary(df),
               "runs": [{k: known.get(r, {}).get(k) for k in ("run", "service", "state", "error")} | {"run": r}
                        for r in run_ids]}
-    (out / "summary.json").write_text(json.dumps(report, indent=1, default=str))
     flat = df.drop(columns=["observed", "note", "lag_topics"]).copy()
     flat["time"] = flat["time"].dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     flat.to_csv(out / "batches.csv", index=False)

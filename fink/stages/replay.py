@@ -234,9 +234,9 @@ def run(spark: "SparkSession", replay_cfg: ReplayConfig, fink_cfg: FinkConfig, p
                "resumed_from": before, "seconds": round(seconds, 1),
                "alerts_per_s": round((sum(done.values()) - before) / seconds, 1) if seconds else None,
                "stopped_because": reason, "checkpoint": state["checkpoint"]}
-    out = fink_home() / "reports" / "replay"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"{replay_cfg.name()}.json").write_text(json.dumps(account, indent=1))
+    path = report_path(replay_cfg)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(account, indent=1))
     return account
 
 
