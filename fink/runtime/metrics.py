@@ -201,6 +201,24 @@ def catch_up(progress: Mapping[str, Iterable[Mapping[str, Any]]]) -> int:
     return len(reports)
 
 
+def now() -> "Column":
+    """The time each row is computed at, as a timestamp column: what ``F.current_timestamp()``
+    would give, without its cost in a long-running stream.
+
+    Notes
+    -----
+    Spark replaces ``current_timestamp()`` by a literal of the batch's time, and its generated
+    code carries that literal inline: every micro-batch then compiles the projections holding
+    it anew (the alert's hundreds of nested fields: a few hundred milliseconds of a core per
+    batch, and as much again for the JIT of the new classes). Read through ``reflect``, the
+    clock is not a literal, so the code is the same in every batch and compiled once. The value
+    is that of the row's evaluation (within a batch, milliseconds apart), not of the batch.
+    """
+    from pyspark.sql import functions as F
+
+    return F.timestamp_millis(F.expr("cast(reflect('java.lang.System', 'currentTimeMillis') as bigint)"))
+
+
 def observe_latency(df: "DataFrame", until: "Column | str | None" = None,
                     since: str = "kafka_timestamp") -> "DataFrame":
     """Add the batch's latency percentiles to the query's metrics (observed as :data:`LATENCY`).

@@ -38,6 +38,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from fink.errors import FinkError
+from fink.runtime.metrics import now
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
@@ -369,7 +370,7 @@ class ModuleColumns:
         #: the UDF's call (None without modules), the modules' values, the stamp, the metrics
         self.call = None
         self.values: list = []
-        self.stamp: list = [F.current_timestamp().alias(stamp)] if stamp else []
+        self.stamp: list = [now().alias(stamp)] if stamp else []
         self.metrics: list = [F.lit(None).cast("struct<_none:string>").alias(metrics_column)] if metrics_column else []
         if not modules:
             self.outputs = [*self.metrics, *self.stamp]

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from fink.runtime.metrics import now
 from fink.survey import avro
 from fink.survey import description as surveys
 
@@ -299,4 +300,4 @@ def decode(df: "DataFrame", schemas: dict[str, str], survey: surveys.Survey | No
     # only a plausible jd is turned into a night (Spark 4's ANSI casts fail the query on overflow)
     seconds = F.when(F.col("reason").isNull(), ((jd - 2440587.5) * 86400).cast("long"))
     night = F.date_format(F.timestamp_seconds(seconds), "yyyyMMdd")
-    return df.withColumn("night", night).withColumn("brokerIngestTimestamp", F.current_timestamp())
+    return df.withColumn("night", night).withColumn("brokerIngestTimestamp", now())
