@@ -257,6 +257,9 @@ def main() -> int:
                         help="one-pass (default): `fink start pipeline`, one query; queries: the pipeline as four "
                              "queries of one driver; services: each stage its own service (own Spark driver)")
     parser.add_argument("--warmup", type=float, default=20.0, help="seconds at each steady rate before measuring")
+    parser.add_argument("--first-warmup", type=float, default=120.0,
+                        help="seconds at the first steady rate before measuring it (the JVM's JIT still compiles "
+                             "Spark's code in a driver's first minutes)")
     parser.add_argument("--max-offsets", type=int, default=3000, help="stream2raw's max_offsets_per_trigger")
     parser.add_argument("--realtime", default="candidate.magpsf < 18.5",
                         help="the SQL condition of a real-time lane filter, timed by a second consumer ('': no lane)")
@@ -367,9 +370,10 @@ def main() -> int:
             plan = [(f"steady {r:g}/s", r, int(r * s)) for r, s in phases_spec]
             if burst:
                 plan.append((f"burst {burst}", 0.0, burst))
-            for name, rate, count in plan:
-                if rate and args.warmup > 0:  # the rate's own warm-up, not measured
-                    sent = replay(SimulatorConfig(topic=topic, rate=rate, count=int(rate * args.warmup), loop=True,
+            for k, (name, rate, count) in enumerate(plan):
+                warmup = max(args.warmup, args.first_warmup) if k == 0 else args.warmup
+                if rate and warmup > 0:  # the rate's own warm-up, not measured
+                    sent = replay(SimulatorConfig(topic=topic, rate=rate, count=int(rate * warmup), loop=True,
                                                   first_pass=passes + 1), bootstrap, messages=messages, progress=False)
                     passes, published = sent["passes"], published + sent["alerts"]
                 cpu0 = cpu_seconds(runs)

@@ -30,15 +30,6 @@ CUTOUTS = ("cutoutScience", "cutoutTemplate", "cutoutDifference")
 INTERNAL = ("night", SELECTED)
 
 
-CUTOUTS = ("cutoutScience", "cutoutTemplate", "cutoutDifference")
-
-
-
-#: columns of the science archive that are not part of a distributed alert
-INTERNAL = ("night", SELECTED)
-
-
-
 @dataclasses.dataclass(frozen=True)
 class Encoding:
     """One Avro layout shared by the topics (by index) that chose the same fields."""
