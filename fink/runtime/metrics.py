@@ -209,8 +209,8 @@ def now() -> "Column":
     -----
     Spark replaces ``current_timestamp()`` by a literal of the batch's time, and its generated
     code carries that literal inline: every micro-batch then compiles the projections holding
-    it anew (the alert's hundreds of nested fields: a few hundred milliseconds of a core per
-    batch, and as much again for the JIT of the new classes). Read through ``reflect``, the
+    it anew (the decode's projection over the alert's hundreds of nested fields among them: in a
+    one-pass batch of 100 alerts the decode took 0.86 s with it, 0.35 s without). Read through ``reflect``, the
     clock is not a literal, so the code is the same in every batch and compiled once. The value
     is that of the row's evaluation (within a batch, milliseconds apart), not of the batch.
     """

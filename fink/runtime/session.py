@@ -67,7 +67,7 @@ DEFAULTS: dict[str, str] = {
     # the compiled classes of generated code, by their source: a one-pass micro-batch needs about
     # 90 (projections over the alert's hundreds of nested fields), more than the default 100 hold
     # once split over the cache's segments, so that each batch compiled about 30 of them again
-    # (and the JIT compiled the new classes again): 0.5 s of a 3.6 s batch of 100 alerts
+    # (and the JIT compiled the new classes again): 0.45 s of a 3.6 s batch of 100 alerts
     "spark.sql.codegen.cache.maxEntries": "2000",
 }
 

@@ -25,7 +25,6 @@ from typing import TYPE_CHECKING, Any
 from fink.config import ConfigError, FinkConfig, Validated
 from fink.filters.filter_api import SELECTED, AlertFilter, label, load_filters
 from fink.runtime import metrics
-from fink.runtime.metrics import now
 from fink.runtime.streaming import observed
 from fink.science.science_api import add_metrics
 from fink.stages.distribution_sink import QUERY_NAME, Sink
@@ -219,7 +218,7 @@ def step(spark: "SparkSession", stage_cfg: DistributionConfig, fink_cfg: FinkCon
     answers = [*[F.col(c) for c in ids], F.col("kafka_timestamp"),
                selected([F.col(ModuleColumns.TMP).getField(f"_sel{k}") for k in range(len(filters))]).alias(SELECTED)
                if filters else F.array().cast("array<int>").alias(SELECTED),
-               *made.metrics, now().alias("_at")]
+               *made.metrics, metrics.now().alias("_at")]
 
     def run(science: "DataFrame", batch_id: int, rows: int | None) -> Output:
         started = time.time()

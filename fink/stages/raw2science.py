@@ -27,7 +27,6 @@ from typing import TYPE_CHECKING, Any
 
 from fink.config import ConfigError, FinkConfig, Validated
 from fink.runtime import metrics
-from fink.runtime.metrics import now
 from fink.runtime.streaming import observed
 from fink.science.science_api import (
     ModuleColumns,
@@ -184,7 +183,7 @@ def add_science(df: "DataFrame", stage_cfg: Raw2ScienceConfig, modules: list[Sci
     modules' metrics observed as ``observe_as``, or kept in ``metrics_column``)."""
     from pyspark.sql import functions as F
 
-    df = df.withColumn("processingStart", now())
+    df = df.withColumn("processingStart", metrics.now())
     # processingEnd is stamped by the modules' own UDF: a second Python UDF would hold every
     # row (cutouts included) in the JVM once more while it runs
     df = apply_modules(df, modules, fail=stage_cfg.fail_on_module_error, observe_as=observe_as,
@@ -306,7 +305,7 @@ def step(spark: "SparkSession", stage_cfg: Raw2ScienceConfig, fink_cfg: FinkConf
     columns = [f.name for f in raw_schema(spark, stage_cfg.survey).fields]
     plain = [F.col(f"`{c}`") for c in columns]
     made = ModuleColumns(modules, stage_cfg.fail_on_module_error, "processingEnd", "_metrics")
-    first = [*plain, now().alias("processingStart"), *([made.call] if made.call is not None else [])]
+    first = [*plain, metrics.now().alias("processingStart"), *([made.call] if made.call is not None else [])]
     versions = [F.lit(x) for name, version in provenance(modules).items() for x in (name, version)]
     fink_modules = F.create_map(*versions) if versions else F.create_map().cast("map<string,string>")
     second = [*[F.col(f"`{c}`") for c in columns if c != "night"], F.col("processingStart"), *made.values,
