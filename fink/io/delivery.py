@@ -41,7 +41,7 @@ def last_delivered(bootstrap: str, writer: str, log_topic: str = LOG_TOPIC, time
         "isolation.level": "read_committed"}))
     last = None
     try:
-        meta = consumer.list_topics(log_topic, timeout=timeout).topics[log_topic]
+        meta = kafka.metadata(consumer, min(timeout, 30.0), log_topic).topics[log_topic]
         parts = sorted(meta.partitions)
         consumer.assign([TopicPartition(log_topic, p, -2) for p in parts])  # -2: the beginning
         pending, deadline = set(parts), time.monotonic() + timeout
@@ -90,9 +90,10 @@ class BatchPublisher:
             # a batch of 40,000 alerts takes minutes to send on a small machine: the broker must
             # not abort its transaction meanwhile (a crashed writer's is fenced at its restart)
             "message.max.bytes": MAX_MESSAGE_BYTES, "transaction.timeout.ms": 600000}))
-        # fences an earlier instance with this id: Kafka aborts whatever it left open
-        self.producer.init_transactions(timeout)
-        self.last = last_delivered(bootstrap, writer, log_topic)
+        # fences an earlier instance with this id: Kafka aborts whatever it left open. A broker
+        # restarting meanwhile is waited for (up to ``retry_for``), as a commit would wait for it
+        self._retried("init", lambda: self.producer.init_transactions(timeout))
+        self.last = last_delivered(bootstrap, writer, log_topic, timeout=retry_for)
 
     def delivered(self, batch_id: int) -> bool:
         return self.last is not None and batch_id <= self.last
@@ -130,17 +131,21 @@ class BatchPublisher:
     def _commit(self, batch_id: int) -> None:
         """Commit the open transaction; a retriable error (the broker restarting, a flush timed
         out) is retried, as Kafka's client allows, for up to ``retry_for`` seconds."""
+        self._retried(f"batch {batch_id}: commit", lambda: self.producer.commit_transaction(self.timeout))
+
+    def _retried(self, what: str, call: Any) -> None:
+        """``call()``, called again while it raises a retriable error, for up to ``retry_for`` seconds."""
         from confluent_kafka import KafkaException
 
         deadline = time.monotonic() + self.retry_for
         while True:
             try:
-                self.producer.commit_transaction(self.timeout)
+                call()
                 return
             except KafkaException as exc:
                 if not exc.args[0].retriable() or time.monotonic() >= deadline:
                     raise
-                logger.warning("delivery %s: batch %d: commit retried (%s)", self.writer, batch_id, exc.args[0])
+                logger.warning("delivery %s: %s retried (%s)", self.writer, what, exc.args[0])
 
     def _produce(self, topic: str, key: bytes | None, value: bytes) -> None:
         while True:

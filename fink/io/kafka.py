@@ -126,7 +126,7 @@ def fetch(bootstrap: str, wanted: Iterable[tuple[str, int, int]], timeout: float
 METADATA_ATTEMPTS = 4
 
 
-def _metadata(admin: Any, timeout: float, topic: str | None = None) -> Any:
+def metadata(admin: Any, timeout: float, topic: str | None = None) -> Any:
     """``admin.list_topics``, asked again (up to :data:`METADATA_ATTEMPTS` times ``timeout``) while the
     broker does not answer: a stage that meets a broker restart rides it out instead of failing."""
     from confluent_kafka import KafkaError as Error
@@ -156,7 +156,7 @@ def ensure_topic(bootstrap: str, topic: str, partitions: int = 1, timeout: float
     admin = AdminClient(client_config(bootstrap))
     created = False
     track(topic)
-    if topic not in _metadata(admin, timeout).topics:
+    if topic not in metadata(admin, timeout).topics:
         future = admin.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=1,
                                                config=dict(config or {}))])[topic]
         try:
@@ -167,7 +167,7 @@ def ensure_topic(bootstrap: str, topic: str, partitions: int = 1, timeout: float
                 raise KafkaError(f"cannot create topic {topic!r} on {bootstrap}: {exc}") from exc
     deadline = time.monotonic() + timeout
     while True:
-        meta = _metadata(admin, timeout, topic).topics.get(topic)
+        meta = metadata(admin, timeout, topic).topics.get(topic)
         if meta is not None and meta.error is None and meta.partitions and \
                 all(p.leader >= 0 for p in meta.partitions.values()):
             return created

@@ -214,7 +214,9 @@ def _operate(env, home, data, topic, bright, table, common, params, kafka_bootst
     assert fink(env_services, "services", "start", "kafka").returncode == 0
     for stage in STAGES:  # each stage rode out the outage
         record = json.loads((home / "run" / f"{stage}.json").read_text())
-        assert process_start_time(record["pid"]) is not None, f"{stage} ended during the broker outage"
+        status = Path(record["run_dir"]) / "status.json"
+        assert process_start_time(record["pid"]) is not None, (
+            f"{stage} ended during the broker outage: {status.read_text() if status.exists() else 'no status'}")
 
     # every alert once in each archive, in HBase and in the topic
     assert sent["alerts"] + rest["alerts"] == 229

@@ -7,20 +7,25 @@ import socket
 import stat
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 from confluent_kafka.admin import NewTopic
 
 from fink.config import SERVICE_ACCOUNT, SERVICE_SECRET, ServicesConfig, service_password
 from fink.errors import ServiceError
 from fink.io import kafka
+from fink.io.delivery import LOG_TOPIC, BatchPublisher
 from fink.ops import services
 from fink.processes import process_start_time
+from fink.stages.topics import Encoding, prepare_topics
 
 pytestmark = pytest.mark.integration
 FINK = [sys.executable, "-m", "fink.ops.cli"]
+COMPACT = {"cleanup.policy": "compact"}
 
 
 def free_ports(n):
@@ -89,9 +94,37 @@ def test_kafka_lifecycle_in_its_own_home(tmp_path, monkeypatch):
         for name in ("keep", "gone"):
             assert fink("users", "add", name, env=env).returncode == 0
         assert fink("users", "remove", "gone", env=env).returncode == 0
+
+        # a distribution starting as the broker goes away for longer than a client's usual 30 s
+        # (its topics made, not yet its schemas and its transactional writer) waits for the broker
+        monkeypatch.setenv("FINK_HOME", str(home))  # this process's clients: this home's broker and account
+        bootstrap = f"127.0.0.1:{kafka_port}"
+        for name, config in (("late", {}), ("late_schema", COMPACT), (LOG_TOPIC, COMPACT)):
+            kafka.ensure_topic(bootstrap, name, config=config)
+        monkeypatch.setattr(kafka, "ensure_topic", lambda *args, **kwargs: None)  # made: the outage starts after
         assert fink("services", "stop", "kafka", env=env).returncode == 0
+        started, errors = time.monotonic(), []
+
+        def starting(step):
+            try:
+                step()
+            except Exception as exc:  # noqa: BLE001 - asserted below
+                errors.append(exc)
+
+        schema = '{"type": "record", "name": "a", "fields": []}'
+        steps = [lambda: prepare_topics(bootstrap, [Encoding((), schema, (0,))], ["late"]),
+                 lambda: BatchPublisher(bootstrap, "late-writer").publish(0, [("late", b"k", b"v")])]
+        threads = [threading.Thread(target=starting, args=(step,)) for step in steps]
+        for thread in threads:
+            thread.start()
+        time.sleep(max(0.0, 32 - (time.monotonic() - started)))
         restarted = fink("services", "start", "kafka", env=env)
         assert restarted.returncode == 0, restarted.stderr  # the service account logs in again
+        for thread in threads:
+            thread.join(180)
+        assert not errors and not any(t.is_alive() for t in threads), errors
+        assert committed(bootstrap, "late") == [(b"k", b"v")]
+        assert committed(bootstrap, "late_schema") == [(schema.encode(), b"")]
         listed = fink("users", "list", "--json", env=env)
         assert set(json.loads(listed.stdout)) == {"fink-broker", "keep"}, listed.stdout + listed.stderr
         keep = kafka.sasl_config(f"127.0.0.1:{sasl}", "keep", (home / "secrets" / "users" / "keep").read_text().strip())
@@ -110,6 +143,24 @@ def test_kafka_lifecycle_in_its_own_home(tmp_path, monkeypatch):
     assert stop.returncode == 0 and "kafka: stopped" in stop.stdout, stop.stdout + stop.stderr
     assert process_start_time(status['pid']) is None
     assert fink("services", "status", "kafka", env=env).returncode == 3
+
+
+def committed(bootstrap, topic):
+    """(key, value) of every committed message of ``topic``'s partition 0."""
+    consumer = Consumer(kafka.client_config(bootstrap, **{
+        "group.id": "test", "enable.partition.eof": True, "isolation.level": "read_committed"}))
+    consumer.assign([TopicPartition(topic, 0, OFFSET_BEGINNING)])
+    out, deadline = [], time.monotonic() + 30
+    try:
+        while time.monotonic() < deadline:
+            msg = consumer.poll(0.5)
+            if msg is not None and msg.error() and msg.error().code() == KafkaError._PARTITION_EOF:
+                return out
+            if msg is not None and not msg.error():
+                out.append((msg.key(), msg.value()))
+    finally:
+        consumer.close()
+    raise AssertionError(f"{topic}: not read to its end within 30 s")
 
 
 def status_command(home):

@@ -149,15 +149,15 @@ class _Admin:
 
 def test_metadata_is_asked_again_through_a_broker_restart():
     admin = _Admin(failures=kafka.METADATA_ATTEMPTS - 1, code=KafkaError._TIMED_OUT)
-    assert kafka._metadata(admin, 0.1) == "metadata" and admin.calls == kafka.METADATA_ATTEMPTS
+    assert kafka.metadata(admin, 0.1) == "metadata" and admin.calls == kafka.METADATA_ATTEMPTS
 
 
 def test_metadata_from_a_broker_that_stays_down_or_refuses_is_an_error():
     admin = _Admin(failures=kafka.METADATA_ATTEMPTS, code=KafkaError._TIMED_OUT)
     with pytest.raises(KafkaException):
-        kafka._metadata(admin, 0.1)
+        kafka.metadata(admin, 0.1)
     assert admin.calls == kafka.METADATA_ATTEMPTS
     refused = _Admin(failures=1, code=KafkaError.TOPIC_AUTHORIZATION_FAILED)  # waiting does not mend it
     with pytest.raises(KafkaException):
-        kafka._metadata(refused, 0.1)
+        kafka.metadata(refused, 0.1)
     assert refused.calls == 1
