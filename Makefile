@@ -26,6 +26,7 @@ $(VENV)/.installed: setup.cfg pyproject.toml constraints.txt
 
 jvm: venv
 	$(BIN)/fink jvm fetch
+	$(BIN)/fink jvm archive
 
 services: jvm
 	@$(BIN)/fink init > /dev/null

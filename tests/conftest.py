@@ -41,91 +41,25 @@ def pytest_collection_modifyitems(session, config, items):
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: each file's own order stays
 
 
-#: what the driver that makes the class-data archive runs: the classes a stage's driver loads (SQL,
-#: Parquet, Avro, Arrow and pandas UDFs, streaming with foreachBatch, the Kafka source's relation)
-CDS_WORKLOAD = """
-import sys
-from pathlib import Path
-
-import pandas as pd
-from pyspark.sql import functions as F
-from pyspark.sql.avro.functions import from_avro, to_avro
-
-from fink.config import FinkConfig
-from fink.runtime.session import get_spark
-
-out = Path(sys.argv[1])
-spark = get_spark(FinkConfig(log_level="ERROR"), app_name="fink-class-data-archive")
-df = spark.range(2000).selectExpr("id", "cast(id as double) / 7 as x", "named_struct('a', id, 'b', 'b') as s")
-
-
-@F.pandas_udf("double")
-def twice(x: pd.Series) -> pd.Series:
-    return x * 2
-
-
-schema = '{"type": "record", "name": "s", "fields": [{"name": "a", "type": "long"}, {"name": "b", "type": "string"}]}'
-df = df.withColumn("y", twice("x")).withColumn("back", from_avro(to_avro("s"), schema))
-df.write.mode("overwrite").parquet(str(out / "batch"))
-spark.read.parquet(str(out / "batch")).groupBy((F.col("id") % 3).alias("k")).agg(F.sum("y")).collect()
-spark.createDataFrame(pd.DataFrame({"v": [1.0, 2.0]})).toPandas()
-stream = spark.readStream.schema(spark.read.parquet(str(out / "batch")).schema).parquet(str(out / "batch"))
-query = (stream.writeStream.foreachBatch(lambda batch, i: batch.write.mode("append").parquet(str(out / "sink")))
-         .option("checkpointLocation", str(out / "checkpoint")).trigger(availableNow=True).start())
-query.awaitTermination()
-spark.read.format("kafka").option("kafka.bootstrap.servers", "127.0.0.1:1").option("subscribe", "none").load().schema
-spark.stop()
-"""
-
-
 @pytest.fixture(scope="session", autouse=True)
-def class_data_archive(request, tmp_path_factory):
-    """Spark drivers start from a class-data archive (the JDK's dynamic CDS) in a session with
-    integration tests (most start Spark drivers, in this process or others).
-
-    The classes a driver loads (Spark's and the connectors', some 20,000) are parsed and verified
-    once, into ``$FINK_HOME/cache/cds/driver-<key>.jsa``, and each driver JVM maps them: a session
-    starts in 3 s instead of 6.5 s and its first query in 1.3 s instead of 3 s. The archive is made
-    once per JDK, pyspark and connector jars (the key), by a short driver that runs
-    :data:`CDS_WORKLOAD` and writes it at its exit. A JVM whose class path differs from the one the
-    archive was made with (the wheel's virtualenv) runs without it, as the JDK does by default.
-    """
-    import hashlib
-    import shutil
-    import subprocess
+def class_data_archive(request):
+    """Spark drivers start from the class-data archive (:mod:`fink.runtime.class_archive`) in a session
+    with integration tests: made here when `make jvm` did not (once per JDK, pyspark and connector
+    jars), else found; every driver's ``get_spark`` then maps it (a session and its first query 10 s
+    -> 5 s). A JVM whose class path differs (the wheel's virtualenv) runs without it."""
     import sys
 
-    if "SharedArchiveFile" in os.environ.get(DRIVER_JAVA_OPTIONS, "") or \
-            not any(item.get_closest_marker("integration") for item in request.session.items):
+    from fink.runtime import class_archive
+
+    if not any(item.get_closest_marker("integration") for item in request.session.items):
         yield None
         return
-    import pyspark
-
-    from fink.processes import java_executable
-    from fink.runtime import jvm
-
-    java = Path(shutil.which(java_executable()) or java_executable()).resolve()
-    parts = [str(java), str(java.stat().st_mtime), pyspark.__version__,
-             *sorted(p.name for p in (Path(pyspark.__file__).parent / "jars").glob("*.jar")),
-             *sorted(p.name for p in jvm.jars("spark"))]
-    key = hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
-    archive = fink_home() / "cache" / "cds" / f"driver-{key}.jsa"
-    if not archive.exists():
-        archive.parent.mkdir(parents=True, exist_ok=True)
-        partial = archive.with_name(f".{archive.name}.{os.getpid()}")
-        work = tmp_path_factory.mktemp("cds")
-        env = {**os.environ, DRIVER_JAVA_OPTIONS: f"{QUICK_TIER} -XX:ArchiveClassesAtExit={partial} -Xlog:cds*=off"}
-        made = subprocess.run([sys.executable, "-c", CDS_WORKLOAD, str(work)], env=env, capture_output=True,
-                              text=True, timeout=300)
-        if made.returncode == 0 and partial.exists():
-            os.replace(partial, archive)
-        else:  # the suite runs without it, only slower
-            partial.unlink(missing_ok=True)
-            print(f"no class-data archive for the Spark drivers: {made.stderr[-1500:]}", file=sys.stderr)
-    if archive.exists():
-        os.environ[DRIVER_JAVA_OPTIONS] = (f"{os.environ.get(DRIVER_JAVA_OPTIONS, '')} "
-                                           f"-XX:SharedArchiveFile={archive} -Xlog:cds*=off").strip()
-    yield archive if archive.exists() else None
+    try:
+        class_archive.build()
+    except Exception as exc:  # noqa: BLE001 - the suite runs without it, only slower
+        print(f"no class-data archive for the Spark drivers: {exc}", file=sys.stderr)
+    path = class_archive.archive_path()
+    yield path if path.exists() else None
 
 
 @pytest.fixture(scope="session")

@@ -25,7 +25,8 @@ Handle the alert stream received by Apache Spark (Kafka in, Kafka and HBase out)
     fink start <service> [-c <conf>] [--simulator] run notebooks/<service>.ipynb headless [-p key=value]
     fink stop <service|all>                        stop a service cleanly (forced after a timeout)
     fink show [--json]                             running services: pid, uptime, state, rates, last batch
-    fink jvm fetch|versions                        resolve / list the pinned JVM artifacts
+    fink jvm fetch|archive|versions                resolve the pinned JVM artifacts / archive the
+                                                   Spark driver's classes (quicker starts) / list them
     fink datasim generate|download ...             simulate a night / fetch a real ZTF night
     fink checkstream <topic> [--from earliest]     watch a topic: counts, rates, lag, latest alerts
     fink compact <YYYYMMDD> [--raw PATH]           compact a finished night of the raw archive
@@ -67,7 +68,8 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--timeout", type=float, default=60.0, help="seconds before forcing (default 60)")
     sub.add_parser("show", help="list running services").add_argument("--json", action="store_true")
     j = sub.add_parser("jvm", help="JVM artifacts")
-    j.add_argument("action", choices=["fetch", "versions"])
+    j.add_argument("action", choices=["fetch", "archive", "versions"])
+    j.add_argument("--force", action="store_true", help="archive: write the class archive again")
     ds = sub.add_parser("datasim", help="simulated and real alert data")
     dsub = ds.add_subparsers(dest="datasim_command", required=True)
     gen = dsub.add_parser("generate", help="write a simulated night (one container file, truth.csv)")
@@ -378,6 +380,12 @@ def main(argv: list[str] | None = None) -> int:
             if args.action == "fetch":
                 done = jvm.fetch()
                 print(f"resolved: {', '.join(done)}" if done else f"JVM artifacts up to date in {jvm.cache_dir()}")
+            elif args.action == "archive":
+                from fink.runtime import class_archive
+
+                written = class_archive.build(force=args.force)
+                print(f"class archive written: {written}" if written else
+                      f"class archive up to date: {class_archive.archive_path()}")
             else:
                 for component, artifacts in jvm.versions().items():
                     for name, version in sorted(artifacts.items()):

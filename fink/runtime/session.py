@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from fink.config import LOOPBACK, SPARK_AUTH_FILE, FinkConfig, fink_home, spark_auth_file
 from fink.errors import ConfigError
-from fink.runtime import jvm
+from fink.runtime import class_archive, jvm
 
 if TYPE_CHECKING:  # importing pyspark starts nothing, but keep `import fink` light
     from pyspark.sql import SparkSession
@@ -109,6 +109,9 @@ def spark_conf(fink_cfg: FinkConfig | None = None, app_name: str = "fink",
     conf["spark.driver.extraJavaOptions"] = (f"-Dlog4j.configurationFile={log4j} -XX:G1HeapRegionSize=16m "
                                              "-XX:+IgnoreUnrecognizedVMOptions -XX:+UnlockDiagnosticVMOptions "
                                              "-XX:GCLockerRetryAllocationCount=100")
+    if not os.environ.get("FINK_CLASS_ARCHIVE_BUILD"):  # the classes of `fink jvm archive`, once it ran
+        archived = class_archive.java_options()
+        conf["spark.driver.extraJavaOptions"] += f" {archived}" if archived else ""
     if os.environ.get(DRIVER_JAVA_OPTIONS):  # e.g. the test suite's quick-start JVMs
         conf["spark.driver.extraJavaOptions"] += " " + os.environ[DRIVER_JAVA_OPTIONS]
     conf["spark.sql.warehouse.dir"] = str(fink_home() / "spark-warehouse")
