@@ -141,15 +141,22 @@ def layout(spark: "SparkSession", stage_cfg: ArchiveConfig, science_path: str, p
            from_files: bool = True) -> Layout:
     """The table layout for the science alerts: their Arrow schema as batches deliver it,
     the columns modules added (family ``d``: not in the raw archive) and the cutouts."""
+    from pyspark.sql.pandas.types import to_arrow_schema
+    from pyspark.sql.types import StructType
+
     from fink.stages import raw2science as r2s
     from fink.stages.science_stream import science_schema
 
     schema = science_schema(spark, science_path, producer, stage_cfg.survey, from_files)
-    alert = spark.createDataFrame([], schema).drop("night")
+    alert = StructType([f for f in schema.fields if f.name != "night"])
     raw = set(r2s.raw_schema(spark, stage_cfg.survey).fieldNames())
-    added = [c for c in alert.columns if c not in raw]
-    cutouts = [c for c in stage_cfg.description().cutouts if c in alert.columns]
-    return Layout(stage_cfg.table_name(), alert.toArrow().schema, added=added, cutouts=cutouts,
+    added = [c for c in alert.fieldNames() if c not in raw]
+    cutouts = [c for c in stage_cfg.description().cutouts if c in alert.fieldNames()]
+    # the Arrow schema of the alerts as Spark hands them over (``toArrow``'s, without running a job)
+    large = spark.conf.get("spark.sql.execution.arrow.useLargeVarTypes", "false") == "true"
+    arrow = to_arrow_schema(alert, error_on_duplicated_field_names_in_struct=True, timezone="UTC",
+                            prefers_large_types=large)
+    return Layout(stage_cfg.table_name(), arrow, added=added, cutouts=cutouts,
                   keys=stage_cfg.keys(), order=stage_cfg.healpix_order, groups=stage_cfg.groups(added))
 
 

@@ -178,6 +178,12 @@ def raw_schema(spark: "SparkSession", stage_cfg: Stream2RawConfig | None = None)
     return _RAW_SCHEMAS[key]
 
 
+def alert_fields(layout: "StructType") -> list[str]:
+    """The alert's own fields in the raw archive's ``layout`` (:func:`raw_schema`), in their order."""
+    added = {f"kafka_{c}" for c in KAFKA_COLUMNS} | {"brokerIngestTimestamp", "schema_version", "night"}
+    return [f for f in layout.fieldNames() if f not in added]
+
+
 def transform(df: "DataFrame", stage_cfg: Stream2RawConfig, schemas: dict[str, str] | None = None) -> "DataFrame":
     """Kafka rows to decoded rows with ``reason``; observed counts land in the query's metrics.
 
@@ -263,9 +269,7 @@ def step(spark: "SparkSession", stage_cfg: Stream2RawConfig, fink_cfg: FinkConfi
     key = stage_cfg.description().alert_id
     index = ArchivedCandids(spark, paths["raw"], key)
     layout = raw_schema(spark, stage_cfg)
-    kafka_rows = spark.createDataFrame([], "key binary, value binary, topic string, partition int, offset long, "
-                                           "timestamp timestamp, timestampType int")
-    fields = decoded(kafka_rows, stage_cfg).schema["alert"].dataType.fieldNames()  # the alert's own fields
+    fields = alert_fields(layout)  # the alert's own fields
     writer: list[str] = []  # the pipeline query's id, once it has started
 
     def run(batch: "DataFrame", batch_id: int, rows: int | None) -> Output:

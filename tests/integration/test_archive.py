@@ -182,6 +182,7 @@ def test_an_alert_the_archive_cannot_key_is_set_aside_and_its_batch_goes_on(spar
     from pyspark.sql import functions as F
 
     from fink.stages import raw2science as r2s
+    from fink.stages.science_stream import science_schema
 
     table, fink = tables(), FinkConfig(data_dir=str(sample_science))
     cfg = archive.ArchiveConfig(table=table)
@@ -189,6 +190,9 @@ def test_an_alert_the_archive_cannot_key_is_set_aside_and_its_batch_goes_on(spar
     bad = rows.first()["candid"]
     batch = rows.withColumn("objectId", F.when(F.col("candid") == bad, F.lit(None)).otherwise(F.col("objectId")))
     sink = archive.prepare(spark, cfg, fink, str(sample_science / "science"), batch.schema, from_files=False)
+    # the layout's Arrow schema, worked out without a job, is the one Spark hands such rows over in
+    stored = science_schema(spark, str(sample_science / "science"), None, "ztf", from_files=False)
+    assert sink.layout.schema == spark.createDataFrame([], stored).drop("night").toArrow().schema
     sink(batch, 0)
     assert (sink.written[0]["alerts"], sink.written[0]["archived"], sink.written[0]["quarantined"]) == (21, 20, 1)
     listed = json.loads((Path(cfg.paths(fink)["quarantine"]) / f"{table}-0000000000.json").read_text())
