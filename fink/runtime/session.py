@@ -69,6 +69,14 @@ DEFAULTS: dict[str, str] = {
     # once split over the cache's segments, so that each batch compiled about 30 of them again
     # (and the JIT compiled the new classes again): 0.45 s of a 3.6 s batch of 100 alerts
     "spark.sql.codegen.cache.maxEntries": "2000",
+    # expressions evaluated by Spark's interpreted classes, not by code generated for each plan: an
+    # alert's projections over hundreds of nested fields generate (each task), compile and JIT-compile
+    # large classes, which cost more than they save on alerts. bench_e2e.py, same hour, default ->
+    # these two: cold start 46.1 -> 37.3 s, 100 alerts/s p50 11.0 -> 7.1 s and p99 17.4 -> 12.0 s,
+    # 300 alerts/s carried 133 -> 148 /s, a 10,000 burst drained in 69.2 -> 62.1 s. (factoryMode is
+    # an internal setting of Spark's, used by its own tests to run every expression interpreted.)
+    "spark.sql.codegen.wholeStage": "false",
+    "spark.sql.codegen.factoryMode": "NO_CODEGEN",
 }
 
 #: Extra options for the Spark driver's JVM, appended to those above (a ``spark_conf`` setting of
