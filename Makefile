@@ -24,9 +24,10 @@ $(VENV)/.installed: setup.cfg pyproject.toml constraints.txt
 	$(BIN)/pip install -q -c constraints.txt -e '.[notebooks,test,fink]'
 	@touch $@
 
+# the JVM artifacts, then the Spark driver's class archive (quicker starts; without it they start as before)
 jvm: venv
 	$(BIN)/fink jvm fetch
-	$(BIN)/fink jvm archive
+	-$(BIN)/fink jvm archive
 
 services: jvm
 	@$(BIN)/fink init > /dev/null
