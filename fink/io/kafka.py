@@ -333,12 +333,27 @@ def produce(bootstrap: str, topic: str, values: Iterable[bytes], keys: Iterable[
     KafkaError
         If any message was not acknowledged (the first error is reported).
     """
+    keyed = zip(keys, values, strict=True) if keys is not None else ((None, v) for v in values)
+    return produce_messages(bootstrap, ((topic, k, v) for k, v in keyed), timeout, **config)
+
+
+def produce_messages(bootstrap: str, messages: Iterable[tuple[str, bytes | None, bytes]], timeout: float = 60.0,
+                     **config: Any) -> int:
+    """Send ``(topic, key, value)`` messages with one idempotent producer and wait up to ``timeout``
+    seconds for every delivery; return how many were acknowledged.
+
+    Raises
+    ------
+    KafkaError
+        If any message was not acknowledged (the first error is reported).
+    """
     from confluent_kafka import Producer
 
     producer = Producer(client_config(bootstrap, **{"enable.idempotence": True, "linger.ms": 5,
                                                     "message.max.bytes": 10485760, **config}))
     errors: list[str] = []
     acked = 0
+    topics: set[str] = set()
 
     def on_delivery(err, _msg):
         nonlocal acked
@@ -347,9 +362,8 @@ def produce(bootstrap: str, topic: str, values: Iterable[bytes], keys: Iterable[
         else:
             acked += 1
 
-    key_iter = iter(keys) if keys is not None else None
-    for value in values:
-        key = next(key_iter) if key_iter is not None else None
+    for topic, key, value in messages:
+        topics.add(topic)
         while True:
             try:
                 producer.produce(topic, value=value, key=key, on_delivery=on_delivery)
@@ -359,6 +373,6 @@ def produce(bootstrap: str, topic: str, values: Iterable[bytes], keys: Iterable[
         producer.poll(0)
     remaining = producer.flush(timeout)
     if errors or remaining:
-        raise KafkaError(f"{len(errors) + remaining} message(s) to {topic!r} on {bootstrap} not delivered"
-                         + (f": {errors[0]}" if errors else f" within {timeout:.0f} s"))
+        raise KafkaError(f"{len(errors) + remaining} message(s) to {', '.join(map(repr, sorted(topics)))} on "
+                         f"{bootstrap} not delivered" + (f": {errors[0]}" if errors else f" within {timeout:.0f} s"))
     return acked

@@ -27,6 +27,8 @@ if TYPE_CHECKING:
 #: the stage these tables belong to (its metrics and log lines)
 QUERY_NAME = "stream2raw"
 KAFKA_COLUMNS = ["topic", "partition", "offset", "timestamp"]
+#: the raw archive's columns after the alert's own fields (see :func:`raw_columns`)
+INGEST_COLUMNS = [*(f"kafka_{c}" for c in KAFKA_COLUMNS), "brokerIngestTimestamp", "schema_version", "night"]
 
 
 def raw_columns(df: "DataFrame", fields: list[str] | None = None) -> "DataFrame":
@@ -37,9 +39,14 @@ def raw_columns(df: "DataFrame", fields: list[str] | None = None) -> "DataFrame"
     from pyspark.sql import functions as F
 
     names = fields if fields is not None else df.schema["alert"].dataType.fieldNames()
+    ingest = [*[F.col(c) for c in KAFKA_COLUMNS], F.col("brokerIngestTimestamp"), F.col("version"), F.col("night")]
     return df.select(*[F.col("alert").getField(f).alias(f) for f in names],
-                     *[F.col(c).alias(f"kafka_{c}") for c in KAFKA_COLUMNS],
-                     "brokerIngestTimestamp", F.col("version").alias("schema_version"), "night")
+                     *[c.alias(name) for c, name in zip(ingest, INGEST_COLUMNS, strict=True)])
+
+
+def alert_fields(layout: "StructType") -> list[str]:
+    """The alert's own fields in a raw archive's ``layout`` (what :func:`raw_columns` gives), in order."""
+    return [f for f in layout.fieldNames() if f not in INGEST_COLUMNS]
 
 
 def quarantine_columns(df: "DataFrame") -> "DataFrame":

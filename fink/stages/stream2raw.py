@@ -31,6 +31,7 @@ from fink.stages.duplicates import ArchivedCandids, find_duplicates
 from fink.stages.raw_archive import (
     KAFKA_COLUMNS,
     QUERY_NAME,
+    alert_fields,
     batch_files,
     begin_batch,
     commit_batch,
@@ -176,12 +177,6 @@ def raw_schema(spark: "SparkSession", stage_cfg: Stream2RawConfig | None = None)
                                           "timestamp timestamp, timestampType int")
         _RAW_SCHEMAS[key] = raw_columns(transform(kafka, stage_cfg)).schema
     return _RAW_SCHEMAS[key]
-
-
-def alert_fields(layout: "StructType") -> list[str]:
-    """The alert's own fields in the raw archive's ``layout`` (:func:`raw_schema`), in their order."""
-    added = {f"kafka_{c}" for c in KAFKA_COLUMNS} | {"brokerIngestTimestamp", "schema_version", "night"}
-    return [f for f in layout.fieldNames() if f not in added]
 
 
 def transform(df: "DataFrame", stage_cfg: Stream2RawConfig, schemas: dict[str, str] | None = None) -> "DataFrame":

@@ -120,20 +120,10 @@ def prepare_topics(bootstrap: str, encs: list[Encoding], topics: list[str], part
     """Create every topic (``partitions``, ``retention_ms``) and its ``_schema`` topic (waiting for
     their leaders) and publish the schemas. A broker that goes away meanwhile (a restart) is
     waited for up to ``ride_out_s`` seconds: the producer sends the schemas once it is back."""
-    from confluent_kafka import Producer
-
     conf = {"retention.ms": str(retention_ms)}
     for topic in topics:
         kafka.ensure_topic(bootstrap, topic, partitions, config=conf)
         kafka.ensure_topic(bootstrap, f"{topic}_schema", 1, config={"cleanup.policy": "compact"})
-    producer = Producer(kafka.client_config(bootstrap, **{
-        "enable.idempotence": True, "message.timeout.ms": int(ride_out_s * 1000)}))
-    errors: list[str] = []
-    for enc in encs:
-        for k in enc.topics:
-            producer.produce(f"{topics[k]}_schema", key=enc.schema.encode(), value=b"",
-                             on_delivery=lambda err, _msg: err is not None and errors.append(str(err)))
-    remaining = producer.flush(ride_out_s + 5)
-    if errors or remaining:
-        raise kafka.KafkaError(f"distribution: {len(errors) + remaining} schema message(s) not written on "
-                               f"{bootstrap} within {ride_out_s:.0f} s" + (f": {errors[0]}" if errors else ""))
+    kafka.produce_messages(bootstrap, [(f"{topics[k]}_schema", enc.schema.encode(), b"") for enc in encs
+                                       for k in enc.topics],
+                           timeout=ride_out_s + 5, **{"message.timeout.ms": int(ride_out_s * 1000)})
