@@ -126,6 +126,21 @@ def staging_folder(batch_id: BatchKey) -> str:
     return f"_staging/b{batch_id}"
 
 
+def row_count(spark: "SparkSession", files: list[str]) -> int:
+    """Rows in the Parquet ``files``, from their footers: read in this process when they are
+    local, by Spark otherwise (a job of its own, for ``hdfs://`` or ``s3a://``)."""
+    from fink.config import local_path
+
+    if not files:
+        return 0
+    local = [local_path(f) for f in files]
+    if all(p is not None for p in local):
+        import pyarrow.parquet as pq
+
+        return sum(pq.ParquetFile(p).metadata.num_rows for p in local)
+    return spark.read.parquet(*files).count()
+
+
 def stage(df: "DataFrame", root: str, batch_id: BatchKey, partition_by: str | None, files: int = 1,
           options: Mapping[str, str] | None = None, append: bool = False) -> dict[str, list[str]]:
     """Write ``df`` to the staging folder of ``batch_id``; return its Parquet files by partition folder.

@@ -189,7 +189,7 @@ def step(spark: "SparkSession", stage_cfg: DistributionConfig, fink_cfg: FinkCon
     from fink.filters.community_filters import resolve_filters
     from fink.filters.filter_api import FilterError, selected
     from fink.science.science_api import ModuleColumns, ScienceModuleError, check_inputs, module_metrics
-    from fink.stages.step import Output, Step, count_where, latency_quantiles, report
+    from fink.stages.step import Output, Step, Tally, count_where, latency_quantiles, report
 
     paths = stage_cfg.paths(fink_cfg)
     filters = stage_cfg.load_filters()
@@ -233,9 +233,18 @@ def step(spark: "SparkSession", stage_cfg: DistributionConfig, fink_cfg: FinkCon
         # the filters on the columns they read alone, their UDF built once (apply_filters' columns),
         # and the watchlists' matches
         watch = [watcher.column(len(topics))] if watcher is not None else [F.array().cast(WATCH_TYPE).alias(WATCH)]
-        flags = (science.select(*narrow, *([made.call] if made.call is not None else []), *watch)
-                 .select(*answers, WATCH).persist(StorageLevel.MEMORY_AND_DISK_DESER))
         picked, matched = F.col(SELECTED), F.col(f"{WATCH}._k")
+        # counted as the flags are cached (by the selection's job)
+        tally = Tally(QUERY_NAME, F.count(F.lit(1)).alias("alerts"), count_where(F.size(picked) > 0).alias("selected"),
+                      *[count_where(F.array_contains(picked, k)).alias(f"selected_{f.module.key}")
+                        for k, f in enumerate(filters)],
+                      count_where(F.size(WATCH) > 0).alias("watched"),
+                      *[count_where(F.array_contains(matched, len(topics) + k)).alias(f"selected_{label(t)}")
+                        for k, t in enumerate(lists)],
+                      latency_quantiles(F.col("kafka_timestamp"), F.col("_at")).alias("_lat"),
+                      *module_metrics([f.module for f in filters], "_metrics"))
+        flags = tally.on(science.select(*narrow, *([made.call] if made.call is not None else []), *watch)
+                         .select(*answers, WATCH)).persist(StorageLevel.MEMORY_AND_DISK_DESER)
         chosen = flags.where((F.size(picked) > 0) | (F.size(WATCH) > 0)).select(*ids, SELECTED, WATCH)
         # the selected alerts, whole, encoded once per encoding into the outbox; the batch's
         # transaction then runs on the sink's thread while the pipeline goes on
@@ -247,21 +256,14 @@ def step(spark: "SparkSession", stage_cfg: DistributionConfig, fink_cfg: FinkCon
         clock.lap("select_encode")
 
         def finish() -> dict[str, Any]:
-            tally = flags.agg(F.count(F.lit(1)).alias("alerts"), count_where(F.size(picked) > 0).alias("selected"),
-                              *[count_where(F.array_contains(picked, k)).alias(f"selected_{f.module.key}")
-                                for k, f in enumerate(filters)],
-                              count_where(F.size(WATCH) > 0).alias("watched"),
-                              *[count_where(F.array_contains(matched, len(topics) + k)).alias(f"selected_{label(t)}")
-                                for k, t in enumerate(lists)],
-                              latency_quantiles(F.col("kafka_timestamp"), F.col("_at")).alias("_lat"),
-                              *module_metrics([f.module for f in filters], "_metrics")).first().asDict()
+            counted = tally.values()
             clock.lap("counts")
-            observed = {k: int(tally[k] or 0) for k in ["alerts", "selected", "watched"] + [
+            observed = {k: int(counted[k] or 0) for k in ["alerts", "selected", "watched"] + [
                 f"selected_{f.module.key}" for f in filters] + [f"selected_{label(t)}" for t in lists]}
-            account = report(QUERY_NAME, batch_id, observed["alerts"], observed, list(tally["_lat"] or []) or None,
+            account = report(QUERY_NAME, batch_id, observed["alerts"], observed, list(counted["_lat"] or []) or None,
                              started, laps=clock.laps)
             account["observedMetrics"][FILTERS_METRICS] = {
-                k: v for k, v in tally.items() if k not in observed and not k.startswith("_")}
+                k: v for k, v in counted.items() if k not in observed and not k.startswith("_")}
             return account
 
         return Output(None, 0, None, [flags], finish)

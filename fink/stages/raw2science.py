@@ -212,7 +212,7 @@ def write_batch(batch: "DataFrame", batch_id: int, stage_cfg: Raw2ScienceConfig,
     folders = filestore.stage(batch, paths["science"], name, "night", stage_cfg.files_per_batch, ARCHIVE_OPTIONS)
     base = f"{paths['science'].rstrip('/')}/{filestore.staging_folder(name)}"
     files = [f"{base}/{rel}" for rels in folders.values() for rel in rels]
-    written = spark.read.parquet(*files).count() if files else 0  # Parquet footers: no data read
+    written = filestore.row_count(spark, files)
     filestore.publish(spark, paths["science"], name, folders)
     record = {"alerts": written, "seconds": round(time.perf_counter() - t0, 3)}
     filestore.commit(spark, paths["science"], name, record)
@@ -288,7 +288,7 @@ def step(spark: "SparkSession", stage_cfg: Raw2ScienceConfig, fink_cfg: FinkConf
     from fink.io import filestore
     from fink.science.science_api import module_metrics
     from fink.stages import science_table
-    from fink.stages.step import Output, Step, count_where, latency_quantiles, report
+    from fink.stages.step import Output, Step, Tally, count_where, latency_quantiles, report
 
     paths = stage_cfg.paths(fink_cfg)
     modules = stage_cfg.load_modules()
@@ -331,25 +331,27 @@ def step(spark: "SparkSession", stage_cfg: Raw2ScienceConfig, fink_cfg: FinkConf
         clock = metrics.Clock()
         flagged = raw.select(*plain, cut_reason_column.alias("_cut"))
         cut = F.col("_cut")
+        # the cuts' and the modules' counts, observed as the cache is built
+        cuts_tally = Tally(f"{QUERY_NAME}_cuts", F.count(F.lit(1)).alias("alerts"),
+                           count_where(cut.isNull()).alias("kept"), count_where(cut.isNotNull()).alias("rejected"),
+                           *[count_where(cut == name).alias(f"rejected_{name}") for name in cuts])
+        modules_tally = Tally(f"{QUERY_NAME}_modules", F.count(F.lit(1)).alias("_n"),
+                              latency_quantiles(F.col("kafka_timestamp"), F.col("processingEnd")).alias("_lat"),
+                              *module_metrics(modules, "_metrics"))
         # add_science's columns, built once (no schema asked of the JVM per batch), in the science
         # archive's order (night last, as a read of its files gives it); the modules run once,
-        # into the cache, when the first step after reads it
-        science = flagged.where(cut.isNull()).select(*first).select(*second).persist(
+        # into the cache, when the first step after reads it (or this step's write)
+        science = modules_tally.on(cuts_tally.on(flagged).where(cut.isNull()).select(*first).select(*second)).persist(
             StorageLevel.MEMORY_AND_DISK_DESER)
         out = science.select(*handed)
 
         def finish() -> dict[str, Any]:
-            summary = science.agg(F.count(F.lit(1)).alias("_n"),
-                                  latency_quantiles(F.col("kafka_timestamp"), F.col("processingEnd")).alias("_lat"),
-                                  *module_metrics(modules, "_metrics")).first().asDict()
-            clock.lap("modules")
-            tally = flagged.agg(F.count(F.lit(1)).alias("alerts"), count_where(cut.isNull()).alias("kept"),
-                                count_where(cut.isNotNull()).alias("rejected"),
-                                *[count_where(cut == name).alias(f"rejected_{name}") for name in cuts]).first()
-            observed = {k: int(v or 0) for k, v in tally.asDict().items()}
-            clock.lap("cuts")
             record = write_batch(science.select(*kept), batch_id, stage_cfg, paths, writer[0])
             clock.lap("write")
+            summary = modules_tally.values()
+            clock.lap("modules")
+            observed = {k: int(v or 0) for k, v in cuts_tally.values().items()}
+            clock.lap("cuts")
             lat = list(summary["_lat"] or []) or None
             account = report(QUERY_NAME, batch_id, observed["alerts"], observed, lat, started, written=record["alerts"],
                              laps=clock.laps, id=writer[0])

@@ -183,7 +183,7 @@ def _stage_missing(spark: "SparkSession", root: str, name: "BatchKey", staged: d
 
     base = f"{root.rstrip('/')}/{filestore.staging_folder(name)}"
     files = [f"{base}/{rel}" for rels in staged.values() for rel in rels]
-    if files and spark.read.parquet(*files).count() == len(set_aside):  # the usual case: Parquet's footers tell
+    if files and filestore.row_count(spark, files) == len(set_aside):  # the usual case: Parquet's footers tell
         return staged
     found = spark.read.parquet(*files).select(*KAFKA_COLUMNS[:3]).toPandas() if files else \
         pd.DataFrame(columns=KAFKA_COLUMNS[:3])

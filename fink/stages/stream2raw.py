@@ -258,7 +258,7 @@ def step(spark: "SparkSession", stage_cfg: Stream2RawConfig, fink_cfg: FinkConfi
     from pyspark.sql import functions as F
 
     from fink.io import filestore
-    from fink.stages.step import Output, Step, report
+    from fink.stages.step import Output, Step, Tally, report
 
     paths = stage_cfg.paths(fink_cfg)
     key = stage_cfg.description().alert_id
@@ -279,8 +279,11 @@ def step(spark: "SparkSession", stage_cfg: Stream2RawConfig, fink_cfg: FinkConfi
             return Output(out, archived, report(QUERY_NAME, batch_id, 0, {}, None, started, replayed=True,
                                                 id=writer[0]))
         cached = batch.persist(StorageLevel.MEMORY_AND_DISK_DESER)
+        # counted by Spark over the batch's rows as the keys are collected, apart from the record
+        # (which counts the keys): reconcile compares the two
+        tally = Tally(QUERY_NAME, *counts())
         try:
-            keys = _cached_keys(cached, key)  # the decode runs here, once, into the cache
+            keys = _cached_keys(tally.on(cached), key)  # the decode runs here, once, into the cache
             clock.lap("decode")
             dups = find_duplicates(keys[keys["reason"].isna()], index)
             keys.loc[dups.index, "reason"] = "duplicate"
@@ -300,9 +303,7 @@ def step(spark: "SparkSession", stage_cfg: Stream2RawConfig, fink_cfg: FinkConfi
             clock.lap("write")
             record = commit_batch(spark, batch_id, name, paths, folders, keys, fink_cfg.kafka_bootstrap, index, clock,
                              context["checkpoint"])
-            # counted by Spark over the batch itself, apart from the record (which counts the keys
-            # collected): reconcile compares the two
-            observed = {k: int(v or 0) for k, v in cached.agg(*counts()).first().asDict().items()}
+            observed = {k: int(v or 0) for k, v in tally.values().items()}
             if record.get("lost"):  # offsets the batch planned that Kafka no longer had
                 observed["lost"] = record["lost"]
             waited = (keys["brokerIngestTimestamp"] - keys["timestamp"]).dt.total_seconds()
