@@ -218,12 +218,17 @@ class Tally:
         self._observation: Any = None
         self._observed: "DataFrame | None" = None
 
-    def on(self, df: "DataFrame") -> "DataFrame":
-        """``df``, observed (once per batch: a new :class:`Tally` for each)."""
+    def on(self, df: "DataFrame", observe: bool = True) -> "DataFrame":
+        """``df``, observed (once per batch: a new :class:`Tally` for each). ``observe`` False:
+        ``df`` as it is, counted by :meth:`values` (for rows no single action reads whole, such as
+        a ``toLocalIterator``, whose observation Spark completes before the rows are read)."""
         import uuid
 
         from pyspark.sql import Observation
 
+        if not observe:
+            self._observed = df
+            return df
         self._observation = Observation(f"fink_{self.name}_{uuid.uuid4().hex[:12]}")
         self._observed = df.observe(self._observation, *self.exprs)
         return self._observed
@@ -236,15 +241,16 @@ class Tally:
         if self._observed is None:
             raise RuntimeError(f"tally {self.name}: values() before on()")
         # Spark completes an observation from a listener, just after the action that read the rows
-        handle = self._observation._jo  # noqa: SLF001 - pyspark keeps the JVM observation there
+        handle = self._observation._jo if self._observation is not None else None  # noqa: SLF001
         deadline = time.monotonic() + self.WAIT_S
         while handle is not None and not handle.future().isCompleted() and time.monotonic() < deadline:
             time.sleep(0.01)
-        if handle is not None and handle.future().isCompleted():
-            values = self._observation.get
-            if values:  # empty: the action read the rows from a cache built before (nothing observed)
-                return values
-        logger.info("tally %s: nothing observed it, counted by a job of its own", self.name)
+        # an empty row: an action's plan held the observation but its metrics were not collected
+        # (the rows came from a cache built before, or the node was optimized away)
+        if handle is not None and handle.future().isCompleted() and handle.getRow().length() > 0:
+            return self._observation.get
+        if handle is not None:
+            logger.info("tally %s: nothing observed it, counted by a job of its own", self.name)
         return self._observed.agg(*self.exprs).first().asDict()
 
 

@@ -78,3 +78,25 @@ def test_values_before_on_is_an_error():
 
     with pytest.raises(RuntimeError, match="before on"):
         Tally("nothing").values()
+
+
+def test_an_action_whose_plan_dropped_the_observation_leaves_the_count_to_a_job(spark, batch):
+    """Spark completes an observation with an empty row when the action's plan held it but did not
+    run it (here the optimizer drops a filter that keeps nothing, and what it observed)."""
+    from pyspark.sql import functions as F
+
+    from fink.stages.step import Tally
+
+    tally = Tally("dropped", *_exprs())
+    assert tally.on(batch).where(F.lit(False)).collect() == []
+    assert tally.values() == batch.agg(*_exprs()).first().asDict()
+
+
+def test_rows_not_to_observe_are_counted_by_a_job(spark, batch):
+    from fink.stages.step import Tally
+
+    tally = Tally("plain", *_exprs())
+    assert tally.on(batch, observe=False) is batch
+    batch.collect()
+    before = _jobs(spark)
+    assert tally.values()["kept"] == 428 and _jobs(spark) > before
