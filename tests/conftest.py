@@ -29,11 +29,13 @@ os.environ.setdefault(DRIVER_JAVA_OPTIONS, QUICK_TIER)
 SHARED = Path(os.environ.get("FINK_SHARED", ROOT.parent / "shared")).resolve()
 
 
-#: the test files that take longest, longest first (`make test --durations`, 2-core machine). With
-#: ``--dist loadfile`` xdist hands whole files to its workers in collection order: these go first, so
-#: that no long file starts last on one worker while the other has finished.
-SLOW_FIRST = ["test_wheel.py", "test_notebooks.py", "test_one_pass.py", "test_distribution.py", "test_archive.py",
-              "test_stream2raw.py", "test_rubin.py", "test_pipeline.py", "test_compaction.py"]
+#: the test files that take longest, longest first (seconds in one process on 2 cores, 2026-12-05: 312, 296,
+#: 258, 216, 106, 88, 80, 54, 52, 124 of which 89 the exclusive HBase outage, 30, 31, 27, 27). With ``--dist
+#: loadfile --no-loadscope-reorder`` (`make test`) xdist hands whole files to its workers in collection order:
+#: these go first, so that no long file starts last on one worker while the other has finished.
+SLOW_FIRST = ["test_wheel.py", "test_notebooks.py", "test_distribution.py", "test_operations.py", "test_one_pass.py",
+              "test_services.py", "test_stream2raw.py", "test_rubin.py", "test_compaction.py", "test_archive.py",
+              "test_pipeline.py", "test_runner.py", "test_browser.py", "test_raw2science.py"]
 
 
 def pytest_collection_modifyitems(session, config, items):
@@ -81,8 +83,43 @@ def kafka_bootstrap(services_config: ServicesConfig):
     # the tests that keep their data in a FINK_HOME of their own (the demo, the notebooks, the
     # browser, the fault suite) talk to these services: they log in with these services' account
     os.environ.setdefault(f"FINK_{SERVICE_SECRET.upper()}", service_password() or "")
+    if os.environ.get("PYTEST_XDIST_WORKER") and _CONTROLLER_TOPICS_ENV in os.environ:
+        yield services_config.kafka_bootstrap  # the controller's block lists and deletes them (below)
+        return
     with temporary_topics(services_config.kafka_bootstrap) as bootstrap:
         yield bootstrap
+
+
+#: set by the pytest-xdist controller for its workers: the session's topics are listed in one block
+_CONTROLLER_TOPICS_ENV = "FINK_TEST_CONTROLLER_TOPICS"
+_controller_topics: list = []
+
+
+def pytest_sessionstart(session):
+    """Under pytest-xdist (``-n 2``) the controller, not each worker, deletes the session's topics at
+    the end: a worker that finished first deleted topics the other's running test still wrote (the
+    delivery log, met by both), and that test's transaction then waited forever. Runs before xdist
+    starts its workers (its own hook is ``trylast``): they inherit the block's list of topics. Nothing
+    to do when the broker is not up yet (the workers' fixtures start it; their topics then stay)."""
+    if hasattr(session.config, "workerinput") or not getattr(session.config.option, "numprocesses", None):
+        return
+    from fink.io.kafka import temporary_topics, topics
+
+    bootstrap = ServicesConfig.load(fink_home()).kafka_bootstrap
+    try:
+        topics(bootstrap, timeout=5.0)
+    except Exception:  # noqa: BLE001 - the broker is down: the workers start it
+        return
+    block = temporary_topics(bootstrap)
+    block.__enter__()
+    os.environ[_CONTROLLER_TOPICS_ENV] = "1"
+    _controller_topics.append(block)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    while _controller_topics:
+        _controller_topics.pop().__exit__(None, None, None)
+        os.environ.pop(_CONTROLLER_TOPICS_ENV, None)
 
 
 @pytest.fixture(scope="session")

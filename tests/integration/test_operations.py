@@ -1,10 +1,14 @@
 """Operating real stages with `fink start / show / stop`: metrics while they run, a stop mid-stream,
 a restart, every stage killed at once (kill -9) and restarted, the Kafka broker stopped and
-restarted; the archives, the HBase table and the topic end complete, without duplicates."""
+restarted; the archives, the HBase table and the topic end complete, without duplicates.
+
+The broker stopped is the test's own (`fink services start kafka` in the test's FINK_HOME, on ports of
+its own): the suite's other tests, on the shared broker, run beside it (`make test`'s two workers)."""
 
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -24,7 +28,7 @@ from fink.processes import process_start_time
 from fink.runtime import metrics
 from fink.sim.simulator import SimulatorConfig, load_messages, replay
 
-pytestmark = [pytest.mark.integration, pytest.mark.spark, pytest.mark.faults, pytest.mark.exclusive]
+pytestmark = [pytest.mark.integration, pytest.mark.spark, pytest.mark.faults]
 ROOT = Path(__file__).resolve().parents[2]
 STAGES = ("stream2raw", "raw2science", "distribution", "archive")
 
@@ -106,14 +110,45 @@ def kill_all(home: Path) -> list[str]:
     return [f"{stage}-{Path(r['run_dir']).name}" for stage, r in zip(STAGES, records, strict=True)]
 
 
+@pytest.fixture
+def own_kafka(tmp_path, monkeypatch):
+    """A broker of the test's own: its FINK_HOME (``home``), its ports, its service account; this
+    process's Kafka clients log in to it (``FINK_HOME``, no ``FINK_KAFKA_SERVICE``). Yields
+    (home, bootstrap, environment of the `fink` commands); stopped at the end."""
+    home = tmp_path / "home"
+    home.mkdir()
+    port, controller, sasl = free_ports(3)
+    (home / "services.yaml").write_text(f"kafka_port: {port}\nkafka_controller_port: {controller}\n"
+                                        f"kafka_sasl_port: {sasl}\n")
+    monkeypatch.delenv("FINK_KAFKA_SERVICE", raising=False)
+    monkeypatch.setenv("FINK_HOME", str(home))
+    env = {**os.environ}
+    started = fink(env, "services", "start", "kafka")
+    assert started.returncode == 0, started.stdout + started.stderr
+    try:
+        yield home, f"127.0.0.1:{port}", env
+    finally:
+        fink(env, "services", "stop", "kafka")
+
+
+def free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
 @pytest.mark.timeout(1200)
-def test_stop_restart_kill_all_and_a_kafka_restart_lose_and_double_nothing(kafka_bootstrap, hbase_thrift, tmp_path):
-    home, data = tmp_path / "home", tmp_path / "data"
-    env = {**os.environ, "FINK_HOME": str(home)}
+def test_stop_restart_kill_all_and_a_kafka_restart_lose_and_double_nothing(own_kafka, hbase_thrift, tmp_path):
+    home, kafka_bootstrap, env = own_kafka
+    data = tmp_path / "data"
     sfx = uuid.uuid4().hex[:6]
     topic, bright, table = f"ops_{sfx}", f"ops_bright_{sfx}", f"ops_{sfx}"
     kafka.ensure_topic(kafka_bootstrap, topic)
-    common = [f"data_dir={data}", "trigger=2 seconds", "duration=900"]
+    common = [f"data_dir={data}", f"kafka_bootstrap={kafka_bootstrap}", "trigger=2 seconds", "duration=900"]
     params = {"stream2raw": [f"topic={topic}", "max_offsets_per_trigger=4"],  # <= 2 alerts/s: mid-stream 115 s
               "raw2science": ["max_files_per_trigger=1"],
               "distribution": [f"filters={{{bright}: 'fink.filters.builtin:bright'}}", "topic_options={}",
@@ -123,7 +158,6 @@ def test_stop_restart_kill_all_and_a_kafka_restart_lose_and_double_nothing(kafka
         _operate(env, home, data, topic, bright, table, common, params, kafka_bootstrap, hbase_thrift)
     finally:
         fink(env, "stop", "all", "--timeout", "60")
-        fink(os.environ, "services", "start", "kafka")
         conn = hbase.connect(*hbase_thrift)
         try:
             hbase.delete_tables(conn, table)
@@ -132,11 +166,11 @@ def test_stop_restart_kill_all_and_a_kafka_restart_lose_and_double_nothing(kafka
 
 
 def _operate(env, home, data, topic, bright, table, common, params, kafka_bootstrap, hbase_thrift):
-    env_services = {**os.environ}  # the services are those of the test session's FINK_HOME
-
     def start_all(faster=False):
         for stage in STAGES:
-            extra = ["max_offsets_per_trigger=20"] if faster and stage == "stream2raw" else []  # the rest: 10/s
+            # after the kill: stream2raw 10 a second, the others a backlog of files at a time
+            extra = ([] if not faster else ["max_offsets_per_trigger=20"] if stage == "stream2raw"
+                     else ["max_files_per_trigger=8"])
             args = [a for p in common + params[stage] + extra for a in ("-p", p)]
             started = fink(env, "start", stage, "-c", str(ROOT / "conf" / "ci.yaml"), *args)
             assert started.returncode == 0, started.stderr
@@ -209,9 +243,9 @@ def _operate(env, home, data, topic, bright, table, common, params, kafka_bootst
 
     # the Kafka broker stopped for 15 s, then started again, while the stages run
     wait_for(lambda: restarted_busy("stream2raw"), 300, "a batch of stream2raw after the kill")
-    assert fink(env_services, "services", "stop", "kafka").returncode == 0  # as the operator would
+    assert fink(env, "services", "stop", "kafka").returncode == 0  # as the operator would
     time.sleep(15)
-    assert fink(env_services, "services", "start", "kafka").returncode == 0
+    assert fink(env, "services", "start", "kafka").returncode == 0
     for stage in STAGES:  # each stage rode out the outage
         record = json.loads((home / "run" / f"{stage}.json").read_text())
         status = Path(record["run_dir"]) / "status.json"
