@@ -45,13 +45,11 @@ chromium:
 	  else echo "chromium is not installed and this is not root: the browser test will skip (apt-get install -y chromium)"; fi; }
 
 # Two pytest-xdist workers, each test file whole on one of them (its module fixtures and order hold), in the
-# order of SLOW_FIRST (tests/conftest.py: the longest files first); then, alone, the tests marked exclusive
-# (they stop a shared service). In one process the suite kept 1.05 of the 2 cores busy (2026-12-05): it
-# waits on triggers, brokers and single-threaded JVM starts. Exit status 5 is "no test selected".
+# order of SLOW_FIRST in tests/conftest.py (the longest files first). In one process the suite kept 1.05 of the 2 cores busy (2026-12-05):
+# it waits on triggers, brokers and single-threaded JVM starts. The tests that stop a service stop one of
+# their own, so every test runs beside the others.
 test: services chromium
-	$(BIN)/pytest -n 2 --dist loadfile --no-loadscope-reorder -m "not exclusive" --durations=30 $(PYTEST_ARGS) \
-	  || [ $$? = 5 ]
-	$(BIN)/pytest -m exclusive --durations=5 $(PYTEST_ARGS) || [ $$? = 5 ]
+	$(BIN)/pytest -n 2 --dist loadfile --no-loadscope-reorder --durations=30 $(PYTEST_ARGS)
 
 # the demo starts the services it needs and stops them (and everything it started) at the end
 demo: jvm

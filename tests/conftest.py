@@ -29,18 +29,31 @@ os.environ.setdefault(DRIVER_JAVA_OPTIONS, QUICK_TIER)
 SHARED = Path(os.environ.get("FINK_SHARED", ROOT.parent / "shared")).resolve()
 
 
-#: the test files that take longest, longest first (seconds in one process on 2 cores, 2026-12-05: 312, 296,
-#: 258, 216, 106, 88, 80, 54, 52, 124 of which 89 the exclusive HBase outage, 30, 31, 27, 27). With ``--dist
-#: loadfile --no-loadscope-reorder`` (`make test`) xdist hands whole files to its workers in collection order:
+#: the test files that take longest, longest first (seconds on one of `make test`'s two workers, 2 cores,
+#: 2026-12-05: 496, 471, 468, 279, 197, 146, 112, about 110 with its pipeline run, 110, 97, 58, 44, 37, 37).
+#: With ``--dist loadfile --no-loadscope-reorder`` xdist hands whole files to its workers in collection order:
 #: these go first, so that no long file starts last on one worker while the other has finished.
-SLOW_FIRST = ["test_wheel.py", "test_notebooks.py", "test_distribution.py", "test_operations.py", "test_one_pass.py",
-              "test_services.py", "test_stream2raw.py", "test_rubin.py", "test_compaction.py", "test_archive.py",
-              "test_pipeline.py", "test_runner.py", "test_browser.py", "test_raw2science.py"]
+SLOW_FIRST = ["test_wheel.py", "test_distribution.py", "test_notebooks.py", "test_operations.py", "test_archive.py",
+              "test_one_pass.py", "test_services.py", "test_pipeline.py", "test_stream2raw.py", "test_rubin.py",
+              "test_compaction.py", "test_runner.py", "test_browser.py", "test_raw2science.py"]
 
 
 def pytest_collection_modifyitems(session, config, items):
     rank = {name: i for i, name in enumerate(SLOW_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: each file's own order stays
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` loopback ports free now (for a service of a test's own)."""
+    import socket
+
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -182,6 +182,7 @@ def start(service: str, conf: str | None = None, simulator: bool = False, home: 
     _CHILDREN[proc.pid] = proc
     run = Run(service, proc.pid, process_start_time(proc.pid) or 0, time.strftime("%Y-%m-%dT%H:%M:%S%z"),
               str(run_dir), str(notebook))
+    _register(run, home)
     state = _state_file(service, home)
     state.parent.mkdir(parents=True, exist_ok=True)
     # written whole, then renamed: a `fink start` or `fink show` running at the same time never reads half of it
@@ -220,6 +221,17 @@ def running(home: Path | None = None) -> list[Run]:
         else:
             state.unlink(missing_ok=True)
     return runs
+
+
+def _register(run: Run, home: Path) -> None:
+    """Record the run in the metrics store now: one killed before its process reached its own
+    ``begin_run`` (a loaded machine: seconds) is then still there, and marked lost by :func:`_forget`."""
+    from fink.runtime import metrics
+
+    try:
+        metrics.Store(metrics.default_path(home)).begin_run(run.run_id, run.service, run.pid, run.run_dir)
+    except Exception:  # noqa: BLE001, S110 - the store is informative; the run goes on without it
+        pass
 
 
 def _forget(run: Run, home: Path) -> None:

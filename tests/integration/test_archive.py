@@ -3,6 +3,7 @@ Parquet, a replayed batch doubles nothing, and the stage waits out HBase being d
 
 import json
 import math
+import os
 import subprocess
 import sys
 import threading
@@ -14,6 +15,7 @@ import pandas as pd
 import pytest
 from astropy import units as u
 from astropy.coordinates import SkyCoord
+from conftest import free_ports
 from test_distribution import same, sample_science, science_rows  # noqa: F401  (a fixture)
 
 from fink.client.explorer import Archive
@@ -30,9 +32,9 @@ TAGS = {"early_snia": lambda r: (r["snia_prob"] or 0) > 0.5 and (r["candidate"][
         "catalogued": lambda r: r["xm_type"] is not None}
 
 
-def run_archive(spark, data_dir, table, checkpoint=None, stop_after=None, on_batch=None, **options):
-    """Run the stage (availableNow) and return (reconciled totals, sink)."""
-    fink = FinkConfig(data_dir=str(data_dir))
+def run_archive(spark, data_dir, table, checkpoint=None, stop_after=None, on_batch=None, thrift=None, **options):
+    """Run the stage (availableNow) and return (reconciled totals, sink); ``thrift``: another HBase's gateway."""
+    fink = FinkConfig(data_dir=str(data_dir), **({"hbase_thrift": thrift} if thrift else {}))
     cfg = archive.ArchiveConfig(table=table, checkpoint=checkpoint or str(data_dir / f"ck_{uuid.uuid4().hex}"),
                                 **options)
     writer = archive.build(spark, cfg, fink)
@@ -279,23 +281,45 @@ def test_a_batch_replayed_after_a_crash_writes_the_same_cells_and_no_row_twice(
         assert sum(a.nights().values()) == 207
 
 
-def fink_cli(*args):
-    subprocess.run([sys.executable, "-m", "fink.ops.cli", *args], check=True, capture_output=True, timeout=300)
+def fink_cli(env, *args):
+    done = subprocess.run([sys.executable, "-m", "fink.ops.cli", *args], capture_output=True, text=True, env=env,
+                          timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
 
 
-@pytest.mark.exclusive  # HBase stops: nothing else runs meanwhile
-def test_hbase_down_for_60_s_holds_the_stage_which_then_completes(spark, sample_science, tables, hbase_thrift):  # noqa: F811
-    table = tables()
+@pytest.fixture
+def own_hbase(tmp_path):
+    """An HBase and its Thrift gateway of the test's own (its FINK_HOME, its ports, a 512 MiB heap), so that
+    stopping it leaves the suite's other tests, on the shared one, running beside it. Yields (environment
+    of the `fink` commands, (host, thrift port)); stopped and its files gone at the end."""
+    home = tmp_path / "hbase-home"
+    home.mkdir()
+    zookeeper, master, region, thrift = free_ports(4)
+    (home / "services.yaml").write_text(f"hbase_zookeeper_port: {zookeeper}\nhbase_master_port: {master}\n"
+                                        f"hbase_regionserver_port: {region}\nthrift_port: {thrift}\n"
+                                        "hbase_heap: 512m\n")
+    env = {**os.environ, "FINK_HOME": str(home)}
+    try:
+        fink_cli(env, "services", "start", "hbase", "thrift")
+        yield env, ("127.0.0.1", thrift)
+    finally:
+        subprocess.run([sys.executable, "-m", "fink.ops.cli", "services", "stop", "thrift", "hbase"], env=env,
+                       capture_output=True, timeout=300)
+
+
+def test_hbase_down_for_60_s_holds_the_stage_which_then_completes(spark, sample_science, own_hbase):  # noqa: F811
+    env, hbase_thrift = own_hbase
+    table = "test_outage"
     outage = {}
 
     def stop_hbase_after_first_batch(sink):
         if sink.written and "stopped" not in outage:
             outage["stopped"] = time.monotonic()
-            fink_cli("services", "stop", "hbase")  # as the operator would, from another process
+            fink_cli(env, "services", "stop", "hbase")  # as the operator would, from another process
 
             def back():
                 time.sleep(60)
-                fink_cli("services", "start", "hbase")
+                fink_cli(env, "services", "start", "hbase")
                 outage["restarted"] = time.monotonic()
 
             outage["thread"] = threading.Thread(target=back)
@@ -303,11 +327,11 @@ def test_hbase_down_for_60_s_holds_the_stage_which_then_completes(spark, sample_
 
     try:
         totals, sink = run_archive(spark, sample_science, table, max_files_per_trigger=1,
-                                   on_batch=stop_hbase_after_first_batch, retry_for_s=300)
+                                   on_batch=stop_hbase_after_first_batch, retry_for_s=300,
+                                   thrift="{}:{}".format(*hbase_thrift))
     finally:
         if "thread" in outage:
             outage["thread"].join()
-        fink_cli("services", "start", "hbase")
     assert "restarted" in outage
     assert totals["retries"] > 0  # the writes waited for HBase
     assert totals["balanced"] and totals["archived"] == 207

@@ -8,7 +8,6 @@ its own): the suite's other tests, on the shared broker, run beside it (`make te
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -19,6 +18,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 from confluent_kafka import Consumer
+from conftest import free_ports
 from test_raw2science import passes
 
 from fink.client import decode
@@ -129,16 +129,6 @@ def own_kafka(tmp_path, monkeypatch):
         yield home, f"127.0.0.1:{port}", env
     finally:
         fink(env, "services", "stop", "kafka")
-
-
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 @pytest.mark.timeout(1200)

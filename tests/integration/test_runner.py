@@ -101,3 +101,23 @@ def test_a_notebook_whose_query_dies_is_a_failed_run(env):
 
     (stored,) = metrics.Store(metrics.default_path(Path(env["FINK_HOME"]))).runs()
     assert stored["state"] == "failed"
+
+
+def test_a_run_killed_before_its_process_began_is_recorded_lost(env, tmp_path, monkeypatch):
+    """kill -9 right after `fink start` returned, before the background process reached its own record
+    of the run (a loaded machine: seconds): the store still has the run, and says it was lost."""
+    import signal
+
+    from fink.ops import runner
+    from fink.runtime import metrics
+
+    home = Path(env["FINK_HOME"])
+    monkeypatch.setenv("FINK_NOTEBOOKS", env["FINK_NOTEBOOKS"])
+    run = runner.start("sleeper", None, home=home, params={"duration": 120.0})
+    os.killpg(run.pid, signal.SIGKILL)  # the process has not imported what it records the run with yet
+    assert wait_for(lambda: process_start_time(run.pid) is None, 30)
+    assert not (Path(run.run_dir) / "status.json").exists() and (Path(run.run_dir) / "log.txt").stat().st_size == 0
+    assert runner.running(home) == []  # what `fink show` does: the dead run's record is dropped, the run marked
+    (stored,) = metrics.Store(metrics.default_path(home)).runs()
+    assert (stored["run"], stored["service"], stored["state"]) == (run.run_id, "sleeper", "lost")
+    assert stored["error"].startswith("the process ended without")

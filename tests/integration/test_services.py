@@ -3,7 +3,6 @@
 import hashlib
 import json
 import os
-import socket
 import stat
 import subprocess
 import sys
@@ -14,6 +13,7 @@ from pathlib import Path
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 from confluent_kafka.admin import NewTopic
+from conftest import free_ports
 
 from fink.config import SERVICE_ACCOUNT, SERVICE_SECRET, ServicesConfig, service_password
 from fink.errors import ServiceError
@@ -26,16 +26,6 @@ from fink.stages.topics import Encoding, prepare_topics
 pytestmark = pytest.mark.integration
 FINK = [sys.executable, "-m", "fink.ops.cli"]
 COMPACT = {"cleanup.policy": "compact"}
-
-
-def free_ports(n):
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 def fink(*args, env=None):
