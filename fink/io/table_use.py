@@ -157,13 +157,6 @@ def attach(spark: "SparkSession", root: str, role: str, checkpoint: str, query: 
         _PENDING.setdefault(query, []).append((store, name, record))
 
 
-def _bind(query: str, query_id: str) -> list[tuple["FileStore", str, dict[str, Any]]]:
-    """The records of the query ``query_id``: those built under its name, once it has started."""
-    uses = _RUNNING.setdefault(query_id, [])
-    uses += _PENDING.pop(query, [])
-    return uses
-
-
 def _write(uses: list[tuple["FileStore", str, dict[str, Any]]], **changes: Any) -> None:
     for store, name, record in uses:
         record.update(changes)
@@ -174,9 +167,16 @@ def _write(uses: list[tuple["FileStore", str, dict[str, Any]]], **changes: Any) 
 
 
 def started(query: str, query_id: str) -> None:
-    """The query named ``query`` has started as ``query_id``: its records are its own now."""
+    """The query named ``query`` has started as ``query_id``: the records built under its name are its own.
+
+    :func:`fink.runtime.streaming.start` calls it as soon as ``start()`` returns, so a query's records are
+    bound to its id before the next query of the same name is built; the listener's start event calls
+    it again (for a query started otherwise) and, for an id already known, changes nothing: a late
+    event of an earlier query must not take the records of a later one of the same name."""
     with _GUARD:
-        _bind(query, query_id)
+        if query_id in _RUNNING or query_id in _ENDED:
+            return
+        _RUNNING[query_id] = _PENDING.pop(query, [])
 
 
 def beat(query_id: str) -> None:
@@ -188,16 +188,17 @@ def beat(query_id: str) -> None:
 
 
 def ended(query: str, query_id: str) -> None:
-    """Mark the tables the query ``query`` (``query_id``) used as no longer in use by it.
+    """Mark the tables the query ``query_id`` used as no longer in use by it.
 
     Called when it is seen stopped (:func:`fink.runtime.streaming.run_until`) and again when the
-    listener hears of its end: a late event of an ended query changes nothing, nor does it
-    touch a later query of the same name."""
+    listener hears of its end: a late event of an ended query changes nothing. Only a query never
+    bound to its id (started outside :func:`fink.runtime.streaming.start`, its start event not heard
+    yet) releases the records built under its name ``query``."""
     with _GUARD:
         if query_id in _ENDED:
             return
-        _write(_bind(query, query_id), heartbeat=time.time(), running=False)
-        _RUNNING.pop(query_id, None)
+        uses = _RUNNING.pop(query_id) if query_id in _RUNNING else _PENDING.pop(query, [])
+        _write(uses, heartbeat=time.time(), running=False)
         _ENDED.add(query_id)
 
 

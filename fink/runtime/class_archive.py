@@ -9,9 +9,11 @@ a session, Avro and Parquet, pandas through Arrow, a streaming query) with the f
 :func:`java_options` gives the second to :func:`fink.runtime.session.spark_conf` once the archive
 exists. ``make jvm`` (``fink jvm archive``) builds it.
 
-An archive is valid for one JVM build and one classpath: its name is a digest of the ``java``
-executable, pyspark and the connector jars, so another JDK or pyspark finds none and starts as
-before (no archive is no error). Classes the workload did not load are loaded from the jars.
+An archive is valid for one JVM build and one classpath, down to each jar's size and modification
+time (the JVM refuses an archive whose jars changed: a virtualenv made again beside a kept cache
+has pyspark's jars anew). Its name is a digest of the ``java`` executable and of every jar on the
+driver's class path, path, size and mtime, so another JDK, pyspark or install finds none and starts
+as before (no archive is no error). Classes the workload did not load are loaded from the jars.
 """
 
 import hashlib
@@ -32,9 +34,11 @@ def _digest() -> str:
     import pyspark
 
     java = Path(java_executable()).resolve()
-    stat = java.stat()
-    parts = [str(java), str(stat.st_size), str(stat.st_mtime_ns), pyspark.__version__,
-             str(Path(pyspark.__file__).resolve().parent), *(p.name for p in jvm.jars("spark"))]
+    spark_jars = sorted((Path(pyspark.__file__).resolve().parent / "jars").glob("*.jar"))
+    parts = [pyspark.__version__]
+    for path in [java, *spark_jars, *jvm.jars("spark")]:
+        stat = path.stat()
+        parts.append(f"{path}:{stat.st_size}:{stat.st_mtime_ns}")
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 
@@ -77,8 +81,20 @@ def build(force: bool = False, timeout: float = 900.0) -> Path | None:
         staging.unlink(missing_ok=True)
         tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
         raise RuntimeError(f"class archive: the workload wrote no archive (exit {proc.returncode}):\n{tail}")
-    staging.rename(path)  # another JDK's or virtualenv's archive beside it stays theirs
+    staging.rename(path)
+    _prune(keep=path)
     return path
+
+
+def _prune(keep: Path) -> None:
+    """Delete the archives of earlier setups (each ~180 MB), all but the newest other one: a kept cache
+    under virtualenvs made again (CI) would otherwise gain one per run; a second setup in use beside
+    this one (a wheel's virtualenv) keeps its archive."""
+    others = sorted((p for p in keep.parent.glob(f"{PREFIX}*.jsa") if p != keep),
+                    key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in others[1:]:
+        old.unlink(missing_ok=True)
+        logger.info("class archive: deleted %s (an earlier setup's)", old.name)
 
 
 def _workload(work: Path) -> None:

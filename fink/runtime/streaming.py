@@ -84,6 +84,7 @@ def start(writer: "DataStreamWriter", name: str) -> "StreamingQuery":
         query = writer.queryName(name).start()
     finally:
         sc.setLocalProperty("spark.scheduler.pool", previous)
+    table_use.started(name, str(query.id))  # its tables' records are its own before another query is built
     if reports is not None:
         query.fink_reports = reports
     return query

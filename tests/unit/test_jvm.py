@@ -1,5 +1,6 @@
 """Resolution of the JVM artifacts: skipped when done, clear when Maven fails, no duplicate jars."""
 
+import os
 import stat
 from pathlib import Path
 
@@ -70,3 +71,32 @@ def test_split_jar_name():
     assert jvm.split_jar_name("hbase-thrift-2.6.1") == ("hbase-thrift", "2.6.1")
     assert jvm.split_jar_name("spark-sql-kafka-0-10_2.13-4.2.0") == ("spark-sql-kafka-0-10_2.13", "4.2.0")
     assert jvm.split_jar_name("HikariCP-java7-2.4.12") == ("HikariCP-java7", "2.4.12")
+
+
+def test_the_class_archive_is_named_for_each_jar_s_size_and_time(tmp_path, monkeypatch):
+    """A JVM refuses an archive whose jars changed ("A jar file is not the one used while building the
+    shared archive file", CI's virtualenv made again beside a kept cache): a jar touched is a new name."""
+    from fink.runtime import class_archive
+
+    jar = tmp_path / "spark-avro_2.13-4.2.0.jar"
+    jar.write_bytes(b"PK")
+    monkeypatch.setattr(jvm, "jars", lambda component: [jar])
+    monkeypatch.setenv("FINK_JVM_CACHE", str(tmp_path / "cache"))
+    first = class_archive.archive_path()
+    assert class_archive.archive_path() == first
+    os.utime(jar, ns=(jar.stat().st_atime_ns, jar.stat().st_mtime_ns + 1_000_000_000))
+    assert class_archive.archive_path() != first
+    assert class_archive.java_options() == ""  # none for this setup yet: the driver starts without
+
+
+def test_a_new_class_archive_deletes_all_but_the_newest_earlier_one(tmp_path):
+    from fink.runtime import class_archive
+
+    old = [tmp_path / f"classes-{i}.jsa" for i in range(3)]
+    for age, path in enumerate(old):
+        path.write_bytes(b"x")
+        os.utime(path, (1_000_000 - age, 1_000_000 - age))
+    keep = tmp_path / "classes-new.jsa"
+    keep.write_bytes(b"x")
+    class_archive._prune(keep)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["classes-0.jsa", "classes-new.jsa"]
