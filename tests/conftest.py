@@ -108,16 +108,24 @@ _CONTROLLER_TOPICS_ENV = "FINK_TEST_CONTROLLER_TOPICS"
 _controller_topics: list = []
 
 
+#: set by the pytest-xdist controller for its workers: the folder of what is made once for them all (:func:`once`)
+_SHARED_ENV = "FINK_TEST_SHARED"
+
+
 def pytest_sessionstart(session):
     """Under pytest-xdist (``-n 2``) the controller, not each worker, deletes the session's topics at
     the end: a worker that finished first deleted topics the other's running test still wrote (the
     delivery log, met by both), and that test's transaction then waited forever. Runs before xdist
-    starts its workers (its own hook is ``trylast``): they inherit the block's list of topics. Nothing
-    to do when the broker is not up yet (the workers' fixtures start it; their topics then stay)."""
+    starts its workers (its own hook is ``trylast``): they inherit the block's list of topics and the
+    folder of :func:`once`. Nothing to do for the topics when the broker is not up yet (the workers'
+    fixtures start it; their topics then stay)."""
     if hasattr(session.config, "workerinput") or not getattr(session.config.option, "numprocesses", None):
         return
+    import tempfile
+
     from fink.io.kafka import temporary_topics, topics
 
+    os.environ[_SHARED_ENV] = tempfile.mkdtemp(prefix="fink-tests-once-")
     bootstrap = ServicesConfig.load(fink_home()).kafka_bootstrap
     try:
         topics(bootstrap, timeout=5.0)
@@ -133,6 +141,62 @@ def pytest_sessionfinish(session, exitstatus):
     while _controller_topics:
         _controller_topics.pop().__exit__(None, None, None)
         os.environ.pop(_CONTROLLER_TOPICS_ENV, None)
+    shared = os.environ.get(_SHARED_ENV)
+    if shared and not hasattr(session.config, "workerinput"):  # the controller: the workers have ended
+        _drop_made_once(Path(shared), remove=exitstatus == 0)
+        os.environ.pop(_SHARED_ENV, None)
+
+
+_made_here: dict[str, dict] = {}
+
+
+def once(name: str, make, tmp_path_factory) -> tuple[dict, bool]:
+    """``make(folder)`` once for the whole run, whichever xdist worker needs it first: the others wait
+    for it and get the same JSON value (a session fixture is made once per worker, and two workers
+    making the sample night's archives or pipeline run spent a minute of CPU each on the same
+    work). Returns (value, shared); a value made for the workers is dropped by the controller at
+    the end (:func:`_drop_made_once`: the HBase tables it lists under ``"hbase_tables"``, its folder
+    when every test passed), one not shared is the caller's to drop."""
+    import fcntl
+    import json
+    import shutil
+
+    root = os.environ.get(_SHARED_ENV)
+    if not root:
+        if name not in _made_here:  # a fixture imported into a second module is made there again
+            _made_here[name] = make(tmp_path_factory.mktemp(name))
+        return _made_here[name], False
+    folder, made = Path(root) / name, Path(root) / f"{name}.json"
+    with open(Path(root) / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the worker holding it ends, whatever way
+        if made.exists():
+            return json.loads(made.read_text()), True
+        shutil.rmtree(folder, ignore_errors=True)  # a worker that died making it left part of it
+        folder.mkdir()
+        value = make(folder)
+        made.write_text(json.dumps(value))
+        return value, True
+
+
+def _drop_made_once(root: Path, remove: bool) -> None:
+    import json
+    import shutil
+
+    from fink.io import hbase
+
+    tables = [t for made in root.glob("*.json") for t in json.loads(made.read_text()).get("hbase_tables", [])]
+    if tables:
+        svc = ServicesConfig.load(fink_home())
+        try:
+            conn = hbase.connect(svc.host, svc.thrift_port)
+            try:
+                hbase.delete_tables(conn, *tables)
+            finally:
+                conn.close()
+        except Exception as exc:  # noqa: BLE001 - the suite's outcome stands; the tables stay
+            print(f"could not delete the HBase tables {tables}: {exc}")
+    if remove:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -222,7 +286,6 @@ def _night_store(path):
         store.add_progress("r2s", _progress("raw2science", b, rows, t + 5 + 10 * b, latency=[5.0, 6.0, 7.0],
                                            observed={"raw2science": {"alerts": rows, "rejected": 9}}))
         store.add_note("r2s", "raw2science", b, {"alerts": rows - 9})
-    return store
     return store
 
 
@@ -314,17 +377,11 @@ def pipeline_params(master: str, data: Path, topic: str, bright: str, table: str
             "archive": {"table": table}}
 
 
-@pytest.fixture(scope="session")
-def local_pipeline_night(hbase_thrift, tmp_path_factory) -> dict:
-    """`fink start pipeline --simulator` in local mode on the sample night, from this clone, with
-    :func:`pipeline_params`: its home, data folder, topic, filter topic, table and run.
+def _pipeline_night(tmp: Path) -> dict:
+    import dataclasses
 
-    test_pipeline checks this run; the cluster test (test_wheel) compares its own run with it.
-    """
-    from fink.io import hbase
     from fink.ops import runner
 
-    tmp = tmp_path_factory.mktemp("pipeline")
     home, data = tmp / "home", tmp / "data"
     sfx = uuid.uuid4().hex[:6]
     names = {"topic": f"pipe_{sfx}", "bright": f"pipe_bright_{sfx}", "table": f"pipe_{sfx}"}
@@ -335,9 +392,26 @@ def local_pipeline_night(hbase_thrift, tmp_path_factory) -> dict:
     finally:
         if run.alive():  # a failed wait must not leave a Spark driver behind
             runner.stop("pipeline", timeout=60, home=home)
-    yield {"home": home, "data": data, "run": run, **names}
-    conn = hbase.connect(*hbase_thrift)
-    try:
-        hbase.delete_tables(conn, names["table"])
-    finally:
-        conn.close()
+    return {"home": str(home), "data": str(data), "run": dataclasses.asdict(run), **names,
+            "hbase_tables": [names["table"]]}
+
+
+@pytest.fixture(scope="session")
+def local_pipeline_night(hbase_thrift, tmp_path_factory) -> dict:
+    """`fink start pipeline --simulator` in local mode on the sample night, from this clone, with
+    :func:`pipeline_params`: its home, data folder, topic, filter topic, table and run. Made once
+    for the whole run (:func:`once`): its archives, table and topics are only read.
+
+    test_pipeline checks this run; the cluster test (test_wheel) compares its own run with it.
+    """
+    from fink.io import hbase
+    from fink.ops import runner
+
+    night, shared = once("pipeline_night", _pipeline_night, tmp_path_factory)
+    yield {**night, "home": Path(night["home"]), "data": Path(night["data"]), "run": runner.Run(**night["run"])}
+    if not shared:
+        conn = hbase.connect(*hbase_thrift)
+        try:
+            hbase.delete_tables(conn, night["table"])
+        finally:
+            conn.close()

@@ -167,15 +167,16 @@ consumer = Consumer(kafka.client_config(cfg.kafka_bootstrap, **{"group.id": f"fi
                                                                 "enable.auto.commit": False,
                                                                 "isolation.level": "read_committed"}))
 received = {}
+topics = totals["distribution"]["topics"]
 for t in settings["distribution"]["filters"]:  # from where each topic ended before this run
     consumer.assign([TopicPartition(t, p, before.get(t, {}).get(p, 0))
                      for p in kafka.end_offsets(cfg.kafka_bootstrap, t)])
     received[t] = []
-    while (msg := consumer.poll(3.0)) is not None:
+    # until what the filter selected came (then 0.5 s for any extra copy), or 3 s of silence
+    while (msg := consumer.poll(3.0 if len(received[t]) < topics[t]["selected"] else 0.5)) is not None:
         if not msg.error():
             received[t].append(decode(msg.key(), msg.value()))
 consumer.close()
-topics = totals["distribution"]["topics"]
 summary = pd.DataFrame({t: {"selected": topics[t]["selected"], "received": len(received[t]),
                             "with Fink's nalerthist": sum(a.get("nalerthist") is not None for a in received[t])}
                         for t in received}).T

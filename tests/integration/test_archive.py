@@ -291,7 +291,7 @@ def fink_cli(env, *args):
 def own_hbase(tmp_path):
     """An HBase and its Thrift gateway of the test's own (its FINK_HOME, its ports, a 512 MiB heap), so that
     stopping it leaves the suite's other tests, on the shared one, running beside it. Yields (environment
-    of the `fink` commands, (host, thrift port)); stopped and its files gone at the end."""
+    of the `fink` commands, (host, thrift port)); stopped at the end (its files stay in the test's folder)."""
     home = tmp_path / "hbase-home"
     home.mkdir()
     zookeeper, master, region, thrift = free_ports(4)

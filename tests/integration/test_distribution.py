@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
+from conftest import once
 from test_raw2science import science
 from test_stream2raw import SAMPLE, run
 
@@ -33,10 +34,7 @@ CATALOGUE = str(Path(__file__).resolve().parents[2] / "datasim" / "sample_night"
 ROOT_NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
 
 
-@pytest.fixture(scope="module")
-def sample_science(spark, kafka_bootstrap, tmp_path_factory):
-    """The sample night through stream2raw and raw2science (several science files)."""
-    tmp = tmp_path_factory.mktemp("dist")
+def _sample_science(tmp: Path, spark, kafka_bootstrap) -> dict:
     topic = f"dist_sample_{uuid.uuid4().hex[:8]}"
     replay(SimulatorConfig(topic=topic), kafka_bootstrap, messages=load_messages(SimulatorConfig(source=SAMPLE)),
            progress=False)
@@ -44,7 +42,16 @@ def sample_science(spark, kafka_bootstrap, tmp_path_factory):
     paths, totals = science(spark, tmp, modules=BUILTIN, max_files_per_trigger=1,
                             module_params={"fink.science.modules.xmatch:crossmatch": {"catalogue_path": CATALOGUE}})
     assert totals["balanced"] and totals["batches"] >= 3
-    return tmp
+    return {"folder": str(tmp)}
+
+
+@pytest.fixture(scope="session")
+def sample_science(spark, kafka_bootstrap, tmp_path_factory) -> Path:
+    """The sample night through stream2raw and raw2science (several science files), made once for
+    the run (test_distribution and test_archive, on either worker: :func:`conftest.once`); tests
+    write only their own checkpoints and outputs beside it."""
+    made, _ = once("sample_science", lambda tmp: _sample_science(tmp, spark, kafka_bootstrap), tmp_path_factory)
+    return Path(made["folder"])
 
 
 def distribute(spark, data_dir, filters, checkpoint=None, stop_after=None, **options):
