@@ -42,19 +42,23 @@ def plan(data: Path, topic: str, realtime: str, bright: str, table: str, **strea
             "archive": {"table": table}}
 
 
-def raw_messages(topic: str, expected: int, timeout: float = 120.0) -> list:
-    """Every message of ``topic`` (key, value, headers), until ``expected`` came or 8 s of silence."""
-    consumer = Consumer(kafka.client_config(ServicesConfig.load().kafka_bootstrap, **{
-        "group.id": uuid.uuid4().hex, "auto.offset.reset": "earliest"}))
+def raw_messages(topic: str, timeout: float = 120.0) -> list:
+    """Every message of ``topic`` (key, value, headers) up to its end now (a topic no transaction writes:
+    its end offsets are its last messages')."""
+    bootstrap = ServicesConfig.load().kafka_bootstrap
+    ends = {p: end for p, end in kafka.end_offsets(bootstrap, topic).items() if end > 0}
+    consumer = Consumer(kafka.client_config(bootstrap, **{"group.id": uuid.uuid4().hex,
+                                                          "auto.offset.reset": "earliest"}))
     consumer.subscribe([topic])
-    out, deadline, last = [], time.monotonic() + timeout, time.monotonic() + 30
+    out, deadline = [], time.monotonic() + timeout
     try:
-        while time.monotonic() < deadline and time.monotonic() - last < 8 and len(out) < expected:
+        while time.monotonic() < deadline and ends:
             msg = consumer.poll(0.5)
             if msg is None or msg.error():
                 continue
             out.append((msg.key(), msg.value(), dict(msg.headers() or [])))
-            last = time.monotonic()
+            if msg.offset() + 1 >= ends.get(msg.partition(), 0):
+                ends.pop(msg.partition(), None)
     finally:
         consumer.close()
     return out
@@ -82,7 +86,7 @@ def check_realtime_lane(rt: str, expected: list[int], data: Path, sfx: str) -> N
     """
     from fink_client.consumer import AlertConsumer
 
-    messages = raw_messages(rt, 10 * len(expected), timeout=60)
+    messages = raw_messages(rt, timeout=60)
     got = [decode(key, value) for key, value, _ in messages]
     assert sorted(set(a["candid"] for a in got)) == expected
     for (key, _, headers), alert in zip(messages, got, strict=True):

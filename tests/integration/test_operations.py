@@ -68,7 +68,8 @@ def science_alerts(data: Path) -> list[dict]:
 
 
 def consume(topic: str, expected: int, timeout: float = 120.0) -> list[int]:
-    """Candids of every committed message of ``topic``, reading until ``expected`` came or 8 s of silence."""
+    """Candids of every committed message of ``topic``: until ``expected`` came or 8 s of silence, then 2 s
+    more for any copy beyond (the messages were in the topic before the call: a copy comes at once)."""
     consumer = Consumer(kafka.client_config(ServicesConfig.load().kafka_bootstrap, **{
         "group.id": uuid.uuid4().hex, "auto.offset.reset": "earliest", "isolation.level": "read_committed"}))
     out, deadline = [], time.monotonic() + timeout
@@ -79,7 +80,8 @@ def consume(topic: str, expected: int, timeout: float = 120.0) -> list[int]:
 
     consumer.subscribe([topic], on_assign=assigned)
     try:
-        while time.monotonic() < deadline and time.monotonic() - last[0] < 8 and len(out) <= expected:
+        while (time.monotonic() < deadline and time.monotonic() - last[0] < (8 if len(out) < expected else 2)
+               and len(out) <= expected):
             msg = consumer.poll(0.5)
             if msg is None or msg.error():
                 continue
