@@ -56,6 +56,25 @@ def free_ports(n: int) -> list[int]:
     return ports
 
 
+#: the ports of each service in services.yaml
+PORT_KEYS = {"kafka": ("kafka_port", "kafka_controller_port", "kafka_sasl_port"),
+             "hbase": ("hbase_zookeeper_port", "hbase_master_port", "hbase_regionserver_port", "thrift_port")}
+
+
+def home_of_its_own(home: Path, *services: str, **settings) -> dict[str, int]:
+    """Make ``home`` a FINK_HOME whose ``services.yaml`` puts ``services`` (keys of :data:`PORT_KEYS`) on
+    loopback ports free now, with ``settings`` beside them (``hbase_heap="512m"``): a test stops, breaks
+    or reformats a service of its own there while the suite's shared ones serve the other worker.
+    Returns the ports by their services.yaml key."""
+    import yaml
+
+    keys = [k for name in services for k in PORT_KEYS[name]]
+    ports = dict(zip(keys, free_ports(len(keys)), strict=True))
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "services.yaml").write_text(yaml.safe_dump({**ports, **settings}))
+    return ports
+
+
 @pytest.fixture(scope="session", autouse=True)
 def class_data_archive(request):
     """Spark drivers start from the class-data archive (:mod:`fink.runtime.class_archive`) in a session

@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 from astropy import units as u
 from astropy.coordinates import SkyCoord
-from conftest import free_ports
+from conftest import home_of_its_own
 from test_distribution import same, sample_science, science_rows  # noqa: F401  (a fixture)
 
 from fink.client.explorer import Archive
@@ -293,11 +293,7 @@ def own_hbase(tmp_path):
     stopping it leaves the suite's other tests, on the shared one, running beside it. Yields (environment
     of the `fink` commands, (host, thrift port)); stopped at the end (its files stay in the test's folder)."""
     home = tmp_path / "hbase-home"
-    home.mkdir()
-    zookeeper, master, region, thrift = free_ports(4)
-    (home / "services.yaml").write_text(f"hbase_zookeeper_port: {zookeeper}\nhbase_master_port: {master}\n"
-                                        f"hbase_regionserver_port: {region}\nthrift_port: {thrift}\n"
-                                        "hbase_heap: 512m\n")
+    thrift = home_of_its_own(home, "hbase", hbase_heap="512m")["thrift_port"]
     env = {**os.environ, "FINK_HOME": str(home)}
     try:
         fink_cli(env, "services", "start", "hbase", "thrift")

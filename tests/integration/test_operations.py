@@ -18,7 +18,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 from confluent_kafka import Consumer
-from conftest import free_ports
+from conftest import home_of_its_own
 from test_raw2science import passes
 
 from fink.client import decode
@@ -118,10 +118,7 @@ def own_kafka(tmp_path, monkeypatch):
     process's Kafka clients log in to it (``FINK_HOME``, no ``FINK_KAFKA_SERVICE``). Yields
     (home, bootstrap, environment of the `fink` commands); stopped at the end."""
     home = tmp_path / "home"
-    home.mkdir()
-    port, controller, sasl = free_ports(3)
-    (home / "services.yaml").write_text(f"kafka_port: {port}\nkafka_controller_port: {controller}\n"
-                                        f"kafka_sasl_port: {sasl}\n")
+    port = home_of_its_own(home, "kafka")["kafka_port"]
     monkeypatch.delenv("FINK_KAFKA_SERVICE", raising=False)
     monkeypatch.setenv("FINK_HOME", str(home))
     env = {**os.environ}

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 from confluent_kafka.admin import NewTopic
-from conftest import free_ports
+from conftest import free_ports, home_of_its_own
 
 from fink.config import SERVICE_ACCOUNT, SERVICE_SECRET, ServicesConfig, service_password
 from fink.errors import ServiceError
@@ -54,11 +54,9 @@ def test_start_again_starts_no_duplicate(hbase_thrift):
 def test_kafka_lifecycle_in_its_own_home(tmp_path, monkeypatch):
     """A second broker on other ports: start, answer, refuse a duplicate port, stop by PID."""
     monkeypatch.delenv("FINK_KAFKA_SERVICE", raising=False)  # its own account, in its own home
-    kafka_port, controller, sasl = free_ports(3)
     home = tmp_path / "home"
-    home.mkdir()
-    (home / "services.yaml").write_text(f"kafka_port: {kafka_port}\nkafka_controller_port: {controller}\n"
-                                        f"kafka_sasl_port: {sasl}\n")
+    ports = home_of_its_own(home, "kafka")
+    kafka_port, sasl = ports["kafka_port"], ports["kafka_sasl_port"]
     env = {**os.environ, "FINK_HOME": str(home)}
     try:
         proc = fink("services", "start", "kafka", env=env)
@@ -163,11 +161,8 @@ def test_a_storage_formatted_without_the_service_account_is_migrated_and_a_wrong
 
     from fink.ops.services.kafka_server import KafkaService, cluster_id, run_tool
 
-    kafka_port, controller, sasl = free_ports(3)
     home = tmp_path / "home"
-    home.mkdir()
-    (home / "services.yaml").write_text(f"kafka_port: {kafka_port}\nkafka_controller_port: {controller}\n"
-                                        f"kafka_sasl_port: {sasl}\nstart_timeout: 90\n")
+    kafka_port = home_of_its_own(home, "kafka", start_timeout=90)["kafka_port"]
     monkeypatch.delenv("FINK_KAFKA_SERVICE", raising=False)  # the password is this home's file
     env = {**os.environ, "FINK_HOME": str(home)}
     bootstrap = f"127.0.0.1:{kafka_port}"
