@@ -22,7 +22,7 @@ import dataclasses
 import time
 from typing import TYPE_CHECKING, Any
 
-from fink.config import ConfigError, FinkConfig, Validated, local_path
+from fink.config import ConfigError, FinkConfig, Validated
 from fink.filters.filter_api import SELECTED, AlertFilter, label, load_filters
 from fink.runtime import metrics
 from fink.runtime.streaming import observed
@@ -245,7 +245,7 @@ def step(spark: "SparkSession", stage_cfg: DistributionConfig, fink_cfg: FinkCon
                       *module_metrics([f.module for f in filters], "_metrics"))
         # (observed only when the sink writes the batch's messages in one action: its outbox)
         flags = tally.on(science.select(*narrow, *([made.call] if made.call is not None else []), *watch)
-                         .select(*answers, WATCH), observe=local_path(checkpoint) is not None).persist(
+                         .select(*answers, WATCH), observe=sink.writes_outbox).persist(
             StorageLevel.MEMORY_AND_DISK_DESER)
         chosen = flags.where((F.size(picked) > 0) | (F.size(WATCH) > 0)).select(*ids, SELECTED, WATCH)
         # the selected alerts, whole, encoded once per encoding into the outbox; the batch's

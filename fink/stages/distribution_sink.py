@@ -66,6 +66,12 @@ class Sink:
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="fink-distribution")
         self._failed: BaseException | None = None
 
+    @property
+    def writes_outbox(self) -> bool:
+        """Whether a batch's messages are written by one Spark action, into its outbox (a local
+        checkpoint), rather than fetched partition by partition through the driver."""
+        return _outbox(self.checkpoint, 0) is not None
+
     def route(self, topics: list[str], watch: Encoding | None) -> None:
         """Send the batches to come to ``topics``: the filters' then the watchlists' (``watch``:
         their encoding, its topic numbers after the filters')."""
