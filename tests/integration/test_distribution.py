@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 from conftest import once
 from test_raw2science import science
@@ -73,8 +73,17 @@ def distribute(spark, data_dir, filters, checkpoint=None, stop_after=None, **opt
 
 
 def consume(topics, group=None, **conf):
-    """Every committed message of ``topics``: {topic: [(key, value)]}."""
-    c = Consumer(kafka.client_config(ServicesConfig.load().kafka_bootstrap, **{
+    """Every message of ``topics`` up to their ends when called: {topic: [(key, value)]} (committed ones
+    only with ``isolation.level=read_committed``). A reader's position passes a transaction's commit
+    marker once it has polled past it, so it reaches each end; 4 s of silence end it too."""
+    bootstrap = ServicesConfig.load().kafka_bootstrap
+    ends = {}
+    for t in topics:
+        try:
+            ends.update({(t, p): end for p, end in kafka.end_offsets(bootstrap, t).items() if end > 0})
+        except kafka.KafkaError:  # no such topic (a filter that sent nothing): nothing to read there
+            pass
+    c = Consumer(kafka.client_config(bootstrap, **{
         "auto.offset.reset": "earliest", "group.id": group or f"t-{uuid.uuid4().hex}", **conf}))
     assigned = []
     c.subscribe(list(topics), on_assign=lambda consumer, parts: assigned.append(parts))
@@ -83,6 +92,9 @@ def consume(topics, group=None, **conf):
         msg = c.poll(0.5)
         if msg is None:
             idle += bool(assigned)  # idle only counts once the group gave us the partitions
+            if assigned and all(p.offset >= ends.get((p.topic, p.partition), 0)
+                                for p in c.position([TopicPartition(t, p) for t, p in ends])):
+                break
             continue
         assert not msg.error(), msg.error()
         idle = 0
