@@ -127,7 +127,8 @@ _CONTROLLER_TOPICS_ENV = "FINK_TEST_CONTROLLER_TOPICS"
 _controller_topics: list = []
 
 
-#: set by the pytest-xdist controller for its workers: the folder of what is made once for them all (:func:`once`)
+#: the folder of what is made once for the run (:func:`once`), set by its first process (xdist's controller,
+#: or a plain run's only one); xdist's workers inherit it
 _SHARED_ENV = "FINK_TEST_SHARED"
 
 
@@ -138,13 +139,15 @@ def pytest_sessionstart(session):
     starts its workers (its own hook is ``trylast``): they inherit the block's list of topics and the
     folder of :func:`once`. Nothing to do for the topics when the broker is not up yet (the workers'
     fixtures start it; their topics then stay)."""
-    if hasattr(session.config, "workerinput") or not getattr(session.config.option, "numprocesses", None):
-        return
     import tempfile
 
+    if hasattr(session.config, "workerinput"):
+        return
+    os.environ[_SHARED_ENV] = tempfile.mkdtemp(prefix="fink-tests-once-")  # a plain pytest run has one too
+    if not getattr(session.config.option, "numprocesses", None):
+        return
     from fink.io.kafka import temporary_topics, topics
 
-    os.environ[_SHARED_ENV] = tempfile.mkdtemp(prefix="fink-tests-once-")
     bootstrap = ServicesConfig.load(fink_home()).kafka_bootstrap
     try:
         topics(bootstrap, timeout=5.0)
@@ -162,39 +165,32 @@ def pytest_sessionfinish(session, exitstatus):
         os.environ.pop(_CONTROLLER_TOPICS_ENV, None)
     shared = os.environ.get(_SHARED_ENV)
     if shared and not hasattr(session.config, "workerinput"):  # the controller: the workers have ended
-        _drop_made_once(Path(shared), remove=exitstatus == 0)
+        _drop_made_once(Path(shared), remove=exitstatus == 0 or not any(Path(shared).iterdir()))
         os.environ.pop(_SHARED_ENV, None)
 
 
-_made_here: dict[str, dict] = {}
-
-
-def once(name: str, make, tmp_path_factory) -> tuple[dict, bool]:
+def once(name: str, make) -> dict:
     """``make(folder)`` once for the whole run, whichever xdist worker needs it first: the others wait
     for it and get the same JSON value (a session fixture is made once per worker, and two workers
     making the sample night's archives or pipeline run spent a minute of CPU each on the same
-    work). Returns (value, shared); a value made for the workers is dropped by the controller at
-    the end (:func:`_drop_made_once`: the HBase tables it lists under ``"hbase_tables"``, its folder
-    when every test passed), one not shared is the caller's to drop."""
+    work; a fixture imported into a second module is made once too). The session's first process
+    drops what was made at the end (:func:`_drop_made_once`: the HBase tables a value lists under
+    ``"hbase_tables"``, the folder when every test passed)."""
     import fcntl
     import json
     import shutil
 
-    root = os.environ.get(_SHARED_ENV)
-    if not root:
-        if name not in _made_here:  # a fixture imported into a second module is made there again
-            _made_here[name] = make(tmp_path_factory.mktemp(name))
-        return _made_here[name], False
-    folder, made = Path(root) / name, Path(root) / f"{name}.json"
-    with open(Path(root) / f"{name}.lock", "w") as lock:
+    root = Path(os.environ[_SHARED_ENV])
+    folder, made = root / name, root / f"{name}.json"
+    with open(root / f"{name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the worker holding it ends, whatever way
         if made.exists():
-            return json.loads(made.read_text()), True
+            return json.loads(made.read_text())
         shutil.rmtree(folder, ignore_errors=True)  # a worker that died making it left part of it
         folder.mkdir()
         value = make(folder)
         made.write_text(json.dumps(value))
-        return value, True
+        return value
 
 
 def _drop_made_once(root: Path, remove: bool) -> None:
@@ -416,21 +412,14 @@ def _pipeline_night(tmp: Path) -> dict:
 
 
 @pytest.fixture(scope="session")
-def local_pipeline_night(hbase_thrift, tmp_path_factory) -> dict:
+def local_pipeline_night(hbase_thrift) -> dict:
     """`fink start pipeline --simulator` in local mode on the sample night, from this clone, with
     :func:`pipeline_params`: its home, data folder, topic, filter topic, table and run. Made once
     for the whole run (:func:`once`): its archives, table and topics are only read.
 
     test_pipeline checks this run; the cluster test (test_wheel) compares its own run with it.
     """
-    from fink.io import hbase
     from fink.ops import runner
 
-    night, shared = once("pipeline_night", _pipeline_night, tmp_path_factory)
-    yield {**night, "home": Path(night["home"]), "data": Path(night["data"]), "run": runner.Run(**night["run"])}
-    if not shared:
-        conn = hbase.connect(*hbase_thrift)
-        try:
-            hbase.delete_tables(conn, night["table"])
-        finally:
-            conn.close()
+    night = once("pipeline_night", _pipeline_night)
+    return {**night, "home": Path(night["home"]), "data": Path(night["data"]), "run": runner.Run(**night["run"])}

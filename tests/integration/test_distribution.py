@@ -46,12 +46,11 @@ def _sample_science(tmp: Path, spark, kafka_bootstrap) -> dict:
 
 
 @pytest.fixture(scope="session")
-def sample_science(spark, kafka_bootstrap, tmp_path_factory) -> Path:
+def sample_science(spark, kafka_bootstrap) -> Path:
     """The sample night through stream2raw and raw2science (several science files), made once for
     the run (test_distribution and test_archive, on either worker: :func:`conftest.once`); tests
     write only their own checkpoints and outputs beside it."""
-    made, _ = once("sample_science", lambda tmp: _sample_science(tmp, spark, kafka_bootstrap), tmp_path_factory)
-    return Path(made["folder"])
+    return Path(once("sample_science", lambda tmp: _sample_science(tmp, spark, kafka_bootstrap))["folder"])
 
 
 def distribute(spark, data_dir, filters, checkpoint=None, stop_after=None, **options):

@@ -38,13 +38,27 @@ def nbval_cells(kafka_bootstrap, hbase_thrift, pipeline_home, tmp_path_factory) 
     output's end (``log``)."""
     import xml.etree.ElementTree as ET
 
+    from fink.io import hbase
+
     report = tmp_path_factory.mktemp("nbval-report") / "cells.xml"
     env = {**os.environ, "FINK_HOME": str(pipeline_home)}
+    conn = hbase.connect(*hbase_thrift)
+    try:
+        before = set(conn.tables())
+    finally:
+        conn.close()  # Thrift drops a connection left idle for the minutes nbval takes
     proc = subprocess.run([sys.executable, "-m", "pytest", "--nbval-lax", "-p", "no:cacheprovider", "-q",
                            "--nbval-sanitize-with", str(ROOT / "tests" / "nbval_sanitize.cfg"),
                            "-o", "addopts=", "-W", "ignore::DeprecationWarning", f"--junitxml={report}",
                            *[str(n) for n in NOTEBOOKS]],
                           capture_output=True, text=True, env=env, cwd=ROOT / "notebooks", timeout=NBVAL_TIMEOUT)
+    conn = hbase.connect(*hbase_thrift)
+    try:  # the fink_modules notebook's table of its run (a user keeps it to look at; the suite does not)
+        for table in set(conn.tables()) - before:
+            if table.startswith(b"fink_modules_") and b"_" not in table.removeprefix(b"fink_modules_"):
+                hbase.delete_tables(conn, table.decode())
+    finally:
+        conn.close()
     log = proc.stdout[-3000:] + proc.stderr[-2000:]
     assert report.exists(), log
     cells: dict[str, list[dict]] = {}
