@@ -230,8 +230,8 @@ def _register(run: Run, home: Path) -> None:
 
     try:
         metrics.Store(metrics.default_path(home)).begin_run(run.run_id, run.service, run.pid, run.run_dir)
-    except Exception:  # noqa: BLE001, S110 - the store is informative; the run goes on without it
-        pass
+    except Exception as exc:  # noqa: BLE001 - the store is informative; the run goes on without it
+        logger.warning("metrics: could not record the run %s: %s", run.run_id, exc)
 
 
 def _forget(run: Run, home: Path) -> None:
@@ -244,8 +244,8 @@ def _forget(run: Run, home: Path) -> None:
             metrics.Store(metrics.default_path(home)).end_run(
                 run.run_id, "lost",
                 "the process ended without recording how (killed, or the machine stopped)")
-        except Exception:  # noqa: BLE001, S110 - the store is informative; the run is gone either way
-            pass
+        except Exception as exc:  # noqa: BLE001 - the store is informative; the run is gone either way
+            logger.warning("metrics: could not record the run %s as lost: %s", run.run_id, exc)
 
 
 def describe(run: Run, store: Any = None) -> dict[str, Any]:
