@@ -51,9 +51,12 @@ class Scanner:
 
     def show(self) -> None:
         import matplotlib.pyplot as plt
-        from IPython.display import display
 
-        self.out.clear_output(wait=True)
+        # the figure goes into the Output widget's state, not through its capture (``with out:``,
+        # ``out.clear_output()``): headless, nbclient answers a capture with comm messages it sends
+        # on the shell channel where it waits for the cell's reply, and under load it saw that reply
+        # only when its wait timed out (120 s in papermill runs of the client notebook)
+        self.out.outputs = ()
         if not self.alerts:
             self.label.value = "no alerts"
             return
@@ -61,10 +64,9 @@ class Scanner:
         extra = {k: alert.get(k) for k in ("snia_prob", "cdsxmatch", "roid") if k in alert}
         self.label.value = (f"<b>{self.index + 1} / {len(self.alerts)}</b> {alert.get('objectId')} "
                             f"{alert.get('candid')} {extra}")
-        with self.out:
-            fig = plot_alert(alert)
-            display(fig)
-            plt.close(fig)
+        fig = plot_alert(alert)
+        self.out.append_display_data(fig)
+        plt.close(fig)
 
     def next(self) -> None:
         self.index = min(self.index + 1, max(len(self.alerts) - 1, 0))

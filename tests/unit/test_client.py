@@ -69,6 +69,9 @@ def test_the_scanner_steps_and_saves_alerts_readable_as_avro(alert, tmp_path):
     scanner.next()
     scanner.next()
     assert scanner.index == 1  # stays on the last
+    # the figure of the alert shown, and only it, is in the output widget's state (set, not captured)
+    (shown,) = scanner.out.outputs
+    assert shown["output_type"] == "display_data" and "Figure" in shown["data"]["text/plain"]
     path = scanner.save()
     assert path.name == "43.avro"
     assert next(fastavro.reader(io.BytesIO(path.read_bytes())))["candid"] == 43
