@@ -177,3 +177,24 @@ def plot_alert(alert: dict[str, Any]):
     plot_cutouts(alert, [fig.add_subplot(grid[1, k]) for k in range(3)])
     fig.tight_layout()
     return fig
+
+
+def show_figures(out, figures) -> None:
+    """Show ``figures`` (matplotlib) in the ipywidgets ``Output`` ``out`` in place of what it showed,
+    in one update, and close them.
+
+    The figures are set into the widget's state rather than captured (``with out:``,
+    ``out.clear_output()``): run headless, nbclient answers a capture with comm messages it sends on
+    the shell channel where it waits for the cell's reply, and under load it saw that reply only
+    when its wait timed out (a client notebook's scanner cell took its papermill run's 120 s).
+    """
+    import matplotlib.pyplot as plt
+    from IPython.core.interactiveshell import InteractiveShell
+
+    fmt = InteractiveShell.instance().display_formatter.format
+    shown = []
+    for fig in figures:
+        data, metadata = fmt(fig)
+        shown.append({"output_type": "display_data", "data": data, "metadata": metadata})
+        plt.close(fig)
+    out.outputs = tuple(shown)

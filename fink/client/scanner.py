@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from fink.client.plots import plot_alert
+from fink.client.plots import plot_alert, show_figures
 
 
 def save_alert(alert: dict[str, Any], folder: str | Path, schema: dict[str, Any] | None = None) -> Path:
@@ -50,23 +50,15 @@ class Scanner:
         self.show()
 
     def show(self) -> None:
-        import matplotlib.pyplot as plt
-
-        # the figure goes into the Output widget's state, not through its capture (``with out:``,
-        # ``out.clear_output()``): headless, nbclient answers a capture with comm messages it sends
-        # on the shell channel where it waits for the cell's reply, and under load it saw that reply
-        # only when its wait timed out (120 s in papermill runs of the client notebook)
-        self.out.outputs = ()
         if not self.alerts:
             self.label.value = "no alerts"
+            show_figures(self.out, [])
             return
         alert = self.alerts[self.index]
         extra = {k: alert.get(k) for k in ("snia_prob", "cdsxmatch", "roid") if k in alert}
         self.label.value = (f"<b>{self.index + 1} / {len(self.alerts)}</b> {alert.get('objectId')} "
                             f"{alert.get('candid')} {extra}")
-        fig = plot_alert(alert)
-        self.out.append_display_data(fig)
-        plt.close(fig)
+        show_figures(self.out, [plot_alert(alert)])
 
     def next(self) -> None:
         self.index = min(self.index + 1, max(len(self.alerts) - 1, 0))

@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from fink.client.plots import show_figures
 from fink.config import fink_home
 from fink.ops import runner
 from fink.runtime import metrics
@@ -236,9 +237,7 @@ class Dashboard:
     def update(self, plots: bool = True) -> None:
         """Re-read the store; redraw the panels, the table and (with ``plots``) the figures."""
         import ipywidgets as widgets
-        import matplotlib.pyplot as plt
         import pandas as pd
-        from IPython.display import display
 
         self.updates += 1
         live = self.running()
@@ -249,11 +248,7 @@ class Dashboard:
                                 for r in live] or [widgets.HTML("<i>no service running</i>")]
         self.table.value = pd.DataFrame(summary(df)).T.to_html(na_rep="-") if len(df) else ""
         if plots and len(df):
-            with self.plots:
-                self.plots.clear_output(wait=True)
-                for fig in figures(df).values():
-                    display(fig)
-                    plt.close(fig)
+            show_figures(self.plots, figures(df).values())
 
     def run(self, duration: float, refresh: float = 5.0, stop_file: str | None = None, plot_every: int = 3) -> int:
         """Refresh every ``refresh`` seconds for ``duration`` seconds (or until the stop file); return updates."""
