@@ -189,9 +189,13 @@ def show_figures(out, figures) -> None:
     when its wait timed out (a client notebook's scanner cell took its papermill run's 120 s).
     """
     import matplotlib.pyplot as plt
-    from IPython.core.interactiveshell import InteractiveShell
+    from IPython import get_ipython
+    from IPython.core.formatters import DisplayFormatter
 
-    fmt = InteractiveShell.instance().display_formatter.format
+    # the kernel's formatters (a figure as PNG); outside IPython plain ones, without making a shell
+    # (``InteractiveShell.instance()`` would: then everything after took this process for a notebook)
+    shell = get_ipython()
+    fmt = shell.display_formatter.format if shell is not None else DisplayFormatter().format
     shown = []
     for fig in figures:
         data, metadata = fmt(fig)
