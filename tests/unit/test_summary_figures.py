@@ -34,3 +34,21 @@ def test_a_hundred_batches_keep_whole_ticks_and_a_readable_count():
 def test_a_run_that_read_nothing_says_so():
     fig = batch_summary([report(0, 0, 5)], "nothing")
     assert any("no micro-batch read anything" in t.get_text() for ax in fig.axes for t in ax.texts)
+
+
+def test_the_dashboard_redraws_its_figures_in_its_output_widget(night_metrics, monkeypatch):
+    import matplotlib.pyplot as plt
+
+    from fink.ops import dashboard
+    from fink.runtime import metrics
+
+    monkeypatch.setattr(dashboard.runner, "running", lambda *a, **k: [])  # no service of this machine's
+    store = metrics.Store(night_metrics)
+    board = dashboard.Dashboard(store, night="20261128")
+    board.update(plots=True)
+    board.update(plots=True)  # a redraw replaces the figures, it does not add to them
+    expected = len(dashboard.figures(dashboard.batches_of(store, "20261128")))
+    plt.close("all")
+    assert expected >= 2
+    assert [o["output_type"] for o in board.plots.outputs] == ["display_data"] * expected
+    assert all("Figure" in o["data"]["text/plain"] for o in board.plots.outputs)
