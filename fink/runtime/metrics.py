@@ -129,8 +129,31 @@ def process_recorder(app_name: str = "notebook", store: Store | None = None) -> 
         return _RECORDER
 
 
+class _Progress:
+    """What the listener reads of a progress event: its query's id and name, and its JSON,
+    fetched from the JVM in three calls."""
+
+    def __init__(self, jprogress: Any):
+        self.json: str = jprogress.json()
+        report = json.loads(self.json)
+        self.id, self.name = report["id"], report.get("name")
+
+
 def _listener_class():
+    from pyspark import SparkContext
     from pyspark.sql.streaming import StreamingQueryListener
+    from pyspark.sql.streaming.listener import JStreamingQueryListener
+
+    class ProgressAsJson(JStreamingQueryListener):
+        """pyspark's bridge, but a progress event is handed on as its JSON: pyspark's own
+        rebuilds every field of the report, one call to the JVM each (a hundred and more
+        a batch, the keys of each map ended by an exception), on the driver's Python beside
+        the batch's own work."""
+
+        def onQueryProgress(self, jevent: Any) -> None:  # noqa: N802 - Spark's names
+            from types import SimpleNamespace
+
+            self.pylistener.onQueryProgress(SimpleNamespace(progress=_Progress(jevent.progress())))
 
     class MetricsListener(StreamingQueryListener):
         """Writes each query event of the session into the metrics store (errors are logged, never raised)."""
@@ -138,6 +161,12 @@ def _listener_class():
         def __init__(self, rec: Recorder):
             self.rec = rec
             self.names: dict[str, str] = {}  # query id -> name (idle and end events give only the id)
+
+        @property
+        def _jlistener(self) -> Any:  # what StreamingQueryManager.addListener registers in the JVM
+            if not hasattr(self, "_jlistenerobj"):
+                self._jlistenerobj = SparkContext._jvm.PythonStreamingQueryListenerWrapper(ProgressAsJson(self))
+            return self._jlistenerobj
 
         def _safely(self, what: str, fn, *args) -> None:
             try:

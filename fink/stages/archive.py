@@ -199,7 +199,7 @@ def step(spark: "SparkSession", stage_cfg: ArchiveConfig, fink_cfg: FinkConfig, 
     from pyspark.sql import functions as F
 
     from fink.stages import science_stream
-    from fink.stages.step import Output, Step, latency_quantiles, report
+    from fink.stages.step import Output, Step, Tally, latency_quantiles, report
 
     paths = stage_cfg.paths(fink_cfg)
     schema = science_stream.science_schema(spark, paths["science"], producer, stage_cfg.survey, from_files=from_files)
@@ -209,9 +209,11 @@ def step(spark: "SparkSession", stage_cfg: ArchiveConfig, fink_cfg: FinkConfig, 
         def finish() -> dict[str, Any]:  # after the alerts are on their way to the users
             started = time.time()
             # Spark's count, against the rows HBase accepted; the latency: Kafka -> this write
-            seen = science.agg(F.count(F.lit(1)).alias("n"),
-                               latency_quantiles(F.col("kafka_timestamp"), F.current_timestamp()).alias("lat")).first()
-            sink(science, batch_id)
+            # (observed by the write's own job, not by a job of their own)
+            tally = Tally(QUERY_NAME, F.count(F.lit(1)).alias("n"),
+                          latency_quantiles(F.col("kafka_timestamp"), F.current_timestamp()).alias("lat"))
+            sink(tally.on(science), batch_id)
+            seen = tally.values()
             return report(QUERY_NAME, batch_id, seen["n"], {"alerts": seen["n"]}, list(seen["lat"] or []) or None,
                           started)
 

@@ -67,6 +67,53 @@ def test_every_step_hands_on_before_any_writes_its_archives_and_reports(monkeypa
     assert {k: [r["batchId"] for r in v] for k, v in one.reports.items()} == {n: [7] for n in "abcd"}
 
 
+class Frame:
+    """A cached frame: what was released, and when."""
+
+    def __init__(self, log):
+        self.log = log
+
+    def unpersist(self):
+        self.log.append(("unpersisted",))
+
+
+def test_the_archives_of_a_batch_are_written_side_by_side_and_a_failure_waits_for_the_others(monkeypatch):
+    import threading
+
+    log = []
+    monkeypatch.setattr("fink.runtime.metrics.record", lambda report: log.append(("recorded", report["name"])))
+    both = threading.Barrier(2, timeout=20)  # each finish waits for the other: broken if they ran in turn
+
+    def step_with(name, reads, writes, fail=False):
+        def run(frame, batch_id, rows):
+            def finish():
+                both.wait()
+                if fail:
+                    raise OSError(f"{name}: disk full")
+                log.append((name, "finish", threading.current_thread().name))
+                return report(name, batch_id, 1, {"alerts": 1}, None, 0.0)
+
+            return Output(f"{name}-out", 1, None, [Frame(log)], finish)
+
+        return Step(name, reads, writes, run)
+
+    one = OnePass([step_with("raw", "kafka", "raw"), step_with("science", "raw", "science")])
+    one("batch", 1)
+    finished = [e for e in log if e[1:2] == ("finish",)]
+    assert {e[0] for e in finished} == {"raw", "science"} and finished[0][2] != finished[1][2]
+    assert [e for e in log if e[0] == "recorded"] == [("recorded", "raw"), ("recorded", "science")]
+    assert one.reports["science"][0]["durationMs"]["finish"] >= 0
+
+    log.clear()
+    both.reset()
+    one = OnePass([step_with("raw", "kafka", "raw", fail=True), step_with("science", "raw", "science")])
+    with pytest.raises(OSError, match="raw: disk full"):
+        one("batch", 2)
+    # the other step's archive was written, nothing was recorded, the caches released after both ended
+    assert [e[:2] for e in log] == [("science", "finish"), ("unpersisted",), ("unpersisted",)]
+    assert not one.reports["raw"] and not one.reports["science"]
+
+
 def test_a_stage_that_reads_what_no_stage_before_hands_on_is_refused(monkeypatch):
     plan = pipeline.configure(["distribution", "archive"], "t")
     made = {"distribution": Step("distribution", "science", None, None, source=lambda: "files"),
