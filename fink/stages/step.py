@@ -152,12 +152,14 @@ class OnePass:
                 if frame is None:  # nothing handed on (every alert set aside or cut)
                     continue
                 t0 = time.perf_counter()
+                _describe(session, f"{step.name}, batch {batch_id}")
                 out = step.run(frame, batch_id, rows)
                 cached += out.cached
                 outputs.append((step, out, time.perf_counter() - t0))
                 if step.writes:
                     frames[step.writes] = (out.frame, out.rows)
-            for (step, _, ran), (account, seconds) in zip(outputs, self._finish(outputs, session), strict=True):
+            finished = self._finish(outputs, session, batch_id)
+            for (step, _, ran), (account, seconds) in zip(outputs, finished, strict=True):
                 # the step's own share of the batch: its hand-on, then its archives and counts
                 took = {"run": int(ran * 1000), "finish": int(seconds * 1000)}
                 account["durationMs"] = {**account.get("durationMs", {}), **took,
@@ -165,11 +167,12 @@ class OnePass:
                 self.reports[step.name].append(account)
                 metrics.record(account)
         finally:
+            _describe(session, None)
             for df in cached:
                 df.unpersist()
 
-    def _finish(self, outputs: "list[tuple[Step, Output, float]]",
-                session: "SparkSession | None") -> list[tuple[dict[str, Any], float]]:
+    def _finish(self, outputs: "list[tuple[Step, Output, float]]", session: "SparkSession | None",
+                batch_id: int) -> list[tuple[dict[str, Any], float]]:
         """Each step's ``finish`` (its archives' writes and counts), side by side on threads of
         their own, and its account with the seconds it took; the first failure, in step order,
         is raised once every one has ended (their caches are released after).
@@ -182,33 +185,43 @@ class OnePass:
         and the session's tags (its job group, which a stop of the query cancels; its scheduler
         pool; its batch).
         """
-        def timed(out: "Output") -> tuple[dict[str, Any], float]:
+        def timed(step: Step, out: "Output") -> tuple[dict[str, Any], float]:
             t0 = time.perf_counter()
-            account = out.finish() if out.finish is not None else out.report
-            return account, time.perf_counter() - t0
+            if out.finish is None:
+                return out.report, 0.0
+            _describe(session, f"{step.name}, batch {batch_id}: archives and counts")
+            return out.finish(), time.perf_counter() - t0
 
         pending = [out for _, out, _ in outputs if out.finish is not None]
         if len(pending) < 2:
-            return [timed(out) for _, out, _ in outputs]
+            return [timed(step, out) for step, out, _ in outputs]
         from concurrent.futures import ThreadPoolExecutor, wait
 
         from pyspark import inheritable_thread_target
 
         if self._pool is None:
             self._pool = ThreadPoolExecutor(len(self.steps), thread_name_prefix="fink-finish")
-        def on_thread(out: "Output") -> tuple[dict[str, Any], float]:
+
+        def on_thread(step: Step, out: "Output") -> tuple[dict[str, Any], float]:
             try:
-                return timed(out)
+                return timed(step, out)
             finally:  # the pool's thread serves the next batch: the tags it was given are this batch's
                 if session is not None:
                     session.clearTags()
 
         inherit = inheritable_thread_target(session) if session is not None else (lambda f: f)
-        futures = [self._pool.submit(inherit(on_thread), out) if out.finish is not None else None
-                   for _, out, _ in outputs]
+        futures = [self._pool.submit(inherit(on_thread), step, out) if out.finish is not None else None
+                   for step, out, _ in outputs]
         wait([f for f in futures if f is not None])
         return [f.result() if f is not None else (out.report, 0.0) for (_, out, _), f in zip(outputs, futures,
                                                                                               strict=True)]
+
+
+def _describe(session: "SparkSession | None", what: str | None) -> None:
+    """Name the Spark jobs this thread starts from now on (the Spark UI's and the event log's
+    job description): the step and the batch they serve; None: no name."""
+    if session is not None:
+        session.sparkContext.setJobDescription(what)  # type: ignore[arg-type]
 
 
 def attach(spark: "SparkSession", steps: "list[Step]", checkpoint: str, query: str) -> None:

@@ -1,5 +1,6 @@
 """What runs beside a query in the driver: the metrics listener (progress handed over as JSON)
-and a one-pass batch's finishes on threads of their own (with the query thread's Spark properties)."""
+and a one-pass batch's finishes on threads of their own (with the query thread's Spark properties,
+their jobs named for their step and batch)."""
 
 from __future__ import annotations
 
@@ -53,7 +54,8 @@ def test_a_batchs_finishes_run_on_threads_with_the_query_threads_spark_propertie
             def finish():
                 n = frame.count()  # a Spark job from the finish's thread
                 seen.append((name, threading.current_thread().name,
-                             spark.sparkContext.getLocalProperty("fink.probe"), n))
+                             spark.sparkContext.getLocalProperty("fink.probe"), n,
+                             spark.sparkContext.getLocalProperty("spark.job.description")))
                 return report(name, batch_id, n, {"alerts": n}, None, 0.0)
 
             return Output(frame, 5, None, [], finish)
@@ -65,5 +67,10 @@ def test_a_batchs_finishes_run_on_threads_with_the_query_threads_spark_propertie
         OnePass([step("raw", "kafka", "raw"), step("science", "raw", "science")])(spark.range(5), 3)
     finally:
         spark.sparkContext.setLocalProperty("fink.probe", None)
-    assert sorted((n, p, c) for n, _, p, c in seen) == [("raw", "batch 3", 5), ("science", "batch 3", 5)]
-    assert all(t.startswith("fink-finish") for _, t, _, _ in seen)
+    assert sorted((n, p, c) for n, _, p, c, _ in seen) == [("raw", "batch 3", 5), ("science", "batch 3", 5)]
+    assert all(t.startswith("fink-finish") for _, t, _, _, _ in seen)
+    # their jobs are named for the step and the batch (the Spark UI's description), and the
+    # query thread's name is taken back when the batch ends
+    assert {(n, d) for n, _, _, _, d in seen} == {("raw", "raw, batch 3: archives and counts"),
+                                                  ("science", "science, batch 3: archives and counts")}
+    assert spark.sparkContext.getLocalProperty("spark.job.description") is None
