@@ -209,7 +209,9 @@ class OnePass:
                 if session is not None:
                     session.clearTags()
 
-        inherit = inheritable_thread_target(session) if session is not None else (lambda f: f)
+        def inherit(fn):  # a copy of the properties for each thread (one copy shared, a name set in one names both)
+            return inheritable_thread_target(session)(fn) if session is not None else fn
+
         futures = [self._pool.submit(inherit(on_thread), step, out) if out.finish is not None else None
                    for step, out, _ in outputs]
         wait([f for f in futures if f is not None])
