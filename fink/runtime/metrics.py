@@ -130,13 +130,12 @@ def process_recorder(app_name: str = "notebook", store: Store | None = None) -> 
 
 
 class _Progress:
-    """What the listener reads of a progress event: its query's id and name, and its JSON,
-    fetched from the JVM in three calls."""
+    """What the listener reads of a progress event: the report (its JSON, fetched from the JVM
+    in one call, parsed once), its query's id and name."""
 
     def __init__(self, jprogress: Any):
-        self.json: str = jprogress.json()
-        report = json.loads(self.json)
-        self.id, self.name = report["id"], report.get("name")
+        self.report: dict[str, Any] = json.loads(jprogress.json())
+        self.id, self.name = self.report["id"], self.report.get("name")
 
 
 def _listener_class():
@@ -183,7 +182,7 @@ def _listener_class():
             self._safely("a heartbeat", table_use.beat, str(event.progress.id))  # the tables it uses: still in use
             if event.progress.name in _SELF_REPORTED:  # its step records its accounts (record())
                 return
-            self._safely("a progress report", self.rec.progress, json.loads(event.progress.json))
+            self._safely("a progress report", self.rec.progress, event.progress.report)
 
         def onQueryIdle(self, event) -> None:  # noqa: N802
             self._safely("a heartbeat", table_use.beat, str(event.id))

@@ -215,8 +215,8 @@ def write_batch(batch: "DataFrame", batch_id: int, stage_cfg: Raw2ScienceConfig,
     written = filestore.row_count(spark, files)
     filestore.publish(spark, paths["science"], name, folders)
     record = {"alerts": written, "seconds": round(time.perf_counter() - t0, 3)}
+    metrics.note(QUERY_NAME, batch_id, record)  # before the commit, as stream2raw's (raw_archive.commit_batch)
     filestore.commit(spark, paths["science"], name, record)
-    metrics.note(QUERY_NAME, batch_id, record)
     return record
 
 

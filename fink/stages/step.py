@@ -186,14 +186,13 @@ class OnePass:
         pool; its batch).
         """
         def timed(step: Step, out: "Output") -> tuple[dict[str, Any], float]:
-            t0 = time.perf_counter()
-            if out.finish is None:
+            if out.finish is None:  # its account made by its run
                 return out.report, 0.0
             _describe(session, f"{step.name}, batch {batch_id}: archives and counts")
+            t0 = time.perf_counter()
             return out.finish(), time.perf_counter() - t0
 
-        pending = [out for _, out, _ in outputs if out.finish is not None]
-        if len(pending) < 2:
+        if sum(out.finish is not None for _, out, _ in outputs) < 2:
             return [timed(step, out) for step, out, _ in outputs]
         from concurrent.futures import ThreadPoolExecutor, wait
 
@@ -215,8 +214,8 @@ class OnePass:
         futures = [self._pool.submit(inherit(on_thread), step, out) if out.finish is not None else None
                    for step, out, _ in outputs]
         wait([f for f in futures if f is not None])
-        return [f.result() if f is not None else (out.report, 0.0) for (_, out, _), f in zip(outputs, futures,
-                                                                                              strict=True)]
+        return [timed(step, out) if f is None else f.result() for (step, out, _), f in zip(outputs, futures,
+                                                                                            strict=True)]
 
 
 def _describe(session: "SparkSession | None", what: str | None) -> None:
