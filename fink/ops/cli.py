@@ -25,8 +25,9 @@ Handle the alert stream received by Apache Spark (Kafka in, Kafka and HBase out)
     fink start <service> [-c <conf>] [--simulator] run notebooks/<service>.ipynb headless [-p key=value]
     fink stop <service|all>                        stop a service cleanly (forced after a timeout)
     fink show [--json]                             running services: pid, uptime, state, rates, last batch
-    fink jvm fetch|archive|versions                resolve the pinned JVM artifacts / archive the
-                                                   Spark driver's classes (quicker starts) / list them
+    fink jvm fetch|archive|versions                resolve the pinned JVM artifacts and compile the
+                                                   project's Spark plugin / archive the Spark driver's
+                                                   classes (quicker starts) / list them
     fink datasim generate|download ...             simulate a night / fetch a real ZTF night
     fink checkstream <topic> [--from earliest]     watch a topic: counts, rates, lag, latest alerts
     fink compact <YYYYMMDD> [--raw PATH]           compact a finished night of the raw archive
@@ -380,6 +381,10 @@ def main(argv: list[str] | None = None) -> int:
             if args.action == "fetch":
                 done = jvm.fetch()
                 print(f"resolved: {', '.join(done)}" if done else f"JVM artifacts up to date in {jvm.cache_dir()}")
+                from fink.runtime import plugin
+
+                built = plugin.build()
+                print(f"Spark plugin compiled: {built}" if built else f"Spark plugin up to date: {plugin.jar()}")
             elif args.action == "archive":
                 from fink.runtime import class_archive
 

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from fink.config import LOOPBACK, SPARK_AUTH_FILE, FinkConfig, fink_home, spark_auth_file
 from fink.errors import ConfigError
-from fink.runtime import class_archive, jvm
+from fink.runtime import class_archive, jvm, plugin
 
 if TYPE_CHECKING:  # importing pyspark starts nothing, but keep `import fink` light
     from pyspark.sql import SparkSession
@@ -77,6 +77,11 @@ DEFAULTS: dict[str, str] = {
     # an internal setting of Spark's, used by its own tests to run every expression interpreted.)
     "spark.sql.codegen.wholeStage": "false",
     "spark.sql.codegen.factoryMode": "NO_CODEGEN",
+    # Spark 4.2 reads this setting for each field of each nested record from_avro builds, and with
+    # no value set its default reads the process environment (SPARK_TESTING) each time: 6.5 % of the
+    # driver JVM's CPU samples at 150 alerts/s (JFR, bench_e2e.py). False is its default outside
+    # Spark's own tests; it only concerns the TIME type, which no alert carries.
+    "spark.sql.types.framework.enabled": "false",
 }
 
 #: Extra options for the Spark driver's JVM, appended to those above (a ``spark_conf`` setting of
@@ -109,7 +114,10 @@ def spark_conf(fink_cfg: FinkConfig | None = None, app_name: str = "fink",
         conf.update(LOCAL_DEFAULTS)
     conf["spark.master"] = fink_cfg.spark_master
     conf["spark.app.name"] = app_name
-    conf["spark.jars"] = ",".join(str(p) for p in jvm.jars("spark"))
+    built = plugin.jar()  # the project's Spark plugin, once `make jvm` compiled it
+    conf["spark.jars"] = ",".join(str(p) for p in [*jvm.jars("spark"), *([built] if built else [])])
+    if built:
+        conf["spark.plugins"] = plugin.CLASS
     log4j = resources.files("fink") / "data" / "log4j2-spark.properties"
     # JDK 17's G1 gives up on an allocation after waiting twice for JNI critical sections (zstd
     # and snappy compression hold them) and throws OutOfMemoryError with the heap half free:

@@ -39,7 +39,18 @@ def _byte(value: "Column", pos: "Column") -> "Column":
 
 def parse_container(df: "DataFrame", versions: list[str], max_alert_bytes: int = avro.MAX_ALERT_BYTES) -> "DataFrame":
     """Messages that are Avro container files: add ``version`` (the writer schema's ``version``
-    property, one of ``versions``), ``payload`` (the schemaless record) and ``reason`` (null when fine)."""
+    property, one of ``versions``), ``payload`` (the schemaless record) and ``reason`` (null when fine).
+
+    Notes
+    -----
+    Spark's interpreted expressions (the sessions' default, :mod:`fink.runtime.session`) copy a
+    binary column each time an expression reads it, and each projection copies the columns it
+    passes on: copies of whole messages were 18 % of the driver JVM's CPU samples at 150 alerts/s
+    (JFR, ``bench_e2e.py``). The message is read by one projection, which hands on small slices of
+    it (the header's first 4 KiB, the block's first bytes) and the record's bytes; the positions
+    are worked out from the slices. Before, a dozen reads and three projections carried the
+    message. ``value`` is still handed on, for the quarantine: a plan that drops it reads it once.
+    """
     from pyspark.sql import functions as F
 
     v = F.col("value")
@@ -48,34 +59,35 @@ def parse_container(df: "DataFrame", versions: list[str], max_alert_bytes: int =
     # the header ends with the sync marker: the bytes before its first occurrence are the
     # header. substring_index matches bytes (a binary cast to string is not decoded), and
     # costs a third of a hex-and-instr search
-    before = F.call_function("substring_index", v.cast("string"), sync.cast("string"), F.lit(1))
-    header_len = F.octet_length(before)
-    df = df.withColumn("_n", n).withColumn("_hl", header_len)
-    block = F.col("_hl") + 17  # 1-based position of the block's record count
-    df = df.withColumn("_block", block)
+    hl = F.octet_length(F.call_function("substring_index", v.cast("string"), sync.cast("string"), F.lit(1)))
+    block = hl + 17  # 1-based position of the block's record count
+    head = F.col("_head")
+    df = df.select(
+        *df.columns, n.alias("_n"), hl.alias("_hl"),
+        # ZTF tags the alert record and each nested record with the same "version": the first one
+        # in the header's first 4 KiB is enough
+        F.substring(v, 1, 4096).alias("_head"),
+        F.substring(v, block, 6).alias("_blk"),  # the record count (one byte) and the byte size (a varint)
+        F.substring(v, block + 1, n - 16 - block).alias("_body"))  # the byte size, the record
     # the block's byte size is a zig-zag varint: count its bytes (a byte < 128 ends it)
-    size_at = F.col("_block") + 1
-    k = (F.when(_byte(v, size_at) < 128, 1).when(_byte(v, size_at + 1) < 128, 2)
-         .when(_byte(v, size_at + 2) < 128, 3).when(_byte(v, size_at + 3) < 128, 4).otherwise(5))
-    start = size_at + k
-    # ZTF tags the alert record and each nested record with the same "version": the first one
-    # in the header's first 4 KiB is enough
-    header = F.decode(F.substring(v, 1, F.least(F.col("_hl"), F.lit(4096))), "ISO-8859-1")
-    version = F.regexp_extract(header, r'"version"\s*:\s*"([0-9.]+)"', 1)
+    blk = F.col("_blk")
+    k = (F.when(_byte(blk, F.lit(2)) < 128, 1).when(_byte(blk, F.lit(3)) < 128, 2)
+         .when(_byte(blk, F.lit(4)) < 128, 3).when(_byte(blk, F.lit(5)) < 128, 4).otherwise(5))
+    version = F.regexp_extract(F.decode(F.substring(head, F.lit(1), F.least(F.col("_hl"), F.lit(4096))), "ISO-8859-1"),
+                               r'"version"\s*:\s*"([0-9.]+)"', 1)
     # found before the last 16 bytes (else the search ran into the trailing marker itself)
-    well_formed = (F.col("_hl") > 4) & (F.col("_block") + 16 < F.col("_n"))
-    reason = (F.when(v.isNull() | (F.col("_n") == 0), "empty")
-              .when(F.substring(v, 1, 4) != F.lit(avro.AVRO_MAGIC), "not_avro")
+    well_formed = (F.col("_hl") > 4) & (F.col("_hl") + 17 + 16 < F.col("_n"))
+    reason = (F.when(F.col("_n").isNull() | (F.col("_n") == 0), "empty")
+              .when(F.substring(head, F.lit(1), F.lit(4)) != F.lit(avro.AVRO_MAGIC), "not_avro")
               .when(F.col("_n") > max_alert_bytes, "oversized")
               .when(~well_formed, "truncated")
-              .when(_byte(v, F.col("_block")) != 2, "truncated"))  # a record count of 1 (zig-zag 2)
-    df = df.withColumn("_version", version)
-    reason = reason.when(~F.col("_version").isin(*versions), "unknown_schema")
-    return (df.withColumn("reason", reason)
-            .withColumn("version", F.when(F.col("reason").isNull(), F.col("_version")))
-            .withColumn("payload", F.when(F.col("reason").isNull(),
-                                          F.substring(v, start, F.col("_n") - 16 - start + 1)))
-            .drop("_n", "_hl", "_block", "_version"))
+              .when(_byte(blk, F.lit(1)) != 2, "truncated")  # a record count of 1 (zig-zag 2)
+              .when(~version.isin(*versions), "unknown_schema"))
+    df = df.withColumn("reason", reason).withColumn("_k", k).withColumn("_version", version)
+    return (df.withColumn("version", F.when(F.col("reason").isNull(), F.col("_version")))
+            .withColumn("payload", F.when(F.col("reason").isNull(), F.substring(
+                F.col("_body"), F.col("_k") + 1, F.col("_n") - 16 - F.col("_hl") - 17 - F.col("_k"))))
+            .drop("_n", "_hl", "_head", "_blk", "_body", "_k", "_version"))
 
 
 
