@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from fink.config import ServicesConfig, fink_home, local_path, service_password
-from fink.errors import FinkError
+from fink.errors import FinkError, JvmArtifactsError
 from fink.log import logger
 from fink.ops import completeness, replays, runner, services, watch
 from fink.runtime import jvm
@@ -383,8 +383,11 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"resolved: {', '.join(done)}" if done else f"JVM artifacts up to date in {jvm.cache_dir()}")
                 from fink.runtime import plugin
 
-                built = plugin.build()
-                print(f"Spark plugin compiled: {built}" if built else f"Spark plugin up to date: {plugin.jar()}")
+                try:  # an optimisation: sessions run without it, slower
+                    built = plugin.build()
+                    print(f"Spark plugin compiled: {built}" if built else f"Spark plugin up to date: {plugin.jar()}")
+                except JvmArtifactsError as exc:
+                    print(f"warning: Spark sessions will run without the project's plugin: {exc}", file=sys.stderr)
             elif args.action == "archive":
                 from fink.runtime import class_archive
 

@@ -34,15 +34,18 @@ def sources() -> list[Path]:
 
 
 def _pyspark_jars() -> Path:
-    import pyspark
+    from importlib.util import find_spec
 
-    return Path(pyspark.__file__).parent / "jars"
+    spec = find_spec("pyspark")  # (not imported: a session's settings are worked out without it)
+    if spec is None or spec.origin is None:
+        raise JvmArtifactsError("pyspark is not installed: the Spark plugin compiles against its jars")
+    return Path(spec.origin).parent / "jars"
 
 
 def _digest() -> str:
-    import pyspark
+    from importlib.metadata import version
 
-    h = hashlib.sha256(pyspark.__version__.encode())
+    h = hashlib.sha256(version("pyspark").encode())
     for src in sources():
         h.update(src.name.encode() + src.read_bytes())
     return h.hexdigest()
