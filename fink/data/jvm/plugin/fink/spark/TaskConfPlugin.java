@@ -67,7 +67,9 @@ public final class TaskConfPlugin implements SparkPlugin {
       @Override
       public void onTaskStart() {
         TaskContext task = TaskContext.get();
-        if (EXISTING != null && task != null && EXISTING.get() == null) {
+        SQLConf held = EXISTING == null ? null : EXISTING.get();
+        // this task's own, also over one a task that ended without its callbacks left behind
+        if (EXISTING != null && task != null && (held == null || held instanceof ReadOnlySQLConf)) {
           EXISTING.set(new ReadOnlySQLConf(task));
         }
       }
