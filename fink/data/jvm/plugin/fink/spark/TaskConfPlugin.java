@@ -39,11 +39,6 @@ public final class TaskConfPlugin implements SparkPlugin {
     }
   }
 
-  /** True if this Spark has the thread-local configuration the plugin fills. */
-  public static boolean active() {
-    return EXISTING != null;
-  }
-
   /**
    * In a task (SQL's {@code reflect('fink.spark.TaskConfPlugin', 'sameConf')}): "true" when two
    * calls of {@code SQLConf.get()} give the same configuration, as they do with the plugin on.
